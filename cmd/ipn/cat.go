@@ -1,0 +1,287 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ipn-project/ipn"
+)
+
+type catOptions struct {
+	bind, recvOnly, sendOnly bool
+	proto, mode, descr       string
+	ports, mtu, pool, port   int
+	lossless, excl, raw      bool
+	count                    int
+	notices                  bool
+}
+
+func catCmd() *cobra.Command {
+	var o catOptions
+	cmd := &cobra.Command{
+		Use:   "cat PATH",
+		Short: "Join a network: stdin lines become messages, messages become stdout lines",
+		Long: `Join the IPN network at PATH. Each line read from stdin is sent as one
+message (empty lines are skipped); each message received is printed as one
+line. With --raw, both directions use binary framing instead: a 2-byte
+big-endian length, then the message.
+
+Without --bind the network must exist. With --bind, cat creates it (owned
+by you, with --mode less your umask) or joins it as a manager (needs x).
+Permissions decide the sides: without r on the file cat only sends,
+without w it only receives.
+
+When stdin ends, cat keeps receiving until interrupted, --count messages
+arrived or the network went away; with --send-only it exits.
+
+Examples:
+  ipn cat --bind /tmp/chat                 # a peer; run several
+  ipn cat --bind --send-only /tmp/tv < feed  # one sender ...
+  ipn cat --recv-only /tmp/tv              # ... receivers join any time`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runCat(cmd, args[0], &o)
+		},
+	}
+	f := cmd.Flags()
+	f.BoolVarP(&o.bind, "bind", "b", false, "create the network, or join it as a manager")
+	f.StringVarP(&o.proto, "proto", "p", "any", "delivery policy: any (the network's), "+strings.Join(ipn.ProtocolNames(), ", "))
+	f.BoolVarP(&o.recvOnly, "recv-only", "r", false, "only receive (shut down the send side)")
+	f.BoolVarP(&o.sendOnly, "send-only", "s", false, "only send (shut down the receive side)")
+	f.StringVar(&o.mode, "mode", "0777", "with --bind, permission bits of a new network file (octal, less umask)")
+	f.IntVar(&o.ports, "ports", 0, fmt.Sprintf("with --bind, number of ports (default %d)", ipn.DefaultNumNodes))
+	f.IntVar(&o.mtu, "mtu", 0, fmt.Sprintf("with --bind, largest message in bytes (default %d)", ipn.DefaultMTU))
+	f.IntVar(&o.pool, "pool", 0, fmt.Sprintf("with --bind, message pool size (default %d)", ipn.DefaultPoolSize))
+	f.BoolVar(&o.lossless, "lossless", false, "with --bind, senders wait instead of receivers losing messages")
+	f.BoolVar(&o.excl, "excl", false, "with --bind, fail if the network exists and refuse other binders")
+	f.BoolVar(&o.raw, "raw", false, "binary framing: 2-byte big-endian length + message")
+	f.StringVar(&o.descr, "descr", "", "port description shown by ipn ls")
+	f.IntVar(&o.port, "port", -1, "ask for this port number")
+	f.IntVarP(&o.count, "count", "n", 0, "exit after receiving this many messages")
+	f.BoolVar(&o.notices, "notices", false, "print notices of reader/writer counts to stderr")
+	return cmd
+}
+
+// setup makes the socket, sets its options and binds/connects it.
+func (o *catOptions) setup(path string) (*ipn.Socket, error) {
+	if o.recvOnly && o.sendOnly {
+		return nil, errors.New("--recv-only and --send-only exclude each other")
+	}
+	proto, ok := ipn.ProtocolByName(o.proto)
+	if !ok {
+		return nil, fmt.Errorf("unknown --proto %q", o.proto)
+	}
+	if o.bind && proto == ipn.Any {
+		proto = ipn.Hub
+	}
+	mode, err := strconv.ParseUint(o.mode, 8, 32)
+	if err != nil || mode > 0o777 {
+		return nil, fmt.Errorf("--mode %q: want octal permission bits like 0750", o.mode)
+	}
+	s, err := ipn.NewSocket(proto)
+	if err != nil {
+		return nil, err
+	}
+	var flags ipn.Flags
+	if o.lossless {
+		flags |= ipn.Lossless
+	}
+	if o.excl {
+		flags |= ipn.Excl
+	}
+	steps := []func() error{
+		func() error { return s.SetMode(os.FileMode(mode)) },
+		func() error { return setIf(o.ports != 0, s.SetNumNodes, o.ports) },
+		func() error { return setIf(o.mtu != 0, s.SetMTU, o.mtu) },
+		func() error { return setIf(o.pool != 0, s.SetMsgPoolSize, o.pool) },
+		func() error { return setIf(flags != 0, func(v int) error { return s.SetFlags(ipn.Flags(v)) }, int(flags)) },
+		func() error { return setIf(o.port >= 0, s.SetPort, o.port) },
+		func() error {
+			if o.descr == "" {
+				return nil
+			}
+			return s.SetDescription(o.descr)
+		},
+		func() error { return setIf(o.notices, func(int) error { return s.SetWantNumNodes(true) }, 0) },
+		func() error { return setIf(o.recvOnly, func(int) error { return s.Shutdown(ipn.ShutWrite) }, 0) },
+		func() error { return setIf(o.sendOnly, func(int) error { return s.Shutdown(ipn.ShutRead) }, 0) },
+	}
+	if o.bind {
+		steps = append(steps, func() error { return s.Bind(path) }, func() error { return s.Connect("") })
+	} else {
+		steps = append(steps, func() error {
+			err := s.Connect(path)
+			if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
+				return fmt.Errorf("%w (no network there: create it with --bind)", err)
+			}
+			return err
+		})
+	}
+	for _, step := range steps {
+		if err := step(); err != nil {
+			s.Close()
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+func setIf(cond bool, set func(int) error, v int) error {
+	if !cond {
+		return nil
+	}
+	return set(v)
+}
+
+func runCat(cmd *cobra.Command, path string, o *catOptions) error {
+	s, err := o.setup(path)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	stderr := cmd.ErrOrStderr()
+	canRead, canWrite := s.CanRead(), s.CanWrite()
+	if !canWrite && !o.recvOnly {
+		fmt.Fprintf(stderr, "ipn cat: %s: no w permission, receiving only\n", path)
+	}
+	if !canRead && !o.sendOnly {
+		fmt.Fprintf(stderr, "ipn cat: %s: no r permission, sending only\n", path)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	sendDone := make(chan error, 1)
+	recvDone := make(chan error, 1)
+	if canWrite {
+		go func() { sendDone <- catSend(s, cmd.InOrStdin(), o.raw, stderr) }()
+	}
+	if canRead {
+		go func() { recvDone <- catRecv(s, cmd.OutOrStdout(), o, stderr) }()
+	}
+	var sendErr error
+	for {
+		select {
+		case <-ctx.Done():
+			return sendErr
+		case err := <-recvDone:
+			if sendErr == nil {
+				sendErr = err
+			}
+			return sendErr
+		case sendErr = <-sendDone:
+			if !canRead {
+				return sendErr
+			}
+			sendDone = nil // keep receiving
+		}
+	}
+}
+
+// catSend sends each stdin line (or raw frame) as a message. Messages that
+// cannot be sent (too long) are reported and skipped; the error returned
+// says so at the end.
+func catSend(s *ipn.Socket, in io.Reader, raw bool, stderr io.Writer) error {
+	r := bufio.NewReaderSize(in, 1<<16)
+	skipped := 0
+	for n := 1; ; n++ {
+		msg, err := readMsg(r, raw)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("stdin: %w", err)
+		}
+		if len(msg) == 0 {
+			continue
+		}
+		if err := s.Send(msg); err != nil {
+			if errors.Is(err, syscall.EOVERFLOW) {
+				fmt.Fprintf(stderr, "ipn cat: message %d: %d bytes is over the network's MTU, skipped\n", n, len(msg))
+				skipped++
+				continue
+			}
+			return err
+		}
+	}
+	if skipped > 0 {
+		return fmt.Errorf("%d messages over the MTU were not sent: %w", skipped, exitError(1))
+	}
+	return nil
+}
+
+// readMsg reads one line (without its newline) or one raw frame.
+func readMsg(r *bufio.Reader, raw bool) ([]byte, error) {
+	if raw {
+		var hdr [2]byte
+		if _, err := io.ReadFull(r, hdr[:]); err != nil {
+			if err == io.ErrUnexpectedEOF {
+				return nil, errors.New("truncated frame length")
+			}
+			return nil, err
+		}
+		msg := make([]byte, binary.BigEndian.Uint16(hdr[:]))
+		if _, err := io.ReadFull(r, msg); err != nil {
+			return nil, fmt.Errorf("truncated frame: %w", err)
+		}
+		return msg, nil
+	}
+	line, err := r.ReadBytes('\n')
+	if err == io.EOF && len(line) > 0 {
+		err = nil
+	}
+	return trimNewline(line), err
+}
+
+func trimNewline(b []byte) []byte {
+	if n := len(b); n > 0 && b[n-1] == '\n' {
+		b = b[:n-1]
+	}
+	return b
+}
+
+// catRecv prints every message until EOF or o.count messages.
+func catRecv(s *ipn.Socket, out io.Writer, o *catOptions, stderr io.Writer) error {
+	w := bufio.NewWriterSize(out, 1<<16)
+	buf := make([]byte, 65536)
+	for got := 0; o.count == 0 || got < o.count; {
+		n, flags, err := s.Recv(buf)
+		if err == io.EOF {
+			return w.Flush()
+		}
+		if err != nil {
+			w.Flush()
+			return err
+		}
+		if flags&ipn.MsgOOB != 0 {
+			if nn, err := ipn.ParseNumNodesNotice(buf[:n]); err == nil {
+				fmt.Fprintf(stderr, "ipn cat: readers %d writers %d\n", nn.Readers, nn.Writers)
+			}
+			continue
+		}
+		if o.raw {
+			var hdr [2]byte
+			binary.BigEndian.PutUint16(hdr[:], uint16(n))
+			w.Write(hdr[:])
+			w.Write(buf[:n])
+		} else {
+			w.Write(buf[:n])
+			w.WriteByte('\n')
+		}
+		if err := w.Flush(); err != nil {
+			return fmt.Errorf("stdout: %w", err)
+		}
+		got++
+	}
+	return nil
+}

@@ -1,0 +1,42 @@
+// Command ipn makes, joins and inspects IPN networks, and runs the daemon
+// that serves them.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	_ "github.com/ipn-project/ipn" // also makes this binary able to serve as the daemon
+)
+
+func main() {
+	root := &cobra.Command{
+		Use:   "ipn",
+		Short: "Inter Process Networking: processes, containers and VMs on a network bus",
+		Long: `ipn makes and joins IPN networks. A network is a path in the file system;
+every message a member sends is delivered by the network's policy (hub:
+to all other members) to the others. File permissions are the access
+control: r to receive, w to send, x to manage.
+
+The daemon that serves networks starts by itself when first needed.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand(catCmd(), lsCmd(), daemonCmd())
+	if err := root.Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "ipn:", err)
+		var ex exitError
+		if errors.As(err, &ex) {
+			os.Exit(int(ex))
+		}
+		os.Exit(1)
+	}
+}
+
+// exitError carries an exit status for main.
+type exitError int
+
+func (e exitError) Error() string { return fmt.Sprintf("exit status %d", int(e)) }

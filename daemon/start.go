@@ -1,0 +1,190 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// NoAutostartEnv names the environment variable that, set to 1, stops the
+// library from starting a daemon when none is running.
+const NoAutostartEnv = "IPN_NO_AUTOSTART"
+
+// childEnv marks the process the library re-executes as a daemon.
+const childEnv = "IPN_DAEMON_CHILD"
+
+// AutoIdleExit is how long a daemon started by the library lives without
+// clients.
+const AutoIdleExit = 30 * time.Second
+
+// startTimeout bounds the wait for a daemon being started.
+const startTimeout = 10 * time.Second
+
+// Dial connects to the daemon that serves this process: the one at
+// $IPN_SOCKET if set, else the system daemon if it answers, else the
+// user's. If none answers, it starts one (unless $IPN_NO_AUTOSTART=1) by
+// re-executing the current program, so any program using the library works
+// on a machine where nothing was set up; racing callers start only one.
+func Dial() (*net.UnixConn, error) {
+	if p := os.Getenv(SocketEnv); p != "" {
+		return dialOrStart(p)
+	}
+	if os.Geteuid() != 0 {
+		if c, err := dial(SystemSocket); err == nil {
+			return c, nil
+		}
+	}
+	return dialOrStart(DefaultSocket())
+}
+
+func dial(path string) (*net.UnixConn, error) {
+	return net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: path, Net: "unixpacket"})
+}
+
+func dialOrStart(path string) (*net.UnixConn, error) {
+	c, err := dial(path)
+	if err == nil {
+		return c, nil
+	}
+	if os.Getenv(NoAutostartEnv) == "1" {
+		return nil, fmt.Errorf("ipn daemon at %s: %w", path, err)
+	}
+	if err := start(path); err != nil {
+		return nil, err
+	}
+	c, err = dial(path)
+	if err != nil {
+		return nil, fmt.Errorf("ipn daemon at %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Start starts a daemon in the background on socket (DefaultSocket() if
+// empty), as the library does when none answers, and returns once it
+// serves. It does nothing if one already answers there.
+func Start(socket string) error {
+	if socket == "" {
+		socket = DefaultSocket()
+	}
+	return start(socket)
+}
+
+// start runs a daemon on socket and waits until it serves. A lock makes
+// racing starters take turns; the later ones find the daemon running.
+func start(socket string) error {
+	if err := os.MkdirAll(filepath.Dir(socket), dirMode()); err != nil {
+		return fmt.Errorf("start ipn daemon: %w", err)
+	}
+	lock, err := os.OpenFile(socket+".start", os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("start ipn daemon: %w", err)
+	}
+	defer lock.Close()
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
+		return fmt.Errorf("start ipn daemon: lock: %w", err)
+	}
+	if c, err := dial(socket); err == nil {
+		c.Close()
+		return nil
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("start ipn daemon: %w", err)
+	}
+	logPath := socket + ".log"
+	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("start ipn daemon: %w", err)
+	}
+	defer logf.Close()
+	r, w, err := os.Pipe()
+	if err != nil {
+		return fmt.Errorf("start ipn daemon: %w", err)
+	}
+	defer r.Close()
+	// The child starts the daemon as its own child and exits, so the
+	// daemon is adopted by init and this process leaves no zombie.
+	cmd := exec.Command(exe)
+	cmd.Env = append(os.Environ(), childEnv+"=1", SocketEnv+"="+socket)
+	cmd.Stderr = logf
+	cmd.ExtraFiles = []*os.File{w}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	err = cmd.Run()
+	w.Close()
+	if err != nil {
+		return fmt.Errorf("start ipn daemon: %w", err)
+	}
+	r.SetReadDeadline(time.Now().Add(startTimeout))
+	var b [1]byte
+	if _, err := io.ReadFull(r, b[:]); err != nil {
+		return fmt.Errorf("start ipn daemon: it did not come up (%v); see %s%s", err, logPath, lastLine(logPath))
+	}
+	return nil
+}
+
+// lastLine returns ": " and the last line of the file at path, or "".
+func lastLine(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if l := lines[len(lines)-1]; l != "" {
+		return ": " + l
+	}
+	return ""
+}
+
+// RunIfChild turns the process into a daemon if the library re-executed it
+// to be one, and then exits; otherwise it returns at once. The ipn package
+// calls it from its init.
+func RunIfChild() {
+	switch os.Getenv(childEnv) {
+	case "1":
+		// Stage one: start the daemon itself, detached, and go.
+		exe, err := os.Executable()
+		if err == nil {
+			cmd := exec.Command(exe)
+			cmd.Env = append(os.Environ(), childEnv+"=2")
+			cmd.Stderr = os.Stderr
+			cmd.ExtraFiles = []*os.File{os.NewFile(3, "ready")}
+			err = cmd.Start()
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "ipn daemon:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	case "2":
+		os.Unsetenv(childEnv)
+		ready := os.NewFile(3, "ready")
+		log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+		err := Serve(ctx, Config{
+			IdleExit: AutoIdleExit,
+			Logger:   log,
+			Ready: func() {
+				ready.Write([]byte{1})
+				ready.Close()
+			},
+		})
+		stop()
+		if err != nil && !errors.Is(err, ErrRunning) {
+			log.Error("daemon", "err", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+}

@@ -1,0 +1,37 @@
+// Package endpoint defines how a port's messages move in and out of an IPN
+// network: the seam between the engine and sockets, devices and cables.
+//
+// An Endpoint is one port's attachment. The engine owns the goroutines that
+// call it: one reads (messages the attached node sends into the network),
+// one writes (messages the network delivers to the node). Each endpoint kind
+// lives in its own package below this one.
+package endpoint
+
+// Endpoint moves batches of messages for one port. Read and Write may be
+// called concurrently with each other, each from a single goroutine.
+type Endpoint interface {
+	// Read blocks until at least one message is available and reads up to
+	// len(bufs) messages, message i into bufs[i] with its length in
+	// sizes[i]. A message longer than its buffer is reported with
+	// sizes[i] > len(bufs[i]) and its bytes are truncated. Read returns an
+	// error when no more messages will come (io.EOF, or net.ErrClosed after
+	// Close); messages before the error are counted in n.
+	Read(bufs [][]byte, sizes []int) (n int, err error)
+	// Write delivers msgs to the node in order and returns how many it
+	// delivered. It does not retain msgs after it returns.
+	Write(msgs [][]byte) (n int, err error)
+	// BatchSize is the largest batch Read fills and Write accepts usefully;
+	// it never changes.
+	BatchSize() int
+	// Close releases the endpoint and unblocks Read and Write. It is
+	// idempotent.
+	Close() error
+}
+
+// OOBWriter is implemented by endpoints that deliver out-of-band messages
+// (notices of the network, messages sent as OOB) apart from ordinary ones.
+// An endpoint without it does not receive out-of-band messages.
+type OOBWriter interface {
+	// WriteOOB delivers one out-of-band message.
+	WriteOOB(msg []byte) error
+}

@@ -1,0 +1,75 @@
+// Package seqpacket is the endpoint of a member that joined through the
+// daemon: one SOCK_SEQPACKET Unix socket where one packet is one message.
+package seqpacket
+
+import (
+	"io"
+	"net"
+	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ipn-project/ipn/endpoint"
+)
+
+// Endpoint carries a port's messages over a SOCK_SEQPACKET socket.
+type Endpoint struct {
+	conn *net.UnixConn
+	oob  func([]byte) error
+	once sync.Once
+	err  error
+}
+
+var (
+	_ endpoint.Endpoint  = (*Endpoint)(nil)
+	_ endpoint.OOBWriter = (*Endpoint)(nil)
+)
+
+// New returns an endpoint on conn, which it owns. oob, if not nil, delivers
+// out-of-band messages (the daemon sends them on the control connection).
+func New(conn *net.UnixConn, oob func([]byte) error) *Endpoint {
+	return &Endpoint{conn: conn, oob: oob}
+}
+
+// Read implements endpoint.Endpoint.Read; it reads one message per call.
+func (e *Endpoint) Read(bufs [][]byte, sizes []int) (int, error) {
+	n, _, flags, _, err := e.conn.ReadMsgUnix(bufs[0], nil)
+	if err != nil {
+		return 0, err
+	}
+	if n == 0 {
+		return 0, io.EOF
+	}
+	sizes[0] = n
+	if flags&unix.MSG_TRUNC != 0 {
+		sizes[0] = len(bufs[0]) + 1
+	}
+	return 1, nil
+}
+
+// Write implements endpoint.Endpoint.Write.
+func (e *Endpoint) Write(msgs [][]byte) (int, error) {
+	for i, m := range msgs {
+		if _, err := e.conn.Write(m); err != nil {
+			return i, err
+		}
+	}
+	return len(msgs), nil
+}
+
+// WriteOOB implements endpoint.OOBWriter.
+func (e *Endpoint) WriteOOB(m []byte) error {
+	if e.oob == nil {
+		return nil
+	}
+	return e.oob(m)
+}
+
+// BatchSize implements endpoint.Endpoint.BatchSize.
+func (e *Endpoint) BatchSize() int { return 16 }
+
+// Close implements endpoint.Endpoint.Close.
+func (e *Endpoint) Close() error {
+	e.once.Do(func() { e.err = e.conn.Close() })
+	return e.err
+}

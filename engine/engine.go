@@ -1,0 +1,174 @@
+// Package engine holds IPN networks: their ports, queues, permissions-free
+// membership, lossy and lossless delivery, out-of-band notices and counters.
+//
+// The engine knows nothing of sockets or files. A port is an
+// endpoint.Endpoint; the engine runs one goroutine reading from it and one
+// writing to it, and asks the network's policy where each message goes.
+// A message is read once into a pooled buffer and shared by reference among
+// its receivers.
+//
+// Lock order: Engine.mu before Network.mu; queue locks are leaves.
+package engine
+
+import (
+	"fmt"
+	"sync"
+	"syscall"
+
+	"github.com/ipn-project/ipn/policy"
+)
+
+// Flags are a network's IPN flags.
+type Flags uint32
+
+// The network flags of IPN.
+const (
+	// Lossless makes senders wait instead of dropping messages.
+	Lossless Flags = 1
+	// Excl refuses binding to an existing network and other binders.
+	Excl Flags = 2
+	// FlexMTU sizes message buffers by the message, not by the MTU.
+	FlexMTU Flags = 4
+)
+
+// Defaults of a new network.
+const (
+	DefaultMTU      = 1514
+	DefaultNumPorts = 64
+	DefaultPoolSize = 8
+)
+
+// Config is what a network is made with.
+type Config struct {
+	Name     string     // shown in listings; the daemon uses the file's path
+	Proto    policy.Tag // delivery policy; Any means hub
+	MTU      int        // largest message, bytes
+	NumPorts int        // number of ports
+	PoolSize int        // lossy: queue per receiver; lossless: messages in flight
+	Flags    Flags
+	// OnDelete, if set, runs once after the network is deleted.
+	OnDelete func()
+}
+
+// WithDefaults returns c with zero fields set to the defaults, checked.
+func (c Config) WithDefaults() (Config, error) {
+	if c.Proto == policy.Any {
+		c.Proto = policy.Broadcast
+	}
+	if c.MTU == 0 {
+		c.MTU = DefaultMTU
+	}
+	if c.NumPorts == 0 {
+		c.NumPorts = DefaultNumPorts
+	}
+	if c.PoolSize == 0 {
+		c.PoolSize = DefaultPoolSize
+	}
+	switch {
+	case c.MTU < 1 || c.MTU > MaxMTU:
+		return c, fmt.Errorf("mtu %d not in 1..%d: %w", c.MTU, MaxMTU, syscall.EINVAL)
+	case c.NumPorts < 1 || c.NumPorts > MaxPorts:
+		return c, fmt.Errorf("ports %d not in 1..%d: %w", c.NumPorts, MaxPorts, syscall.EINVAL)
+	case c.PoolSize < 1 || c.PoolSize > MaxPoolSize:
+		return c, fmt.Errorf("pool size %d not in 1..%d: %w", c.PoolSize, MaxPoolSize, syscall.EINVAL)
+	case c.Flags&^(Lossless|Excl|FlexMTU) != 0:
+		return c, fmt.Errorf("flags %#x: %w", uint32(c.Flags), syscall.EINVAL)
+	}
+	return c, nil
+}
+
+// Limits of a network's parameters.
+const (
+	MaxPorts    = 65536
+	MaxPoolSize = 1 << 16
+)
+
+// Engine is a set of networks, each known by a key chosen by the caller.
+type Engine struct {
+	mu     sync.Mutex
+	nets   map[any]*Network // guarded by mu
+	closed bool             // guarded by mu
+}
+
+// New returns an empty engine.
+func New() *Engine {
+	return &Engine{nets: make(map[any]*Network)}
+}
+
+// Create makes a network under key and returns it holding one reference,
+// which the caller gives back with Release. It fails with EEXIST if a network
+// has that key, EPROTONOSUPPORT if the policy is unknown.
+func (e *Engine) Create(key any, cfg Config) (*Network, error) {
+	cfg, err := cfg.WithDefaults()
+	if err != nil {
+		return nil, err
+	}
+	factory, _, ok := policy.Lookup(cfg.Proto)
+	if !ok {
+		return nil, fmt.Errorf("policy %d: %w", cfg.Proto, syscall.EPROTONOSUPPORT)
+	}
+	n := &Network{engine: e, key: key, cfg: cfg, refs: 1}
+	n.ports = make([]*Port, cfg.NumPorts)
+	n.publish()
+	if cfg.Flags&Lossless != 0 {
+		n.tokens = make(chan struct{}, cfg.PoolSize)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return nil, fmt.Errorf("engine closed: %w", syscall.ESHUTDOWN)
+	}
+	if _, ok := e.nets[key]; ok {
+		return nil, syscall.EEXIST
+	}
+	// The factory runs under e.mu so that no one can see the network
+	// before its policy exists; factories must not call back the engine.
+	pol, err := factory(n)
+	if err != nil {
+		return nil, fmt.Errorf("policy %s: %w", cfg.Proto, err)
+	}
+	n.policy = pol
+	e.nets[key] = n
+	return n, nil
+}
+
+// Acquire returns the live network under key with one more reference, or
+// ECONNREFUSED.
+func (e *Engine) Acquire(key any) (*Network, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	n, ok := e.nets[key]
+	if !ok {
+		return nil, syscall.ECONNREFUSED
+	}
+	n.refs++
+	return n, nil
+}
+
+// Networks returns the live networks.
+func (e *Engine) Networks() []*Network {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	nets := make([]*Network, 0, len(e.nets))
+	for _, n := range e.nets {
+		nets = append(nets, n)
+	}
+	return nets
+}
+
+// Close refuses new networks and closes every port of every network, waiting
+// for their goroutines. Networks go away as their holders release them.
+func (e *Engine) Close() {
+	e.mu.Lock()
+	e.closed = true
+	nets := make([]*Network, 0, len(e.nets))
+	for _, n := range e.nets {
+		nets = append(nets, n)
+	}
+	e.mu.Unlock()
+	for _, n := range nets {
+		for _, p := range n.Ports() {
+			p.Close()
+		}
+	}
+}

@@ -1,0 +1,79 @@
+package engine
+
+import (
+	"sync"
+	"sync/atomic"
+)
+
+// msg is one message in flight: a pooled buffer shared by reference among
+// all its receivers. Whoever holds a reference calls decRef exactly once.
+type msg struct {
+	buf  []byte // full pooled buffer; the message is buf[:n]
+	n    int
+	refs atomic.Int32
+	oob  bool
+	// token, if non-nil, is the lossless network's in-flight semaphore; a
+	// slot is taken for the message and given back when it is freed.
+	token chan struct{}
+	class int
+}
+
+// bytes returns the message's payload.
+func (m *msg) bytes() []byte { return m.buf[:m.n] }
+
+// decRef drops one reference and frees the message with the last one.
+func (m *msg) decRef() {
+	if m.refs.Add(-1) == 0 {
+		m.free()
+	}
+}
+
+// free returns the message to its pool, giving back its lossless slot.
+func (m *msg) free() {
+	if m.token != nil {
+		<-m.token
+		m.token = nil
+	}
+	m.oob = false
+	m.n = 0
+	pools[m.class].Put(m)
+}
+
+// Buffer size classes. A message is read into a buffer of the smallest class
+// that holds the network's MTU.
+var classSizes = [...]int{2048, 9216, 65536}
+
+// MaxMTU is the largest MTU a network may have.
+const MaxMTU = 65535
+
+var pools [len(classSizes)]sync.Pool
+
+func init() {
+	for i := range pools {
+		size, class := classSizes[i], i
+		pools[i].New = func() any { return &msg{buf: make([]byte, size), class: class} }
+	}
+}
+
+// classFor returns the size class whose buffers hold n bytes.
+func classFor(n int) int {
+	for i, s := range classSizes {
+		if n <= s {
+			return i
+		}
+	}
+	return len(classSizes) - 1
+}
+
+// getMsg returns an empty message from the pool of class c.
+func getMsg(c int) *msg {
+	return pools[c].Get().(*msg)
+}
+
+// newMsgCopy returns a message holding a copy of b, with one reference.
+func newMsgCopy(b []byte) *msg {
+	m := getMsg(classFor(len(b)))
+	m.n = copy(m.buf, b)
+	m.refs.Store(1)
+	return m
+}

@@ -1,0 +1,288 @@
+package engine
+
+import (
+	"encoding/binary"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"github.com/ipn-project/ipn/endpoint"
+	"github.com/ipn-project/ipn/policy"
+)
+
+// Network is one IPN network: ports, a policy, and its delivery state.
+type Network struct {
+	engine *Engine
+	key    any
+	cfg    Config
+	policy policy.Policy
+	// tokens holds one slot per lossless message in flight; nil when lossy.
+	tokens chan struct{}
+
+	refs int // guarded by engine.mu
+
+	// mu serializes membership changes and the policy's hooks.
+	mu      sync.Mutex
+	ports   []*Port // guarded by mu; index is the port number
+	readers int     // guarded by mu
+	writers int     // guarded by mu
+	deleted bool    // guarded by mu
+
+	// view is an immutable snapshot of the members, read without locks
+	// on the data path and replaced under mu.
+	view atomic.Pointer[view]
+}
+
+type view struct {
+	ports   []*Port
+	readers policy.PortSet // connected ports whose receive side is open
+}
+
+var _ policy.Network = (*Network)(nil)
+
+// Config returns the parameters the network was made with, with NumPorts
+// kept current.
+func (n *Network) Config() Config {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	c := n.cfg
+	c.NumPorts = len(n.ports)
+	return c
+}
+
+// Name returns the network's display name.
+func (n *Network) Name() string { return n.cfg.Name }
+
+// Policy returns the network's policy.
+func (n *Network) Policy() policy.Policy { return n.policy }
+
+// NumPorts implements policy.Network.NumPorts.
+func (n *Network) NumPorts() int { return len(n.view.Load().ports) }
+
+// Emit implements policy.Network.Emit.
+func (n *Network) Emit(port int, b []byte) error {
+	v := n.view.Load()
+	if port < 0 || port >= len(v.ports) || v.ports[port] == nil {
+		return syscall.ENOTCONN
+	}
+	m := newMsgCopy(b)
+	if !v.ports[port].q.push(m) {
+		m.decRef()
+		return syscall.ENOBUFS
+	}
+	return nil
+}
+
+// Release gives back a reference taken by Create or Acquire. The network is
+// deleted when its last reference goes.
+func (n *Network) Release() {
+	e := n.engine
+	e.mu.Lock()
+	n.refs--
+	last := n.refs == 0
+	if last {
+		delete(e.nets, n.key)
+	}
+	e.mu.Unlock()
+	if !last {
+		return
+	}
+	n.mu.Lock()
+	n.deleted = true
+	n.policy.Close()
+	n.mu.Unlock()
+	if n.cfg.OnDelete != nil {
+		n.cfg.OnDelete()
+	}
+}
+
+// Ports returns the connected ports.
+func (n *Network) Ports() []*Port {
+	var ps []*Port
+	for _, p := range n.view.Load().ports {
+		if p != nil {
+			ps = append(ps, p)
+		}
+	}
+	return ps
+}
+
+// Counts returns the number of nodes that receive and that send.
+func (n *Network) Counts() (readers, writers int) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.readers, n.writers
+}
+
+// publish replaces the data path's view. Caller must hold n.mu (or own n
+// exclusively).
+func (n *Network) publish() {
+	v := &view{ports: append([]*Port(nil), n.ports...), readers: policy.NewPortSet(len(n.ports))}
+	for i, p := range n.ports {
+		if p != nil && p.canRead.Load() {
+			v.readers.Add(i)
+		}
+	}
+	n.view.Store(v)
+}
+
+// PortOptions are a joining node's per-port options.
+type PortOptions struct {
+	Want        int    // port number wanted, or -1 for any
+	Description string // at most MaxDescription bytes
+	Peer        string // who is behind the port, for listings
+	NoRead      bool   // receive side shut down
+	NoWrite     bool   // send side shut down
+	// WantNumNodes asks for an out-of-band notice whenever the number of
+	// readers or writers changes.
+	WantNumNodes bool
+	// HandleOOB accepts out-of-band messages sent by other nodes.
+	HandleOOB bool
+}
+
+// MaxDescription is the longest port description, in bytes.
+const MaxDescription = 128
+
+// Join connects ep to the network as a new port, taking a reference on the
+// network, and starts the port's goroutines. The port owns ep from then on.
+func (n *Network) Join(ep endpoint.Endpoint, opts PortOptions) (*Port, error) {
+	if len(opts.Description) > MaxDescription {
+		return nil, fmt.Errorf("description of %d bytes: %w", len(opts.Description), syscall.EINVAL)
+	}
+	e := n.engine
+	e.mu.Lock()
+	if n.refs == 0 {
+		e.mu.Unlock()
+		return nil, syscall.ECONNREFUSED
+	}
+	n.refs++
+	e.mu.Unlock()
+
+	p := &Port{
+		net:      n,
+		ep:       ep,
+		opts:     opts,
+		q:        newQueue(n.cfg.PoolSize),
+		done:     make(chan struct{}),
+		readDone: make(chan struct{}),
+		class:    classFor(n.cfg.MTU),
+	}
+	p.oobw, _ = ep.(endpoint.OOBWriter)
+	p.canRead.Store(!opts.NoRead)
+	p.canWrite.Store(!opts.NoWrite)
+
+	n.mu.Lock()
+	used := policy.NewPortSet(len(n.ports))
+	for i, q := range n.ports {
+		if q != nil {
+			used.Add(i)
+		}
+	}
+	num, err := n.policy.NewPort(opts.Want, &used, len(n.ports))
+	if err == nil && (num < 0 || num >= len(n.ports) || n.ports[num] != nil) {
+		err = fmt.Errorf("policy chose port %d: %w", num, syscall.EADDRNOTAVAIL)
+	}
+	if err != nil {
+		n.mu.Unlock()
+		n.Release()
+		return nil, err
+	}
+	p.num = num
+	n.ports[num] = p
+	n.countLocked(p, 1)
+	n.publish()
+	n.policy.PostNewPort(num)
+	n.notifyCountsLocked()
+	n.mu.Unlock()
+
+	p.wg.Add(2)
+	go p.readLoop()
+	go p.writeLoop()
+	return p, nil
+}
+
+// countLocked adds sign to the reader and writer counts for p's open sides.
+// Caller must hold n.mu.
+func (n *Network) countLocked(p *Port, sign int) {
+	if p.canRead.Load() {
+		n.readers += sign
+	}
+	if p.canWrite.Load() {
+		n.writers += sign
+	}
+}
+
+// NumNodesNotice is the length of an out-of-band numnodes notice: level,
+// tag, readers, writers, each a little-endian int32.
+const NumNodesNotice = 16
+
+// notifyCountsLocked sends the numnodes notice to every port that asked.
+// Caller must hold n.mu.
+func (n *Network) notifyCountsLocked() {
+	var b [NumNodesNotice]byte
+	binary.LittleEndian.PutUint32(b[8:], uint32(n.readers))
+	binary.LittleEndian.PutUint32(b[12:], uint32(n.writers))
+	for _, p := range n.ports {
+		if p != nil && p.opts.WantNumNodes && p.canRead.Load() {
+			m := newMsgCopy(b[:])
+			m.oob = true
+			if !p.q.pushOOB(m) {
+				m.decRef()
+				p.drops.Add(1)
+			}
+		}
+	}
+}
+
+// ChangeNumPorts sets the number of ports. Shrinking fails with EADDRINUSE
+// if a port that would go is in use.
+func (n *Network) ChangeNumPorts(num int) error {
+	if num < 1 || num > MaxPorts {
+		return fmt.Errorf("ports %d not in 1..%d: %w", num, MaxPorts, syscall.EINVAL)
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for i := num; i < len(n.ports); i++ {
+		if n.ports[i] != nil {
+			return fmt.Errorf("port %d in use: %w", i, syscall.EADDRINUSE)
+		}
+	}
+	if err := n.policy.Resize(num); err != nil {
+		return err
+	}
+	if num <= len(n.ports) {
+		n.ports = n.ports[:num:num]
+	} else {
+		n.ports = append(n.ports, make([]*Port, num-len(n.ports))...)
+	}
+	n.publish()
+	return nil
+}
+
+// deliver hands m to every port in dst that still receives, taking one
+// reference per receiver, and drops the caller's reference. Receivers whose
+// queue is full miss the message (lossy) and count a drop.
+func (n *Network) deliver(m *msg, dst *policy.PortSet, v *view) {
+	dst.Intersect(v.readers)
+	count := dst.Len()
+	if count == 0 {
+		m.decRef()
+		return
+	}
+	m.refs.Add(int32(count))
+	for p := dst.Next(0); p >= 0; p = dst.Next(p + 1) {
+		port := v.ports[p]
+		var ok bool
+		if m.oob {
+			ok = port.q.pushOOB(m)
+		} else {
+			ok = port.q.push(m)
+		}
+		if !ok {
+			port.drops.Add(1)
+			m.decRef()
+		}
+	}
+	m.decRef()
+}

@@ -1,0 +1,308 @@
+package engine
+
+import (
+	"errors"
+	"io"
+	"sync"
+	"sync/atomic"
+
+	"github.com/ipn-project/ipn/endpoint"
+	"github.com/ipn-project/ipn/policy"
+)
+
+// Port is a node connected to a network.
+type Port struct {
+	net   *Network
+	num   int
+	ep    endpoint.Endpoint
+	oobw  endpoint.OOBWriter // nil if ep takes no out-of-band messages
+	opts  PortOptions
+	q     *queue
+	class int // buffer size class for reads
+
+	canRead  atomic.Bool
+	canWrite atomic.Bool
+
+	msgsIn, bytesIn   atomic.Uint64 // sent by the node into the network
+	msgsOut, bytesOut atomic.Uint64 // delivered to the node
+	drops             atomic.Uint64 // missed by the node (lossy, full queue)
+	errs              atomic.Uint64 // refused from the node (too long)
+
+	leaveOnce sync.Once
+	done      chan struct{} // closed when the port has left
+	readDone  chan struct{} // closed when the reader has stopped
+	wg        sync.WaitGroup
+}
+
+// Num returns the port number.
+func (p *Port) Num() int { return p.num }
+
+// Network returns the network the port belongs to.
+func (p *Port) Network() *Network { return p.net }
+
+// Done is closed when the port has left the network, by Close or because
+// its endpoint failed.
+func (p *Port) Done() <-chan struct{} { return p.done }
+
+// ReadDone is closed when the port's reader has stopped: the node will send
+// nothing more (its endpoint reported io.EOF) or the port left.
+func (p *Port) ReadDone() <-chan struct{} { return p.readDone }
+
+// Close disconnects the port, closes its endpoint and waits for its
+// goroutines. It is idempotent.
+func (p *Port) Close() {
+	p.leave()
+	p.wg.Wait()
+}
+
+// leave takes the port out of the network; it may run on the port's own
+// goroutines and does not wait for them.
+func (p *Port) leave() {
+	p.leaveOnce.Do(func() {
+		n := p.net
+		n.mu.Lock()
+		n.policy.PreDeletePort(p.num)
+		if p.num < len(n.ports) && n.ports[p.num] == p {
+			n.ports[p.num] = nil
+		}
+		n.countLocked(p, -1)
+		p.canRead.Store(false)
+		p.canWrite.Store(false)
+		n.publish()
+		n.policy.DeletePort(p.num)
+		n.notifyCountsLocked()
+		n.mu.Unlock()
+		close(p.done)
+		p.ep.Close()
+		p.q.flush(true)
+		n.Release()
+	})
+}
+
+// Shutdown closes the port's receive side (read) and/or send side (write)
+// for good. Closing the receive side drops what is queued for the node.
+func (p *Port) Shutdown(read, write bool) {
+	n := p.net
+	n.mu.Lock()
+	changed := false
+	if read && p.canRead.Swap(false) {
+		n.readers--
+		changed = true
+	}
+	if write && p.canWrite.Swap(false) {
+		n.writers--
+		changed = true
+	}
+	if changed {
+		n.publish()
+		n.notifyCountsLocked()
+	}
+	n.mu.Unlock()
+	if read {
+		p.q.flush(false)
+	}
+}
+
+// SendOOB delivers b out of band to every other node that handles OOB
+// messages.
+func (p *Port) SendOOB(b []byte) {
+	if !p.canWrite.Load() {
+		return
+	}
+	n := p.net
+	v := n.view.Load()
+	var dst policy.PortSet
+	for i, q := range v.ports {
+		if q != nil && q != p && q.opts.HandleOOB {
+			dst.Add(i)
+		}
+	}
+	m := newMsgCopy(b)
+	m.oob = true
+	n.deliver(m, &dst, v)
+}
+
+// PortStats are a port's counters.
+type PortStats struct {
+	MsgsIn, BytesIn   uint64 // sent by the node into the network
+	MsgsOut, BytesOut uint64 // delivered to the node
+	Drops             uint64 // messages the node missed
+	Errors            uint64 // messages refused from the node
+}
+
+// Stats returns the port's counters.
+func (p *Port) Stats() PortStats {
+	return PortStats{
+		MsgsIn: p.msgsIn.Load(), BytesIn: p.bytesIn.Load(),
+		MsgsOut: p.msgsOut.Load(), BytesOut: p.bytesOut.Load(),
+		Drops: p.drops.Load(), Errors: p.errs.Load(),
+	}
+}
+
+// Options returns the options the port joined with.
+func (p *Port) Options() PortOptions { return p.opts }
+
+// CanRead and CanWrite report which sides of the port are open.
+func (p *Port) CanRead() bool { return p.canRead.Load() }
+
+// CanWrite reports whether the node may send.
+func (p *Port) CanWrite() bool { return p.canWrite.Load() }
+
+// readLoop moves messages from the endpoint into the network.
+//
+// An io.EOF from the endpoint stops the reader only: the node sends no more
+// but may still receive. Any other error makes the port leave.
+func (p *Port) readLoop() {
+	defer p.wg.Done()
+	defer close(p.readDone)
+	n := p.net
+	batch := p.ep.BatchSize()
+	if batch < 1 {
+		batch = 1
+	}
+	msgs := make([]*msg, batch)
+	bufs := make([][]byte, batch)
+	sizes := make([]int, batch)
+	routed := make([][]byte, 0, batch)
+	keep := make([]*msg, 0, batch)
+	dst := make([]policy.PortSet, batch)
+	for i := range msgs {
+		msgs[i] = getMsg(p.class)
+	}
+	defer func() {
+		for _, m := range msgs {
+			m.free()
+		}
+	}()
+	mtu := n.cfg.MTU
+	for {
+		for i, m := range msgs {
+			bufs[i] = m.buf[:mtu]
+		}
+		count, err := p.ep.Read(bufs, sizes)
+		routed, keep = routed[:0], keep[:0]
+		for i := 0; i < count; i++ {
+			if sizes[i] > mtu {
+				p.errs.Add(1)
+				continue
+			}
+			if !p.canWrite.Load() {
+				continue
+			}
+			if n.tokens != nil {
+				select {
+				case n.tokens <- struct{}{}:
+				default:
+					// The pool is full: deliver what this batch holds
+					// first, since its messages hold slots too.
+					p.route(routed, keep, dst)
+					routed, keep = routed[:0], keep[:0]
+					select {
+					case n.tokens <- struct{}{}:
+					case <-p.done:
+						return
+					}
+				}
+				msgs[i].token = n.tokens
+			}
+			msgs[i].n = sizes[i]
+			msgs[i].refs.Store(1)
+			p.msgsIn.Add(1)
+			p.bytesIn.Add(uint64(sizes[i]))
+			routed = append(routed, msgs[i].bytes())
+			keep = append(keep, msgs[i])
+			msgs[i] = getMsg(p.class)
+		}
+		p.route(routed, keep, dst)
+		if err != nil {
+			if !errors.Is(err, io.EOF) {
+				p.leave()
+			}
+			return
+		}
+	}
+}
+
+// route asks the policy where keep's messages go and delivers them;
+// routed[i] is keep[i]'s payload.
+func (p *Port) route(routed [][]byte, keep []*msg, dst []policy.PortSet) {
+	if len(keep) == 0 {
+		return
+	}
+	n := p.net
+	v := n.view.Load()
+	for i := range keep {
+		dst[i].Clear()
+	}
+	n.policy.Route(p.num, routed, &v.readers, dst[:len(keep)])
+	for i, m := range keep {
+		n.deliver(m, &dst[i], v)
+	}
+}
+
+// writeLoop moves queued messages to the endpoint, out-of-band ones first.
+func (p *Port) writeLoop() {
+	defer p.wg.Done()
+	batch := p.ep.BatchSize()
+	if batch < 1 {
+		batch = 1
+	}
+	msgs := make([]*msg, 0, batch)
+	oob := make([]*msg, 0, 4)
+	bufs := make([][]byte, 0, batch)
+	for {
+		select {
+		case <-p.q.wake:
+		case <-p.done:
+			p.q.flush(true)
+			return
+		}
+		for {
+			msgs, oob = p.q.pop(msgs, oob)
+			if len(msgs) == 0 && len(oob) == 0 {
+				break
+			}
+			err := p.writeBatch(msgs, oob, bufs)
+			clear(msgs)
+			clear(oob)
+			if err != nil {
+				p.leave()
+				p.q.flush(true)
+				return
+			}
+		}
+	}
+}
+
+// writeBatch writes oob then msgs and drops the queue's references on all.
+func (p *Port) writeBatch(msgs, oob []*msg, bufs [][]byte) error {
+	defer func() {
+		for _, m := range oob {
+			m.decRef()
+		}
+		for _, m := range msgs {
+			m.decRef()
+		}
+	}()
+	for _, m := range oob {
+		if p.oobw == nil {
+			continue
+		}
+		if err := p.oobw.WriteOOB(m.bytes()); err != nil {
+			return err
+		}
+	}
+	if len(msgs) == 0 {
+		return nil
+	}
+	bufs = bufs[:0]
+	for _, m := range msgs {
+		bufs = append(bufs, m.bytes())
+	}
+	written, err := p.ep.Write(bufs)
+	for _, b := range bufs[:written] {
+		p.msgsOut.Add(1)
+		p.bytesOut.Add(uint64(len(b)))
+	}
+	return err
+}

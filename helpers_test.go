@@ -1,0 +1,170 @@
+package ipn_test
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ipn-project/ipn"
+)
+
+// runHelper runs the helper process name; it prints what it did as lines
+// on stdout for the test to check.
+func runHelper(name string, args []string) int {
+	var err error
+	switch name {
+	case "perm":
+		err = helpPerm(args[0], args[1])
+	case "recv":
+		err = helpRecv(args[0])
+	case "stream":
+		err = helpStream(args[0])
+	case "bindwait":
+		err = helpBindWait(args[0])
+	default:
+		err = fmt.Errorf("unknown helper %q", name)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "helper:", err)
+		return 1
+	}
+	return 0
+}
+
+// errName returns the errno name of err, or its text.
+func errName(err error) string {
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		return unix.ErrnoName(errno)
+	}
+	if errors.Is(err, io.EOF) {
+		return "EOF"
+	}
+	return err.Error()
+}
+
+// helpPerm binds or connects to path and reports what it may do: it sends
+// a message if it may send and waits for one if it may receive.
+func helpPerm(op, path string) error {
+	s, err := ipn.NewSocket(ipn.Any)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	if op == "bind" {
+		if err := s.Bind(path); err != nil {
+			fmt.Printf("bind err=%s\n", errName(err))
+			return nil
+		}
+		fmt.Println("bind ok")
+		return nil
+	}
+	if err := s.Connect(path); err != nil {
+		fmt.Printf("connect err=%s\n", errName(err))
+		return nil
+	}
+	fmt.Printf("connect ok read=%v write=%v\n", s.CanRead(), s.CanWrite())
+	if err := s.Send([]byte(fmt.Sprintf("hello from uid %d", os.Getuid()))); err != nil {
+		fmt.Printf("send err=%s\n", errName(err))
+	} else {
+		fmt.Println("send ok")
+	}
+	s.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 2048)
+	n, _, err := s.Recv(buf)
+	if err != nil {
+		fmt.Printf("recv err=%s\n", errName(err))
+	} else {
+		fmt.Printf("got %s\n", buf[:n])
+	}
+	return nil
+}
+
+// helpRecv joins path receive-only and prints each message until EOF.
+func helpRecv(path string) error {
+	s, err := ipn.NewSocket(ipn.Any)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	if err := s.Shutdown(ipn.ShutWrite); err != nil {
+		return err
+	}
+	if err := s.Connect(path); err != nil {
+		return err
+	}
+	fmt.Printf("ready port=%d\n", s.Port())
+	buf := make([]byte, 65536)
+	w := bufio.NewWriter(os.Stdout)
+	for {
+		n, _, err := s.Recv(buf)
+		if err != nil {
+			fmt.Fprintf(w, "end %s\n", errName(err))
+			return w.Flush()
+		}
+		fmt.Fprintf(w, "msg %s\n", buf[:n])
+		w.Flush()
+	}
+}
+
+// helpStream joins path send-only and sends numbered messages until it is
+// killed or the network goes away.
+func helpStream(path string) error {
+	s, err := ipn.NewSocket(ipn.Any)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	if err := s.Shutdown(ipn.ShutRead); err != nil {
+		return err
+	}
+	if err := s.Connect(path); err != nil {
+		return err
+	}
+	fmt.Printf("ready port=%d\n", s.Port())
+	for i := 0; ; i++ {
+		if err := s.Send([]byte("stream " + strconv.Itoa(i))); err != nil {
+			return err
+		}
+		time.Sleep(time.Millisecond) // a steady stream, not a flood
+	}
+}
+
+// helpBindWait binds and connects path (starting the daemon if needed),
+// prints "ok", and stays until stdin closes, then reports how it ended.
+func helpBindWait(path string) error {
+	s, err := ipn.Join(path, ipn.Hub)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	fmt.Printf("ok port=%d\n", s.Port())
+	stdinDone := make(chan struct{})
+	go func() {
+		io.Copy(io.Discard, os.Stdin)
+		close(stdinDone)
+	}()
+	recvDone := make(chan struct{})
+	go func() {
+		defer close(recvDone)
+		buf := make([]byte, 2048)
+		for {
+			if _, _, err := s.Recv(buf); err != nil {
+				fmt.Printf("end %s\n", errName(err))
+				return
+			}
+		}
+	}()
+	select {
+	case <-stdinDone:
+	case <-recvDone:
+	}
+	return nil
+}

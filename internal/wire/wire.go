@@ -1,0 +1,247 @@
+// Package wire is the protocol between the ipn library and the daemon.
+// docs/protocol.md describes it for programs in other languages.
+//
+// A client opens one SOCK_SEQPACKET connection to the daemon's control
+// socket per IPN socket. Each packet is one request, reply or event: a
+// 4-byte header (op, reserved; little-endian uint16s) and a body. A reply
+// carries the request's op with ReplyBit set and starts with an int32 errno
+// (0 on success). Events (out-of-band messages) use OpOOB and may arrive at
+// any time. Connect's reply passes, with SCM_RIGHTS, the data socket: a
+// SOCK_SEQPACKET socket where one packet is one message.
+package wire
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// Version is the protocol version a client announces in OpHello.
+const Version = 1
+
+// Ops of the control protocol.
+const (
+	OpHello    uint16 = 1 // u16 version, u16 protocol tag
+	OpSetOpt   uint16 = 2 // u32 option, value
+	OpGetOpt   uint16 = 3 // u32 option; reply: value
+	OpBind     uint16 = 4 // path; SCM_RIGHTS: O_PATH fd of the network file
+	OpConnect  uint16 = 5 // path; SCM_RIGHTS: O_PATH fd unless bound; reply: ConnectReply + data fd
+	OpShutdown uint16 = 6 // u32 how: ShutRead|ShutWrite
+	OpSendOOB  uint16 = 7 // message, sent out of band
+	OpList     uint16 = 8 // optional path; reply: JSON []NetInfo
+
+	OpOOB    uint16 = 0x4000 // event: an out-of-band message for this node
+	ReplyBit uint16 = 0x8000
+)
+
+// Shutdown directions.
+const (
+	ShutRead  = 1
+	ShutWrite = 2
+)
+
+// Socket options, numbered as IPN's IPN_SO_* constants.
+const (
+	OptPort           = 0  // u32: port number wanted at connect
+	OptDescr          = 1  // string: port description
+	OptChangeNumNodes = 2  // u32: new number of ports (manager)
+	OptHandleOOB      = 3  // u32 bool
+	OptWantOOBNumNode = 4  // u32 bool
+	OptMTU            = 10 // u32
+	OptNumNodes       = 11 // u32
+	OptMsgPoolSize    = 12 // u32
+	OptFlags          = 13 // u32
+	OptMode           = 14 // u32 permission bits
+)
+
+// HeaderLen is the length of a packet header; ReplyHeaderLen adds the errno.
+const (
+	HeaderLen      = 4
+	ReplyHeaderLen = 8
+)
+
+// MaxPacket is the largest control packet.
+const MaxPacket = 1 << 20
+
+// ErrMalformed reports a packet that does not follow the protocol.
+var ErrMalformed = errors.New("malformed packet")
+
+// Packet builds a packet: header for op, then the body parts.
+func Packet(op uint16, parts ...[]byte) []byte {
+	n := HeaderLen
+	for _, p := range parts {
+		n += len(p)
+	}
+	b := make([]byte, HeaderLen, n)
+	binary.LittleEndian.PutUint16(b, op)
+	for _, p := range parts {
+		b = append(b, p...)
+	}
+	return b
+}
+
+// Reply builds a reply to op with errno err (nil for success) and body.
+func Reply(op uint16, err error, body ...[]byte) []byte {
+	var e [4]byte
+	binary.LittleEndian.PutUint32(e[:], uint32(Errno(err)))
+	return Packet(op|ReplyBit, append([][]byte{e[:]}, body...)...)
+}
+
+// Errno returns the errno to send for err: 0 for nil, the wrapped
+// syscall.Errno, or EINVAL.
+func Errno(err error) syscall.Errno {
+	if err == nil {
+		return 0
+	}
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		return errno
+	}
+	return syscall.EINVAL
+}
+
+// Split returns a packet's op and body.
+func Split(pkt []byte) (op uint16, body []byte, err error) {
+	if len(pkt) < HeaderLen {
+		return 0, nil, fmt.Errorf("%w: %d bytes", ErrMalformed, len(pkt))
+	}
+	return binary.LittleEndian.Uint16(pkt), pkt[HeaderLen:], nil
+}
+
+// SplitReply returns a reply's errno (nil on success) and body.
+func SplitReply(body []byte) (error, []byte) {
+	if len(body) < 4 {
+		return fmt.Errorf("%w: short reply", ErrMalformed), nil
+	}
+	if e := syscall.Errno(binary.LittleEndian.Uint32(body)); e != 0 {
+		return e, body[4:]
+	}
+	return nil, body[4:]
+}
+
+// U32 encodes v.
+func U32(v uint32) []byte { return binary.LittleEndian.AppendUint32(nil, v) }
+
+// GetU32 decodes the uint32 at the start of b.
+func GetU32(b []byte) (uint32, error) {
+	if len(b) < 4 {
+		return 0, fmt.Errorf("%w: want 4 bytes, have %d", ErrMalformed, len(b))
+	}
+	return binary.LittleEndian.Uint32(b), nil
+}
+
+// ConnectReply is the body of a successful OpConnect reply.
+type ConnectReply struct {
+	Port     uint32
+	MTU      uint32
+	Proto    uint16
+	CanRead  bool
+	CanWrite bool
+}
+
+// ConnectReplyLen is the encoded length of a ConnectReply.
+const ConnectReplyLen = 12
+
+// Encode returns r's wire form.
+func (r ConnectReply) Encode() []byte {
+	b := make([]byte, ConnectReplyLen)
+	binary.LittleEndian.PutUint32(b, r.Port)
+	binary.LittleEndian.PutUint32(b[4:], r.MTU)
+	binary.LittleEndian.PutUint16(b[8:], r.Proto)
+	var sides uint16
+	if r.CanRead {
+		sides |= ShutRead
+	}
+	if r.CanWrite {
+		sides |= ShutWrite
+	}
+	binary.LittleEndian.PutUint16(b[10:], sides)
+	return b
+}
+
+// DecodeConnectReply parses a ConnectReply.
+func DecodeConnectReply(b []byte) (ConnectReply, error) {
+	if len(b) < ConnectReplyLen {
+		return ConnectReply{}, fmt.Errorf("%w: connect reply of %d bytes", ErrMalformed, len(b))
+	}
+	sides := binary.LittleEndian.Uint16(b[10:])
+	return ConnectReply{
+		Port:     binary.LittleEndian.Uint32(b),
+		MTU:      binary.LittleEndian.Uint32(b[4:]),
+		Proto:    binary.LittleEndian.Uint16(b[8:]),
+		CanRead:  sides&ShutRead != 0,
+		CanWrite: sides&ShutWrite != 0,
+	}, nil
+}
+
+// Send writes pkt on c, passing fds with SCM_RIGHTS.
+func Send(c *net.UnixConn, pkt []byte, fds ...int) error {
+	var oob []byte
+	if len(fds) > 0 {
+		oob = unix.UnixRights(fds...)
+	}
+	_, _, err := c.WriteMsgUnix(pkt, oob, nil)
+	return err
+}
+
+// Recv reads one packet from c into buf and returns it with the descriptors
+// that came with it; the caller owns and must close them. A packet longer
+// than buf is an error.
+func Recv(c *net.UnixConn, buf []byte) ([]byte, []int, error) {
+	oob := make([]byte, unix.CmsgSpace(4*4))
+	n, oobn, flags, _, err := c.ReadMsgUnix(buf, oob)
+	if err != nil {
+		return nil, nil, err
+	}
+	fds, ferr := parseRights(oob[:oobn])
+	if flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0 {
+		closeAll(fds)
+		return nil, nil, fmt.Errorf("%w: truncated", ErrMalformed)
+	}
+	if ferr != nil {
+		closeAll(fds)
+		return nil, nil, ferr
+	}
+	if n == 0 {
+		closeAll(fds)
+		return nil, nil, errEOF
+	}
+	return buf[:n], fds, nil
+}
+
+// errEOF is what Recv returns for an empty packet, which SOCK_SEQPACKET
+// delivers when the peer has closed.
+var errEOF = fmt.Errorf("connection closed: %w", net.ErrClosed)
+
+// IsEOF reports whether err from Recv means the peer closed the connection.
+func IsEOF(err error) bool { return errors.Is(err, errEOF) || errors.Is(err, io.EOF) }
+
+func parseRights(oob []byte) ([]int, error) {
+	if len(oob) == 0 {
+		return nil, nil
+	}
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return nil, fmt.Errorf("%w: control message: %v", ErrMalformed, err)
+	}
+	var fds []int
+	for i := range msgs {
+		rights, err := unix.ParseUnixRights(&msgs[i])
+		if err != nil {
+			continue
+		}
+		fds = append(fds, rights...)
+	}
+	return fds, nil
+}
+
+func closeAll(fds []int) {
+	for _, fd := range fds {
+		unix.Close(fd)
+	}
+}

@@ -1,0 +1,160 @@
+// Package ipn is Inter Process Networking for Go programs: a process binds
+// or connects to a named network (a path in the file system) and every
+// message it sends is delivered, by the network's policy, to the other
+// members: all of them (hub), the right one (switch), or what a custom
+// policy decides.
+//
+// A Socket mirrors the IPN socket calls: make one for a protocol, set
+// options, Bind (create or manage) and/or Connect (join), then Send and
+// Recv whole messages. File permissions on the network file are the access
+// control: r to receive, w to send, x to manage.
+//
+// Networks are served by the ipn daemon. If none is running the library
+// starts one by re-executing the calling program (see daemon.Dial), so a
+// program works on a fresh machine with nothing set up.
+package ipn
+
+import (
+	"errors"
+	"syscall"
+
+	"github.com/ipn-project/ipn/daemon"
+	"github.com/ipn-project/ipn/internal/wire"
+	"github.com/ipn-project/ipn/policy"
+)
+
+func init() {
+	// A daemon started by the library is this very program, re-executed.
+	daemon.RunIfChild()
+}
+
+// Protocol is a delivery policy's tag, chosen when a socket is made.
+type Protocol = policy.Tag
+
+// The protocols of IPN. Any takes the network's; Broadcast (Hub) is built in.
+const (
+	Any         = policy.Any
+	Broadcast   = policy.Broadcast
+	Hub         = policy.Hub
+	VDESwitch   = policy.VDESwitch
+	VDESwitchL3 = policy.VDESwitchL3
+)
+
+// ProtocolByName returns the protocol registered under name ("hub",
+// "switch", ...) or "any".
+func ProtocolByName(name string) (Protocol, bool) {
+	if name == "any" {
+		return Any, true
+	}
+	return policy.TagOf(name)
+}
+
+// ProtocolNames returns the names of the registered protocols.
+func ProtocolNames() []string { return policy.Names() }
+
+// Flags are a network's flags, set before Bind.
+type Flags uint32
+
+// The network flags of IPN.
+const (
+	// Lossless makes senders wait while the network's pool is full instead
+	// of dropping messages for slow receivers.
+	Lossless Flags = 1
+	// Excl makes Bind fail on an existing network, and the network refuse
+	// other binders.
+	Excl Flags = 2
+	// FlexMTU sizes message buffers by the message rather than the MTU.
+	FlexMTU Flags = 4
+)
+
+// Defaults of a new network.
+const (
+	DefaultMTU      = 1514
+	DefaultNumNodes = 64
+	DefaultPoolSize = 8
+	DefaultMode     = 0o777
+)
+
+// How says which side Shutdown closes.
+type How int
+
+// Sides of a socket for Shutdown.
+const (
+	ShutRead      How = wire.ShutRead
+	ShutWrite     How = wire.ShutWrite
+	ShutReadWrite How = wire.ShutRead | wire.ShutWrite
+)
+
+// MsgFlags describe a received message.
+type MsgFlags int
+
+// Flags of a received message.
+const (
+	// MsgOOB marks an out-of-band message (a notice of the network or a
+	// message sent with SendOOB).
+	MsgOOB MsgFlags = 1 << iota
+	// MsgTrunc marks a message longer than the buffer; the rest was lost.
+	MsgTrunc
+)
+
+// NumNodesNotice is an out-of-band notice of the number of readers and
+// writers of a network, sent to ports that asked with SetWantNumNodes.
+type NumNodesNotice struct {
+	Level, Tag       int32
+	Readers, Writers int32
+}
+
+// ParseNumNodesNotice decodes a numnodes notice received with MsgOOB.
+func ParseNumNodesNotice(b []byte) (NumNodesNotice, error) {
+	if len(b) != 16 {
+		return NumNodesNotice{}, errors.New("ipn: not a numnodes notice")
+	}
+	u := func(i int) int32 { return int32(uint32(b[i]) | uint32(b[i+1])<<8 | uint32(b[i+2])<<16 | uint32(b[i+3])<<24) }
+	return NumNodesNotice{Level: u(0), Tag: u(4), Readers: u(8), Writers: u(12)}, nil
+}
+
+// NetInfo describes a network as the daemon lists it.
+type NetInfo = wire.NetInfo
+
+// PortInfo describes a connected port of a network.
+type PortInfo = wire.PortInfo
+
+// Addr is a network's address: its path.
+type Addr string
+
+// Network returns "ipn".
+func (a Addr) Network() string { return "ipn" }
+
+// String returns the path.
+func (a Addr) String() string { return string(a) }
+
+// Join connects to the network at path in one call, creating it (and then
+// managing it) if it does not exist. It is the common case: a peer of a
+// network. proto is the policy to use or expect; Any accepts the network's.
+func Join(path string, proto Protocol) (*Socket, error) {
+	s, err := NewSocket(proto)
+	if err != nil {
+		return nil, err
+	}
+	err = s.Connect(path)
+	if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
+		if err = s.Bind(path); err == nil {
+			err = s.Connect("")
+		}
+	}
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// List returns the networks the daemon serves; with a path, just that one.
+func List(path string) ([]NetInfo, error) {
+	s, err := NewSocket(Any)
+	if err != nil {
+		return nil, err
+	}
+	defer s.Close()
+	return s.list(path)
+}

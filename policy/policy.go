@@ -1,0 +1,208 @@
+// Package policy defines how an IPN network decides where a message goes.
+//
+// A Policy is the Go form of an IPN protocol (the kernel module's protocol
+// table): the engine calls its hooks when a network is made, resized and
+// deleted, when a port joins and leaves, and for every batch of messages a
+// port sends. A policy does no I/O: Route maps a source port and a batch of
+// messages to one destination set per message, and the engine delivers.
+//
+// Built-in policies register themselves from their package's init; a program
+// registers its own with Register before it serves a network.
+package policy
+
+import (
+	"fmt"
+	"sort"
+	"sync"
+	"syscall"
+)
+
+// Tag identifies a delivery policy; it is the IPN protocol number.
+type Tag uint16
+
+// The protocol tags of IPN. Any means "whatever the network uses".
+const (
+	Any         Tag = 0
+	Broadcast   Tag = 1
+	Hub             = Broadcast
+	VDESwitch   Tag = 2
+	VDESwitchL3 Tag = 3
+)
+
+// Network is the engine's side of a network, as a policy sees it.
+type Network interface {
+	// NumPorts returns the number of ports, used or not.
+	NumPorts() int
+	// Emit delivers msg to port as a message from the network itself
+	// (welcome and goodbye messages). It copies msg and may be called from
+	// any hook. It reports an error if the port is not connected.
+	Emit(port int, msg []byte) error
+}
+
+// Policy is one network's delivery policy.
+//
+// Membership hooks (NewPort, PostNewPort, PreDeletePort, DeletePort, Resize,
+// SetOption, Option, Close) are never called concurrently with each other.
+// Route may be called concurrently from several ports and with the
+// membership hooks, so a policy with state guards it itself.
+type Policy interface {
+	// NewPort picks the port number for a joining node. want is the number
+	// the node asked for, or -1; used holds the ports taken. It returns
+	// EADDRNOTAVAIL (or another error) to refuse the node.
+	NewPort(want int, used *PortSet, numPorts int) (int, error)
+	// PostNewPort is called once the node is connected at port.
+	PostNewPort(port int)
+	// PreDeletePort is called while the node at port is still connected,
+	// just before it leaves.
+	PreDeletePort(port int)
+	// DeletePort is called after the node at port left.
+	DeletePort(port int)
+	// Resize is called when a manager changes the number of ports; an error
+	// refuses the change.
+	Resize(numPorts int) error
+	// Route sets dst[i] to the ports that must receive msgs[i], sent by
+	// port src. members holds the connected ports that receive; the engine
+	// delivers only to those. dst[i] arrives empty.
+	Route(src int, msgs [][]byte, members *PortSet, dst []PortSet)
+	// SetOption sets a policy-specific option.
+	SetOption(name, value string) error
+	// Option reads a policy-specific option.
+	Option(name string) (string, error)
+	// Close is called once when the network is deleted.
+	Close()
+}
+
+// Factory makes the policy of a new network.
+type Factory func(net Network) (Policy, error)
+
+type entry struct {
+	tag     Tag
+	name    string
+	factory Factory
+}
+
+var registry struct {
+	sync.RWMutex
+	byTag  map[Tag]entry
+	byName map[string]Tag
+}
+
+// Register makes a policy available under tag and name. It fails if either
+// is taken or tag is Any.
+func Register(tag Tag, name string, f Factory) error {
+	if tag == Any || name == "" || f == nil {
+		return fmt.Errorf("register policy %d %q: %w", tag, name, syscall.EINVAL)
+	}
+	registry.Lock()
+	defer registry.Unlock()
+	if registry.byTag == nil {
+		registry.byTag = make(map[Tag]entry)
+		registry.byName = make(map[string]Tag)
+	}
+	if _, ok := registry.byTag[tag]; ok {
+		return fmt.Errorf("register policy %d %q: tag in use: %w", tag, name, syscall.EEXIST)
+	}
+	if _, ok := registry.byName[name]; ok {
+		return fmt.Errorf("register policy %d %q: name in use: %w", tag, name, syscall.EEXIST)
+	}
+	registry.byTag[tag] = entry{tag, name, f}
+	registry.byName[name] = tag
+	return nil
+}
+
+// MustRegister is Register for a package's init: it panics on error.
+func MustRegister(tag Tag, name string, f Factory) {
+	if err := Register(tag, name, f); err != nil {
+		panic(err)
+	}
+}
+
+// Lookup returns the factory and name registered for tag.
+func Lookup(tag Tag) (Factory, string, bool) {
+	registry.RLock()
+	defer registry.RUnlock()
+	e, ok := registry.byTag[tag]
+	return e.factory, e.name, ok
+}
+
+// TagOf returns the tag registered under name.
+func TagOf(name string) (Tag, bool) {
+	registry.RLock()
+	defer registry.RUnlock()
+	t, ok := registry.byName[name]
+	return t, ok
+}
+
+// String returns the registered name of t, or its number.
+func (t Tag) String() string {
+	if t == Any {
+		return "any"
+	}
+	if _, name, ok := Lookup(t); ok {
+		return name
+	}
+	return fmt.Sprintf("proto%d", uint16(t))
+}
+
+// Names returns the registered policy names, sorted.
+func Names() []string {
+	registry.RLock()
+	defer registry.RUnlock()
+	names := make([]string, 0, len(registry.byName))
+	for n := range registry.byName {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// FirstFree implements the usual NewPort: want if it is free and in range,
+// else the lowest free port; EADDRNOTAVAIL when there is none or want is taken.
+func FirstFree(want int, used *PortSet, numPorts int) (int, error) {
+	if want >= 0 {
+		if want >= numPorts || used.Has(want) {
+			return 0, syscall.EADDRNOTAVAIL
+		}
+		return want, nil
+	}
+	for p := 0; p < numPorts; p++ {
+		if !used.Has(p) {
+			return p, nil
+		}
+	}
+	return 0, syscall.EADDRNOTAVAIL
+}
+
+// Base gives a policy no-op membership hooks and FirstFree port numbering;
+// embed it and implement Route.
+type Base struct{}
+
+// NewPort implements Policy.NewPort with FirstFree.
+func (Base) NewPort(want int, used *PortSet, numPorts int) (int, error) {
+	return FirstFree(want, used, numPorts)
+}
+
+// PostNewPort implements Policy.PostNewPort; it does nothing.
+func (Base) PostNewPort(int) {}
+
+// PreDeletePort implements Policy.PreDeletePort; it does nothing.
+func (Base) PreDeletePort(int) {}
+
+// DeletePort implements Policy.DeletePort; it does nothing.
+func (Base) DeletePort(int) {}
+
+// Resize implements Policy.Resize; it accepts any size.
+func (Base) Resize(int) error { return nil }
+
+// SetOption implements Policy.SetOption; there are no options.
+func (Base) SetOption(name, _ string) error {
+	return fmt.Errorf("option %q: %w", name, syscall.ENOPROTOOPT)
+}
+
+// Option implements Policy.Option; there are no options.
+func (Base) Option(name string) (string, error) {
+	return "", fmt.Errorf("option %q: %w", name, syscall.ENOPROTOOPT)
+}
+
+// Close implements Policy.Close; it does nothing.
+func (Base) Close() {}

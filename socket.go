@@ -1,0 +1,689 @@
+package ipn
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ipn-project/ipn/daemon"
+	"github.com/ipn-project/ipn/internal/wire"
+)
+
+// Socket is an IPN socket: a node of a network once connected.
+//
+// Send and Recv may be called concurrently with each other and with the
+// option calls; Close unblocks them all.
+type Socket struct {
+	proto Protocol
+	ctl   *net.UnixConn
+
+	reqMu   sync.Mutex    // one request at a time on ctl
+	replies chan ctlReply // from the control reader to the requester
+	ctlDone chan struct{} // closed when the control reader exits
+	ctlErr  error         // why the control reader exited; read after ctlDone
+	once    sync.Once     // for Close
+	closed  chan struct{} // closed by Close
+
+	mu        sync.Mutex // guards the fields below
+	path      string     // network path once bound or connected
+	mode      os.FileMode
+	bound     bool
+	connected bool
+	data      *net.UnixConn // the data socket once connected
+	port      int
+	mtu       int
+	canRead   bool
+	canWrite  bool
+	shutRead  bool
+	shutWrite bool
+	wdl       time.Time // write deadline, applied at connect
+
+	oobMu sync.Mutex // guards oobq and rdl; see Recv
+	oobq  [][]byte
+	rdl   time.Time // the user's read deadline
+}
+
+type ctlReply struct {
+	op   uint16
+	body []byte
+	fds  []int
+}
+
+// NewSocket makes a socket for protocol proto (Any to take the network's),
+// reaching the daemon (and starting it if none runs).
+func NewSocket(proto Protocol) (*Socket, error) {
+	ctl, err := daemon.Dial()
+	if err != nil {
+		return nil, &net.OpError{Op: "socket", Net: "ipn", Err: err}
+	}
+	s := &Socket{
+		proto:   proto,
+		ctl:     ctl,
+		replies: make(chan ctlReply),
+		ctlDone: make(chan struct{}),
+		closed:  make(chan struct{}),
+		mode:    DefaultMode,
+		port:    -1,
+	}
+	go s.readControl()
+	hello := make([]byte, 4)
+	hello[0], hello[1] = byte(wire.Version), byte(wire.Version>>8)
+	hello[2], hello[3] = byte(proto), byte(proto>>8)
+	if _, _, err := s.request(wire.OpHello, hello); err != nil {
+		s.Close()
+		return nil, &net.OpError{Op: "socket", Net: "ipn", Err: err}
+	}
+	return s, nil
+}
+
+// readControl reads the control connection: replies go to the requester,
+// out-of-band messages to the queue Recv serves first.
+func (s *Socket) readControl() {
+	defer close(s.ctlDone)
+	buf := make([]byte, wire.ReplyHeaderLen+65536+64)
+	for {
+		pkt, fds, err := wire.Recv(s.ctl, buf)
+		if err != nil {
+			s.ctlErr = err
+			return
+		}
+		op, body, err := wire.Split(pkt)
+		if err != nil {
+			s.ctlErr = err
+			return
+		}
+		if op == wire.OpOOB {
+			s.pushOOB(append([]byte(nil), body...))
+			continue
+		}
+		r := ctlReply{op: op, body: append([]byte(nil), body...), fds: fds}
+		select {
+		case s.replies <- r:
+		case <-s.closed:
+			closeFDs(r.fds)
+			return
+		}
+	}
+}
+
+func closeFDs(fds []int) {
+	for _, fd := range fds {
+		unix.Close(fd)
+	}
+}
+
+// pushOOB queues an out-of-band message and wakes a Recv blocked on the
+// data socket by moving its deadline to the past.
+func (s *Socket) pushOOB(m []byte) {
+	s.oobMu.Lock()
+	defer s.oobMu.Unlock()
+	s.oobq = append(s.oobq, m)
+	s.mu.Lock()
+	data := s.data
+	s.mu.Unlock()
+	if data != nil {
+		data.SetReadDeadline(time.Unix(1, 0))
+	}
+}
+
+// request sends op with body (and fds) and waits for the reply's body and
+// descriptors, or the errno the daemon answered.
+func (s *Socket) request(op uint16, body []byte, fds ...int) ([]byte, []int, error) {
+	s.reqMu.Lock()
+	defer s.reqMu.Unlock()
+	select {
+	case <-s.closed:
+		return nil, nil, net.ErrClosed
+	default:
+	}
+	if err := wire.Send(s.ctl, wire.Packet(op, body), fds...); err != nil {
+		return nil, nil, s.lostDaemon(err)
+	}
+	select {
+	case r := <-s.replies:
+		if r.op != op|wire.ReplyBit {
+			closeFDs(r.fds)
+			return nil, nil, fmt.Errorf("daemon answered op %#x to op %d: %w", r.op, op, syscall.EPROTO)
+		}
+		err, rbody := wire.SplitReply(r.body)
+		if err != nil {
+			closeFDs(r.fds)
+			return nil, nil, err
+		}
+		return rbody, r.fds, nil
+	case <-s.ctlDone:
+		return nil, nil, s.lostDaemon(s.ctlErr)
+	case <-s.closed:
+		return nil, nil, net.ErrClosed
+	}
+}
+
+// lostDaemon describes a control connection that broke.
+func (s *Socket) lostDaemon(err error) error {
+	return fmt.Errorf("connection to ipn daemon lost (%v): %w", err, syscall.ECONNRESET)
+}
+
+func (s *Socket) opError(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	s.mu.Lock()
+	path := s.path
+	s.mu.Unlock()
+	var addr net.Addr
+	if path != "" {
+		addr = Addr(path)
+	}
+	return &net.OpError{Op: op, Net: "ipn", Addr: addr, Err: err}
+}
+
+func (s *Socket) setOpt(opt uint32, val []byte) error {
+	_, _, err := s.request(wire.OpSetOpt, append(wire.U32(opt), val...))
+	return err
+}
+
+func (s *Socket) getOpt(opt uint32) ([]byte, error) {
+	body, _, err := s.request(wire.OpGetOpt, wire.U32(opt))
+	return body, err
+}
+
+func (s *Socket) setU32(op string, opt uint32, v int) error {
+	if v < 0 {
+		return s.opError(op, syscall.EINVAL)
+	}
+	return s.opError(op, s.setOpt(opt, wire.U32(uint32(v))))
+}
+
+func (s *Socket) getU32(op string, opt uint32) (int, error) {
+	b, err := s.getOpt(opt)
+	if err != nil {
+		return 0, s.opError(op, err)
+	}
+	v, err := wire.GetU32(b)
+	return int(int32(v)), s.opError(op, err)
+}
+
+// SetMTU sets the largest message of the network Bind creates.
+func (s *Socket) SetMTU(mtu int) error { return s.setU32("setmtu", wire.OptMTU, mtu) }
+
+// SetNumNodes sets the number of ports of the network Bind creates.
+func (s *Socket) SetNumNodes(n int) error { return s.setU32("setnumnodes", wire.OptNumNodes, n) }
+
+// SetMsgPoolSize sets the message pool of the network Bind creates: the
+// queue of each receiver (lossy) or the messages in flight (lossless).
+func (s *Socket) SetMsgPoolSize(n int) error {
+	return s.setU32("setmsgpoolsize", wire.OptMsgPoolSize, n)
+}
+
+// SetFlags sets the flags of the network Bind creates.
+func (s *Socket) SetFlags(f Flags) error { return s.setU32("setflags", wire.OptFlags, int(f)) }
+
+// SetMode sets the permission bits of the network file Bind creates (the
+// umask applies).
+func (s *Socket) SetMode(mode os.FileMode) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.bound || s.connected {
+		return s.opErrorLocked("setmode", syscall.EISCONN)
+	}
+	if mode&^os.ModePerm != 0 {
+		return s.opErrorLocked("setmode", syscall.EINVAL)
+	}
+	s.mode = mode
+	return nil
+}
+
+func (s *Socket) opErrorLocked(op string, err error) error {
+	return &net.OpError{Op: op, Net: "ipn", Err: err}
+}
+
+// MTU returns the network's MTU (the one Bind would use before binding).
+func (s *Socket) MTU() (int, error) { return s.getU32("getmtu", wire.OptMTU) }
+
+// NumNodes returns the network's number of ports.
+func (s *Socket) NumNodes() (int, error) { return s.getU32("getnumnodes", wire.OptNumNodes) }
+
+// MsgPoolSize returns the network's message pool size.
+func (s *Socket) MsgPoolSize() (int, error) {
+	return s.getU32("getmsgpoolsize", wire.OptMsgPoolSize)
+}
+
+// NetFlags returns the network's flags.
+func (s *Socket) NetFlags() (Flags, error) {
+	v, err := s.getU32("getflags", wire.OptFlags)
+	return Flags(v), err
+}
+
+// SetPort asks for port number n at Connect (EADDRNOTAVAIL if taken).
+func (s *Socket) SetPort(n int) error { return s.setU32("setport", wire.OptPort, n) }
+
+// Port returns the port number once connected.
+func (s *Socket) Port() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.port
+}
+
+// SetDescription sets the port's description (at most 128 bytes), shown by
+// ipn ls; before Connect.
+func (s *Socket) SetDescription(d string) error {
+	return s.opError("setdescr", s.setOpt(wire.OptDescr, []byte(d)))
+}
+
+// SetWantNumNodes asks, before Connect, for an out-of-band notice each time
+// the number of readers or writers of the network changes.
+func (s *Socket) SetWantNumNodes(on bool) error {
+	return s.setU32("setwantoob", wire.OptWantOOBNumNode, boolInt(on))
+}
+
+// SetHandleOOB accepts, before Connect, out-of-band messages sent by other
+// nodes with SendOOB.
+func (s *Socket) SetHandleOOB(on bool) error {
+	return s.setU32("sethandleoob", wire.OptHandleOOB, boolInt(on))
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// ChangeNumNodes changes the number of ports of the network; the socket must
+// be bound (a manager). Shrinking over a used port fails with EADDRINUSE.
+func (s *Socket) ChangeNumNodes(n int) error {
+	return s.setU32("changenumnodes", wire.OptChangeNumNodes, n)
+}
+
+// Path returns the network's path once bound or connected (getsockname).
+func (s *Socket) Path() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.path
+}
+
+// LocalAddr returns the network's address.
+func (s *Socket) LocalAddr() net.Addr { return Addr(s.Path()) }
+
+// Bind creates the network at path, owned by the caller with the mode set
+// by SetMode less the umask, or joins the existing network there as a
+// manager (which needs x on the file). A bound socket may change the
+// network (ChangeNumNodes) and Connect("") to it.
+func (s *Socket) Bind(path string) error {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return s.opError("bind", err)
+	}
+	s.mu.Lock()
+	if s.bound || s.connected {
+		s.mu.Unlock()
+		return s.opError("bind", syscall.EINVAL)
+	}
+	mode := s.mode
+	s.mu.Unlock()
+
+	// Make the file as the caller, so the kernel checks the directory and
+	// sets owner and mode (less the umask). EEXIST: join what is there.
+	created := true
+	if err := unix.Mknod(abs, unix.S_IFSOCK|uint32(mode.Perm()), 0); err != nil {
+		if !errors.Is(err, syscall.EEXIST) {
+			return &net.OpError{Op: "bind", Net: "ipn", Addr: Addr(abs), Err: err}
+		}
+		created = false
+	}
+	fd, err := unix.Open(abs, unix.O_PATH|unix.O_CLOEXEC, 0)
+	if err == nil {
+		_, _, err = s.request(wire.OpBind, []byte(abs), fd)
+		unix.Close(fd)
+	}
+	if err != nil {
+		if created {
+			os.Remove(abs)
+		}
+		return &net.OpError{Op: "bind", Net: "ipn", Addr: Addr(abs), Err: err}
+	}
+	s.mu.Lock()
+	s.bound, s.path = true, abs
+	s.mu.Unlock()
+	return nil
+}
+
+// Connect joins the network at path, or the bound one if path is "". The
+// sides the caller has no right to (no r: receive, no w: send) are shut
+// down; with neither right it fails with EACCES.
+func (s *Socket) Connect(path string) error {
+	s.mu.Lock()
+	bound, boundPath, connected := s.bound, s.path, s.connected
+	s.mu.Unlock()
+	if connected {
+		return s.opError("connect", syscall.EISCONN)
+	}
+	abs := boundPath
+	if path != "" {
+		var err error
+		if abs, err = filepath.Abs(path); err != nil {
+			return s.opError("connect", err)
+		}
+	}
+	if abs == "" {
+		return s.opError("connect", syscall.EDESTADDRREQ)
+	}
+	var fds []int
+	if !bound || abs != boundPath {
+		fd, err := unix.Open(abs, unix.O_PATH|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return &net.OpError{Op: "connect", Net: "ipn", Addr: Addr(abs), Err: err}
+		}
+		defer unix.Close(fd)
+		fds = append(fds, fd)
+	}
+	body, rfds, err := s.request(wire.OpConnect, []byte(abs), fds...)
+	if err == nil && len(rfds) != 1 {
+		closeFDs(rfds)
+		err = fmt.Errorf("daemon passed %d descriptors: %w", len(rfds), syscall.EPROTO)
+	}
+	var rep wire.ConnectReply
+	if err == nil {
+		if rep, err = wire.DecodeConnectReply(body); err != nil {
+			closeFDs(rfds)
+		}
+	}
+	if err != nil {
+		return &net.OpError{Op: "connect", Net: "ipn", Addr: Addr(abs), Err: err}
+	}
+	f := os.NewFile(uintptr(rfds[0]), "ipn-data")
+	c, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		return &net.OpError{Op: "connect", Net: "ipn", Addr: Addr(abs), Err: err}
+	}
+	data := c.(*net.UnixConn)
+	s.oobMu.Lock()
+	s.mu.Lock()
+	s.connected, s.path, s.data = true, abs, data
+	s.port, s.mtu = int(rep.Port), int(rep.MTU)
+	s.canRead, s.canWrite = rep.CanRead, rep.CanWrite
+	data.SetWriteDeadline(s.wdl)
+	data.SetReadDeadline(s.rdl)
+	if len(s.oobq) > 0 {
+		data.SetReadDeadline(time.Unix(1, 0))
+	}
+	s.mu.Unlock()
+	s.oobMu.Unlock()
+	return nil
+}
+
+// CanRead reports whether the socket receives (connected, with r, and not
+// shut down for reading).
+func (s *Socket) CanRead() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.connected && s.canRead && !s.shutRead
+}
+
+// CanWrite reports whether the socket may send.
+func (s *Socket) CanWrite() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.connected && s.canWrite && !s.shutWrite
+}
+
+// Shutdown closes the receive side, the send side, or both, for good. It
+// may be called before Connect. Closing the receive side drops the
+// messages waiting for the node.
+func (s *Socket) Shutdown(how How) error {
+	if how&^ShutReadWrite != 0 || how == 0 {
+		return s.opError("shutdown", syscall.EINVAL)
+	}
+	if _, _, err := s.request(wire.OpShutdown, wire.U32(uint32(how))); err != nil {
+		return s.opError("shutdown", err)
+	}
+	s.mu.Lock()
+	s.shutRead = s.shutRead || how&ShutRead != 0
+	s.shutWrite = s.shutWrite || how&ShutWrite != 0
+	s.mu.Unlock()
+	if how&ShutRead != 0 {
+		s.oobMu.Lock()
+		s.oobq = nil
+		s.oobMu.Unlock()
+	}
+	return nil
+}
+
+// sendCheck returns the data socket if the socket may send n bytes.
+func (s *Socket) sendCheck(n int) (*net.UnixConn, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.isClosed():
+		return nil, net.ErrClosed
+	case !s.connected:
+		return nil, syscall.ENOTCONN
+	case s.shutWrite || !s.canWrite:
+		return nil, syscall.EPIPE
+	case n > s.mtu:
+		return nil, syscall.EOVERFLOW
+	case n == 0:
+		return nil, fmt.Errorf("empty message: %w", syscall.EINVAL)
+	}
+	return s.data, nil
+}
+
+func (s *Socket) isClosed() bool {
+	select {
+	case <-s.closed:
+		return true
+	default:
+		return false
+	}
+}
+
+// Send sends msg as one message to the network. It fails with EOVERFLOW
+// if msg is longer than the MTU, EPIPE if the socket may not send,
+// ENOTCONN before Connect. In a lossless network it blocks while the
+// network's pool is full (up to the write deadline).
+func (s *Socket) Send(msg []byte) error {
+	data, err := s.sendCheck(len(msg))
+	if err == nil {
+		_, err = data.Write(msg)
+		err = unwrapNet(err)
+	}
+	return s.opError("send", err)
+}
+
+// SendOOB sends msg out of band to the nodes that handle OOB messages.
+func (s *Socket) SendOOB(msg []byte) error {
+	if _, err := s.sendCheck(len(msg)); err != nil {
+		return s.opError("sendoob", err)
+	}
+	_, _, err := s.request(wire.OpSendOOB, msg)
+	return s.opError("sendoob", err)
+}
+
+// Write sends b as one message; it implements io.Writer.
+func (s *Socket) Write(b []byte) (int, error) {
+	if err := s.Send(b); err != nil {
+		return 0, err
+	}
+	return len(b), nil
+}
+
+// Read receives one message into b; it implements io.Reader. A message
+// longer than b is truncated. Out-of-band messages come first, unmarked:
+// use Recv to tell them apart.
+func (s *Socket) Read(b []byte) (int, error) {
+	n, _, err := s.Recv(b)
+	return n, err
+}
+
+// Recv receives one message into b: the out-of-band ones first, marked
+// MsgOOB. It returns io.EOF when the socket can neither send nor receive
+// any more (or the network went away), EPIPE if only the receive side is
+// shut down, ENOTCONN before Connect, and os.ErrDeadlineExceeded (wrapped)
+// when the read deadline passes.
+func (s *Socket) Recv(b []byte) (int, MsgFlags, error) {
+	for {
+		s.oobMu.Lock()
+		if len(s.oobq) > 0 {
+			m := s.oobq[0]
+			s.oobq[0] = nil
+			s.oobq = s.oobq[1:]
+			s.oobMu.Unlock()
+			n := copy(b, m)
+			flags := MsgOOB
+			if n < len(m) {
+				flags |= MsgTrunc
+			}
+			return n, flags, nil
+		}
+		s.mu.Lock()
+		data, connected, closed := s.data, s.connected, s.isClosed()
+		canRead, canWrite := s.canRead && !s.shutRead, s.canWrite && !s.shutWrite
+		s.mu.Unlock()
+		var err error
+		switch {
+		case closed:
+			err = net.ErrClosed
+		case !connected:
+			err = syscall.ENOTCONN
+		case !canRead && !canWrite:
+			err = io.EOF
+		case !canRead:
+			err = syscall.EPIPE
+		}
+		if err != nil {
+			s.oobMu.Unlock()
+			if err == io.EOF {
+				return 0, 0, io.EOF
+			}
+			return 0, 0, s.opError("recv", err)
+		}
+		rdl := s.rdl
+		data.SetReadDeadline(rdl)
+		s.oobMu.Unlock()
+
+		n, _, rflags, _, err := data.ReadMsgUnix(b, nil)
+		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) && (rdl.IsZero() || time.Now().Before(rdl)) {
+				continue // woken for an out-of-band message
+			}
+			if errors.Is(err, io.EOF) {
+				return 0, 0, io.EOF
+			}
+			return 0, 0, s.opError("recv", unwrapNet(err))
+		}
+		if n == 0 {
+			return 0, 0, io.EOF
+		}
+		var flags MsgFlags
+		if rflags&unix.MSG_TRUNC != 0 {
+			flags |= MsgTrunc
+		}
+		return n, flags, nil
+	}
+}
+
+// unwrapNet strips the *net.OpError of the data socket, which names a
+// socketpair, keeping its cause.
+func unwrapNet(err error) error {
+	var oe *net.OpError
+	if errors.As(err, &oe) {
+		if se, ok := oe.Err.(*os.SyscallError); ok {
+			return se.Err
+		}
+		return oe.Err
+	}
+	return err
+}
+
+// SetDeadline sets the read and write deadlines.
+func (s *Socket) SetDeadline(t time.Time) error {
+	s.SetReadDeadline(t)
+	return s.SetWriteDeadline(t)
+}
+
+// SetReadDeadline sets when Recv gives up; the zero time means never.
+func (s *Socket) SetReadDeadline(t time.Time) error {
+	s.oobMu.Lock()
+	defer s.oobMu.Unlock()
+	s.rdl = t
+	s.mu.Lock()
+	data := s.data
+	s.mu.Unlock()
+	if data != nil {
+		if len(s.oobq) > 0 {
+			return nil // Recv will serve the queue first anyway
+		}
+		return data.SetReadDeadline(t)
+	}
+	return nil
+}
+
+// SetWriteDeadline sets when Send gives up; the zero time means never.
+func (s *Socket) SetWriteDeadline(t time.Time) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.wdl = t
+	if s.data != nil {
+		return s.data.SetWriteDeadline(t)
+	}
+	return nil
+}
+
+// closeTimeout bounds how long Close waits for the daemon.
+const closeTimeout = 5 * time.Second
+
+// Close leaves the network and releases the socket. It is idempotent.
+func (s *Socket) Close() error {
+	s.once.Do(func() {
+		close(s.closed)
+		// Data first: the daemon takes what was sent up to the data
+		// socket's end before it drops the port, when ctl closes.
+		s.mu.Lock()
+		if s.data != nil {
+			s.data.Close()
+		}
+		s.mu.Unlock()
+		// Then wait, briefly, for the daemon to release the port: a
+		// port is free again once Close returns.
+		s.ctl.CloseWrite()
+		t := time.NewTimer(closeTimeout)
+		select {
+		case <-s.ctlDone:
+		case <-t.C:
+		}
+		t.Stop()
+		s.ctl.Close()
+		<-s.ctlDone
+	})
+	return nil
+}
+
+// list asks the daemon for its networks.
+func (s *Socket) list(path string) ([]NetInfo, error) {
+	if path != "" {
+		abs, err := filepath.Abs(path)
+		if err != nil {
+			return nil, err
+		}
+		path = abs
+	}
+	body, _, err := s.request(wire.OpList, []byte(path))
+	if err != nil {
+		return nil, &net.OpError{Op: "list", Net: "ipn", Addr: Addr(path), Err: err}
+	}
+	var list []NetInfo
+	if err := json.Unmarshal(body, &list); err != nil {
+		return nil, fmt.Errorf("list: %w", err)
+	}
+	return list, nil
+}
