@@ -109,7 +109,9 @@ func ParseNumNodesNotice(b []byte) (NumNodesNotice, error) {
 	if len(b) != 16 {
 		return NumNodesNotice{}, errors.New("ipn: not a numnodes notice")
 	}
-	u := func(i int) int32 { return int32(uint32(b[i]) | uint32(b[i+1])<<8 | uint32(b[i+2])<<16 | uint32(b[i+3])<<24) }
+	u := func(i int) int32 {
+		return int32(uint32(b[i]) | uint32(b[i+1])<<8 | uint32(b[i+2])<<16 | uint32(b[i+3])<<24)
+	}
 	return NumNodesNotice{Level: u(0), Tag: u(4), Readers: u(8), Writers: u(12)}, nil
 }
 

@@ -47,9 +47,13 @@ type Socket struct {
 	shutWrite bool
 	wdl       time.Time // write deadline, applied at connect
 
-	oobMu sync.Mutex // guards oobq and rdl; see Recv
+	oobMu sync.Mutex // guards oobq, rdl and ctlTick; see Recv
 	oobq  [][]byte
 	rdl   time.Time // the user's read deadline
+	// ctlTick is closed and replaced each time the control reader has
+	// taken a packet, for Recv to wait on.
+	ctlTick chan struct{}
+	held    [][]byte // ordinary messages read while an OOB one was due
 }
 
 type ctlReply struct {
@@ -73,6 +77,7 @@ func NewSocket(proto Protocol) (*Socket, error) {
 		closed:  make(chan struct{}),
 		mode:    DefaultMode,
 		port:    -1,
+		ctlTick: make(chan struct{}),
 	}
 	go s.readControl()
 	hello := make([]byte, 4)
@@ -105,6 +110,7 @@ func (s *Socket) readControl() {
 			s.pushOOB(append([]byte(nil), body...))
 			continue
 		}
+		s.tick()
 		r := ctlReply{op: op, body: append([]byte(nil), body...), fds: fds}
 		select {
 		case s.replies <- r:
@@ -113,6 +119,40 @@ func (s *Socket) readControl() {
 			return
 		}
 	}
+}
+
+// tick tells a waiting Recv that the control reader took a packet.
+func (s *Socket) tick() {
+	s.oobMu.Lock()
+	close(s.ctlTick)
+	s.ctlTick = make(chan struct{})
+	s.oobMu.Unlock()
+}
+
+// ctlAlive reports whether the control reader still runs.
+func (s *Socket) ctlAlive() bool {
+	select {
+	case <-s.ctlDone:
+		return false
+	default:
+		return true
+	}
+}
+
+// ctlPending reports whether a packet waits on the control connection.
+func (s *Socket) ctlPending() bool {
+	raw, err := s.ctl.SyscallConn()
+	if err != nil {
+		return false
+	}
+	pending := false
+	raw.Control(func(fd uintptr) {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		if n, err := unix.Poll(fds, 0); err == nil && n > 0 {
+			pending = fds[0].Revents&unix.POLLIN != 0
+		}
+	})
+	return pending
 }
 
 func closeFDs(fds []int) {
@@ -127,6 +167,8 @@ func (s *Socket) pushOOB(m []byte) {
 	s.oobMu.Lock()
 	defer s.oobMu.Unlock()
 	s.oobq = append(s.oobq, m)
+	close(s.ctlTick)
+	s.ctlTick = make(chan struct{})
 	s.mu.Lock()
 	data := s.data
 	s.mu.Unlock()
@@ -453,7 +495,7 @@ func (s *Socket) Shutdown(how How) error {
 	s.mu.Unlock()
 	if how&ShutRead != 0 {
 		s.oobMu.Lock()
-		s.oobq = nil
+		s.oobq, s.held = nil, nil
 		s.oobMu.Unlock()
 	}
 	return nil
@@ -538,12 +580,14 @@ func (s *Socket) Recv(b []byte) (int, MsgFlags, error) {
 			s.oobq[0] = nil
 			s.oobq = s.oobq[1:]
 			s.oobMu.Unlock()
-			n := copy(b, m)
-			flags := MsgOOB
-			if n < len(m) {
-				flags |= MsgTrunc
-			}
-			return n, flags, nil
+			return copyMsg(b, m, MsgOOB)
+		}
+		if len(s.held) > 0 {
+			m := s.held[0]
+			s.held[0] = nil
+			s.held = s.held[1:]
+			s.oobMu.Unlock()
+			return copyMsg(b, m, 0)
 		}
 		s.mu.Lock()
 		data, connected, closed := s.data, s.connected, s.isClosed()
@@ -588,7 +632,52 @@ func (s *Socket) Recv(b []byte) (int, MsgFlags, error) {
 		if rflags&unix.MSG_TRUNC != 0 {
 			flags |= MsgTrunc
 		}
+		// The daemon writes a port's out-of-band messages before the
+		// ordinary ones that follow them, so one written before this
+		// message is on the control connection or queued: it goes first,
+		// and this message waits (flags are lost only for a truncated
+		// one, which is not held).
+		if flags == 0 && s.oobBefore() {
+			s.oobMu.Lock()
+			s.held = append(s.held, append([]byte(nil), b[:n]...))
+			s.oobMu.Unlock()
+			continue
+		}
 		return n, flags, nil
+	}
+}
+
+// copyMsg copies m into b, marking a truncation.
+func copyMsg(b, m []byte, flags MsgFlags) (int, MsgFlags, error) {
+	n := copy(b, m)
+	if n < len(m) {
+		flags |= MsgTrunc
+	}
+	return n, flags, nil
+}
+
+// oobBefore reports whether an out-of-band message is queued or waits on
+// the control connection, letting the control reader take a waiting one.
+func (s *Socket) oobBefore() bool {
+	for {
+		s.oobMu.Lock()
+		queued, tick := len(s.oobq) > 0, s.ctlTick
+		s.oobMu.Unlock()
+		if queued {
+			return true
+		}
+		if !s.ctlAlive() || !s.ctlPending() {
+			return false
+		}
+		t := time.NewTimer(ctlWait)
+		select {
+		case <-tick:
+		case <-s.ctlDone:
+		case <-t.C:
+			t.Stop()
+			return false
+		}
+		t.Stop()
 	}
 }
 
@@ -638,6 +727,10 @@ func (s *Socket) SetWriteDeadline(t time.Time) error {
 	}
 	return nil
 }
+
+// ctlWait bounds how long Recv waits for the control reader to take a
+// pending packet.
+const ctlWait = 100 * time.Millisecond
 
 // closeTimeout bounds how long Close waits for the daemon.
 const closeTimeout = 5 * time.Second

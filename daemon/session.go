@@ -552,4 +552,3 @@ func flagNames(f engine.Flags) []string {
 	}
 	return names
 }
-

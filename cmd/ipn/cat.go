@@ -105,7 +105,9 @@ func (o *catOptions) setup(path string) (*ipn.Socket, error) {
 		func() error { return setIf(o.ports != 0, s.SetNumNodes, o.ports) },
 		func() error { return setIf(o.mtu != 0, s.SetMTU, o.mtu) },
 		func() error { return setIf(o.pool != 0, s.SetMsgPoolSize, o.pool) },
-		func() error { return setIf(flags != 0, func(v int) error { return s.SetFlags(ipn.Flags(v)) }, int(flags)) },
+		func() error {
+			return setIf(flags != 0, func(v int) error { return s.SetFlags(ipn.Flags(v)) }, int(flags))
+		},
 		func() error { return setIf(o.port >= 0, s.SetPort, o.port) },
 		func() error {
 			if o.descr == "" {

@@ -3,6 +3,7 @@
 package seqpacket
 
 import (
+	"errors"
 	"io"
 	"net"
 	"sync"
@@ -32,19 +33,47 @@ func New(conn *net.UnixConn, oob func([]byte) error) *Endpoint {
 }
 
 // Read implements endpoint.Endpoint.Read; it reads one message per call.
+// An empty packet is skipped; io.EOF means the node closed its socket or
+// shut down its sending side.
 func (e *Endpoint) Read(bufs [][]byte, sizes []int) (int, error) {
-	n, _, flags, _, err := e.conn.ReadMsgUnix(bufs[0], nil)
-	if err != nil {
-		return 0, err
-	}
-	if n == 0 {
-		return 0, io.EOF
+	var n, flags int
+	for {
+		var err error
+		n, _, flags, _, err = e.conn.ReadMsgUnix(bufs[0], nil)
+		if errors.Is(err, io.EOF) || (err == nil && n == 0) {
+			// SOCK_SEQPACKET reads 0 bytes both at the end and for an
+			// empty packet; only a hung-up peer is the end.
+			if e.hungUp() {
+				return 0, io.EOF
+			}
+			continue
+		}
+		if err != nil {
+			return 0, err
+		}
+		break
 	}
 	sizes[0] = n
 	if flags&unix.MSG_TRUNC != 0 {
 		sizes[0] = len(bufs[0]) + 1
 	}
 	return 1, nil
+}
+
+// hungUp reports whether the peer will send no more.
+func (e *Endpoint) hungUp() bool {
+	raw, err := e.conn.SyscallConn()
+	if err != nil {
+		return true
+	}
+	hup := true
+	raw.Control(func(fd uintptr) {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLRDHUP}}
+		if _, err := unix.Poll(fds, 0); err == nil {
+			hup = fds[0].Revents&(unix.POLLRDHUP|unix.POLLHUP|unix.POLLERR) != 0
+		}
+	})
+	return hup
 }
 
 // Write implements endpoint.Endpoint.Write.

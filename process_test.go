@@ -1,0 +1,396 @@
+package ipn_test
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ipn-project/ipn"
+	"github.com/ipn-project/ipn/internal/wire"
+)
+
+// readersOf returns the number of readers and ports of the network at path.
+func readersOf(path string) (readers, ports int) {
+	nets, err := ipn.List(path)
+	if err != nil || len(nets) != 1 {
+		return -1, -1
+	}
+	return nets[0].Readers, len(nets[0].PortsInfo)
+}
+
+// The seed's first example: every peer binds and connects; each message
+// reaches all the other peers and not its sender.
+func TestSeedPeerToPeerProcesses(t *testing.T) {
+	ipnc := ipnCommand(t)
+	path := filepath.Join(tempDir(t), "p2p")
+	const n = 4
+	var peers []*proc
+	for i := 0; i < n; i++ {
+		peers = append(peers, start(t, nil, nil, ipnc, "cat", "--bind", path))
+	}
+	waitFor(t, 15*time.Second, "all peers connected", func() bool { r, _ := readersOf(path); return r == n })
+	for i, p := range peers {
+		fmt.Fprintf(p.stdin, "from peer %d\n", i)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			nets, _ := ipn.List(path)
+			t.Logf("network at failure: %+v", nets)
+			for i, p := range peers {
+				select {
+				case <-p.done:
+					t.Logf("peer %d (pid %d) exited: %v; stderr: %s", i, p.cmd.Process.Pid, p.err, p.stderr())
+				default:
+					t.Logf("peer %d (pid %d) running; stderr: %s", i, p.cmd.Process.Pid, p.stderr())
+				}
+			}
+		}
+	})
+	for i, p := range peers {
+		got := map[string]bool{}
+		for j := 0; j < n-1; j++ {
+			got[p.line(15*time.Second)] = true
+		}
+		for j := 0; j < n; j++ {
+			if want := fmt.Sprintf("from peer %d", j); got[want] != (i != j) {
+				t.Errorf("peer %d: has %q = %v, want %v (got %v)", i, want, got[want], i != j, got)
+			}
+		}
+	}
+	// Interrupted, every peer leaves cleanly, and the network with them.
+	for i, p := range peers {
+		p.cmd.Process.Signal(syscall.SIGTERM)
+		if err := p.wait(15 * time.Second); err != nil {
+			t.Errorf("peer %d on SIGTERM: %v: %s", i, err, p.stderr())
+		}
+	}
+	waitFor(t, 15*time.Second, "network removed", func() bool { _, err := os.Lstat(path); return os.IsNotExist(err) })
+}
+
+// The seed's second example: one sender; receivers join and leave while
+// it streams, each getting every message from when it joined.
+func TestSeedOneSenderManyReceiversProcesses(t *testing.T) {
+	ipnc := ipnCommand(t)
+	path := filepath.Join(tempDir(t), "tv")
+	sender := start(t, nil, nil, ipnc, "cat", "--bind", "--send-only", "--lossless", path)
+	waitFor(t, 15*time.Second, "network made", func() bool { _, p := readersOf(path); return p == 1 })
+	seq := 0
+	send := func(count int) (first int) {
+		first = seq
+		for i := 0; i < count; i++ {
+			fmt.Fprintf(sender.stdin, "frame %d\n", seq)
+			seq++
+		}
+		return first
+	}
+	expectRange := func(r *proc, name string, from, count int) {
+		t.Helper()
+		for i := from; i < from+count; i++ {
+			if got, want := r.line(15*time.Second), fmt.Sprintf("frame %d", i); got != want {
+				t.Fatalf("%s: got %q, want %q", name, got, want)
+			}
+		}
+	}
+	join := func(wantReaders int) *proc {
+		r := start(t, nil, nil, ipnc, "cat", "--recv-only", path)
+		waitFor(t, 15*time.Second, "receiver joined", func() bool { n, _ := readersOf(path); return n == wantReaders })
+		return r
+	}
+	r1 := join(1)
+	f := send(100)
+	expectRange(r1, "r1", f, 100)
+	r2 := join(2)
+	f = send(100)
+	expectRange(r1, "r1", f, 100)
+	expectRange(r2, "r2", f, 100)
+	r1.cmd.Process.Signal(syscall.SIGTERM) // leaves mid-stream
+	if err := r1.wait(15 * time.Second); err != nil {
+		t.Fatalf("r1 on SIGTERM: %v", err)
+	}
+	waitFor(t, 15*time.Second, "r1 gone", func() bool { n, _ := readersOf(path); return n == 1 })
+	f = send(100)
+	expectRange(r2, "r2", f, 100)
+	r3 := join(2)
+	f = send(100)
+	expectRange(r2, "r2", f, 100)
+	expectRange(r3, "r3", f, 100)
+	// End of input ends a send-only cat; the receivers keep the network.
+	sender.stdin.Close()
+	if err := sender.wait(15 * time.Second); err != nil {
+		t.Fatalf("sender: %v: %s", err, sender.stderr())
+	}
+	if _, err := os.Lstat(path); err != nil {
+		t.Fatalf("network gone while receivers are connected: %v", err)
+	}
+}
+
+// rawClient is a connection to the daemon that speaks bytes, not the library.
+func rawClient(t *testing.T) *net.UnixConn {
+	t.Helper()
+	c, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: socket, Net: "unixpacket"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// roundTrip sends pkt with fds and returns the daemon's errno, or an error
+// if the daemon closed the connection.
+func roundTrip(t *testing.T, c *net.UnixConn, pkt []byte, fds ...int) (syscall.Errno, error) {
+	t.Helper()
+	if err := wire.Send(c, pkt, fds...); err != nil {
+		return 0, err
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 4096)
+	reply, rfds, err := wire.Recv(c, buf)
+	if err != nil {
+		return 0, err
+	}
+	for _, fd := range rfds {
+		unix.Close(fd)
+	}
+	_, body, err := wire.Split(reply)
+	if err != nil {
+		t.Fatal(err)
+	}
+	errno, _ := wire.SplitReply(body)
+	if errno == nil {
+		return 0, nil
+	}
+	return errno.(syscall.Errno), nil
+}
+
+func hello(version, proto uint16) []byte {
+	return wire.Packet(wire.OpHello, []byte{byte(version), byte(version >> 8), byte(proto), byte(proto >> 8)})
+}
+
+func TestMalformedControlBytes(t *testing.T) {
+	path, member := bindNet(t, nil)
+
+	t.Run("short packet closes the connection", func(t *testing.T) {
+		c := rawClient(t)
+		if _, err := roundTrip(t, c, []byte{1}); !wire.IsEOF(err) {
+			t.Fatalf("after a 1-byte packet: %v, want the daemon to close", err)
+		}
+	})
+	t.Run("request before hello", func(t *testing.T) {
+		c := rawClient(t)
+		if e, err := roundTrip(t, c, wire.Packet(wire.OpGetOpt, wire.U32(wire.OptMTU))); err != nil || e != syscall.EPROTO {
+			t.Fatalf("got %v %v, want EPROTO", e, err)
+		}
+	})
+	t.Run("bad version then good", func(t *testing.T) {
+		c := rawClient(t)
+		if e, err := roundTrip(t, c, hello(9, 0)); err != nil || e != syscall.EPROTONOSUPPORT {
+			t.Fatalf("hello v9: %v %v", e, err)
+		}
+		if e, err := roundTrip(t, c, hello(wire.Version, 0)); err != nil || e != 0 {
+			t.Fatalf("hello v1 after: %v %v", e, err)
+		}
+	})
+	c := rawClient(t)
+	if e, err := roundTrip(t, c, hello(wire.Version, 0)); err != nil || e != 0 {
+		t.Fatalf("hello: %v %v", e, err)
+	}
+	devnull, _ := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	defer unix.Close(devnull)
+	for _, tc := range []struct {
+		name string
+		pkt  []byte
+		fds  []int
+		want syscall.Errno
+	}{
+		{"unknown op", wire.Packet(0x77, []byte("zz")), nil, syscall.EINVAL},
+		{"setopt without value", wire.Packet(wire.OpSetOpt, []byte{10, 0}), nil, syscall.EINVAL},
+		{"unknown option", wire.Packet(wire.OpSetOpt, wire.U32(999), wire.U32(1)), nil, syscall.ENOPROTOOPT},
+		{"mtu out of range", wire.Packet(wire.OpSetOpt, wire.U32(wire.OptMTU), wire.U32(1<<30)), nil, syscall.EINVAL},
+		{"bind with no fd", wire.Packet(wire.OpBind, []byte("/x")), nil, syscall.EINVAL},
+		{"bind with three fds", wire.Packet(wire.OpBind, []byte("/x")), []int{devnull, devnull, devnull}, syscall.EINVAL},
+		{"connect to a non-socket", wire.Packet(wire.OpConnect, []byte("/dev/null")), []int{devnull}, syscall.ECONNREFUSED},
+		{"connect with nothing", wire.Packet(wire.OpConnect, nil), nil, syscall.EDESTADDRREQ},
+		{"shutdown garbage", wire.Packet(wire.OpShutdown, wire.U32(77)), nil, syscall.EINVAL},
+		{"oob when not connected", wire.Packet(wire.OpSendOOB, []byte("x")), nil, syscall.ENOTCONN},
+	} {
+		if e, err := roundTrip(t, c, tc.pkt, tc.fds...); err != nil || e != tc.want {
+			t.Errorf("%s: got %v (%v), want %v", tc.name, e, err, tc.want)
+		}
+	}
+	t.Run("oversized packet closes the connection", func(t *testing.T) {
+		c := rawClient(t)
+		if _, err := roundTrip(t, c, make([]byte, 200000)); !wire.IsEOF(err) {
+			t.Fatalf("after a 200 kB packet: %v, want the daemon to close", err)
+		}
+	})
+	// Everyone else is still served.
+	b, err := ipn.NewSocket(ipn.Any)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if err := b.Connect(path); err != nil {
+		t.Fatal(err)
+	}
+	member.Send([]byte("still serving"))
+	if got := recvString(t, b); got != "still serving" {
+		t.Fatalf("got %q", got)
+	}
+}
+
+func TestKilledMembersFreeTheirPorts(t *testing.T) {
+	path, watcher := bindNet(t, nil)
+	sender := helper(t, nil, "stream", path)
+	sender.expect("ready", waitProcs)
+	receiver := helper(t, nil, "recv", path)
+	receiver.expect("ready", waitProcs)
+	receiver.expect("msg stream", waitProcs)
+	if got := recvString(t, watcher); !strings.HasPrefix(got, "stream ") {
+		t.Fatalf("watcher got %q", got)
+	}
+	// Kill the receiver mid-stream: the sender and the watcher go on.
+	receiver.cmd.Process.Kill()
+	waitFor(t, 15*time.Second, "killed receiver's port freed", func() bool { _, p := readersOf(path); return p == 2 })
+	// Kill the sender mid-stream: its port is freed, the network lives.
+	sender.cmd.Process.Kill()
+	waitFor(t, 15*time.Second, "killed sender's port freed", func() bool { _, p := readersOf(path); return p == 1 })
+	again := helper(t, nil, "stream", path)
+	again.expect("ready", waitProcs)
+	watcher.SetReadDeadline(time.Now().Add(15 * time.Second))
+	buf := make([]byte, 100)
+	for {
+		n, _, err := watcher.Recv(buf)
+		if err != nil {
+			t.Fatalf("watcher after the kills: %v", err)
+		}
+		if strings.HasPrefix(string(buf[:n]), "stream 0") && n == len("stream 0") {
+			break // the new sender's first message
+		}
+	}
+}
+
+// Two programs that start at once on a machine with no daemon start exactly
+// one; SIGTERM to it closes every port cleanly and removes its socket.
+func TestAutostartRaceAndSIGTERM(t *testing.T) {
+	dir := tempDir(t)
+	sock := filepath.Join(dir, "auto", "ipn.sock")
+	path := filepath.Join(dir, "net")
+	env := []string{helperEnv + "=bindwait", "IPN_SOCKET=" + sock, "IPN_NO_AUTOSTART=0"}
+	const n = 4
+	var procs []*proc
+	for i := 0; i < n; i++ {
+		procs = append(procs, start(t, nil, env, helperBin, path))
+	}
+	ports := map[string]bool{}
+	for _, p := range procs {
+		ports[p.expect("ok ", waitProcs)] = true
+	}
+	if len(ports) != n {
+		t.Fatalf("the %d programs did not share one network: %v", n, ports)
+	}
+	log, err := os.ReadFile(sock + ".log")
+	if err != nil {
+		t.Fatal(err)
+	}
+	starts := regexp.MustCompile(`msg=serving .* pid=(\d+)`).FindAllStringSubmatch(string(log), -1)
+	if len(starts) != 1 {
+		t.Fatalf("%d daemons started, want 1; log:\n%s", len(starts), log)
+	}
+	var pid int
+	fmt.Sscan(starts[0][1], &pid)
+	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	for i, p := range procs {
+		if got := p.expect("end", waitProcs); got != "end EOF" {
+			t.Errorf("program %d after SIGTERM: %q, want end EOF", i, got)
+		}
+	}
+	waitFor(t, 15*time.Second, "daemon exit", func() bool { return exited(pid) })
+	if _, err := os.Lstat(sock); !os.IsNotExist(err) {
+		t.Errorf("control socket left after SIGTERM: %v", err)
+	}
+}
+
+// exited reports whether process pid has ended (a zombie waiting for its
+// reaper counts: it has exited).
+func exited(pid int) bool {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	// The state follows the command name, which is in parentheses.
+	s := string(stat)
+	i := strings.LastIndexByte(s, ')')
+	return i < 0 || i+2 >= len(s) || s[i+2] == 'Z'
+}
+
+func TestCommandHelp(t *testing.T) {
+	ipnc := ipnCommand(t)
+	for _, args := range [][]string{{"--help"}, {"cat", "--help"}, {"ls", "--help"}, {"daemon", "--help"}} {
+		p := start(t, nil, nil, ipnc, args...)
+		out := strings.Join(drain(p), "\n")
+		if err := p.wait(10 * time.Second); err != nil || !strings.Contains(out, "Usage:") {
+			t.Errorf("ipn %v: %v\n%s", args, err, out)
+		}
+	}
+}
+
+func drain(p *proc) []string {
+	var lines []string
+	for l := range p.lines {
+		lines = append(lines, l)
+	}
+	return lines
+}
+
+// A raw client joins with plain sockets, as docs/protocol.md describes; an
+// empty packet on its data socket neither counts as a message nor ends it.
+func TestRawClientEmptyPacket(t *testing.T) {
+	path, member := bindNet(t, nil)
+	c := rawClient(t)
+	if e, err := roundTrip(t, c, hello(wire.Version, 0)); err != nil || e != 0 {
+		t.Fatalf("hello: %v %v", e, err)
+	}
+	fd, err := unix.Open(path, unix.O_PATH|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if err := wire.Send(c, wire.Packet(wire.OpConnect, []byte(path)), fd); err != nil {
+		t.Fatal(err)
+	}
+	reply, fds, err := wire.Recv(c, make([]byte, 256))
+	if err != nil || len(fds) != 1 {
+		t.Fatalf("connect reply: %v, %d fds", err, len(fds))
+	}
+	data := os.NewFile(uintptr(fds[0]), "data")
+	defer data.Close()
+	_, body, _ := wire.Split(reply)
+	if errno, rest := wire.SplitReply(body); errno != nil || len(rest) != wire.ConnectReplyLen {
+		t.Fatalf("connect: %v", errno)
+	}
+	if _, err := unix.Write(fds[0], nil); err != nil {
+		t.Fatalf("empty packet: %v", err)
+	}
+	if _, err := unix.Write(fds[0], []byte("after empty")); err != nil {
+		t.Fatal(err)
+	}
+	if got := recvString(t, member); got != "after empty" {
+		t.Fatalf("got %q", got)
+	}
+	member.Send([]byte("to raw"))
+	buf := make([]byte, 100)
+	n, err := unix.Read(fds[0], buf)
+	if err != nil || string(buf[:n]) != "to raw" {
+		t.Fatalf("raw client read %q, %v", buf[:n], err)
+	}
+}
