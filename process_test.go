@@ -163,7 +163,7 @@ func roundTrip(t *testing.T, c *net.UnixConn, pkt []byte, fds ...int) (syscall.E
 	if err != nil {
 		t.Fatal(err)
 	}
-	errno, _ := wire.SplitReply(body)
+	_, errno := wire.SplitReply(body)
 	if errno == nil {
 		return 0, nil
 	}
@@ -375,7 +375,7 @@ func TestRawClientEmptyPacket(t *testing.T) {
 	data := os.NewFile(uintptr(fds[0]), "data")
 	defer data.Close()
 	_, body, _ := wire.Split(reply)
-	if errno, rest := wire.SplitReply(body); errno != nil || len(rest) != wire.ConnectReplyLen {
+	if rest, errno := wire.SplitReply(body); errno != nil || len(rest) != wire.ConnectReplyLen {
 		t.Fatalf("connect: %v", errno)
 	}
 	if _, err := unix.Write(fds[0], nil); err != nil {

@@ -196,7 +196,7 @@ func (s *Socket) request(op uint16, body []byte, fds ...int) ([]byte, []int, err
 			closeFDs(r.fds)
 			return nil, nil, fmt.Errorf("daemon answered op %#x to op %d: %w", r.op, op, syscall.EPROTO)
 		}
-		err, rbody := wire.SplitReply(r.body)
+		rbody, err := wire.SplitReply(r.body)
 		if err != nil {
 			closeFDs(r.fds)
 			return nil, nil, err

@@ -113,15 +113,16 @@ func Split(pkt []byte) (op uint16, body []byte, err error) {
 	return binary.LittleEndian.Uint16(pkt), pkt[HeaderLen:], nil
 }
 
-// SplitReply returns a reply's errno (nil on success) and body.
-func SplitReply(body []byte) (error, []byte) {
+// SplitReply returns a reply's body after the errno, and the errno as an
+// error (nil on success).
+func SplitReply(body []byte) ([]byte, error) {
 	if len(body) < 4 {
-		return fmt.Errorf("%w: short reply", ErrMalformed), nil
+		return nil, fmt.Errorf("%w: short reply", ErrMalformed)
 	}
 	if e := syscall.Errno(binary.LittleEndian.Uint32(body)); e != 0 {
-		return e, body[4:]
+		return body[4:], e
 	}
-	return nil, body[4:]
+	return body[4:], nil
 }
 
 // U32 encodes v.
