@@ -394,3 +394,24 @@ func TestRawClientEmptyPacket(t *testing.T) {
 		t.Fatalf("raw client read %q, %v", buf[:n], err)
 	}
 }
+
+// The README's first command: ipn demo runs both seed examples as processes.
+func TestDemo(t *testing.T) {
+	p := start(t, nil, nil, ipnCommand(t), "demo")
+	out := strings.Join(drain(p), "\n")
+	if err := p.wait(30 * time.Second); err != nil {
+		t.Fatalf("ipn demo: %v\n%s\n%s", err, out, p.stderr())
+	}
+	for _, want := range []string{
+		`peer0 received "hello from peer1"`, `peer2 received "hello from peer0"`,
+		`viewer1 received "frame 0"`, `viewer2 received "frame 2"`,
+		"sender", "lossless",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("ipn demo output lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, `peer0 received "hello from peer0"`) {
+		t.Errorf("a peer received its own message:\n%s", out)
+	}
+}

@@ -25,7 +25,7 @@ The daemon that serves networks starts by itself when first needed.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(catCmd(), lsCmd(), daemonCmd())
+	root.AddCommand(catCmd(), lsCmd(), daemonCmd(), demoCmd())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "ipn:", err)
 		var ex exitError
