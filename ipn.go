@@ -19,6 +19,7 @@ import (
 	"syscall"
 
 	"github.com/ipn-project/ipn/daemon"
+	"github.com/ipn-project/ipn/engine"
 	"github.com/ipn-project/ipn/internal/wire"
 	"github.com/ipn-project/ipn/policy"
 )
@@ -53,25 +54,26 @@ func ProtocolByName(name string) (Protocol, bool) {
 func ProtocolNames() []string { return policy.Names() }
 
 // Flags are a network's flags, set before Bind.
-type Flags uint32
+type Flags = engine.Flags
 
 // The network flags of IPN.
 const (
 	// Lossless makes senders wait while the network's pool is full instead
 	// of dropping messages for slow receivers.
-	Lossless Flags = 1
+	Lossless = engine.Lossless
 	// Excl makes Bind fail on an existing network, and the network refuse
 	// other binders.
-	Excl Flags = 2
-	// FlexMTU sizes message buffers by the message rather than the MTU.
-	FlexMTU Flags = 4
+	Excl = engine.Excl
+	// FlexMTU keeps each message in a buffer of its own size rather than
+	// one of the MTU's.
+	FlexMTU = engine.FlexMTU
 )
 
 // Defaults of a new network.
 const (
-	DefaultMTU      = 1514
-	DefaultNumNodes = 64
-	DefaultPoolSize = 8
+	DefaultMTU      = engine.DefaultMTU
+	DefaultNumNodes = engine.DefaultNumPorts
+	DefaultPoolSize = engine.DefaultPoolSize
 	DefaultMode     = 0o777
 )
 

@@ -141,18 +141,7 @@ func (s *Socket) ctlAlive() bool {
 
 // ctlPending reports whether a packet waits on the control connection.
 func (s *Socket) ctlPending() bool {
-	raw, err := s.ctl.SyscallConn()
-	if err != nil {
-		return false
-	}
-	pending := false
-	raw.Control(func(fd uintptr) {
-		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-		if n, err := unix.Poll(fds, 0); err == nil && n > 0 {
-			pending = fds[0].Revents&unix.POLLIN != 0
-		}
-	})
-	return pending
+	return wire.Poll(s.ctl, unix.POLLIN)&unix.POLLIN != 0
 }
 
 func closeFDs(fds []int) {

@@ -27,7 +27,7 @@ const (
 	Lossless Flags = 1
 	// Excl refuses binding to an existing network and other binders.
 	Excl Flags = 2
-	// FlexMTU sizes message buffers by the message, not by the MTU.
+	// FlexMTU keeps each message in a buffer of its own size, not the MTU's.
 	FlexMTU Flags = 4
 )
 

@@ -294,3 +294,24 @@ func BenchmarkHub1to1(b *testing.B) {
 	}
 	<-done
 }
+
+func TestFlexMTUDeliversIntact(t *testing.T) {
+	_, n := create(t, engine.Config{MTU: 60000, Flags: engine.FlexMTU | engine.Lossless})
+	a := join(t, n, engine.PortOptions{})
+	b := join(t, n, engine.PortOptions{})
+	c := ctx(t)
+	for _, size := range []int{1, 100, 3000, 60000} {
+		msg := make([]byte, size)
+		msg[0], msg[size-1] = byte(size), byte(size>>8)
+		if err := a.ep.Inject(c, msg); err != nil {
+			t.Fatal(err)
+		}
+		got, err := b.ep.Recv(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != size || got[0] != msg[0] || got[size-1] != msg[size-1] {
+			t.Fatalf("size %d: got %d bytes", size, len(got))
+		}
+	}
+}

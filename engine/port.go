@@ -175,6 +175,7 @@ func (p *Port) readLoop() {
 		}
 	}()
 	mtu := n.cfg.MTU
+	flex := n.cfg.Flags&FlexMTU != 0
 	for {
 		for i, m := range msgs {
 			bufs[i] = m.buf[:mtu]
@@ -205,13 +206,23 @@ func (p *Port) readLoop() {
 				}
 				msgs[i].token = n.tokens
 			}
-			msgs[i].n = sizes[i]
-			msgs[i].refs.Store(1)
+			m := msgs[i]
+			m.n = sizes[i]
+			if flex && classFor(m.n) < p.class {
+				// FlexMTU: keep the message in a buffer of its own size;
+				// the MTU-sized one reads the next message.
+				small := getMsg(classFor(m.n))
+				small.n = copy(small.buf, m.bytes())
+				small.token, m.token = m.token, nil
+				m = small
+			} else {
+				msgs[i] = getMsg(p.class)
+			}
+			m.refs.Store(1)
 			p.msgsIn.Add(1)
-			p.bytesIn.Add(uint64(sizes[i]))
-			routed = append(routed, msgs[i].bytes())
-			keep = append(keep, msgs[i])
-			msgs[i] = getMsg(p.class)
+			p.bytesIn.Add(uint64(m.n))
+			routed = append(routed, m.bytes())
+			keep = append(keep, m)
 		}
 		p.route(routed, keep, dst)
 		if err != nil {

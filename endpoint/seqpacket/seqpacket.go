@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ipn-project/ipn/endpoint"
+	"github.com/ipn-project/ipn/internal/wire"
 )
 
 // Endpoint carries a port's messages over a SOCK_SEQPACKET socket.
@@ -62,18 +63,7 @@ func (e *Endpoint) Read(bufs [][]byte, sizes []int) (int, error) {
 
 // hungUp reports whether the peer will send no more.
 func (e *Endpoint) hungUp() bool {
-	raw, err := e.conn.SyscallConn()
-	if err != nil {
-		return true
-	}
-	hup := true
-	raw.Control(func(fd uintptr) {
-		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLRDHUP}}
-		if _, err := unix.Poll(fds, 0); err == nil {
-			hup = fds[0].Revents&(unix.POLLRDHUP|unix.POLLHUP|unix.POLLERR) != 0
-		}
-	})
-	return hup
+	return wire.Poll(e.conn, unix.POLLRDHUP)&(unix.POLLRDHUP|unix.POLLHUP|unix.POLLERR) != 0
 }
 
 // Write implements endpoint.Endpoint.Write.

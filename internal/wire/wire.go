@@ -246,3 +246,19 @@ func closeAll(fds []int) {
 		unix.Close(fd)
 	}
 }
+
+// Poll returns which of events are ready on c now, without waiting.
+func Poll(c syscall.Conn, events int16) int16 {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return unix.POLLERR
+	}
+	var revents int16
+	raw.Control(func(fd uintptr) {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: events}}
+		if _, err := unix.Poll(fds, 0); err == nil {
+			revents = fds[0].Revents
+		}
+	})
+	return revents
+}
