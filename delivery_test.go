@@ -188,3 +188,35 @@ func TestLosslessDoesNotStallOtherNetworks(t *testing.T) {
 		t.Fatalf("manage the stuck network: %v", err)
 	}
 }
+
+// A receiver that stops reading holds a lossless sender; when it dies, the
+// sender goes on at once.
+func TestLosslessDeadReceiverReleasesSender(t *testing.T) {
+	path, sender := bindNet(t, func(s *ipn.Socket) {
+		s.SetFlags(ipn.Lossless)
+		s.SetMsgPoolSize(4)
+		s.Shutdown(ipn.ShutRead)
+	})
+	idle := helper(t, nil, "idle", path)
+	idle.expect("ready", waitProcs)
+	sender.SetWriteDeadline(time.Now().Add(500 * time.Millisecond))
+	for i := 0; ; i++ {
+		err := sender.Send(seqMsg(i))
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i > 1_000_000 {
+			t.Fatal("sender never blocked")
+		}
+	}
+	idle.cmd.Process.Kill()
+	sender.SetWriteDeadline(time.Now().Add(15 * time.Second))
+	for i := 0; i < 100; i++ {
+		if err := sender.Send(seqMsg(i)); err != nil {
+			t.Fatalf("sender still blocked after the receiver died: %v", err)
+		}
+	}
+}

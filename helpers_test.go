@@ -28,6 +28,8 @@ func runHelper(name string, args []string) int {
 		err = helpStream(args[0])
 	case "bindwait":
 		err = helpBindWait(args[0])
+	case "idle":
+		err = helpIdle(args[0])
 	default:
 		err = fmt.Errorf("unknown helper %q", name)
 	}
@@ -167,4 +169,21 @@ func helpBindWait(path string) error {
 	case <-recvDone:
 	}
 	return nil
+}
+
+// helpIdle joins path receive-only and never reads, until killed.
+func helpIdle(path string) error {
+	s, err := ipn.NewSocket(ipn.Any)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	if err := s.Shutdown(ipn.ShutWrite); err != nil {
+		return err
+	}
+	if err := s.Connect(path); err != nil {
+		return err
+	}
+	fmt.Printf("ready port=%d\n", s.Port())
+	select {}
 }

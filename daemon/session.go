@@ -94,6 +94,12 @@ func (ss *session) sendOOB(m []byte) error {
 const drainTimeout = 2 * time.Second
 
 func (ss *session) close() {
+	ss.release()
+	ss.conn.Close()
+}
+
+// release gives up the session's port and bound network.
+func (ss *session) release() {
 	if ss.port != nil {
 		// Messages the client wrote before it went are in the data
 		// socket: let the port's reader take them, up to its EOF.
@@ -109,7 +115,6 @@ func (ss *session) close() {
 		ss.bound.Release()
 		unix.Close(ss.boundFD)
 	}
-	ss.conn.Close()
 }
 
 func closeFDs(fds []int) {
