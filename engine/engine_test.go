@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"runtime"
 	"syscall"
 	"testing"
 	"time"
@@ -39,8 +40,25 @@ func join(t testing.TB, n *engine.Network, opts engine.PortOptions) node {
 	return node{ep, p}
 }
 
+// leakCheck fails the test if goroutines started during it outlive it. It
+// runs after the test's other cleanups (registered later, run earlier).
+func leakCheck(t testing.TB) {
+	before := runtime.NumGoroutine()
+	t.Cleanup(func() {
+		deadline := time.Now().Add(5 * time.Second)
+		for runtime.NumGoroutine() > before {
+			if time.Now().After(deadline) {
+				buf := make([]byte, 1<<16)
+				t.Fatalf("%d goroutines leaked:\n%s", runtime.NumGoroutine()-before, buf[:runtime.Stack(buf, true)])
+			}
+			time.Sleep(time.Millisecond)
+		}
+	})
+}
+
 func create(t testing.TB, cfg engine.Config) (*engine.Engine, *engine.Network) {
 	t.Helper()
+	leakCheck(t)
 	e := engine.New()
 	n, err := e.Create("net", cfg)
 	if err != nil {
@@ -234,6 +252,7 @@ func TestNumNodesNotices(t *testing.T) {
 }
 
 func TestNetworkDeletedAfterLastRelease(t *testing.T) {
+	leakCheck(t)
 	e := engine.New()
 	deleted := make(chan struct{})
 	n, err := e.Create("k", engine.Config{OnDelete: func() { close(deleted) }})

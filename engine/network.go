@@ -197,6 +197,7 @@ func (n *Network) Join(ep endpoint.Endpoint, opts PortOptions) (*Port, error) {
 	n.mu.Unlock()
 
 	p.wg.Add(2)
+	p.running.Store(2)
 	go p.readLoop()
 	go p.writeLoop()
 	return p, nil

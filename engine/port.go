@@ -32,6 +32,10 @@ type Port struct {
 	done      chan struct{} // closed when the port has left
 	readDone  chan struct{} // closed when the reader has stopped
 	wg        sync.WaitGroup
+	// running counts the port's goroutines; the last to exit gives back
+	// the port's reference on the network, so that the policy is never
+	// closed while this port's reader may still be routing.
+	running atomic.Int32
 }
 
 // Num returns the port number.
@@ -75,8 +79,15 @@ func (p *Port) leave() {
 		close(p.done)
 		p.ep.Close()
 		p.q.flush(true)
-		n.Release()
 	})
+}
+
+// exit is deferred by each of the port's goroutines.
+func (p *Port) exit() {
+	if p.running.Add(-1) == 0 {
+		p.net.Release()
+	}
+	p.wg.Done()
 }
 
 // Shutdown closes the port's receive side (read) and/or send side (write)
@@ -153,7 +164,7 @@ func (p *Port) CanWrite() bool { return p.canWrite.Load() }
 // An io.EOF from the endpoint stops the reader only: the node sends no more
 // but may still receive. Any other error makes the port leave.
 func (p *Port) readLoop() {
-	defer p.wg.Done()
+	defer p.exit()
 	defer close(p.readDone)
 	n := p.net
 	batch := p.ep.BatchSize()
@@ -253,7 +264,7 @@ func (p *Port) route(routed [][]byte, keep []*msg, dst []policy.PortSet) {
 
 // writeLoop moves queued messages to the endpoint, out-of-band ones first.
 func (p *Port) writeLoop() {
-	defer p.wg.Done()
+	defer p.exit()
 	batch := p.ep.BatchSize()
 	if batch < 1 {
 		batch = 1

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"errors"
+	"fmt"
 	"slices"
 	"syscall"
 	"testing"
@@ -65,21 +66,26 @@ func TestFirstFree(t *testing.T) {
 	}
 }
 
+// registerRuns makes each run of TestRegister (go test -count) use new tags.
+var registerRuns Tag
+
 func TestRegister(t *testing.T) {
+	registerRuns++
+	tag, name := 1000+2*registerRuns, fmt.Sprint("test-reg-", registerRuns)
 	f := func(Network) (Policy, error) { return nil, nil }
 	if err := Register(Any, "x", f); !errors.Is(err, syscall.EINVAL) {
 		t.Fatalf("tag any: %v", err)
 	}
-	if err := Register(250, "test-reg", f); err != nil {
+	if err := Register(tag, name, f); err != nil {
 		t.Fatal(err)
 	}
-	if err := Register(250, "other", f); !errors.Is(err, syscall.EEXIST) {
+	if err := Register(tag, "other", f); !errors.Is(err, syscall.EEXIST) {
 		t.Fatalf("tag twice: %v", err)
 	}
-	if err := Register(251, "test-reg", f); !errors.Is(err, syscall.EEXIST) {
+	if err := Register(tag+1, name, f); !errors.Is(err, syscall.EEXIST) {
 		t.Fatalf("name twice: %v", err)
 	}
-	if tag, ok := TagOf("test-reg"); !ok || tag != 250 || Tag(250).String() != "test-reg" {
-		t.Fatalf("lookup: %v %v", tag, ok)
+	if got, ok := TagOf(name); !ok || got != tag || tag.String() != name {
+		t.Fatalf("lookup: %v %v", got, ok)
 	}
 }
