@@ -141,6 +141,16 @@ type PortOptions struct {
 	HandleOOB bool
 }
 
+// queueLen is the capacity of a port's queue: the pool size, or in a
+// lossless network room for every message in flight in both its forms, so
+// that lossless delivery never finds a queue full.
+func queueLen(cfg Config) int {
+	if cfg.Flags&Lossless != 0 {
+		return 2 * cfg.PoolSize
+	}
+	return cfg.PoolSize
+}
+
 // MaxDescription is the longest port description, in bytes.
 const MaxDescription = 128
 
@@ -163,7 +173,7 @@ func (n *Network) Join(ep endpoint.Endpoint, opts PortOptions) (*Port, error) {
 		net:      n,
 		ep:       ep,
 		opts:     opts,
-		q:        newQueue(n.cfg.PoolSize),
+		q:        newQueue(queueLen(n.cfg)),
 		done:     make(chan struct{}),
 		readDone: make(chan struct{}),
 		class:    classFor(n.cfg.MTU),

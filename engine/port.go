@@ -176,7 +176,7 @@ func (p *Port) readLoop() {
 	sizes := make([]int, batch)
 	routed := make([][]byte, 0, batch)
 	keep := make([]*msg, 0, batch)
-	dst := make([]policy.PortSet, batch)
+	dst := make([]policy.Delivery, batch)
 	for i := range msgs {
 		msgs[i] = getMsg(p.class)
 	}
@@ -247,18 +247,33 @@ func (p *Port) readLoop() {
 
 // route asks the policy where keep's messages go and delivers them;
 // routed[i] is keep[i]'s payload.
-func (p *Port) route(routed [][]byte, keep []*msg, dst []policy.PortSet) {
+func (p *Port) route(routed [][]byte, keep []*msg, dst []policy.Delivery) {
 	if len(keep) == 0 {
 		return
 	}
 	n := p.net
 	v := n.view.Load()
 	for i := range keep {
-		dst[i].Clear()
+		dst[i].Reset()
 	}
 	n.policy.Route(p.num, routed, &v.readers, dst[:len(keep)])
 	for i, m := range keep {
-		n.deliver(m, &dst[i], v)
+		d := &dst[i]
+		if d.Invalid {
+			p.errs.Add(1)
+		}
+		if d.Alt != nil && !d.Invalid {
+			// The second form takes no lossless slot of its own: the
+			// pool counts messages sent, not their forms (a lossless
+			// port's queue holds two forms per slot).
+			alt := newMsgCopy(d.Alt)
+			n.deliver(alt, &d.AltPorts, v)
+		}
+		if d.Invalid {
+			m.decRef()
+			continue
+		}
+		n.deliver(m, &d.Ports, v)
 	}
 }
 

@@ -60,16 +60,39 @@ type Policy interface {
 	// Resize is called when a manager changes the number of ports; an error
 	// refuses the change.
 	Resize(numPorts int) error
-	// Route sets dst[i] to the ports that must receive msgs[i], sent by
-	// port src. members holds the connected ports that receive; the engine
-	// delivers only to those. dst[i] arrives empty.
-	Route(src int, msgs [][]byte, members *PortSet, dst []PortSet)
+	// Route decides where msgs[i], sent by port src, goes, in out[i]
+	// (which arrives empty). members holds the connected ports that
+	// receive; the engine delivers only to those. Route must not keep
+	// msgs or write to them.
+	Route(src int, msgs [][]byte, members *PortSet, out []Delivery)
 	// SetOption sets a policy-specific option.
 	SetOption(name, value string) error
 	// Option reads a policy-specific option.
 	Option(name string) (string, error)
 	// Close is called once when the network is deleted.
 	Close()
+}
+
+// Delivery is where one message goes, as Route decides.
+type Delivery struct {
+	// Ports get the message as it was sent.
+	Ports PortSet
+	// Alt, if not nil, is a second form of the message (say, with an
+	// 802.1Q tag added or removed) that AltPorts get instead. The engine
+	// copies it before Route returns; it may be the policy's scratch.
+	Alt      []byte
+	AltPorts PortSet
+	// Invalid marks a message the policy refuses (too short, malformed);
+	// the engine counts it as an error of the sending port.
+	Invalid bool
+}
+
+// Reset empties d for reuse, keeping its storage.
+func (d *Delivery) Reset() {
+	d.Ports.Clear()
+	d.AltPorts.Clear()
+	d.Alt = nil
+	d.Invalid = false
 }
 
 // Factory makes the policy of a new network.

@@ -22,9 +22,9 @@ var _ policy.Policy = (*Hub)(nil)
 func New(policy.Network) (policy.Policy, error) { return &Hub{}, nil }
 
 // Route implements policy.Policy.Route: all members but the sender.
-func (*Hub) Route(src int, msgs [][]byte, members *policy.PortSet, dst []policy.PortSet) {
+func (*Hub) Route(src int, msgs [][]byte, members *policy.PortSet, out []policy.Delivery) {
 	for i := range msgs {
-		dst[i].CopyFrom(*members)
-		dst[i].Remove(src)
+		out[i].Ports.CopyFrom(*members)
+		out[i].Ports.Remove(src)
 	}
 }
