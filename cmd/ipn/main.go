@@ -25,7 +25,9 @@ The daemon that serves networks starts by itself when first needed.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(catCmd(), lsCmd(), daemonCmd(), demoCmd())
+	for _, c := range commands {
+		root.AddCommand(c())
+	}
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "ipn:", err)
 		var ex exitError
@@ -35,6 +37,10 @@ The daemon that serves networks starts by itself when first needed.`,
 		os.Exit(1)
 	}
 }
+
+// commands are ipn's subcommands; a file that adds one appends it here
+// from its init.
+var commands = []func() *cobra.Command{catCmd, lsCmd, daemonCmd, demoCmd}
 
 // exitError carries an exit status for main.
 type exitError int
