@@ -2,6 +2,7 @@ package ipn_test
 
 import (
 	"bufio"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ipn-project/ipn"
+	"github.com/ipn-project/ipn/policy/vdeswitch"
 )
 
 // runHelper runs the helper process name; it prints what it did as lines
@@ -30,6 +32,8 @@ func runHelper(name string, args []string) int {
 		err = helpBindWait(args[0])
 	case "idle":
 		err = helpIdle(args[0])
+	case "frames":
+		err = helpFrames(args[0])
 	default:
 		err = fmt.Errorf("unknown helper %q", name)
 	}
@@ -186,4 +190,42 @@ func helpIdle(path string) error {
 	}
 	fmt.Printf("ready port=%d\n", s.Port())
 	select {}
+}
+
+// helpFrames joins path; it sends each stdin line (hex) as a frame and
+// prints each frame it receives as "frame HEX", skipping switch probes.
+func helpFrames(path string) error {
+	s, err := ipn.NewSocket(ipn.Any)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	if err := s.Connect(path); err != nil {
+		return err
+	}
+	fmt.Printf("ready port=%d\n", s.Port())
+	go func() {
+		in := bufio.NewScanner(os.Stdin)
+		for in.Scan() {
+			b, err := hex.DecodeString(in.Text())
+			if err == nil {
+				err = s.Send(b)
+			}
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "send:", err)
+			}
+		}
+	}()
+	buf := make([]byte, 65536)
+	for {
+		n, flags, err := s.Recv(buf)
+		if err != nil {
+			fmt.Printf("end %s\n", errName(err))
+			return nil
+		}
+		if flags&ipn.MsgOOB != 0 || vdeswitch.IsProbe(buf[:n]) {
+			continue
+		}
+		fmt.Printf("frame %x\n", buf[:n])
+	}
 }

@@ -16,7 +16,11 @@ package ipn
 
 import (
 	"errors"
+	"net"
+	"strconv"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/ipn-project/ipn/daemon"
 	"github.com/ipn-project/ipn/engine"
@@ -42,10 +46,13 @@ const (
 )
 
 // ProtocolByName returns the protocol registered under name ("hub",
-// "switch", ...) or "any".
+// "switch", ...), "any", or the one numbered name ("100", 1..65535).
 func ProtocolByName(name string) (Protocol, bool) {
 	if name == "any" {
 		return Any, true
+	}
+	if n, err := strconv.ParseUint(name, 10, 16); err == nil && n > 0 {
+		return Protocol(n), true // a number: the tag itself, registered here or not
 	}
 	return policy.TagOf(name)
 }
@@ -161,4 +168,39 @@ func List(path string) ([]NetInfo, error) {
 	}
 	defer s.Close()
 	return s.list(path)
+}
+
+// SetPolicyOption changes a setting of the policy of the network at path
+// while it runs (say, a switch's VLANs); it needs x on the network file.
+func SetPolicyOption(path, name, value string) error {
+	_, err := policyRequest(path, true, name, value)
+	return err
+}
+
+// PolicyOption reads a setting or a table of the policy of the network at
+// path (say, a switch's MAC table, as JSON); it needs r or x.
+func PolicyOption(path, name string) (string, error) {
+	return policyRequest(path, false, name, "")
+}
+
+func policyRequest(path string, set bool, name, value string) (string, error) {
+	op := "policy option"
+	if len(name) == 0 || len(name) > 255 {
+		return "", &net.OpError{Op: op, Net: "ipn", Addr: Addr(path), Err: syscall.EINVAL}
+	}
+	s, err := NewSocket(Any)
+	if err != nil {
+		return "", err
+	}
+	defer s.Close()
+	fd, err := unix.Open(path, unix.O_PATH|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return "", &net.OpError{Op: op, Net: "ipn", Addr: Addr(path), Err: err}
+	}
+	defer unix.Close(fd)
+	body, _, err := s.request(wire.OpPolicy, wire.EncodePolicy(set, name, value), fd)
+	if err != nil {
+		return "", &net.OpError{Op: op, Net: "ipn", Addr: Addr(path), Err: err}
+	}
+	return string(body), nil
 }

@@ -149,6 +149,8 @@ func (ss *session) handle(op uint16, body []byte, fds []int) ([]byte, int) {
 		err = ss.doSendOOB(body)
 	case wire.OpList:
 		res, err = ss.doList(string(body))
+	case wire.OpPolicy:
+		res, err = ss.doPolicy(body, fds)
 	default:
 		err = fmt.Errorf("unknown op %d: %w", op, syscall.EINVAL)
 	}
@@ -506,6 +508,41 @@ func (ss *session) doSendOOB(body []byte) error {
 	return nil
 }
 
+// doPolicy reads (with r or x) or changes (with x) a setting of the policy
+// of the network whose file descriptor comes with the request.
+func (ss *session) doPolicy(body []byte, fds []int) ([]byte, error) {
+	set, name, value, err := wire.DecodePolicy(body)
+	if err != nil {
+		return nil, err
+	}
+	fd, err := oneFD(fds)
+	if err != nil {
+		return nil, err
+	}
+	id, st, err := statFD(fd)
+	if err != nil {
+		return nil, err
+	}
+	n, err := ss.srv.engine.Acquire(id)
+	if err != nil {
+		return nil, err
+	}
+	defer n.Release()
+	r, _, x := access(st, ss.cred)
+	if set {
+		if !x {
+			return nil, fmt.Errorf("managing needs x: %w", syscall.EACCES)
+		}
+		ss.srv.log.Info("policy option", "path", n.Name(), "name", name, "value", value, "by", ss.cred)
+		return nil, n.SetPolicyOption(name, value)
+	}
+	if !r && !x {
+		return nil, fmt.Errorf("reading needs r or x: %w", syscall.EACCES)
+	}
+	v, err := n.PolicyOption(name)
+	return []byte(v), err
+}
+
 func (ss *session) doList(path string) ([]byte, error) {
 	var list []wire.NetInfo
 	for _, n := range ss.srv.engine.Networks() {
@@ -540,6 +577,7 @@ func netInfo(n *engine.Network) wire.NetInfo {
 			Read: p.CanRead(), Write: p.CanWrite(),
 			MsgsIn: s.MsgsIn, BytesIn: s.BytesIn, MsgsOut: s.MsgsOut, BytesOut: s.BytesOut,
 			Drops: s.Drops, Errors: s.Errors,
+			Policy: n.DescribePort(p.Num()),
 		})
 	}
 	return info

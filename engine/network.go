@@ -246,6 +246,33 @@ func (n *Network) notifyCountsLocked() {
 	}
 }
 
+// SetPolicyOption sets an option of the network's policy, serialized with
+// the policy's membership hooks.
+func (n *Network) SetPolicyOption(name, value string) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.policy.SetOption(name, value)
+}
+
+// PolicyOption reads an option of the network's policy.
+func (n *Network) PolicyOption(name string) (string, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.policy.Option(name)
+}
+
+// DescribePort returns the policy's description of port (its VLAN, learnt
+// addresses...), or "" if the policy has none.
+func (n *Network) DescribePort(port int) string {
+	d, ok := n.policy.(policy.PortDescriber)
+	if !ok {
+		return ""
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return d.DescribePort(port)
+}
+
 // ChangeNumPorts sets the number of ports. Shrinking fails with EADDRINUSE
 // if a port that would go is in use.
 func (n *Network) ChangeNumPorts(num int) error {

@@ -85,6 +85,25 @@ type Delivery struct {
 	// Invalid marks a message the policy refuses (too short, malformed);
 	// the engine counts it as an error of the sending port.
 	Invalid bool
+	// scratch is storage kept with this Delivery across calls; see Buffer.
+	scratch []byte
+}
+
+// Buffer returns n bytes of storage kept with d, to build Alt in. Alt must
+// stay valid until Route is next called for the same source port (the
+// engine copies it after Route returns); a Buffer does.
+func (d *Delivery) Buffer(n int) []byte {
+	if cap(d.scratch) < n {
+		d.scratch = make([]byte, n)
+	}
+	return d.scratch[:n]
+}
+
+// PortDescriber is implemented by policies that describe a port's state
+// (VLAN, learnt addresses) for listings; it is called like the membership
+// hooks, never concurrently with them.
+type PortDescriber interface {
+	DescribePort(port int) string
 }
 
 // Reset empties d for reuse, keeping its storage.

@@ -75,15 +75,18 @@ func printNets(out io.Writer, nets []ipn.NetInfo) {
 			continue
 		}
 		w = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(w, "  PORT\tSIDES\tDESCR\tPEER\tMSGS-IN\tBYTES-IN\tMSGS-OUT\tBYTES-OUT\tDROPS\tERRORS")
+		fmt.Fprintln(w, "  PORT\tSIDES\tDESCR\tPEER\tMSGS-IN\tBYTES-IN\tMSGS-OUT\tBYTES-OUT\tDROPS\tERRORS\tPOLICY")
 		for _, p := range n.PortsInfo {
-			descr := p.Descr
+			descr, pol := p.Descr, p.Policy
 			if descr == "" {
 				descr = "-"
 			}
-			fmt.Fprintf(w, "  %d\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\n",
+			if pol == "" {
+				pol = "-"
+			}
+			fmt.Fprintf(w, "  %d\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\n",
 				p.Port, sides(p.Read, p.Write), descr, p.Peer,
-				p.MsgsIn, p.BytesIn, p.MsgsOut, p.BytesOut, p.Drops, p.Errors)
+				p.MsgsIn, p.BytesIn, p.MsgsOut, p.BytesOut, p.Drops, p.Errors, pol)
 		}
 		w.Flush()
 	}

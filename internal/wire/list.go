@@ -30,4 +30,6 @@ type PortInfo struct {
 	BytesOut uint64 `json:"bytes_out"`
 	Drops    uint64 `json:"drops"`
 	Errors   uint64 `json:"errors"`
+	// Policy is the policy's own description of the port (VLAN, MACs).
+	Policy string `json:"policy,omitempty"`
 }

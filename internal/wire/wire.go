@@ -34,10 +34,29 @@ const (
 	OpShutdown uint16 = 6 // u32 how: ShutRead|ShutWrite
 	OpSendOOB  uint16 = 7 // message, sent out of band
 	OpList     uint16 = 8 // optional path; reply: JSON []NetInfo
+	OpPolicy   uint16 = 9 // u8 set, u8 name length, name, value; SCM_RIGHTS: O_PATH fd unless bound/connected; reply: value
 
 	OpOOB    uint16 = 0x4000 // event: an out-of-band message for this node
 	ReplyBit uint16 = 0x8000
 )
+
+// EncodePolicy encodes an OpPolicy body: set (else get), name and value.
+func EncodePolicy(set bool, name, value string) []byte {
+	b := []byte{0, byte(len(name))}
+	if set {
+		b[0] = 1
+	}
+	return append(append(b, name...), value...)
+}
+
+// DecodePolicy parses an OpPolicy body.
+func DecodePolicy(b []byte) (set bool, name, value string, err error) {
+	if len(b) < 2 || len(b) < 2+int(b[1]) || b[1] == 0 {
+		return false, "", "", fmt.Errorf("%w: policy request", ErrMalformed)
+	}
+	n := 2 + int(b[1])
+	return b[0] == 1, string(b[2:n]), string(b[n:]), nil
+}
 
 // Shutdown directions.
 const (

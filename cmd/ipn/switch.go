@@ -1,0 +1,243 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ipn-project/ipn"
+	"github.com/ipn-project/ipn/policy/vdeswitch"
+)
+
+func init() {
+	commands = append(commands, macCmd, vlanCmd, portCmd, policyCmd)
+}
+
+// getJSON reads the policy table name of the network at path into v.
+func getJSON(path, name string, v any) (string, error) {
+	s, err := ipn.PolicyOption(path, name)
+	if err != nil {
+		return "", err
+	}
+	if err := json.Unmarshal([]byte(s), v); err != nil {
+		return "", fmt.Errorf("%s of %s: %w", name, path, err)
+	}
+	return s, nil
+}
+
+func macCmd() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "mac PATH",
+		Short: "Print a switch's MAC table: MAC, VLAN, port, age",
+		Long: `Print the MAC address table of the switch network at PATH: each learnt
+MAC with its VLAN, the port it is behind and the seconds since it was last
+seen. Needs r or x on the network.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var macs []vdeswitch.MACEntry
+			raw, err := getJSON(args[0], "macs", &macs)
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if asJSON {
+				fmt.Fprintln(out, raw)
+				return nil
+			}
+			w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "MAC\tVLAN\tPORT\tAGE")
+			for _, m := range macs {
+				fmt.Fprintf(w, "%s\t%d\t%d\t%.1fs\n", m.MAC, m.VLAN, m.Port, m.Age)
+			}
+			return w.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON for scripts")
+	return cmd
+}
+
+func vlanCmd() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "vlan PATH [add|del VLAN...]",
+		Short: "List, add or remove a switch's VLANs",
+		Long: `Without an action, list the VLANs of the switch network at PATH with their
+untagged (access) and tagged (trunk) ports. "add" makes VLANs (1..4095),
+"del" removes them from the switch and every port. Changes need x on the
+network; listing needs r or x. Assign ports with ipn port.
+
+Example:
+  ipn vlan /tmp/sw add 10 20
+  ipn port /tmp/sw 3 --vlan 10          # port 3: access port of VLAN 10
+  ipn port /tmp/sw 4 --vlan 0 --trunk 10,20`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			path := args[0]
+			if len(args) > 1 {
+				action := args[1]
+				if (action != "add" && action != "del") || len(args) < 3 {
+					return fmt.Errorf("want: ipn vlan PATH add|del VLAN...")
+				}
+				for _, v := range args[2:] {
+					if err := ipn.SetPolicyOption(path, "vlan."+action, v); err != nil {
+						return err
+					}
+				}
+				return nil
+			}
+			var vlans []uint16
+			if _, err := getJSON(path, "vlans", &vlans); err != nil {
+				return err
+			}
+			var ports []vdeswitch.PortEntry
+			if _, err := getJSON(path, "ports", &ports); err != nil {
+				return err
+			}
+			type row struct {
+				VLAN     uint16 `json:"vlan"`
+				Untagged []int  `json:"untagged"`
+				Tagged   []int  `json:"tagged"`
+			}
+			rows := make([]row, 0, len(vlans))
+			for _, v := range vlans {
+				r := row{VLAN: v, Untagged: []int{}, Tagged: []int{}}
+				for _, p := range ports {
+					if p.Untagged == v {
+						r.Untagged = append(r.Untagged, p.Port)
+					}
+					for _, t := range p.Tagged {
+						if t == v {
+							r.Tagged = append(r.Tagged, p.Port)
+						}
+					}
+				}
+				rows = append(rows, r)
+			}
+			out := cmd.OutOrStdout()
+			if asJSON {
+				return json.NewEncoder(out).Encode(rows)
+			}
+			w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "VLAN\tUNTAGGED PORTS\tTAGGED PORTS")
+			for _, r := range rows {
+				fmt.Fprintf(w, "%d\t%s\t%s\n", r.VLAN, intList(r.Untagged), intList(r.Tagged))
+			}
+			return w.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON for scripts")
+	return cmd
+}
+
+func intList[T int | uint16](l []T) string {
+	if len(l) == 0 {
+		return "-"
+	}
+	s := make([]string, len(l))
+	for i, v := range l {
+		s[i] = strconv.Itoa(int(v))
+	}
+	return strings.Join(s, ",")
+}
+
+func portCmd() *cobra.Command {
+	var (
+		asJSON bool
+		vlan   int
+		trunk  string
+	)
+	cmd := &cobra.Command{
+		Use:   "port PATH [PORT --vlan V --trunk V,V...]",
+		Short: "Show or set a switch's port VLANs",
+		Long: `Without PORT, list the ports of the switch network at PATH: untagged VLAN,
+tagged (trunk) VLANs, and whether loop protection blocked the port. With
+PORT, set its untagged VLAN (--vlan, 0 for none) and/or its tagged VLANs
+(--trunk, a comma-separated list; "" for none). Setting needs x.`,
+		Args: cobra.RangeArgs(1, 2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			path := args[0]
+			if len(args) == 2 {
+				if _, err := strconv.Atoi(args[1]); err != nil {
+					return fmt.Errorf("port %q: want a number", args[1])
+				}
+				set := false
+				if cmd.Flags().Changed("vlan") {
+					if err := ipn.SetPolicyOption(path, "port.vlan", fmt.Sprintf("%s %d", args[1], vlan)); err != nil {
+						return err
+					}
+					set = true
+				}
+				if cmd.Flags().Changed("trunk") {
+					if err := ipn.SetPolicyOption(path, "port.trunk", args[1]+" "+trunk); err != nil {
+						return err
+					}
+					set = true
+				}
+				if !set {
+					return fmt.Errorf("nothing to set: give --vlan and/or --trunk")
+				}
+				return nil
+			}
+			var ports []vdeswitch.PortEntry
+			raw, err := getJSON(path, "ports", &ports)
+			if err != nil {
+				return err
+			}
+			return printPorts(cmd.OutOrStdout(), ports, raw, asJSON)
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON for scripts")
+	cmd.Flags().IntVar(&vlan, "vlan", 1, "untagged VLAN of the port (0: none)")
+	cmd.Flags().StringVar(&trunk, "trunk", "", "tagged VLANs of the port, comma-separated")
+	return cmd
+}
+
+func printPorts(out io.Writer, ports []vdeswitch.PortEntry, raw string, asJSON bool) error {
+	if asJSON {
+		_, err := fmt.Fprintln(out, raw)
+		return err
+	}
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "PORT\tVLAN\tTRUNK\tSTATE")
+	for _, p := range ports {
+		state := "forwarding"
+		if p.Blocked {
+			state = "blocked (loop)"
+		}
+		v := "-"
+		if p.Untagged != 0 {
+			v = strconv.Itoa(int(p.Untagged))
+		}
+		fmt.Fprintf(w, "%d\t%s\t%s\t%s\n", p.Port, v, intList(p.Tagged), state)
+	}
+	return w.Flush()
+}
+
+func policyCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "policy PATH NAME [VALUE]",
+		Short: "Read or change a setting of a network's policy",
+		Long: `Read (needs r or x) or, with VALUE, change (needs x) a setting of the policy
+of the network at PATH. The switch's settings: expire (e.g. 30s), hashsize,
+loop.interval (0 turns loop protection off), mac.flush, and the tables
+macs, ports, vlans (JSON).`,
+		Args: cobra.RangeArgs(2, 3),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 3 {
+				return ipn.SetPolicyOption(args[0], args[1], args[2])
+			}
+			v, err := ipn.PolicyOption(args[0], args[1])
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), v)
+			return nil
+		},
+	}
+}

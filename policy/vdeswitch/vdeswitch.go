@@ -1,0 +1,659 @@
+// Package vdeswitch is the Ethernet switch policy of IPN (IPN_VDESWITCH),
+// with the VLANs and loop protection of an extended switch.
+//
+// Learning: every frame's source MAC is learnt, with its VLAN, as being
+// behind the port that sent it; a MAC seen on another port moves at once.
+// Forwarding: a unicast frame to a learnt MAC goes to that port only;
+// broadcast, multicast and unknown destinations are flooded to every other
+// port of the VLAN. A frame never goes back to its source port; frames
+// shorter than an Ethernet header are errors. Entries expire (Expire, 120 s
+// by default) and a port's entries are flushed when it leaves. The table is
+// a hash map (O(1) lookups) of at most HashSize entries.
+//
+// VLANs follow vde_switch: each port has an untagged VLAN (1 by default; 0
+// for none), where frames come in and go out without a tag, and a set of
+// tagged VLANs (a trunk), where frames carry an 802.1Q tag. The switch
+// adds or removes the tag as a frame crosses from one kind of port to the
+// other, and frames never cross from one VLAN to another.
+//
+// Loop protection: every LoopInterval the switch sends a probe (ethertype
+// 0x88b5 to 03:49:50:4e:00:01, carrying its random ID and the port) out of
+// every port, and floods other switches' probes like multicast. When one of
+// its own probes, sent out of port a, comes back in on another port b, there
+// is a loop through a and b: the switch blocks the higher numbered of the
+// two. A blocked port forwards nothing either way (probes still go out and
+// are read), and is unblocked when the probes have stopped coming back for
+// three to five intervals.
+package vdeswitch
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"math/bits"
+	"net"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/ipn-project/ipn/policy"
+)
+
+// Name is the name the switch registers under.
+const Name = "switch"
+
+func init() {
+	policy.MustRegister(policy.VDESwitch, Name, New)
+}
+
+// Defaults of a new switch.
+const (
+	DefaultExpire       = 120 * time.Second
+	DefaultHashSize     = 4096
+	DefaultVLAN         = 1
+	DefaultLoopInterval = 2 * time.Second
+)
+
+// Ethernet facts.
+const (
+	etherHeader = 14
+	etherVLAN   = 0x8100
+	probeType   = 0x88b5
+	maxVLAN     = 4095
+)
+
+var probeDst = [6]byte{0x03, 'I', 'P', 'N', 0x00, 0x01}
+
+// probeMagic starts a probe's payload.
+var probeMagic = []byte("IPNLOOP1")
+
+// probeLen is a probe's length: header, magic, switch ID, port.
+const probeLen = etherHeader + 8 + 8 + 2
+
+type key struct {
+	mac  [6]byte
+	vlan uint16
+}
+
+type entry struct {
+	port int
+	seen time.Time
+}
+
+// vlanSet is a set of VLAN ids.
+type vlanSet [(maxVLAN + 64) / 64]uint64
+
+func (s *vlanSet) has(v uint16) bool { return s[v/64]&(1<<(v%64)) != 0 }
+func (s *vlanSet) add(v uint16)      { s[v/64] |= 1 << (v % 64) }
+func (s *vlanSet) del(v uint16)      { s[v/64] &^= 1 << (v % 64) }
+func (s *vlanSet) list() []uint16 {
+	var l []uint16
+	for i, w := range s {
+		for w != 0 {
+			b := bits.TrailingZeros64(w)
+			l = append(l, uint16(i*64+b))
+			w &^= 1 << b
+		}
+	}
+	return l
+}
+
+// portConf is a port number's configuration and loop state; it stays with
+// the number when nodes come and go, as on a physical switch.
+type portConf struct {
+	untagged uint16 // 0: none
+	tagged   vlanSet
+	blocked  bool
+	// lastLoop is when a probe last showed a loop through this port;
+	// holdFor is how long after it the port stays blocked.
+	lastLoop time.Time
+	holdFor  time.Duration
+}
+
+// Switch is one network's switch. Its state is guarded by mu: Route runs
+// for several ports at once and learns on every frame.
+type Switch struct {
+	net policy.Network
+	id  [8]byte
+	now func() time.Time
+
+	mu        sync.Mutex
+	table     map[key]entry
+	hashSize  int
+	expire    time.Duration
+	vlans     vlanSet // VLANs that exist
+	ports     []portConf
+	connected policy.PortSet
+	interval  time.Duration // 0: no loop protection
+	probeSrc  [6]byte
+
+	reset chan struct{} // wakes the prober when interval changes
+	stop  chan struct{}
+	wg    sync.WaitGroup
+}
+
+var (
+	_ policy.Policy        = (*Switch)(nil)
+	_ policy.PortDescriber = (*Switch)(nil)
+)
+
+// New returns a switch for net with the defaults and starts its prober; it
+// implements policy.Factory.
+func New(net policy.Network) (policy.Policy, error) {
+	s := newSwitch(net, time.Now)
+	s.wg.Add(1)
+	go s.prober()
+	return s, nil
+}
+
+func newSwitch(net policy.Network, now func() time.Time) *Switch {
+	s := &Switch{
+		net:      net,
+		now:      now,
+		table:    make(map[key]entry),
+		hashSize: DefaultHashSize,
+		expire:   DefaultExpire,
+		interval: DefaultLoopInterval,
+		reset:    make(chan struct{}, 1),
+		stop:     make(chan struct{}),
+	}
+	rand.Read(s.id[:])
+	s.probeSrc = [6]byte{0x02, s.id[0], s.id[1], s.id[2], s.id[3], s.id[4]}
+	s.vlans.add(DefaultVLAN)
+	s.resizeLocked(net.NumPorts())
+	return s
+}
+
+func (s *Switch) resizeLocked(n int) {
+	for len(s.ports) < n {
+		s.ports = append(s.ports, portConf{untagged: DefaultVLAN})
+	}
+	s.ports = s.ports[:n]
+}
+
+// NewPort implements policy.Policy.NewPort.
+func (s *Switch) NewPort(want int, used *policy.PortSet, numPorts int) (int, error) {
+	return policy.FirstFree(want, used, numPorts)
+}
+
+// PostNewPort implements policy.Policy.PostNewPort.
+func (s *Switch) PostNewPort(port int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.connected.Add(port)
+}
+
+// PreDeletePort implements policy.Policy.PreDeletePort.
+func (s *Switch) PreDeletePort(int) {}
+
+// DeletePort implements policy.Policy.DeletePort: the port's MACs go, and
+// its loop state with its node.
+func (s *Switch) DeletePort(port int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.connected.Remove(port)
+	for k, e := range s.table {
+		if e.port == port {
+			delete(s.table, k)
+		}
+	}
+	if port < len(s.ports) {
+		s.ports[port].blocked = false
+	}
+}
+
+// Resize implements policy.Policy.Resize.
+func (s *Switch) Resize(n int) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.resizeLocked(n)
+	return nil
+}
+
+// Close implements policy.Policy.Close: it stops the prober.
+func (s *Switch) Close() {
+	close(s.stop)
+	s.wg.Wait()
+}
+
+// Route implements policy.Policy.Route.
+func (s *Switch) Route(src int, msgs [][]byte, members *policy.PortSet, out []policy.Delivery) {
+	now := s.now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if src >= len(s.ports) {
+		return
+	}
+	in := &s.ports[src]
+	for i, f := range msgs {
+		d := &out[i]
+		if len(f) < etherHeader {
+			d.Invalid = true
+			continue
+		}
+		et := binary.BigEndian.Uint16(f[12:])
+		if et == probeType && bytes.Equal(f[:6], probeDst[:]) {
+			s.probeLocked(src, f, members, d, now)
+			continue
+		}
+		if in.blocked {
+			continue
+		}
+		var vlan uint16
+		tagged := et == etherVLAN
+		if tagged {
+			if len(f) < etherHeader+4 {
+				d.Invalid = true
+				continue
+			}
+			vlan = binary.BigEndian.Uint16(f[14:]) & maxVLAN
+			if !in.tagged.has(vlan) {
+				continue // not a member of that VLAN: dropped
+			}
+		} else {
+			vlan = in.untagged
+			if vlan == 0 {
+				continue
+			}
+		}
+		if !s.vlans.has(vlan) {
+			continue
+		}
+		var k key
+		if copy(k.mac[:], f[6:12]); k.mac[0]&1 == 0 {
+			k.vlan = vlan
+			s.learnLocked(k, src, now)
+		}
+		copy(k.mac[:], f[:6])
+		k.vlan = vlan
+		if k.mac[0]&1 == 0 {
+			if e, ok := s.table[k]; ok {
+				if now.Sub(e.seen) < s.expire {
+					if e.port != src {
+						s.toPortLocked(e.port, vlan, tagged, f, members, d)
+					}
+					continue
+				}
+				delete(s.table, k)
+			}
+		}
+		for p := members.Next(0); p >= 0; p = members.Next(p + 1) {
+			if p != src {
+				s.toPortLocked(p, vlan, tagged, f, members, d)
+			}
+		}
+	}
+}
+
+// sweepLocked forgets expired entries.
+func (s *Switch) sweepLocked(now time.Time) {
+	for k, e := range s.table {
+		if now.Sub(e.seen) >= s.expire {
+			delete(s.table, k)
+		}
+	}
+}
+
+// learnLocked records that k is behind port src. A full table first drops
+// its expired entries; if it is still full, k is not learnt (and frames to
+// it are flooded).
+func (s *Switch) learnLocked(k key, src int, now time.Time) {
+	e, ok := s.table[k]
+	if !ok && len(s.table) >= s.hashSize {
+		s.sweepLocked(now)
+	}
+	if ok || len(s.table) < s.hashSize {
+		if ok && e.port == src && now.Sub(e.seen) < time.Second {
+			return // fresh enough: spare the map write
+		}
+		s.table[k] = entry{port: src, seen: now}
+	}
+}
+
+// toPortLocked adds port p to the frame's delivery in the form p wants for
+// vlan: untagged on its untagged VLAN, tagged on its trunk VLANs.
+func (s *Switch) toPortLocked(p int, vlan uint16, tagged bool, f []byte, members *policy.PortSet, d *policy.Delivery) {
+	if !members.Has(p) || p >= len(s.ports) {
+		return
+	}
+	c := &s.ports[p]
+	var wantTagged bool
+	switch {
+	case c.blocked:
+		return
+	case c.untagged == vlan:
+		wantTagged = false
+	case c.tagged.has(vlan):
+		wantTagged = true
+	default:
+		return
+	}
+	if wantTagged == tagged {
+		d.Ports.Add(p)
+		return
+	}
+	if d.Alt == nil {
+		if tagged { // remove the tag
+			alt := d.Buffer(len(f) - 4)
+			copy(alt, f[:12])
+			copy(alt[12:], f[16:])
+			d.Alt = alt
+		} else { // add it
+			alt := d.Buffer(len(f) + 4)
+			copy(alt, f[:12])
+			binary.BigEndian.PutUint16(alt[12:], etherVLAN)
+			binary.BigEndian.PutUint16(alt[14:], vlan)
+			copy(alt[16:], f[12:])
+			d.Alt = alt
+		}
+	}
+	d.AltPorts.Add(p)
+}
+
+// probeLocked handles a loop probe that came in on port src.
+func (s *Switch) probeLocked(src int, f []byte, members *policy.PortSet, d *policy.Delivery, now time.Time) {
+	if len(f) < probeLen || !bytes.Equal(f[etherHeader:etherHeader+8], probeMagic) {
+		d.Invalid = true
+		return
+	}
+	if !bytes.Equal(f[etherHeader+8:etherHeader+16], s.id[:]) {
+		// Another switch's: flood it, unless it came through a block.
+		if s.ports[src].blocked {
+			return
+		}
+		for p := members.Next(0); p >= 0; p = members.Next(p + 1) {
+			if p != src && p < len(s.ports) && !s.ports[p].blocked {
+				d.Ports.Add(p)
+			}
+		}
+		return
+	}
+	sent := int(binary.BigEndian.Uint16(f[etherHeader+16:]))
+	if sent == src || sent >= len(s.ports) {
+		return // reflected by a hub on that port: no loop of ours
+	}
+	b := &s.ports[max(sent, src)]
+	if !b.blocked {
+		b.blocked = true
+		// Jitter the hold so that two switches on one loop do not
+		// unblock together.
+		var r [1]byte
+		rand.Read(r[:])
+		b.holdFor = 3*s.interval + time.Duration(r[0])*2*s.interval/255
+	}
+	b.lastLoop = now
+}
+
+// prober sends probes every interval and unblocks ports whose loop is gone.
+func (s *Switch) prober() {
+	defer s.wg.Done()
+	for {
+		s.mu.Lock()
+		interval := s.interval
+		s.mu.Unlock()
+		var t *time.Timer
+		var tick <-chan time.Time
+		if interval > 0 {
+			t = time.NewTimer(interval)
+			tick = t.C
+		}
+		select {
+		case <-s.stop:
+		case <-s.reset:
+		case <-tick:
+			s.probeAll()
+		}
+		if t != nil {
+			t.Stop()
+		}
+		select {
+		case <-s.stop:
+			return
+		default:
+		}
+	}
+}
+
+// probeAll sends a probe out of every connected port and ends blocks that
+// outlived their loop. It emits outside the lock.
+func (s *Switch) probeAll() {
+	now := s.now()
+	s.mu.Lock()
+	var ports []int
+	for p := s.connected.Next(0); p >= 0; p = s.connected.Next(p + 1) {
+		ports = append(ports, p)
+	}
+	for i := range s.ports {
+		c := &s.ports[i]
+		if c.blocked && now.Sub(c.lastLoop) > c.holdFor {
+			c.blocked = false
+		}
+	}
+	s.sweepLocked(now)
+	s.mu.Unlock()
+	f := make([]byte, probeLen)
+	copy(f, probeDst[:])
+	copy(f[6:], s.probeSrc[:])
+	binary.BigEndian.PutUint16(f[12:], probeType)
+	copy(f[etherHeader:], probeMagic)
+	copy(f[etherHeader+8:], s.id[:])
+	for _, p := range ports {
+		binary.BigEndian.PutUint16(f[etherHeader+16:], uint16(p))
+		s.net.Emit(p, f)
+	}
+}
+
+// IsProbe reports whether frame is a loop probe of a switch; programs that
+// read frames from a switch port may want to skip them.
+func IsProbe(frame []byte) bool {
+	return len(frame) >= etherHeader && bytes.Equal(frame[:6], probeDst[:]) &&
+		binary.BigEndian.Uint16(frame[12:]) == probeType
+}
+
+// MACEntry is a row of the switch's table, as Option("macs") lists it.
+type MACEntry struct {
+	MAC  string  `json:"mac"`
+	VLAN uint16  `json:"vlan"`
+	Port int     `json:"port"`
+	Age  float64 `json:"age_seconds"`
+}
+
+// PortEntry is a port's configuration, as Option("ports") lists it.
+type PortEntry struct {
+	Port     int      `json:"port"`
+	Untagged uint16   `json:"vlan"`
+	Tagged   []uint16 `json:"trunk"`
+	Blocked  bool     `json:"blocked"`
+}
+
+// SetOption implements policy.Policy.SetOption. Settings:
+//
+//	expire DURATION       age of MAC entries (e.g. 120s)
+//	hashsize N            most entries in the MAC table
+//	loop.interval DUR     probe interval; 0 turns loop protection off
+//	vlan.add V            make VLAN V (1..4095)
+//	vlan.del V            remove VLAN V from the switch and its ports
+//	port.vlan "P V"       untagged VLAN of port P (0: none)
+//	port.trunk "P V,V.."  tagged VLANs of port P (empty: none)
+//	mac.flush ""          forget every MAC
+func (s *Switch) SetOption(name, value string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch name {
+	case "expire", "loop.interval":
+		d, err := time.ParseDuration(value)
+		if err != nil || d < 0 || (name == "expire" && d == 0) {
+			return fmt.Errorf("%s %q: want a duration: %w", name, value, syscall.EINVAL)
+		}
+		if name == "expire" {
+			s.expire = d
+			return nil
+		}
+		s.interval = d
+		select {
+		case s.reset <- struct{}{}:
+		default:
+		}
+		return nil
+	case "hashsize":
+		n, err := strconv.Atoi(value)
+		if err != nil || n < 1 {
+			return fmt.Errorf("hashsize %q: %w", value, syscall.EINVAL)
+		}
+		s.hashSize = n
+		return nil
+	case "mac.flush":
+		clear(s.table)
+		return nil
+	case "vlan.add", "vlan.del":
+		v, err := parseVLAN(value, false)
+		if err != nil {
+			return err
+		}
+		if name == "vlan.add" {
+			s.vlans.add(v)
+			return nil
+		}
+		if !s.vlans.has(v) {
+			return fmt.Errorf("no vlan %d: %w", v, syscall.ENOENT)
+		}
+		s.vlans.del(v)
+		for i := range s.ports {
+			if s.ports[i].untagged == v {
+				s.ports[i].untagged = 0
+			}
+			s.ports[i].tagged.del(v)
+		}
+		for k := range s.table {
+			if k.vlan == v {
+				delete(s.table, k)
+			}
+		}
+		return nil
+	case "port.vlan", "port.trunk":
+		ps, rest, _ := strings.Cut(strings.TrimSpace(value), " ")
+		p, err := strconv.Atoi(ps)
+		if err != nil || p < 0 || p >= len(s.ports) {
+			return fmt.Errorf("%s: port %q: %w", name, ps, syscall.EINVAL)
+		}
+		if name == "port.vlan" {
+			v, err := parseVLAN(rest, true)
+			if err != nil {
+				return err
+			}
+			if v != 0 && !s.vlans.has(v) {
+				return fmt.Errorf("no vlan %d (add it first): %w", v, syscall.ENOENT)
+			}
+			s.ports[p].untagged = v
+			return nil
+		}
+		var set vlanSet
+		for _, f := range strings.FieldsFunc(rest, func(r rune) bool { return r == ',' || r == ' ' }) {
+			v, err := parseVLAN(f, false)
+			if err != nil {
+				return err
+			}
+			if !s.vlans.has(v) {
+				return fmt.Errorf("no vlan %d (add it first): %w", v, syscall.ENOENT)
+			}
+			set.add(v)
+		}
+		s.ports[p].tagged = set
+		return nil
+	}
+	return fmt.Errorf("switch option %q: %w", name, syscall.ENOPROTOOPT)
+}
+
+func parseVLAN(s string, zeroOK bool) (uint16, error) {
+	v, err := strconv.Atoi(strings.TrimSpace(s))
+	if err != nil || v < 0 || v > maxVLAN || (v == 0 && !zeroOK) {
+		return 0, fmt.Errorf("vlan %q: want 1..%d: %w", s, maxVLAN, syscall.EINVAL)
+	}
+	return uint16(v), nil
+}
+
+// Option implements policy.Policy.Option: "macs", "ports" and "vlans" are
+// JSON tables; "expire", "hashsize" and "loop.interval" the settings.
+func (s *Switch) Option(name string) (string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var v any
+	switch name {
+	case "expire":
+		return s.expire.String(), nil
+	case "hashsize":
+		return strconv.Itoa(s.hashSize), nil
+	case "loop.interval":
+		return s.interval.String(), nil
+	case "macs":
+		v = s.macsLocked(-1)
+	case "ports":
+		ports := []PortEntry{}
+		for p := range s.ports {
+			c := &s.ports[p]
+			ports = append(ports, PortEntry{Port: p, Untagged: c.untagged, Tagged: c.tagged.list(), Blocked: c.blocked})
+		}
+		v = ports
+	case "vlans":
+		v = s.vlans.list()
+	default:
+		return "", fmt.Errorf("switch option %q: %w", name, syscall.ENOPROTOOPT)
+	}
+	b, err := json.Marshal(v)
+	return string(b), err
+}
+
+// macsLocked lists the live MAC entries, of port p only if p >= 0.
+func (s *Switch) macsLocked(p int) []MACEntry {
+	now := s.now()
+	macs := []MACEntry{}
+	for k, e := range s.table {
+		if age := now.Sub(e.seen); age < s.expire && (p < 0 || e.port == p) {
+			macs = append(macs, MACEntry{MAC: net.HardwareAddr(k.mac[:]).String(), VLAN: k.vlan, Port: e.port, Age: age.Seconds()})
+		}
+	}
+	sort.Slice(macs, func(i, j int) bool {
+		if macs[i].Port != macs[j].Port {
+			return macs[i].Port < macs[j].Port
+		}
+		return macs[i].MAC < macs[j].MAC
+	})
+	return macs
+}
+
+// DescribePort implements policy.PortDescriber: VLANs, block, MACs.
+func (s *Switch) DescribePort(p int) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if p >= len(s.ports) {
+		return ""
+	}
+	c := &s.ports[p]
+	var b strings.Builder
+	if c.untagged != 0 {
+		fmt.Fprintf(&b, "vlan %d", c.untagged)
+	} else {
+		b.WriteString("vlan -")
+	}
+	if t := c.tagged.list(); len(t) > 0 {
+		fmt.Fprintf(&b, " trunk %s", strings.Trim(fmt.Sprint(t), "[]"))
+	}
+	if c.blocked {
+		b.WriteString(" BLOCKED(loop)")
+	}
+	for i, m := range s.macsLocked(p) {
+		if i == 0 {
+			b.WriteString(" macs")
+		}
+		fmt.Fprintf(&b, " %s", m.MAC)
+		if m.VLAN != c.untagged {
+			fmt.Fprintf(&b, "@%d", m.VLAN)
+		}
+	}
+	return b.String()
+}
