@@ -318,4 +318,3 @@ func TestSwitchLoopIsBlocked(t *testing.T) {
 		}
 	})
 }
-
