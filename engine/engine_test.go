@@ -12,6 +12,7 @@ import (
 
 	"github.com/ipn-project/ipn/endpoint/channel"
 	"github.com/ipn-project/ipn/engine"
+	"github.com/ipn-project/ipn/policy"
 	_ "github.com/ipn-project/ipn/policy/hub"
 )
 
@@ -331,6 +332,54 @@ func TestFlexMTUDeliversIntact(t *testing.T) {
 		}
 		if len(got) != size || got[0] != msg[0] || got[size-1] != msg[size-1] {
 			t.Fatalf("size %d: got %d bytes", size, len(got))
+		}
+	}
+}
+
+// altOnly is a test policy that sends every message, rewritten, to the
+// other ports only in its second form.
+type altOnly struct{ policy.Base }
+
+func (altOnly) Route(src int, msgs [][]byte, members *policy.PortSet, out []policy.Delivery) {
+	for i, m := range msgs {
+		buf := out[i].Buffer(len(m))
+		copy(buf, m)
+		buf[0] ^= 0xff
+		out[i].Alt = buf
+		out[i].AltPorts.CopyFrom(*members)
+		out[i].AltPorts.Remove(src)
+	}
+}
+
+func init() {
+	policy.MustRegister(201, "test-alt-only", func(policy.Network) (policy.Policy, error) { return altOnly{}, nil })
+}
+
+// In a lossless network, messages delivered only in a second form still
+// hold their slot: a slow receiver loses none.
+func TestLosslessSecondFormsAreNotDropped(t *testing.T) {
+	_, n := create(t, engine.Config{Proto: 201, PoolSize: 2, Flags: engine.Lossless})
+	sender := join(t, n, engine.PortOptions{NoRead: true})
+	recv := join(t, n, engine.PortOptions{NoWrite: true})
+	c := ctx(t)
+	const total = 300
+	go func() {
+		for i := 0; i < total; i++ {
+			if sender.ep.Inject(c, []byte{byte(i), byte(i >> 8)}) != nil {
+				return
+			}
+		}
+	}()
+	for i := 0; i < total; i++ {
+		got, err := recv.ep.Recv(c)
+		if err != nil {
+			t.Fatalf("message %d: %v (drops %d)", i, err, recv.port.Stats().Drops)
+		}
+		if got[0] != byte(i)^0xff || got[1] != byte(i>>8) {
+			t.Fatalf("message %d: got %x", i, got)
+		}
+		if i%50 == 0 {
+			time.Sleep(time.Millisecond) // a slow reader
 		}
 	}
 }

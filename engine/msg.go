@@ -16,6 +16,10 @@ type msg struct {
 	// slot is taken for the message and given back when it is freed.
 	token chan struct{}
 	class int
+	// parent, if set, is the message this one is a second form of; this
+	// one holds a reference on it, so a lossless slot lasts until every
+	// form of the message is consumed.
+	parent *msg
 }
 
 // bytes returns the message's payload.
@@ -33,6 +37,10 @@ func (m *msg) free() {
 	if m.token != nil {
 		<-m.token
 		m.token = nil
+	}
+	if p := m.parent; p != nil {
+		m.parent = nil
+		p.decRef()
 	}
 	m.oob = false
 	m.n = 0

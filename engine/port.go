@@ -263,10 +263,13 @@ func (p *Port) route(routed [][]byte, keep []*msg, dst []policy.Delivery) {
 			p.errs.Add(1)
 		}
 		if d.Alt != nil && !d.Invalid {
-			// The second form takes no lossless slot of its own: the
-			// pool counts messages sent, not their forms (a lossless
-			// port's queue holds two forms per slot).
+			// The second form holds the first, and with it the first's
+			// lossless slot, until it is consumed: the pool counts
+			// messages sent, not their forms (a lossless port's queue
+			// holds two forms per slot).
 			alt := newMsgCopy(d.Alt)
+			m.refs.Add(1)
+			alt.parent = m
 			n.deliver(alt, &d.AltPorts, v)
 		}
 		if d.Invalid {
