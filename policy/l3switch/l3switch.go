@@ -1,0 +1,664 @@
+// Package l3switch is IPN's layer-3 switch policy (IPN_VDESWITCH_L3, tag
+// policy.VDESwitchL3 = 3, name "l3switch"): messages are Ethernet frames,
+// forwarded by their destination IP address, with ARP and IPv6 neighbor
+// discovery answered by the switch itself.
+//
+// # Learning
+//
+// From every frame of at least 14 bytes a connected port sends, the switch
+// learns:
+//
+//   - the source MAC address → the port, if that MAC is unicast and not zero;
+//   - for an IPv4 frame (EtherType 0x0800, version 4, header complete), the
+//     source address → (port, source MAC), unless it is 0.0.0.0, multicast
+//     or 255.255.255.255;
+//   - for an IPv6 frame (EtherType 0x86DD, version 6, 40-byte header), the
+//     source address → (port, source MAC), unless it is :: or multicast;
+//   - for an ARP frame (Ethernet/IPv4, op request or reply), the sender
+//     protocol address → (port, sender hardware address), unless it is
+//     0.0.0.0 (a probe), and the sender hardware address → port;
+//   - for an NDP message (ICMPv6 router/neighbor solicitation and
+//     advertisement, hop limit 255, correct checksum): the source-link-layer
+//     option's MAC replaces the Ethernet source as the MAC of the source IP
+//     and is learnt → port; a neighbor advertisement's target-link-layer
+//     option teaches target → (port, that MAC).
+//
+// A newer sighting replaces an older one: an address that moves to another
+// port follows it. Every entry ages from the last frame that confirmed it
+// and expires after the "expire" option (default 120 s); expired entries
+// are ignored and swept. A port's entries are flushed when it leaves.
+//
+// # Forwarding
+//
+// A frame shorter than 14 bytes is invalid (an error of the sending port).
+// Otherwise, in this order:
+//
+//   - An ARP request (op 1) for an IPv4 address learnt on another port, and
+//     not a gratuitous one (sender and target address equal), is answered
+//     by the switch: it sends the asking port a 60-byte ARP reply from the
+//     learnt MAC (Ethernet source and sender hardware address = the learnt
+//     MAC, sender protocol address = the asked address, target = the
+//     asker's hardware and protocol addresses, Ethernet destination = the
+//     asker's hardware address, zero padding). The request goes nowhere.
+//   - An IPv6 Neighbor Solicitation (valid as above, source not ::) for a
+//     target learnt on another port is answered with a Neighbor
+//     Advertisement from the learnt MAC to the soliciting address: hop
+//     limit 255, solicited and override flags set (router flag clear), a
+//     target-link-layer option with the learnt MAC, the ICMPv6 checksum
+//     over the pseudo-header; Ethernet destination = the solicitation's
+//     source-link-layer option, else its Ethernet source. The solicitation
+//     goes nowhere. Duplicate address detection (source ::) is flooded, so
+//     that the owner itself answers.
+//   - An IPv4 or IPv6 frame whose destination address is unicast and
+//     learnt goes to the port that owns the address, whatever its
+//     destination MAC says, with the destination MAC rewritten to the
+//     learnt MAC of the address (when it differs, the frame is delivered
+//     as Delivery.Alt; otherwise unchanged). If the owner is the sender,
+//     the frame goes nowhere.
+//   - Any other frame (other ARP, IP to an unknown or non-unicast address,
+//     other EtherTypes) is switched by destination MAC: a learnt unicast
+//     MAC sends it to that port (nowhere if that is the sender); broadcast,
+//     multicast and unknown MACs flood it to every member but the sender.
+//
+// No frame is ever delivered back to its sender. The switch does not look
+// inside 802.1Q tags: a tagged frame is switched by MAC.
+//
+// # Options
+//
+//   - "expire": the age after which entries expire, a Go duration ("30s");
+//     SetOption changes it, Option reads it.
+//   - "ips": read only, the learnt IP addresses as a JSON list of
+//     {"ip", "mac", "port", "age_seconds"}, sorted by address.
+//   - "macs": read only, the learnt MAC addresses as a JSON list of
+//     {"mac", "port", "age_seconds"}, sorted by address.
+package l3switch
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/ipn-project/ipn/policy"
+)
+
+// Name is the name the policy registers under.
+const Name = "l3switch"
+
+// DefaultExpire is the default age after which learnt entries expire.
+const DefaultExpire = 120 * time.Second
+
+func init() {
+	policy.MustRegister(policy.VDESwitchL3, Name, New)
+}
+
+type mac [6]byte
+
+func (m mac) String() string { return net.HardwareAddr(m[:]).String() }
+
+// ipEntry is where an IP address was last seen.
+type ipEntry struct {
+	port int
+	mac  mac
+	seen time.Time
+}
+
+// macEntry is where a MAC address was last seen.
+type macEntry struct {
+	port int
+	seen time.Time
+}
+
+// scratch is a source port's storage for the reply being built (Emit
+// copies it). Rewritten frames are built in their Delivery's Buffer.
+type scratch struct {
+	reply []byte
+}
+
+// Switch is the layer-3 switch policy of one network.
+type Switch struct {
+	policy.Base
+	net policy.Network
+	// now is the clock; tests replace it before any port joins.
+	now func() time.Time
+
+	mu        sync.Mutex
+	expire    time.Duration
+	connected policy.PortSet // ports between PostNewPort and DeletePort
+	ips       map[netip.Addr]ipEntry
+	macs      map[mac]macEntry
+	lastSweep time.Time
+	scratch   []*scratch // by source port
+}
+
+var _ policy.Policy = (*Switch)(nil)
+
+// New returns a layer-3 switch for net; it implements policy.Factory.
+func New(net policy.Network) (policy.Policy, error) {
+	return &Switch{
+		net:    net,
+		now:    time.Now,
+		expire: DefaultExpire,
+		ips:    make(map[netip.Addr]ipEntry),
+		macs:   make(map[mac]macEntry),
+	}, nil
+}
+
+// PostNewPort implements policy.Policy.PostNewPort: the port may teach
+// addresses from now on.
+func (s *Switch) PostNewPort(port int) {
+	s.mu.Lock()
+	s.connected.Add(port)
+	s.mu.Unlock()
+}
+
+// DeletePort implements policy.Policy.DeletePort: it flushes the port's
+// entries.
+func (s *Switch) DeletePort(port int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.connected.Remove(port)
+	for a, e := range s.ips {
+		if e.port == port {
+			delete(s.ips, a)
+		}
+	}
+	for m, e := range s.macs {
+		if e.port == port {
+			delete(s.macs, m)
+		}
+	}
+}
+
+// Close implements policy.Policy.Close.
+func (s *Switch) Close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	clear(s.ips)
+	clear(s.macs)
+	s.connected.Clear()
+	s.scratch = nil
+}
+
+// SetOption implements policy.Policy.SetOption: "expire".
+func (s *Switch) SetOption(name, value string) error {
+	switch name {
+	case "expire":
+		d, err := time.ParseDuration(value)
+		if err != nil || d <= 0 {
+			return fmt.Errorf("option expire %q: want a positive duration: %w", value, syscall.EINVAL)
+		}
+		s.mu.Lock()
+		s.expire = d
+		s.mu.Unlock()
+		return nil
+	case "ips", "macs":
+		return fmt.Errorf("option %q is read only: %w", name, syscall.EINVAL)
+	}
+	return fmt.Errorf("option %q: %w", name, syscall.ENOPROTOOPT)
+}
+
+// IPInfo is one entry of the "ips" option.
+type IPInfo struct {
+	IP         string  `json:"ip"`
+	MAC        string  `json:"mac"`
+	Port       int     `json:"port"`
+	AgeSeconds float64 `json:"age_seconds"`
+}
+
+// MACInfo is one entry of the "macs" option.
+type MACInfo struct {
+	MAC        string  `json:"mac"`
+	Port       int     `json:"port"`
+	AgeSeconds float64 `json:"age_seconds"`
+}
+
+// Option implements policy.Policy.Option: "expire", "ips", "macs".
+func (s *Switch) Option(name string) (string, error) {
+	var v any
+	switch name {
+	case "expire":
+		s.mu.Lock()
+		d := s.expire
+		s.mu.Unlock()
+		return d.String(), nil
+	case "ips":
+		v = s.IPs()
+	case "macs":
+		v = s.MACs()
+	default:
+		return "", fmt.Errorf("option %q: %w", name, syscall.ENOPROTOOPT)
+	}
+	b, err := json.Marshal(v)
+	return string(b), err
+}
+
+// IPs returns the live IP entries, sorted by address.
+func (s *Switch) IPs() []IPInfo {
+	s.mu.Lock()
+	now := s.now()
+	type kv struct {
+		a netip.Addr
+		e ipEntry
+	}
+	var all []kv
+	for a, e := range s.ips {
+		if s.live(e.seen, now) {
+			all = append(all, kv{a, e})
+		}
+	}
+	s.mu.Unlock()
+	slices.SortFunc(all, func(x, y kv) int { return x.a.Compare(y.a) })
+	out := make([]IPInfo, 0, len(all))
+	for _, x := range all {
+		out = append(out, IPInfo{x.a.String(), x.e.mac.String(), x.e.port, now.Sub(x.e.seen).Seconds()})
+	}
+	return out
+}
+
+// MACs returns the live MAC entries, sorted by address.
+func (s *Switch) MACs() []MACInfo {
+	s.mu.Lock()
+	now := s.now()
+	type kv struct {
+		m mac
+		e macEntry
+	}
+	var all []kv
+	for m, e := range s.macs {
+		if s.live(e.seen, now) {
+			all = append(all, kv{m, e})
+		}
+	}
+	s.mu.Unlock()
+	slices.SortFunc(all, func(x, y kv) int { return strings.Compare(string(x.m[:]), string(y.m[:])) })
+	out := make([]MACInfo, 0, len(all))
+	for _, x := range all {
+		out = append(out, MACInfo{x.m.String(), x.e.port, now.Sub(x.e.seen).Seconds()})
+	}
+	return out
+}
+
+// DescribePort returns the IP addresses learnt on port, for listings.
+func (s *Switch) DescribePort(port int) string {
+	var addrs []string
+	for _, e := range s.IPs() {
+		if e.Port == port {
+			addrs = append(addrs, e.IP)
+		}
+	}
+	return strings.Join(addrs, " ")
+}
+
+// live reports whether an entry seen at seen is still valid at now.
+// Caller holds s.mu.
+func (s *Switch) live(seen, now time.Time) bool { return now.Sub(seen) < s.expire }
+
+// sweep drops expired entries, at most once per expiry period.
+// Caller holds s.mu.
+func (s *Switch) sweep(now time.Time) {
+	if now.Sub(s.lastSweep) < s.expire {
+		return
+	}
+	s.lastSweep = now
+	for a, e := range s.ips {
+		if !s.live(e.seen, now) {
+			delete(s.ips, a)
+		}
+	}
+	for m, e := range s.macs {
+		if !s.live(e.seen, now) {
+			delete(s.macs, m)
+		}
+	}
+}
+
+// lookupIP returns the live entry of a. Caller holds s.mu.
+func (s *Switch) lookupIP(a netip.Addr, now time.Time) (ipEntry, bool) {
+	e, ok := s.ips[a]
+	if ok && !s.live(e.seen, now) {
+		delete(s.ips, a)
+		return e, false
+	}
+	return e, ok
+}
+
+// lookupMAC returns the live entry of m. Caller holds s.mu.
+func (s *Switch) lookupMAC(m mac, now time.Time) (macEntry, bool) {
+	e, ok := s.macs[m]
+	if ok && !s.live(e.seen, now) {
+		delete(s.macs, m)
+		return e, false
+	}
+	return e, ok
+}
+
+// learnMAC records that m is behind port. Caller holds s.mu.
+func (s *Switch) learnMAC(m mac, port int, now time.Time) {
+	if !unicastMAC(m) {
+		return
+	}
+	s.macs[m] = macEntry{port, now}
+}
+
+// learnIP records that a is behind port with MAC m. Caller holds s.mu.
+func (s *Switch) learnIP(a netip.Addr, m mac, port int, now time.Time) {
+	if !unicastMAC(m) || !learnable(a) {
+		return
+	}
+	s.ips[a] = ipEntry{port, m, now}
+}
+
+func unicastMAC(m mac) bool { return m[0]&1 == 0 && m != (mac{}) }
+
+// learnable reports whether a can be a host's own address.
+func learnable(a netip.Addr) bool {
+	return a.IsValid() && !a.IsUnspecified() && !a.IsMulticast() && a != netip.AddrFrom4([4]byte{255, 255, 255, 255})
+}
+
+// unicastIP reports whether frames to a are forwarded by address.
+func unicastIP(a netip.Addr) bool { return learnable(a) }
+
+// scratchFor returns src's scratch. Caller holds s.mu.
+func (s *Switch) scratchFor(src int) *scratch {
+	for len(s.scratch) <= src {
+		s.scratch = append(s.scratch, nil)
+	}
+	if s.scratch[src] == nil {
+		s.scratch[src] = &scratch{}
+	}
+	return s.scratch[src]
+}
+
+// Ethernet and protocol constants.
+const (
+	ethHeader  = 14
+	typeIPv4   = 0x0800
+	typeARP    = 0x0806
+	typeIPv6   = 0x86DD
+	arpLen     = 28
+	ipv6Header = 40
+	protoICMP6 = 58
+
+	icmpRS = 133
+	icmpRA = 134
+	icmpNS = 135
+	icmpNA = 136
+
+	optSourceLL = 1
+	optTargetLL = 2
+
+	// ARPReplyLen is the length of the ARP replies the switch sends: an
+	// Ethernet header, the ARP packet and padding to the Ethernet minimum.
+	ARPReplyLen = 60
+	// NAReplyLen is the length of the neighbor advertisements the switch
+	// sends: Ethernet, IPv6, a 24-byte NA and an 8-byte target-link-layer
+	// option.
+	NAReplyLen = ethHeader + ipv6Header + 32
+)
+
+// Route implements policy.Policy.Route.
+func (s *Switch) Route(src int, msgs [][]byte, members *policy.PortSet, out []policy.Delivery) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now()
+	s.sweep(now)
+	learn := s.connected.Has(src)
+	sc := s.scratchFor(src)
+	for i, f := range msgs {
+		s.route(src, i, f, members, &out[i], sc, learn, now)
+	}
+}
+
+// route decides where frame f, the i-th of a batch from src, goes.
+// Caller holds s.mu.
+func (s *Switch) route(src, i int, f []byte, members *policy.PortSet, d *policy.Delivery, sc *scratch, learn bool, now time.Time) {
+	if len(f) < ethHeader {
+		d.Invalid = true
+		return
+	}
+	dstMAC, srcMAC := mac(f[0:6]), mac(f[6:12])
+	if learn {
+		s.learnMAC(srcMAC, src, now)
+	}
+	switch binary.BigEndian.Uint16(f[12:14]) {
+	case typeIPv4:
+		if len(f) < ethHeader+20 || f[14]>>4 != 4 || f[14]&0xf < 5 || len(f) < ethHeader+int(f[14]&0xf)*4 {
+			break
+		}
+		if learn {
+			s.learnIP(netip.AddrFrom4([4]byte(f[26:30])), srcMAC, src, now)
+		}
+		if s.forwardIP(src, i, f, netip.AddrFrom4([4]byte(f[30:34])), d, sc, now) {
+			return
+		}
+	case typeIPv6:
+		if len(f) < ethHeader+ipv6Header || f[14]>>4 != 6 {
+			break
+		}
+		srcIP := netip.AddrFrom16([16]byte(f[22:38]))
+		if learn {
+			s.learnIP(srcIP, srcMAC, src, now)
+		}
+		if f[20] == protoICMP6 && s.ndp(src, f, srcIP, members, sc, learn, now) {
+			return
+		}
+		if s.forwardIP(src, i, f, netip.AddrFrom16([16]byte(f[38:54])), d, sc, now) {
+			return
+		}
+	case typeARP:
+		if s.arp(src, f, members, sc, learn, now) {
+			return
+		}
+	}
+	// Switch by destination MAC.
+	if unicastMAC(dstMAC) {
+		if e, ok := s.lookupMAC(dstMAC, now); ok {
+			if e.port != src {
+				d.Ports.Add(e.port)
+			}
+			return
+		}
+	}
+	d.Ports.CopyFrom(*members)
+	d.Ports.Remove(src)
+}
+
+// forwardIP sends f to the owner of dst if it is learnt, rewriting the
+// destination MAC, and reports whether it did (or dropped f because the
+// owner is the sender). Caller holds s.mu.
+func (s *Switch) forwardIP(src, i int, f []byte, dst netip.Addr, d *policy.Delivery, sc *scratch, now time.Time) bool {
+	if !unicastIP(dst) {
+		return false
+	}
+	e, ok := s.lookupIP(dst, now)
+	if !ok {
+		return false
+	}
+	if e.port == src {
+		return true
+	}
+	if mac(f[0:6]) == e.mac {
+		d.Ports.Add(e.port)
+		return true
+	}
+	alt := d.Buffer(len(f))
+	copy(alt, f)
+	copy(alt[0:6], e.mac[:])
+	d.Alt = alt
+	d.AltPorts.Add(e.port)
+	return true
+}
+
+// arp learns from an ARP frame and answers a request for a learnt address;
+// it reports whether the frame is done with (answered). Caller holds s.mu.
+func (s *Switch) arp(src int, f []byte, members *policy.PortSet, sc *scratch, learn bool, now time.Time) bool {
+	if len(f) < ethHeader+arpLen {
+		return false
+	}
+	a := f[ethHeader:]
+	if binary.BigEndian.Uint16(a[0:2]) != 1 || binary.BigEndian.Uint16(a[2:4]) != typeIPv4 || a[4] != 6 || a[5] != 4 {
+		return false
+	}
+	op := binary.BigEndian.Uint16(a[6:8])
+	sha, spa := mac(a[8:14]), netip.AddrFrom4([4]byte(a[14:18]))
+	tpa := netip.AddrFrom4([4]byte(a[24:28]))
+	if op != 1 && op != 2 {
+		return false
+	}
+	if learn {
+		s.learnMAC(sha, src, now)
+		s.learnIP(spa, sha, src, now)
+	}
+	if op != 1 || spa == tpa || !unicastMAC(sha) {
+		return false
+	}
+	e, ok := s.lookupIP(tpa, now)
+	if !ok || e.port == src {
+		return false
+	}
+	if members.Has(src) {
+		r := sc.replyBuf(ARPReplyLen)
+		copy(r[0:6], sha[:])
+		copy(r[6:12], e.mac[:])
+		binary.BigEndian.PutUint16(r[12:14], typeARP)
+		p := r[ethHeader:]
+		binary.BigEndian.PutUint16(p[0:2], 1)
+		binary.BigEndian.PutUint16(p[2:4], typeIPv4)
+		p[4], p[5] = 6, 4
+		binary.BigEndian.PutUint16(p[6:8], 2)
+		copy(p[8:14], e.mac[:])
+		copy(p[14:18], a[24:28]) // the asked address
+		copy(p[18:24], sha[:])
+		copy(p[24:28], a[14:18])
+		s.net.Emit(src, r) // a full queue loses the reply, as it would a frame
+	}
+	return true
+}
+
+// replyBuf returns n zeroed bytes to build a reply in.
+func (s *scratch) replyBuf(n int) []byte {
+	if cap(s.reply) < n {
+		s.reply = make([]byte, n, max(n, 128))
+	}
+	r := s.reply[:n]
+	clear(r)
+	return r
+}
+
+// ndp learns from an NDP message in the IPv6 frame f and answers a neighbor
+// solicitation for a learnt address; it reports whether f is done with
+// (answered). Caller holds s.mu.
+func (s *Switch) ndp(src int, f []byte, srcIP netip.Addr, members *policy.PortSet, sc *scratch, learn bool, now time.Time) bool {
+	plen := int(binary.BigEndian.Uint16(f[18:20]))
+	if f[21] != 255 || len(f) < ethHeader+ipv6Header+plen || plen < 8 {
+		return false
+	}
+	icmp := f[ethHeader+ipv6Header : ethHeader+ipv6Header+plen]
+	var body int // offset of the options
+	switch icmp[0] {
+	case icmpRS:
+		body = 8
+	case icmpRA:
+		body = 16
+	case icmpNS, icmpNA:
+		body = 24
+	default:
+		return false
+	}
+	if icmp[1] != 0 || plen < body || checksum6(f[22:38], f[38:54], icmp) != 0 {
+		return false
+	}
+	var sll, tll mac
+	var hasSLL, hasTLL bool
+	for o := icmp[body:]; len(o) >= 2; {
+		n := int(o[1]) * 8
+		if n == 0 || n > len(o) {
+			return false // malformed options: RFC 4861 says discard
+		}
+		switch {
+		case o[0] == optSourceLL && n >= 8:
+			sll, hasSLL = mac(o[2:8]), true
+		case o[0] == optTargetLL && n >= 8:
+			tll, hasTLL = mac(o[2:8]), true
+		}
+		o = o[n:]
+	}
+	if learn {
+		if hasSLL && !srcIP.IsUnspecified() {
+			s.learnMAC(sll, src, now)
+			s.learnIP(srcIP, sll, src, now)
+		}
+		if icmp[0] == icmpNA && hasTLL {
+			s.learnMAC(tll, src, now)
+			s.learnIP(netip.AddrFrom16([16]byte(icmp[8:24])), tll, src, now)
+		}
+	}
+	if icmp[0] != icmpNS || srcIP.IsUnspecified() {
+		return false
+	}
+	target := netip.AddrFrom16([16]byte(icmp[8:24]))
+	if !unicastIP(target) {
+		return false
+	}
+	e, ok := s.lookupIP(target, now)
+	if !ok || e.port == src {
+		return false
+	}
+	if members.Has(src) {
+		to := mac(f[6:12])
+		if hasSLL {
+			to = sll
+		}
+		r := sc.replyBuf(NAReplyLen)
+		copy(r[0:6], to[:])
+		copy(r[6:12], e.mac[:])
+		binary.BigEndian.PutUint16(r[12:14], typeIPv6)
+		ip := r[ethHeader:]
+		ip[0] = 6 << 4
+		binary.BigEndian.PutUint16(ip[4:6], 32)
+		ip[6], ip[7] = protoICMP6, 255
+		copy(ip[8:24], icmp[8:24]) // from the target
+		copy(ip[24:40], f[22:38])  // to the solicitor
+		na := ip[ipv6Header:]
+		na[0] = icmpNA
+		na[4] = 0x60 // solicited, override
+		copy(na[8:24], icmp[8:24])
+		na[24], na[25] = optTargetLL, 1
+		copy(na[26:32], e.mac[:])
+		binary.BigEndian.PutUint16(na[2:4], checksum6(ip[8:24], ip[24:40], na))
+		s.net.Emit(src, r)
+	}
+	return true
+}
+
+// checksum6 returns the ICMPv6 checksum of msg between src and dst: over
+// the IPv6 pseudo-header and msg. Over a message that holds its checksum
+// it returns 0 if the checksum is right.
+func checksum6(src, dst, msg []byte) uint16 {
+	var sum uint32
+	add := func(b []byte) {
+		for len(b) >= 2 {
+			sum += uint32(b[0])<<8 | uint32(b[1])
+			b = b[2:]
+		}
+		if len(b) == 1 {
+			sum += uint32(b[0]) << 8
+		}
+	}
+	add(src)
+	add(dst)
+	sum += uint32(len(msg)>>16) + uint32(len(msg)&0xffff)
+	sum += protoICMP6
+	add(msg)
+	for sum > 0xffff {
+		sum = sum&0xffff + sum>>16
+	}
+	return ^uint16(sum)
+}
