@@ -135,15 +135,28 @@ Example:
 	return cmd
 }
 
+// intList writes a sorted list of numbers with runs as ranges: 0,3-63.
 func intList[T int | uint16](l []T) string {
 	if len(l) == 0 {
 		return "-"
 	}
-	s := make([]string, len(l))
-	for i, v := range l {
-		s[i] = strconv.Itoa(int(v))
+	var parts []string
+	for i := 0; i < len(l); {
+		j := i
+		for j+1 < len(l) && l[j+1] == l[j]+1 {
+			j++
+		}
+		switch {
+		case j == i:
+			parts = append(parts, strconv.Itoa(int(l[i])))
+		case j == i+1:
+			parts = append(parts, strconv.Itoa(int(l[i])), strconv.Itoa(int(l[j])))
+		default:
+			parts = append(parts, fmt.Sprintf("%d-%d", l[i], l[j]))
+		}
+		i = j + 1
 	}
-	return strings.Join(s, ",")
+	return strings.Join(parts, ",")
 }
 
 func portCmd() *cobra.Command {
