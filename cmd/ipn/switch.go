@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"strconv"
@@ -82,7 +83,7 @@ Example:
 			if len(args) > 1 {
 				action := args[1]
 				if (action != "add" && action != "del") || len(args) < 3 {
-					return fmt.Errorf("want: ipn vlan PATH add|del VLAN...")
+					return errors.New("usage: ipn vlan PATH [add|del VLAN...]")
 				}
 				for _, v := range args[2:] {
 					if err := ipn.SetPolicyOption(path, "vlan."+action, v); err != nil {
