@@ -46,6 +46,24 @@ func bindNet(t *testing.T, opts func(*ipn.Socket)) (string, *ipn.Socket) {
 	return path, s
 }
 
+// bindNetAt creates a hub network at path and returns it with the bound,
+// connected socket.
+func bindNetAt(t *testing.T, path string) (string, *ipn.Socket) {
+	t.Helper()
+	s, err := ipn.NewSocket(ipn.Hub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	if err := s.Bind(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Connect(""); err != nil {
+		t.Fatal(err)
+	}
+	return path, s
+}
+
 // member connects a new socket to path, applying opts before Connect.
 func member(t *testing.T, path string, opts func(*ipn.Socket)) *ipn.Socket {
 	t.Helper()

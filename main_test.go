@@ -145,9 +145,8 @@ func start(t testing.TB, cred *syscall.Credential, env []string, name string, ar
 	t.Helper()
 	cmd := exec.Command(name, args...)
 	cmd.Env = append(os.Environ(), env...)
-	if cred != nil {
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
-	}
+	// A process group of its own: cleanup kills what it started too.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Setpgid: true}
 	p := &proc{t: t, cmd: cmd, lines: make(chan string, 1024), errb: &strings.Builder{}, done: make(chan struct{})}
 	var err error
 	if p.stdin, err = cmd.StdinPipe(); err != nil {
@@ -172,7 +171,7 @@ func start(t testing.TB, cred *syscall.Credential, env []string, name string, ar
 		close(p.done)
 	}()
 	t.Cleanup(func() {
-		p.cmd.Process.Kill()
+		syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
 		<-p.done
 	})
 	return p
