@@ -769,3 +769,41 @@ func (s *Socket) list(path string) ([]NetInfo, error) {
 	}
 	return list, nil
 }
+
+// ServeVDE makes the bound network a VDE 2 switch at directory dir (made if
+// missing), as vde_switch -s dir would be: VDE clients (vde_plug
+// vde://dir, QEMU's -netdev vde,sock=dir, slirpvde...) become ports of the
+// network, with the rights the network file gives their users. It lasts
+// until the socket is closed. The socket must be bound.
+func (s *Socket) ServeVDE(dir string) error {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return s.opError("servevde", err)
+	}
+	if err := os.MkdirAll(abs, 0o777); err != nil {
+		return s.opError("servevde", err)
+	}
+	ctl := filepath.Join(abs, "ctl")
+	if c, err := net.Dial("unix", ctl); err == nil {
+		c.Close()
+		return s.opError("servevde", fmt.Errorf("%s: a switch already serves it: %w", ctl, syscall.EADDRINUSE))
+	}
+	os.Remove(ctl) // a stale socket of a switch that died
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: ctl, Net: "unix"})
+	if err != nil {
+		return s.opError("servevde", err)
+	}
+	ln.SetUnlinkOnClose(false)
+	f, err := ln.File()
+	ln.Close()
+	if err != nil {
+		os.Remove(ctl)
+		return s.opError("servevde", err)
+	}
+	defer f.Close()
+	if _, _, err := s.request(wire.OpServeVDE, []byte(abs), int(f.Fd())); err != nil {
+		os.Remove(ctl)
+		return s.opError("servevde", err)
+	}
+	return nil
+}

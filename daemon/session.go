@@ -39,6 +39,7 @@ type session struct {
 	boundFD   int // O_PATH descriptor of the bound network file, or -1
 	port      *engine.Port
 	data      *net.UnixConn // daemon's end of the data socket
+	vde       []*vdeServer  // VDE switches serving the bound network
 }
 
 // serve answers the client's requests until it closes the connection or
@@ -100,6 +101,9 @@ func (ss *session) close() {
 
 // release gives up the session's port and bound network.
 func (ss *session) release() {
+	for _, v := range ss.vde {
+		v.stop()
+	}
 	if ss.port != nil {
 		// Messages the client wrote before it went are in the data
 		// socket: let the port's reader take them, up to its EOF.
@@ -151,6 +155,8 @@ func (ss *session) handle(op uint16, body []byte, fds []int) ([]byte, int) {
 		res, err = ss.doList(string(body))
 	case wire.OpPolicy:
 		res, err = ss.doPolicy(body, fds)
+	case wire.OpServeVDE:
+		err = ss.doServeVDE(string(body), fds)
 	default:
 		err = fmt.Errorf("unknown op %d: %w", op, syscall.EINVAL)
 	}
@@ -505,6 +511,34 @@ func (ss *session) doSendOOB(body []byte) error {
 		return syscall.EOVERFLOW
 	}
 	ss.port.SendOOB(body)
+	return nil
+}
+
+// doServeVDE makes the listening socket passed, DIR/ctl, a VDE switch
+// whose clients become ports of the bound network, until the session ends.
+func (ss *session) doServeVDE(dir string, fds []int) error {
+	if ss.bound == nil {
+		return fmt.Errorf("%w: %w", errNotBound, syscall.EACCES)
+	}
+	fd, err := oneFD(fds)
+	if err != nil {
+		return err
+	}
+	keep, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	n, err := ss.srv.engine.Acquire(ss.boundID)
+	if err != nil {
+		unix.Close(keep)
+		return err
+	}
+	v, err := serveVDE(n, dir, keep, ss.srv.log)
+	if err != nil {
+		n.Release()
+		return err
+	}
+	ss.vde = append(ss.vde, v)
 	return nil
 }
 

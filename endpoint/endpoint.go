@@ -18,7 +18,9 @@ type Endpoint interface {
 	// Close); messages before the error are counted in n.
 	Read(bufs [][]byte, sizes []int) (n int, err error)
 	// Write delivers msgs to the node in order and returns how many it
-	// delivered. It does not retain msgs after it returns.
+	// delivered. With a nil error, the ones not delivered were dropped
+	// (the node had no room); an error means the node is gone. Write does
+	// not retain msgs after it returns.
 	Write(msgs [][]byte) (n int, err error)
 	// BatchSize is the largest batch Read fills and Write accepts usefully;
 	// it never changes.

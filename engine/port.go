@@ -344,5 +344,8 @@ func (p *Port) writeBatch(msgs, oob []*msg, bufs [][]byte) error {
 		p.msgsOut.Add(1)
 		p.bytesOut.Add(uint64(len(b)))
 	}
+	if err == nil && written < len(bufs) {
+		p.drops.Add(uint64(len(bufs) - written)) // the endpoint had no room
+	}
 	return err
 }

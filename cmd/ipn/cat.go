@@ -25,6 +25,7 @@ type catOptions struct {
 	lossless, excl, raw      bool
 	count                    int
 	notices                  bool
+	vde                      string
 }
 
 func catCmd() *cobra.Command {
@@ -70,6 +71,7 @@ Examples:
 	f.IntVar(&o.port, "port", -1, "ask for this port number")
 	f.IntVarP(&o.count, "count", "n", 0, "exit after receiving this many messages")
 	f.BoolVar(&o.notices, "notices", false, "print notices of reader/writer counts to stderr")
+	f.StringVar(&o.vde, "vde", "", "with --bind, also serve the network to VDE clients at this directory")
 	return cmd
 }
 
@@ -119,8 +121,16 @@ func (o *catOptions) setup(path string) (*ipn.Socket, error) {
 		func() error { return setIf(o.recvOnly, func(int) error { return s.Shutdown(ipn.ShutWrite) }, 0) },
 		func() error { return setIf(o.sendOnly, func(int) error { return s.Shutdown(ipn.ShutRead) }, 0) },
 	}
+	if o.vde != "" && !o.bind {
+		s.Close()
+		return nil, errors.New("--vde needs --bind")
+	}
 	if o.bind {
-		steps = append(steps, func() error { return s.Bind(path) }, func() error { return s.Connect("") })
+		steps = append(steps, func() error { return s.Bind(path) })
+		if o.vde != "" {
+			steps = append(steps, func() error { return s.ServeVDE(o.vde) })
+		}
+		steps = append(steps, func() error { return s.Connect("") })
 	} else {
 		steps = append(steps, func() error {
 			err := s.Connect(path)

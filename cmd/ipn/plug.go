@@ -102,4 +102,3 @@ func runPlug(cmd *cobra.Command, path, url string, reconnect bool, descr string)
 		wait = min(2*wait, 10*time.Second)
 	}
 }
-

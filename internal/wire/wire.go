@@ -26,15 +26,16 @@ const Version = 1
 
 // Ops of the control protocol.
 const (
-	OpHello    uint16 = 1 // u16 version, u16 protocol tag
-	OpSetOpt   uint16 = 2 // u32 option, value
-	OpGetOpt   uint16 = 3 // u32 option; reply: value
-	OpBind     uint16 = 4 // path; SCM_RIGHTS: O_PATH fd of the network file
-	OpConnect  uint16 = 5 // path; SCM_RIGHTS: O_PATH fd unless bound; reply: ConnectReply + data fd
-	OpShutdown uint16 = 6 // u32 how: ShutRead|ShutWrite
-	OpSendOOB  uint16 = 7 // message, sent out of band
-	OpList     uint16 = 8 // optional path; reply: JSON []NetInfo
-	OpPolicy   uint16 = 9 // u8 set, u8 name length, name, value; SCM_RIGHTS: O_PATH fd unless bound/connected; reply: value
+	OpHello    uint16 = 1  // u16 version, u16 protocol tag
+	OpSetOpt   uint16 = 2  // u32 option, value
+	OpGetOpt   uint16 = 3  // u32 option; reply: value
+	OpBind     uint16 = 4  // path; SCM_RIGHTS: O_PATH fd of the network file
+	OpConnect  uint16 = 5  // path; SCM_RIGHTS: O_PATH fd unless bound; reply: ConnectReply + data fd
+	OpShutdown uint16 = 6  // u32 how: ShutRead|ShutWrite
+	OpSendOOB  uint16 = 7  // message, sent out of band
+	OpList     uint16 = 8  // optional path; reply: JSON []NetInfo
+	OpPolicy   uint16 = 9  // u8 set, u8 name length, name, value; SCM_RIGHTS: O_PATH fd of the network file; reply: value
+	OpServeVDE uint16 = 10 // VDE directory path; SCM_RIGHTS: listening SOCK_STREAM socket of DIR/ctl (bound sessions)
 
 	OpOOB    uint16 = 0x4000 // event: an out-of-band message for this node
 	ReplyBit uint16 = 0x8000
