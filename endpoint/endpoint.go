@@ -37,3 +37,13 @@ type OOBWriter interface {
 	// WriteOOB delivers one out-of-band message.
 	WriteOOB(msg []byte) error
 }
+
+// DirectWriter is implemented by endpoints whose writes never block (a
+// full node drops the message, as a VDE port does). The engine delivers to
+// them inline, from the sending port's goroutine, with no queue between:
+// their own buffer is the node's queue.
+type DirectWriter interface {
+	// WriteDirect delivers msg now or drops it, and reports which. It may
+	// be called from several goroutines at once. It does not retain msg.
+	WriteDirect(msg []byte) bool
+}

@@ -179,6 +179,7 @@ func (n *Network) Join(ep endpoint.Endpoint, opts PortOptions) (*Port, error) {
 		class:    classFor(n.cfg.MTU),
 	}
 	p.oobw, _ = ep.(endpoint.OOBWriter)
+	p.dw, _ = ep.(endpoint.DirectWriter)
 	p.canRead.Store(!opts.NoRead)
 	p.canWrite.Store(!opts.NoWrite)
 
@@ -312,13 +313,22 @@ func (n *Network) deliver(m *msg, dst *policy.PortSet, v *view) {
 	for p := dst.Next(0); p >= 0; p = dst.Next(p + 1) {
 		port := v.ports[p]
 		var ok bool
-		if m.oob {
+		switch {
+		case port.dw != nil && !m.oob:
+			port.writeDirect(m.bytes())
+			ok = false // delivered or dropped, and counted: no reference kept
+		case m.oob:
 			ok = port.q.pushOOB(m)
-		} else {
+			if !ok {
+				port.drops.Add(1)
+			}
+		default:
 			ok = port.q.push(m)
+			if !ok {
+				port.drops.Add(1)
+			}
 		}
 		if !ok {
-			port.drops.Add(1)
 			m.decRef()
 		}
 	}

@@ -15,7 +15,8 @@ type Port struct {
 	net   *Network
 	num   int
 	ep    endpoint.Endpoint
-	oobw  endpoint.OOBWriter // nil if ep takes no out-of-band messages
+	oobw  endpoint.OOBWriter    // nil if ep takes no out-of-band messages
+	dw    endpoint.DirectWriter // non-nil: ordinary messages bypass the queue
 	opts  PortOptions
 	q     *queue
 	class int // buffer size class for reads
@@ -139,6 +140,16 @@ type PortStats struct {
 	MsgsOut, BytesOut uint64 // delivered to the node
 	Drops             uint64 // messages the node missed
 	Errors            uint64 // messages refused from the node
+}
+
+// writeDirect delivers m inline to a DirectWriter endpoint, counting it.
+func (p *Port) writeDirect(m []byte) {
+	if p.dw.WriteDirect(m) {
+		p.msgsOut.Add(1)
+		p.bytesOut.Add(uint64(len(m)))
+	} else {
+		p.drops.Add(1)
+	}
 }
 
 // Stats returns the port's counters.

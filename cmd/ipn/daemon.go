@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 	"time"
 
@@ -19,6 +20,7 @@ func daemonCmd() *cobra.Command {
 		foreground bool
 		socket     string
 		idle       time.Duration
+		cpuprofile string
 	)
 	cmd := &cobra.Command{
 		Use:   "daemon",
@@ -44,6 +46,17 @@ SIGTERM or SIGINT stops it, closing every port.`,
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
+			if cpuprofile != "" {
+				f, err := os.Create(cpuprofile)
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				if err := pprof.StartCPUProfile(f); err != nil {
+					return err
+				}
+				defer pprof.StopCPUProfile()
+			}
 			return daemon.Serve(ctx, daemon.Config{
 				Socket:   socket,
 				IdleExit: idle,
@@ -53,6 +66,7 @@ SIGTERM or SIGINT stops it, closing every port.`,
 	}
 	cmd.Flags().BoolVarP(&foreground, "foreground", "f", false, "serve in this process instead of starting a background daemon")
 	cmd.Flags().StringVar(&socket, "socket", "", "control socket path (default $IPN_SOCKET, "+daemon.SystemSocket+" for root, else per user)")
+	cmd.Flags().StringVar(&cpuprofile, "cpuprofile", "", "with --foreground, write a CPU profile (go tool pprof) here when stopped")
 	cmd.Flags().DurationVar(&idle, "idle-exit", 0, "with --foreground, exit after this long without clients (0: never)")
 	return cmd
 }

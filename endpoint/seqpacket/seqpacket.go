@@ -7,16 +7,19 @@ import (
 	"io"
 	"net"
 	"sync"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/ipn-project/ipn/endpoint"
+	"github.com/ipn-project/ipn/internal/sockio"
 	"github.com/ipn-project/ipn/internal/wire"
 )
 
 // Endpoint carries a port's messages over a SOCK_SEQPACKET socket.
 type Endpoint struct {
 	conn *net.UnixConn
+	raw  syscall.RawConn
 	oob  func([]byte) error
 	once sync.Once
 	err  error
@@ -30,18 +33,17 @@ var (
 // New returns an endpoint on conn, which it owns. oob, if not nil, delivers
 // out-of-band messages (the daemon sends them on the control connection).
 func New(conn *net.UnixConn, oob func([]byte) error) *Endpoint {
-	return &Endpoint{conn: conn, oob: oob}
+	raw, _ := conn.SyscallConn()
+	return &Endpoint{conn: conn, raw: raw, oob: oob}
 }
 
-// Read implements endpoint.Endpoint.Read; it reads one message per call.
-// An empty packet is skipped; io.EOF means the node closed its socket or
-// shut down its sending side.
+// Read implements endpoint.Endpoint.Read: the messages queued, at least
+// one. An empty packet is skipped; io.EOF means the node closed its socket
+// or shut down its sending side.
 func (e *Endpoint) Read(bufs [][]byte, sizes []int) (int, error) {
-	var n, flags int
 	for {
-		var err error
-		n, _, flags, _, err = e.conn.ReadMsgUnix(bufs[0], nil)
-		if errors.Is(err, io.EOF) || (err == nil && n == 0) {
+		n, err := sockio.ReadBatch(e.raw, bufs, sizes, false)
+		if errors.Is(err, io.EOF) {
 			// SOCK_SEQPACKET reads 0 bytes both at the end and for an
 			// empty packet; only a hung-up peer is the end.
 			if e.hungUp() {
@@ -49,16 +51,8 @@ func (e *Endpoint) Read(bufs [][]byte, sizes []int) (int, error) {
 			}
 			continue
 		}
-		if err != nil {
-			return 0, err
-		}
-		break
+		return n, err
 	}
-	sizes[0] = n
-	if flags&unix.MSG_TRUNC != 0 {
-		sizes[0] = len(bufs[0]) + 1
-	}
-	return 1, nil
 }
 
 // hungUp reports whether the peer will send no more.

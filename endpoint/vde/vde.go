@@ -7,10 +7,12 @@ import (
 	"errors"
 	"net"
 	"sync"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/ipn-project/ipn/endpoint"
+	"github.com/ipn-project/ipn/internal/sockio"
 )
 
 // Endpoint is the switch's data socket of one VDE port.
@@ -19,11 +21,15 @@ type Endpoint struct {
 	raw  interface {
 		Write(func(fd uintptr) bool) error
 	}
+	rawc syscall.RawConn
 	once sync.Once
 	err  error
 }
 
-var _ endpoint.Endpoint = (*Endpoint)(nil)
+var (
+	_ endpoint.Endpoint     = (*Endpoint)(nil)
+	_ endpoint.DirectWriter = (*Endpoint)(nil)
+)
 
 // New returns an endpoint on conn, a connected SOCK_DGRAM socket it owns.
 func New(conn *net.UnixConn) (*Endpoint, error) {
@@ -31,25 +37,13 @@ func New(conn *net.UnixConn) (*Endpoint, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Endpoint{conn: conn, raw: raw}, nil
+	return &Endpoint{conn: conn, raw: raw, rawc: raw}, nil
 }
 
-// Read implements endpoint.Endpoint.Read: one datagram per call.
+// Read implements endpoint.Endpoint.Read: the datagrams queued, at least
+// one, a frame each (empty ones carry none and are skipped).
 func (e *Endpoint) Read(bufs [][]byte, sizes []int) (int, error) {
-	for {
-		n, _, flags, _, err := e.conn.ReadMsgUnix(bufs[0], nil)
-		if err != nil {
-			return 0, err
-		}
-		if n == 0 {
-			continue // an empty datagram carries no frame
-		}
-		sizes[0] = n
-		if flags&unix.MSG_TRUNC != 0 {
-			sizes[0] = len(bufs[0]) + 1
-		}
-		return 1, nil
-	}
+	return sockio.ReadBatch(e.rawc, bufs, sizes, true)
 }
 
 // Write implements endpoint.Endpoint.Write. It never waits: a frame the
@@ -76,6 +70,17 @@ func (e *Endpoint) Write(msgs [][]byte) (int, error) {
 		err = werr
 	}
 	return sent, err
+}
+
+// WriteDirect implements endpoint.DirectWriter: one datagram, or a drop.
+func (e *Endpoint) WriteDirect(m []byte) bool {
+	sent := false
+	e.raw.Write(func(fd uintptr) bool {
+		_, err := unix.Write(int(fd), m)
+		sent = err == nil
+		return true
+	})
+	return sent
 }
 
 // BatchSize implements endpoint.Endpoint.BatchSize.
