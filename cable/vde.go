@@ -1,0 +1,6 @@
+package cable
+
+import "github.com/ipn-project/ipn/endpoint/vdeplug"
+
+// vde:///DIR[N]: a port of a vde_switch (or any VDE 2 switch).
+func init() { Register("vde", vdeplug.Open) }
