@@ -41,7 +41,6 @@ type vdeSwitchProc struct {
 	cmd   *exec.Cmd
 	stdin io.WriteCloser
 	lines chan string
-	errb  *strings.Builder
 	done  chan struct{}
 	p     *proc // for its stderr buffer
 }

@@ -1,0 +1,5 @@
+package cable
+
+import "github.com/ipn-project/ipn/endpoint/vxlan"
+
+func init() { Register("vxlan", vxlan.Open) }

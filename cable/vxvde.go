@@ -1,0 +1,5 @@
+package cable
+
+import "github.com/ipn-project/ipn/endpoint/vxvde"
+
+func init() { Register("vxvde", vxvde.Open) }

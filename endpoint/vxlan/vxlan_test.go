@@ -1,0 +1,265 @@
+package vxlan
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+)
+
+// freePort returns a UDP port free on every address of addrs a moment ago.
+func freePort(t *testing.T, addrs ...string) int {
+	t.Helper()
+	for try := 0; try < 50; try++ {
+		c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.ParseIP(addrs[0])})
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := c.LocalAddr().(*net.UDPAddr).Port
+		ok := true
+		var others []*net.UDPConn
+		for _, a := range addrs[1:] {
+			o, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.ParseIP(a), Port: port})
+			if err != nil {
+				ok = false
+				break
+			}
+			others = append(others, o)
+		}
+		c.Close()
+		for _, o := range others {
+			o.Close()
+		}
+		if ok {
+			return port
+		}
+	}
+	t.Fatal("no port free on all of", addrs)
+	return 0
+}
+
+func open(t *testing.T, spec string) *Endpoint {
+	t.Helper()
+	e, err := Open(context.Background(), spec)
+	if err != nil {
+		t.Fatalf("open vxlan://%s: %v", spec, err)
+	}
+	t.Cleanup(func() { e.Close() })
+	return e.(*Endpoint)
+}
+
+// next reads one frame within d.
+func next(t *testing.T, e *Endpoint, d time.Duration) []byte {
+	t.Helper()
+	type result struct {
+		f   []byte
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		bufs, sizes := [][]byte{make([]byte, 2048)}, []int{0}
+		n, err := e.Read(bufs, sizes)
+		if n == 1 {
+			ch <- result{append([]byte(nil), bufs[0][:sizes[0]]...), nil}
+			return
+		}
+		ch <- result{nil, fmt.Errorf("read %d: %w", n, err)}
+	}()
+	select {
+	case r := <-ch:
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		return r.f
+	case <-time.After(d):
+		e.Close()
+		t.Fatalf("no frame in %v", d)
+	}
+	return nil
+}
+
+func frame(src byte, s string) []byte {
+	return append([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 2, 0, 0, 0, 0, src, 0x08, 0x00}, s...)
+}
+
+func TestHeader(t *testing.T) {
+	b := make([]byte, HeaderLen)
+	PutHeader(b, 0x123456)
+	if want := []byte{0x08, 0, 0, 0, 0x12, 0x34, 0x56, 0}; !bytes.Equal(b, want) {
+		t.Fatalf("header %x, want %x", b, want)
+	}
+	if vni, ok := ParseHeader(b); !ok || vni != 0x123456 {
+		t.Fatalf("parse: %x %v", vni, ok)
+	}
+	for _, bad := range [][]byte{{0x08, 0, 0}, {0, 0, 0, 0, 0, 0, 1, 0}, {0x0c, 0, 0, 0, 0, 0, 1, 0}} {
+		if _, ok := ParseHeader(bad); ok {
+			t.Errorf("%x parsed", bad)
+		}
+	}
+	// Reserved bytes are ignored on receipt (RFC 7348).
+	if vni, ok := ParseHeader([]byte{0x08, 1, 2, 3, 0, 0, 9, 4}); !ok || vni != 9 {
+		t.Errorf("reserved bytes: %d %v", vni, ok)
+	}
+}
+
+// Two unicast tunnel ends with the same VNI exchange frames; datagrams
+// with another VNI, bad flags, no room for an Ethernet header or from
+// another address are ignored.
+func TestUnicastPair(t *testing.T) {
+	port := freePort(t, "127.0.0.1", "127.0.0.2", "127.0.0.3")
+	a := open(t, fmt.Sprintf("127.0.0.2:%d/vni=5/local=127.0.0.1", port))
+	b := open(t, fmt.Sprintf("127.0.0.1/port=%d/vni=5/local=127.0.0.2", port))
+	if _, err := a.Write([][]byte{frame(1, "hello b"), {1, 2, 3}, frame(1, "again")}); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"hello b", "again"} {
+		if got := next(t, b, 5*time.Second); !bytes.Equal(got, frame(1, want)) {
+			t.Fatalf("b got %q, want %q", got, want)
+		}
+	}
+	b.Write([][]byte{frame(2, "hello a")})
+	if got := next(t, a, 5*time.Second); !bytes.Equal(got, frame(2, "hello a")) {
+		t.Fatalf("a got %q", got)
+	}
+
+	// Raw datagrams to b from a's address (any port, as Linux sends) and
+	// from an address that is not b's peer.
+	raw, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	stranger, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 3)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stranger.Close()
+	to := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 2), Port: port}
+	send := func(c *net.UDPConn, hdr []byte, f []byte) {
+		t.Helper()
+		if _, err := c.WriteToUDP(append(append([]byte(nil), hdr...), f...), to); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send(raw, []byte{0x08, 0, 0, 0, 0, 0, 6, 0}, frame(3, "vni 6"))
+	send(raw, []byte{0x00, 0, 0, 0, 0, 0, 5, 0}, frame(3, "no I flag"))
+	send(raw, []byte{0x08, 0, 0, 0, 0, 0, 5, 0}, []byte{1, 2, 3})
+	send(stranger, []byte{0x08, 0, 0, 0, 0, 0, 5, 0}, frame(3, "stranger"))
+	send(raw, []byte{0x08, 0, 0, 0, 0, 0, 5, 0}, frame(3, "vni 5"))
+	if got := next(t, b, 5*time.Second); !bytes.Equal(got, frame(3, "vni 5")) {
+		t.Fatalf("b got %q, want only the frame of VNI 5 from its peer", got)
+	}
+}
+
+// What goes on the wire: the RFC 7348 header, then the frame, to the
+// peer's VXLAN port.
+func TestWireFormat(t *testing.T) {
+	port := freePort(t, "127.0.0.1", "127.0.0.3")
+	peer, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 3), Port: port})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	a := open(t, fmt.Sprintf("127.0.0.3:%d/vni=1193046/local=127.0.0.1", port))
+	f := frame(1, "on the wire")
+	a.Write([][]byte{f})
+	peer.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 2048)
+	n, from, err := peer.ReadFromUDP(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := append([]byte{0x08, 0, 0, 0, 0x12, 0x34, 0x56, 0}, f...)
+	if !bytes.Equal(buf[:n], want) {
+		t.Fatalf("datagram %x, want %x", buf[:n], want)
+	}
+	if !from.IP.Equal(net.IPv4(127, 0, 0, 1)) {
+		t.Fatalf("from %v", from)
+	}
+}
+
+func TestCloseUnblocksRead(t *testing.T) {
+	port := freePort(t, "127.0.0.1")
+	a := open(t, fmt.Sprintf("127.0.0.2:%d/local=127.0.0.1", port))
+	errc := make(chan error, 1)
+	go func() {
+		_, err := a.Read([][]byte{make([]byte, 100)}, []int{0})
+		errc <- err
+	}()
+	time.Sleep(20 * time.Millisecond) // likely inside Read; it must end either way
+	a.Close()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Fatalf("read after close: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not unblock Read")
+	}
+}
+
+func TestParseSpec(t *testing.T) {
+	ctx := context.Background()
+	c, err := ParseSpec(ctx, "239.1.1.1/vni=7")
+	if err != nil || c.Addr != netip.MustParseAddr("239.1.1.1") || c.Port != DefaultPort || c.VNI != 7 || c.TTL != 1 {
+		t.Errorf("group: %+v %v", c, err)
+	}
+	c, err = ParseSpec(ctx, "10.0.0.1:8472/vni=42/ttl=3/if=eth0")
+	if err != nil || c.Port != 8472 || c.VNI != 42 || c.TTL != 3 || c.Interface != "eth0" {
+		t.Errorf("peer: %+v %v", c, err)
+	}
+	c, err = ParseSpec(ctx, "[ff05::7]:9/vni=1")
+	if err != nil || c.Addr != netip.MustParseAddr("ff05::7") || c.Port != 9 {
+		t.Errorf("v6: %+v %v", c, err)
+	}
+	if c, err = ParseSpec(ctx, "10.0.0.1"); err != nil || c.VNI != 1 {
+		t.Errorf("default vni: %+v %v", c, err)
+	}
+	for _, bad := range []string{"", "/vni=1", "10.0.0.1/vni=16777216", "10.0.0.1/vni=x", "10.0.0.1:0", "10.0.0.1/bogus=1", "10.0.0.1/ttl=0"} {
+		if _, err := ParseSpec(ctx, bad); err == nil {
+			t.Errorf("%q parsed", bad)
+		}
+	}
+}
+
+func TestFDB(t *testing.T) {
+	now := time.Unix(1000, 0)
+	f := NewFDB(2, 10*time.Second)
+	f.now = func() time.Time { return now }
+	m1, m2, m3 := []byte{2, 0, 0, 0, 0, 1}, []byte{2, 0, 0, 0, 0, 2}, []byte{2, 0, 0, 0, 0, 3}
+	h1, h2 := netip.MustParseAddrPort("10.0.0.1:4789"), netip.MustParseAddrPort("10.0.0.2:4789")
+	f.Learn(m1, h1)
+	f.Learn([]byte{3, 0, 0, 0, 0, 9}, h1) // a group MAC as source: not learnt
+	if a := f.Lookup(m1); a == nil || a.AddrPort() != h1 {
+		t.Fatalf("m1: %v", a)
+	}
+	if f.Len() != 1 {
+		t.Fatalf("len %d", f.Len())
+	}
+	f.Learn(m1, h2) // moved
+	if a := f.Lookup(m1); a.AddrPort() != h2 {
+		t.Fatalf("m1 moved: %v", a)
+	}
+	f.Learn(m2, h1)
+	f.Learn(m3, h1) // full of live entries: not learnt
+	if f.Lookup(m3) != nil {
+		t.Fatal("m3 learnt in a full table")
+	}
+	now = now.Add(11 * time.Second)
+	if f.Lookup(m1) != nil {
+		t.Fatal("m1 did not expire")
+	}
+	f.Learn(m3, h1) // the sweep makes room
+	if f.Lookup(m3) == nil || f.Len() != 1 {
+		t.Fatalf("m3 after the sweep: %v, len %d", f.Lookup(m3), f.Len())
+	}
+	f.Learn(m2, h2)
+	f.Forget(h1)
+	if f.Lookup(m3) != nil || f.Lookup(m2) == nil {
+		t.Fatal("Forget removed the wrong entries")
+	}
+}

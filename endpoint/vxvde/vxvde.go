@@ -1,0 +1,510 @@
+// Package vxvde is a cable far end that joins vdeplug4's vxvde, a
+// distributed Ethernet switch with no central process: every member joins
+// an IP multicast group, and the members together behave as one switch
+// whose ports are the members. It interoperates with "vde_plug vxvde://..."
+// (Debian's vdeplug) and with other ipn plugs.
+//
+// The URL is vxvde://[GROUP][:PORT][/OPTION=VALUE...], by default
+// 239.0.0.1:14789 (ff05:56de::1 with the option v6). vdeplug4 writes the
+// port as an option, vxvde://GROUP/port=N; both forms work.
+//
+// The wire, as vdeplug4 speaks it:
+//   - Each frame is one UDP datagram: the 8-byte VXLAN header (flags 0x08,
+//     the 24-bit VNI, 1 by default, the rest zero) then the frame.
+//   - A member has two sockets: one bound to GROUP:PORT, joined to the
+//     group, that receives the multicast; one bound to an ephemeral port,
+//     from which it sends everything and on which it receives unicast.
+//   - A member learns each source MAC as being behind the address (IP and
+//     ephemeral port) that sent it, sends frames to a learnt MAC there
+//     alone, and multicasts broadcast, multicast and unknown destinations.
+//     Entries expire after 128 s without traffic.
+//   - Multicast loopback is on, so members on one host hear each other; a
+//     member ignores its own datagrams: those from its own port whose
+//     source is the local address the group arrived on.
+//   - A datagram holding just the header announces that its sender left;
+//     the member forgets the MACs behind it. A member sends one when it
+//     closes.
+//
+// Frames with another VNI, other flags or shorter than an Ethernet header
+// are ignored. Options: vni=N, port=N, ttl=N (of multicast datagrams, 1 by
+// default: the local segment), if=NAME (the interface of the group; by
+// default the route to the group decides), expiretime=SECONDS,
+// hashsize=N (the most MACs remembered), v4, v6.
+package vxvde
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
+	"golang.org/x/sys/unix"
+
+	"github.com/ipn-project/ipn/endpoint"
+	"github.com/ipn-project/ipn/endpoint/udp"
+	"github.com/ipn-project/ipn/endpoint/vxlan"
+)
+
+// Defaults of vdeplug4's vxvde.
+const (
+	DefaultPort   = 14789
+	DefaultExpire = 128 * time.Second
+	DefaultSize   = 4096
+)
+
+var (
+	// DefaultGroup is the IPv4 group.
+	DefaultGroup = netip.MustParseAddr("239.0.0.1")
+	// DefaultGroup6 is the IPv6 group (option v6).
+	DefaultGroup6 = netip.MustParseAddr("ff05:56de::1")
+)
+
+// BatchSize is the most frames one Read returns or one Write sends with
+// one system call.
+const BatchSize = 16
+
+// queueLen is how many received frames wait for Read.
+const queueLen = 64
+
+// Config is a parsed vxvde URL.
+type Config struct {
+	Group     netip.Addr
+	Port      int
+	VNI       uint32
+	TTL       int
+	Interface string
+	Expire    time.Duration
+	Size      int
+}
+
+// ParseSpec parses the URL without its "vxvde://" prefix.
+func ParseSpec(ctx context.Context, spec string) (Config, error) {
+	addr, opts, _ := strings.Cut(spec, "/")
+	host, port, err := udp.SplitHostPort(addr, DefaultPort)
+	if err != nil {
+		return Config{}, err
+	}
+	c := Config{Port: port, VNI: 1, TTL: 1, Expire: DefaultExpire, Size: DefaultSize}
+	v6 := false
+	for _, o := range strings.Split(opts, "/") {
+		if o == "" {
+			continue
+		}
+		k, v, _ := strings.Cut(o, "=")
+		switch k {
+		case "vni":
+			n, err := strconv.ParseUint(v, 0, 32)
+			if err != nil || n > vxlan.MaxVNI {
+				return Config{}, fmt.Errorf("bad vni %q (0 to %d)", v, vxlan.MaxVNI)
+			}
+			c.VNI = uint32(n)
+		case "port":
+			if c.Port, err = udp.ParsePort(v); err != nil {
+				return Config{}, err
+			}
+		case "ttl":
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 || n > 255 {
+				return Config{}, fmt.Errorf("bad ttl %q (1 to 255)", v)
+			}
+			c.TTL = n
+		case "if":
+			c.Interface = v
+		case "expiretime":
+			n, err := strconv.Atoi(v)
+			if err != nil || n <= 0 {
+				return Config{}, fmt.Errorf("bad expiretime %q (seconds)", v)
+			}
+			c.Expire = time.Duration(n) * time.Second
+		case "hashsize":
+			n, err := strconv.Atoi(v)
+			if err != nil || n <= 0 {
+				return Config{}, fmt.Errorf("bad hashsize %q", v)
+			}
+			c.Size = n
+		case "v4":
+		case "v6":
+			v6 = true
+		default:
+			return Config{}, fmt.Errorf("unknown option %q (vni, port, ttl, if, expiretime, hashsize, v4, v6)", k)
+		}
+	}
+	switch {
+	case host != "":
+		if c.Group, err = udp.Resolve(ctx, host); err != nil {
+			return Config{}, err
+		}
+	case v6:
+		c.Group = DefaultGroup6
+	default:
+		c.Group = DefaultGroup
+	}
+	if !c.Group.IsMulticast() {
+		return Config{}, fmt.Errorf("%v is not a multicast group", c.Group)
+	}
+	return c, nil
+}
+
+// Endpoint is a member of a vxvde switch. Read and Write may run
+// concurrently, each from one goroutine. Two goroutines, one per socket,
+// receive and filter datagrams; Close ends them before it returns.
+type Endpoint struct {
+	cfg     Config
+	v6      bool
+	multi   *net.UDPConn // bound to the group, joined
+	uni     *net.UDPConn // sends; receives unicast
+	uniPort uint16
+	group   *net.UDPAddr
+	fdb     *vxlan.FDB
+	hdr     [vxlan.HeaderLen]byte
+	bc      udp.BatchConn // on uni
+	wms     []ipv4.Message
+	local   localAddrs // IPv6 only
+
+	in     chan *packet
+	done   chan struct{} // closed by Close
+	failed chan struct{} // closed when a receiver fails; err says why
+	err    error
+	fail   sync.Once
+	closed atomic.Bool
+	once   sync.Once
+	wg     sync.WaitGroup
+}
+
+var _ endpoint.Endpoint = (*Endpoint)(nil)
+
+// packet is a received datagram, header included.
+type packet struct {
+	buf []byte
+	n   int
+}
+
+var packets = sync.Pool{New: func() any { return &packet{buf: make([]byte, 1<<16)} }}
+
+// Open opens a member of the switch spec names, the URL without
+// "vxvde://" (see the package doc).
+func Open(ctx context.Context, spec string) (endpoint.Endpoint, error) {
+	cfg, err := ParseSpec(ctx, spec)
+	if err != nil {
+		return nil, fmt.Errorf("vxvde: %w", err)
+	}
+	e, err := New(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("vxvde: %w", err)
+	}
+	return e, nil
+}
+
+// New opens a member of the switch cfg describes.
+func New(ctx context.Context, cfg Config) (*Endpoint, error) {
+	e := &Endpoint{
+		cfg:    cfg,
+		v6:     cfg.Group.Is6(),
+		group:  net.UDPAddrFromAddrPort(netip.AddrPortFrom(cfg.Group, uint16(cfg.Port))),
+		fdb:    vxlan.NewFDB(cfg.Size, cfg.Expire),
+		wms:    make([]ipv4.Message, BatchSize),
+		in:     make(chan *packet, queueLen),
+		done:   make(chan struct{}),
+		failed: make(chan struct{}),
+	}
+	vxlan.PutHeader(e.hdr[:], cfg.VNI)
+	for i := range e.wms {
+		e.wms[i].Buffers = [][]byte{e.hdr[:], nil}
+	}
+	var ifi *net.Interface
+	if cfg.Interface != "" {
+		var err error
+		if ifi, err = net.InterfaceByName(cfg.Interface); err != nil {
+			return nil, err
+		}
+	}
+	network := udp.Network(cfg.Group)
+	reuse := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		err := rc.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+			if serr == nil && !e.v6 {
+				serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_PKTINFO, 1)
+			}
+		})
+		if err != nil {
+			return err
+		}
+		return serr
+	}}
+	pc, err := reuse.ListenPacket(ctx, network, e.group.String())
+	if err != nil {
+		return nil, err
+	}
+	e.multi = pc.(*net.UDPConn)
+	var lc net.ListenConfig
+	if pc, err = lc.ListenPacket(ctx, network, ":0"); err != nil {
+		e.multi.Close()
+		return nil, err
+	}
+	e.uni = pc.(*net.UDPConn)
+	e.uniPort = e.uni.LocalAddr().(*net.UDPAddr).AddrPort().Port()
+	e.bc = udp.NewBatchConn(e.uni, e.v6)
+	if err := e.setup(ifi); err != nil {
+		e.multi.Close()
+		e.uni.Close()
+		return nil, err
+	}
+	e.wg.Add(2)
+	go e.receive(e.multi, true)
+	go e.receive(e.uni, false)
+	return e, nil
+}
+
+// setup sets how the unicast socket sends to the group and joins the group
+// on the multicast socket.
+func (e *Endpoint) setup(ifi *net.Interface) error {
+	group := &net.UDPAddr{IP: e.cfg.Group.AsSlice()}
+	if e.v6 {
+		u := ipv6.NewPacketConn(e.uni)
+		if err := u.SetMulticastHopLimit(e.cfg.TTL); err != nil {
+			return err
+		}
+		if err := u.SetMulticastLoopback(true); err != nil {
+			return err
+		}
+		if ifi != nil {
+			if err := u.SetMulticastInterface(ifi); err != nil {
+				return err
+			}
+		}
+		return ipv6.NewPacketConn(e.multi).JoinGroup(ifi, group)
+	}
+	u := ipv4.NewPacketConn(e.uni)
+	if err := u.SetMulticastTTL(e.cfg.TTL); err != nil {
+		return err
+	}
+	if err := u.SetMulticastLoopback(true); err != nil {
+		return err
+	}
+	if ifi != nil {
+		if err := u.SetMulticastInterface(ifi); err != nil {
+			return err
+		}
+	}
+	return ipv4.NewPacketConn(e.multi).JoinGroup(ifi, group)
+}
+
+// UnicastAddr returns the address of the socket the member sends from and
+// receives unicast frames on.
+func (e *Endpoint) UnicastAddr() *net.UDPAddr { return e.uni.LocalAddr().(*net.UDPAddr) }
+
+// FDB returns the MACs the member learnt.
+func (e *Endpoint) FDB() *vxlan.FDB { return e.fdb }
+
+// receive reads datagrams from c (the multicast socket if multi) and
+// queues the frames for Read until the endpoint closes.
+func (e *Endpoint) receive(c *net.UDPConn, multi bool) {
+	defer e.wg.Done()
+	oob := make([]byte, 256)
+	for {
+		p := packets.Get().(*packet)
+		n, oobn, _, src, err := c.ReadMsgUDPAddrPort(p.buf, oob)
+		if err != nil {
+			packets.Put(p)
+			if e.closed.Load() || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			if udp.Transient(err) {
+				continue
+			}
+			e.fail.Do(func() {
+				e.err = fmt.Errorf("vxvde: %w", err)
+				close(e.failed)
+			})
+			return
+		}
+		if !e.accept(p.buf[:n], oob[:oobn], src, multi) {
+			packets.Put(p)
+			continue
+		}
+		p.n = n
+		select {
+		case e.in <- p:
+		case <-e.done:
+			packets.Put(p)
+			return
+		}
+	}
+}
+
+// accept filters datagram b from src and learns from the frames it keeps.
+func (e *Endpoint) accept(b, oob []byte, src netip.AddrPort, multi bool) bool {
+	if vni, ok := vxlan.ParseHeader(b); !ok || vni != e.cfg.VNI {
+		return false
+	}
+	src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
+	if len(b) == vxlan.HeaderLen { // the sender left
+		if !(multi && e.self(src, oob)) {
+			e.fdb.Forget(src)
+		}
+		return false
+	}
+	if len(b)-vxlan.HeaderLen < vxlan.EthHeaderLen {
+		return false
+	}
+	if multi && e.self(src, oob) {
+		return false
+	}
+	e.fdb.Learn(b[vxlan.HeaderLen+6:vxlan.HeaderLen+12], src)
+	return true
+}
+
+// self reports whether a datagram that came from the group was sent by
+// this member: from its unicast port and from the local address the group
+// arrived on (IPv4: the packet's ipi_spec_dst) or, for IPv6, from any
+// local address.
+func (e *Endpoint) self(src netip.AddrPort, oob []byte) bool {
+	if src.Port() != e.uniPort {
+		return false
+	}
+	if e.v6 {
+		return e.local.has(src.Addr())
+	}
+	cms, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return false
+	}
+	for _, cm := range cms {
+		if cm.Header.Level == unix.IPPROTO_IP && cm.Header.Type == unix.IP_PKTINFO && len(cm.Data) >= unix.SizeofInet4Pktinfo {
+			pi := (*unix.Inet4Pktinfo)(unsafe.Pointer(&cm.Data[0]))
+			return netip.AddrFrom4(pi.Spec_dst) == src.Addr()
+		}
+	}
+	return false
+}
+
+// Read implements endpoint.Endpoint.Read: it blocks for one frame and
+// returns those already received, up to len(bufs).
+func (e *Endpoint) Read(bufs [][]byte, sizes []int) (int, error) {
+	var p *packet
+	select {
+	case p = <-e.in:
+	case <-e.done:
+		return 0, net.ErrClosed
+	case <-e.failed:
+		return 0, e.err
+	}
+	n := 0
+	for {
+		f := p.buf[vxlan.HeaderLen:p.n]
+		sizes[n] = len(f)
+		if copy(bufs[n], f) < len(f) {
+			sizes[n] = len(bufs[n]) + 1
+		}
+		packets.Put(p)
+		n++
+		if n == len(bufs) {
+			return n, nil
+		}
+		select {
+		case p = <-e.in:
+		default:
+			return n, nil
+		}
+	}
+}
+
+// Write implements endpoint.Endpoint.Write: frames to a learnt MAC go to
+// its member, the others to the group. Frames shorter than an Ethernet
+// header and datagrams the network refuses are dropped; Write fails only
+// once the endpoint is closed.
+func (e *Endpoint) Write(msgs [][]byte) (int, error) {
+	defer func() {
+		for i := range e.wms {
+			e.wms[i].Buffers[1], e.wms[i].Addr = nil, nil
+		}
+	}()
+	done := 0
+	for done < len(msgs) {
+		chunk := msgs[done:min(len(msgs), done+len(e.wms))]
+		ms := e.wms[:0]
+		for _, f := range chunk {
+			if len(f) < vxlan.EthHeaderLen {
+				continue
+			}
+			var dst *net.UDPAddr
+			if f[0]&1 == 0 {
+				dst = e.fdb.Lookup(f[:6])
+			}
+			if dst == nil {
+				dst = e.group
+			}
+			ms = ms[:len(ms)+1]
+			ms[len(ms)-1].Buffers[1] = f
+			ms[len(ms)-1].Addr = dst
+		}
+		if _, err := udp.WriteAll(e.bc, ms); err != nil {
+			if e.closed.Load() || errors.Is(err, net.ErrClosed) {
+				return done, net.ErrClosed
+			}
+			return done, fmt.Errorf("vxvde: %w", err)
+		}
+		done += len(chunk)
+	}
+	return done, nil
+}
+
+// BatchSize implements endpoint.Endpoint.BatchSize.
+func (e *Endpoint) BatchSize() int { return BatchSize }
+
+// Close implements endpoint.Endpoint.Close: it tells the other members
+// that this one left, closes the sockets, ends a Read or Write in progress
+// with net.ErrClosed and waits for the receiving goroutines.
+func (e *Endpoint) Close() error {
+	e.once.Do(func() {
+		e.closed.Store(true)
+		e.uni.WriteToUDP(e.hdr[:], e.group) // best effort, as vdeplug4
+		close(e.done)
+		e.multi.Close()
+		e.uni.Close()
+		e.wg.Wait()
+	})
+	return nil
+}
+
+// localAddrs answers whether an address is one of this host's, from a
+// list of the interfaces' addresses read again at most once a second when
+// an address is not in it.
+type localAddrs struct {
+	mu   sync.Mutex
+	set  map[netip.Addr]bool // guarded by mu
+	read time.Time           // guarded by mu
+}
+
+func (l *localAddrs) has(a netip.Addr) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.set[a] {
+		return true
+	}
+	if time.Since(l.read) < time.Second {
+		return false
+	}
+	l.read = time.Now()
+	l.set = map[netip.Addr]bool{}
+	addrs, _ := net.InterfaceAddrs()
+	for _, ad := range addrs {
+		if n, ok := ad.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(n.IP); ok {
+				l.set[ip.Unmap()] = true
+			}
+		}
+	}
+	return l.set[a]
+}

@@ -1,0 +1,271 @@
+package vxvde
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+var nsSeq atomic.Int32
+
+// testNetns makes a network namespace for the test with one multicast
+// interface (one end of a veth pair whose other end is down, 10.98.0.1/24,
+// the route to 239.0.0.0/8) and removes
+// it at the end. It needs root: without it the test skips, except under CI,
+// where it fails.
+func testNetns(t *testing.T) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatal("CI runs as root; this test must not skip there")
+		}
+		t.Skip("needs root to make a network namespace")
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("ip (iproute2) is missing")
+		}
+		t.Skip("needs ip (iproute2)")
+	}
+	ns := fmt.Sprintf("ipnvxvde-%d-%d", os.Getpid(), nsSeq.Add(1))
+	ip := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	ip("netns", "add", ns)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+	for _, c := range []string{
+		"link set lo up",
+		"link add d0 type veth peer name d1",
+		"addr add 10.98.0.1/24 dev d0",
+		"link set d0 up",
+		"route add 239.0.0.0/8 dev d0",
+	} {
+		ip(append([]string{"-n", ns}, strings.Fields(c)...)...)
+	}
+	return ns
+}
+
+// inNetns runs fn on a thread moved into namespace ns: the sockets fn
+// makes belong to ns for good, whatever thread uses them later.
+func inNetns(t *testing.T, ns string, fn func()) {
+	t.Helper()
+	runtime.LockOSThread()
+	orig, err := os.Open("/proc/thread-self/ns/net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer orig.Close()
+	target, err := os.Open("/run/netns/" + ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer target.Close()
+	if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		// A thread that cannot go back stays locked and dies with the goroutine.
+		if unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET) == nil {
+			runtime.UnlockOSThread()
+		}
+	}()
+	fn()
+}
+
+func open(t *testing.T, spec string) *Endpoint {
+	t.Helper()
+	e, err := Open(context.Background(), spec)
+	if err != nil {
+		t.Fatalf("open vxvde://%s: %v", spec, err)
+	}
+	t.Cleanup(func() { e.Close() })
+	return e.(*Endpoint)
+}
+
+func next(t *testing.T, e *Endpoint) []byte {
+	t.Helper()
+	ch := make(chan []byte, 1)
+	go func() {
+		bufs, sizes := [][]byte{make([]byte, 2048)}, []int{0}
+		if n, err := e.Read(bufs, sizes); n == 1 && err == nil {
+			ch <- bufs[0][:sizes[0]]
+		}
+		close(ch)
+	}()
+	select {
+	case f, ok := <-ch:
+		if !ok {
+			t.Fatal("read failed")
+		}
+		return f
+	case <-time.After(5 * time.Second):
+		e.Close()
+		t.Fatal("no frame in 5s")
+	}
+	return nil
+}
+
+var bcast = []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
+
+func mac(b byte) []byte { return []byte{2, 0, 0, 0, 0, b} }
+
+func frame(dst, src []byte, s string) []byte {
+	return append(append(append(append([]byte(nil), dst...), src...), 0x08, 0x00), s...)
+}
+
+func expect(t *testing.T, e *Endpoint, name string, want []byte) {
+	t.Helper()
+	if got := next(t, e); !bytes.Equal(got, want) {
+		t.Fatalf("%s got %q, want %q", name, got, want)
+	}
+}
+
+// Three members on one host: broadcasts reach the others and never come
+// back to their sender; unicast goes to the learnt member alone; a member
+// that closes is forgotten.
+func TestMembersOnOneHost(t *testing.T) {
+	ns := testNetns(t)
+	var a, b, c *Endpoint
+	var tap, raw *net.UDPConn // tap listens to the group; raw sends to it
+	inNetns(t, ns, func() {
+		a, b, c = open(t, ""), open(t, "239.0.0.1"), open(t, "239.0.0.1/port=14789/vni=1")
+		var err error
+		tap, err = net.ListenMulticastUDP("udp4", nil, &net.UDPAddr{IP: net.IPv4(239, 0, 0, 1), Port: DefaultPort})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if raw, err = net.ListenUDP("udp4", nil); err != nil {
+			t.Fatal(err)
+		}
+	})
+	defer tap.Close()
+	defer raw.Close()
+
+	f1 := frame(bcast, mac(1), "a to all")
+	a.Write([][]byte{f1})
+	expect(t, b, "b", f1)
+	expect(t, c, "c", f1)
+	// On the wire: the VXLAN header with VNI 1, from a's unicast port.
+	tap.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 2048)
+	n, from, err := tap.ReadFromUDPAddrPort(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := append([]byte{0x08, 0, 0, 0, 0, 0, 1, 0}, f1...); !bytes.Equal(buf[:n], want) {
+		t.Fatalf("datagram %x, want %x", buf[:n], want)
+	}
+	if from.Port() != uint16(a.UnicastAddr().Port) {
+		t.Fatalf("sent from %v, want a's unicast port %d", from, a.UnicastAddr().Port)
+	}
+
+	// b learnt mac 1 behind a: its reply is unicast, and a's first frame
+	// is the reply, not its own broadcast looped back.
+	f2 := frame(mac(1), mac(2), "b to a")
+	b.Write([][]byte{f2})
+	expect(t, a, "a", f2)
+	if got := a.FDB().Lookup(mac(2)); got == nil || got.Port != b.UnicastAddr().Port {
+		t.Fatalf("a learnt mac 2 at %v, want b's port %d", got, b.UnicastAddr().Port)
+	}
+	f3 := frame(bcast, mac(1), "marker")
+	a.Write([][]byte{f3})
+	expect(t, c, "c (b's unicast must not reach it)", f3)
+	expect(t, b, "b", f3)
+
+	// Another VNI, bad flags and runts are ignored.
+	group := net.UDPAddrFromAddrPort(netip.AddrPortFrom(DefaultGroup, DefaultPort))
+	for _, d := range [][]byte{
+		append([]byte{0x08, 0, 0, 0, 0, 0, 2, 0}, frame(bcast, mac(9), "vni 2")...),
+		append([]byte{0x0c, 0, 0, 0, 0, 0, 1, 0}, frame(bcast, mac(9), "bad flags")...),
+		{0x08, 0, 0, 0, 0, 0, 1, 0, 1, 2, 3},
+		append([]byte{0x08, 0, 0, 0, 0, 0, 1, 0}, frame(bcast, mac(9), "vni 1")...),
+	} {
+		if _, err := raw.WriteToUDP(d, group); err != nil {
+			t.Fatal(err)
+		}
+	}
+	expect(t, a, "a", frame(bcast, mac(9), "vni 1"))
+
+	// b leaves: a forgets the MACs behind it.
+	b.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for a.FDB().Lookup(mac(2)) != nil {
+		if time.Now().After(deadline) {
+			t.Fatal("a still knows mac 2 after b left")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if a.FDB().Lookup(mac(9)) == nil {
+		t.Fatal("a forgot mac 9 too")
+	}
+}
+
+func TestCloseUnblocksRead(t *testing.T) {
+	ns := testNetns(t)
+	var a *Endpoint
+	inNetns(t, ns, func() { a = open(t, "") })
+	errc := make(chan error, 1)
+	go func() {
+		_, err := a.Read([][]byte{make([]byte, 100)}, []int{0})
+		errc <- err
+	}()
+	time.Sleep(20 * time.Millisecond) // likely inside Read; it must end either way
+	a.Close()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Fatalf("read after close: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not unblock Read")
+	}
+	if _, err := a.Write([][]byte{frame(bcast, mac(1), "x")}); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("write after close: %v", err)
+	}
+}
+
+func TestParseSpec(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		spec  string
+		group string
+		port  int
+		vni   uint32
+	}{
+		{"", "239.0.0.1", 14789, 1},
+		{"239.2.3.4", "239.2.3.4", 14789, 1},
+		{"239.2.3.4:5000", "239.2.3.4", 5000, 1},
+		{":5000", "239.0.0.1", 5000, 1},
+		{"239.2.3.4/port=6000/vni=9", "239.2.3.4", 6000, 9},
+		{"/v6", "ff05:56de::1", 14789, 1},
+		{"[ff05::2]:7", "ff05::2", 7, 1},
+	} {
+		c, err := ParseSpec(ctx, tc.spec)
+		if err != nil || c.Group != netip.MustParseAddr(tc.group) || c.Port != tc.port || c.VNI != tc.vni {
+			t.Errorf("%q: %+v %v", tc.spec, c, err)
+		}
+	}
+	for _, bad := range []string{"10.0.0.1", "/vni=99999999", "/bogus", "239.0.0.1:0", "/expiretime=0"} {
+		if _, err := ParseSpec(ctx, bad); err == nil {
+			t.Errorf("%q parsed", bad)
+		}
+	}
+	if c, _ := ParseSpec(ctx, "/expiretime=5/hashsize=10/ttl=2"); c.Expire != 5*time.Second || c.Size != 10 || c.TTL != 2 {
+		t.Errorf("options: %+v", c)
+	}
+}
