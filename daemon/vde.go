@@ -106,8 +106,8 @@ func (v *vdeServer) serveClient(ctl *net.UnixConn) {
 	v.mu.Lock()
 	if v.stopped {
 		v.mu.Unlock()
-		cl.port.Close()
 		os.Remove(cl.data)
+		cl.port.Close()
 		return
 	}
 	v.clients[cl] = struct{}{}
@@ -120,8 +120,8 @@ func (v *vdeServer) serveClient(ctl *net.UnixConn) {
 			break
 		}
 	}
+	os.Remove(cl.data) // before the port goes: a listing without it means no file
 	cl.port.Close()
-	os.Remove(cl.data)
 	v.mu.Lock()
 	delete(v.clients, cl)
 	v.mu.Unlock()
