@@ -315,10 +315,14 @@ func TestVDESwitchGoesAway(t *testing.T) {
 	t.Run("plug ends", func(t *testing.T) {
 		dir := filepath.Join(tempDir(t), "sw")
 		sw := startVDESwitch(t, dir)
-		path, _ := bindNet(t, nil)
+		path, m := bindNet(t, nil)
 		plug := start(t, nil, nil, ipnCommand(t), "plug", path, "vde://"+dir)
 		waitFor(t, waitProcs, "ipn plug in the network", func() bool { r, _ := readersOf(path); return r == 2 })
 		sw.waitEndpoints(t, 1)
+		// Frames cross: the cable is up at both ends before the switch dies.
+		vp := startVDEFramed(t, "vde_plug", "vde://"+dir)
+		sw.waitEndpoints(t, 2)
+		crossBothWays(t, m, vp, "before the switch dies")
 		sw.kill()
 		err := plug.wait(waitProcs)
 		if err == nil || exitCode(err) == 0 {
