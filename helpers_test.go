@@ -34,6 +34,8 @@ func runHelper(name string, args []string) int {
 		err = helpIdle(args[0])
 	case "frames":
 		err = helpFrames(args[0])
+	case "tcp":
+		err = helpTCP(args)
 	default:
 		err = fmt.Errorf("unknown helper %q", name)
 	}

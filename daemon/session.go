@@ -104,6 +104,7 @@ func (ss *session) release() {
 	for _, v := range ss.vde {
 		v.stop()
 	}
+	ss.releaseDevices()
 	if ss.port != nil {
 		// Messages the client wrote before it went are in the data
 		// socket: let the port's reader take them, up to its EOF.
@@ -157,6 +158,8 @@ func (ss *session) handle(op uint16, body []byte, fds []int) ([]byte, int) {
 		res, err = ss.doPolicy(body, fds)
 	case wire.OpServeVDE:
 		err = ss.doServeVDE(string(body), fds)
+	case wire.OpAttachDevice:
+		res, err = ss.doDevice(body, fds)
 	default:
 		err = fmt.Errorf("unknown op %d: %w", op, syscall.EINVAL)
 	}
@@ -611,7 +614,7 @@ func netInfo(n *engine.Network) wire.NetInfo {
 			Read: p.CanRead(), Write: p.CanWrite(),
 			MsgsIn: s.MsgsIn, BytesIn: s.BytesIn, MsgsOut: s.MsgsOut, BytesOut: s.BytesOut,
 			Drops: s.Drops, Errors: s.Errors,
-			Policy: n.DescribePort(p.Num()),
+			Policy: n.DescribePort(p.Num()), Persist: devicePersist(p),
 		})
 	}
 	return info

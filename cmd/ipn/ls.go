@@ -24,7 +24,8 @@ func lsCmd() *cobra.Command {
 		Long: `List the networks the daemon serves (or just the one at PATH): protocol,
 owner, mode, ports in use out of the total, readers, writers, and for each
 port its description, who is behind it, and counters of messages and bytes
-in (sent by the node) and out (delivered to it), drops and errors.`,
+in (sent by the node) and out (delivered to it), drops and errors. A
+device port (tap, grab) that outlives its session is marked PERSIST.`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			path := ""
@@ -80,6 +81,9 @@ func printNets(out io.Writer, nets []ipn.NetInfo) {
 			descr, pol := p.Descr, p.Policy
 			if descr == "" {
 				descr = "-"
+			}
+			if p.Persist {
+				descr += " PERSIST"
 			}
 			if pol == "" {
 				pol = "-"

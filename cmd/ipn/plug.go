@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"os/signal"
 	"strings"
 	"syscall"
@@ -24,6 +25,7 @@ func plugCmd() *cobra.Command {
 	var (
 		reconnect bool
 		descr     string
+		persist   bool
 	)
 	cmd := &cobra.Command{
 		Use:   "plug PATH URL",
@@ -41,16 +43,32 @@ URLs:
   vxlan://GROUP_OR_PEER[:PORT]/vni=N
                                RFC 7348 VXLAN (a Linux "type vxlan" device talks to it)
   vxvde://[GROUP]              vdeplug4's multicast distributed switch
+  tap://NAME                   a Linux tap interface, made if missing (needs
+                               CAP_NET_ADMIN) and set up; addresses are yours
+  grab://IFACE                 an existing interface, in promiscuous mode
+                               (needs CAP_NET_RAW)
+
+tap:// and grab:// work from any network namespace (ip netns exec NS ipn
+plug ...): plug binds the network (needs x), opens the device and passes it
+to the daemon, whose port it becomes; plug then waits until interrupted,
+and the port goes when it exits, unless --persist (see ipn device).
 
 When the far end goes away, plug exits with an error (0 when stdin just
 ended), or with --reconnect opens it again, waiting longer each time.`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if scheme, name, ok := strings.Cut(args[1], "://"); ok && (scheme == "tap" || scheme == "grab") {
+				return runDevicePlug(cmd, args[0], scheme, name, persist)
+			}
+			if persist {
+				return fmt.Errorf("--persist is for tap:// and grab://")
+			}
 			return runPlug(cmd, args[0], args[1], reconnect, descr)
 		},
 	}
 	cmd.Flags().BoolVar(&reconnect, "reconnect", false, "open the far end again when it goes away")
 	cmd.Flags().StringVar(&descr, "descr", "", "port description (default: cable URL)")
+	cmd.Flags().BoolVar(&persist, "persist", false, "tap://, grab://: the port stays after plug exits")
 	return cmd
 }
 
@@ -101,4 +119,41 @@ func runPlug(cmd *cobra.Command, path, url string, reconnect bool, descr string)
 		}
 		wait = min(2*wait, 10*time.Second)
 	}
+}
+
+// runDevicePlug attaches a tap or grabbed interface to the network at path
+// and waits until interrupted.
+func runDevicePlug(cmd *cobra.Command, path, scheme, name string, persist bool) error {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if name == "" {
+		return fmt.Errorf("%s://: want a device name", scheme)
+	}
+	if _, err := os.Stat(path); err != nil {
+		return fmt.Errorf("no network: %w", err)
+	}
+	s, err := ipn.NewSocket(ipn.Any)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	if err := s.Bind(path); err != nil {
+		return err
+	}
+	var port int
+	if scheme == "tap" {
+		port, err = s.AttachTap(name, persist)
+	} else {
+		port, err = s.AttachGrab(name, persist)
+	}
+	if err != nil {
+		return err
+	}
+	note := ""
+	if persist {
+		note = ", persistent"
+	}
+	fmt.Fprintf(cmd.ErrOrStderr(), "ipn plug: %s %s is port %d of %s%s\n", scheme, name, port, path, note)
+	<-ctx.Done()
+	return nil
 }

@@ -32,4 +32,6 @@ type PortInfo struct {
 	Errors   uint64 `json:"errors"`
 	// Policy is the policy's own description of the port (VLAN, MACs).
 	Policy string `json:"policy,omitempty"`
+	// Persist marks a device port (tap, grab) that outlives its session.
+	Persist bool `json:"persist,omitempty"`
 }

@@ -36,6 +36,10 @@ const (
 	OpList     uint16 = 8  // optional path; reply: JSON []NetInfo
 	OpPolicy   uint16 = 9  // u8 set, u8 name length, name, value; SCM_RIGHTS: O_PATH fd of the network file; reply: value
 	OpServeVDE uint16 = 10 // VDE directory path; SCM_RIGHTS: listening SOCK_STREAM socket of DIR/ctl (bound sessions)
+	// OpAttachDevice: u8 kind, u8 flags, device name (bound sessions).
+	// With SCM_RIGHTS the tap or packet socket to attach (reply: u32 port);
+	// without, DevJoin or DevClearPersist act on a persistent device port.
+	OpAttachDevice uint16 = 11
 
 	OpOOB    uint16 = 0x4000 // event: an out-of-band message for this node
 	ReplyBit uint16 = 0x8000
@@ -57,6 +61,32 @@ func DecodePolicy(b []byte) (set bool, name, value string, err error) {
 	}
 	n := 2 + int(b[1])
 	return b[0] == 1, string(b[2:n]), string(b[n:]), nil
+}
+
+// Kinds of device of OpAttachDevice.
+const (
+	DevTap  = 1 // a tap (IFF_TAP|IFF_NO_PI) file descriptor: one frame per read/write
+	DevGrab = 2 // an AF_PACKET SOCK_RAW socket bound to an interface
+)
+
+// Flags of OpAttachDevice.
+const (
+	DevPersist      = 1 // the port outlives the session that attached it
+	DevJoin         = 2 // no fd: take over the persistent device port name
+	DevClearPersist = 4 // no fd: the port goes with its session (at once if none)
+)
+
+// EncodeDevice encodes an OpAttachDevice body.
+func EncodeDevice(kind, flags byte, name string) []byte {
+	return append([]byte{kind, flags}, name...)
+}
+
+// DecodeDevice parses an OpAttachDevice body.
+func DecodeDevice(b []byte) (kind, flags byte, name string, err error) {
+	if len(b) < 3 {
+		return 0, 0, "", fmt.Errorf("%w: device request", ErrMalformed)
+	}
+	return b[0], b[1], string(b[2:]), nil
 }
 
 // Shutdown directions.

@@ -1,0 +1,127 @@
+// Package grab is a port on an existing Linux network interface, taken
+// through an AF_PACKET SOCK_RAW socket bound to it (ETH_P_ALL, usually in
+// promiscuous mode): frames the interface receives enter the network, and
+// frames the network delivers go out of the interface. Frames the socket
+// sees going out (PACKET_OUTGOING), among them the port's own, are skipped,
+// so nothing is echoed back. Closing the socket drops its membership, so
+// the interface's promiscuity is back as before.
+package grab
+
+import (
+	"errors"
+	"os"
+	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ipn-project/ipn/endpoint"
+)
+
+// Endpoint is the IPN side of a grabbed interface.
+type Endpoint struct {
+	f    *os.File
+	raw  syscall.RawConn
+	once sync.Once
+	err  error
+}
+
+var (
+	_ endpoint.Endpoint     = (*Endpoint)(nil)
+	_ endpoint.DirectWriter = (*Endpoint)(nil)
+)
+
+// New returns an endpoint on fd, a bound AF_PACKET SOCK_RAW socket it owns
+// from then on; it sets it non-blocking for Go's poller.
+func New(fd int, iface string) (*Endpoint, error) {
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	f := os.NewFile(uintptr(fd), "grab "+iface)
+	raw, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return &Endpoint{f: f, raw: raw}, nil
+}
+
+// Read implements endpoint.Endpoint.Read: the frames the interface
+// received, at least one; a frame longer than its buffer is reported with
+// its full length. A down interface is waited out.
+func (e *Endpoint) Read(bufs [][]byte, sizes []int) (int, error) {
+	n := 0
+	var rerr error
+	err := e.raw.Read(func(fd uintptr) bool {
+		for n < len(bufs) {
+			m, from, err := unix.Recvfrom(int(fd), bufs[n], unix.MSG_DONTWAIT|unix.MSG_TRUNC)
+			if err != nil {
+				if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) || errors.Is(err, unix.ENETDOWN) {
+					return n > 0
+				}
+				rerr = err
+				return true
+			}
+			if ll, ok := from.(*unix.SockaddrLinklayer); ok && ll.Pkttype == unix.PACKET_OUTGOING {
+				continue
+			}
+			if m == 0 {
+				continue
+			}
+			sizes[n] = m
+			n++
+		}
+		return true
+	})
+	if n > 0 {
+		return n, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	return 0, rerr
+}
+
+// Write implements endpoint.Endpoint.Write: a frame the interface refuses
+// (down, too long, no buffer) is dropped; only a bad socket is an error.
+func (e *Endpoint) Write(msgs [][]byte) (int, error) {
+	sent := 0
+	var werr error
+	err := e.raw.Write(func(fd uintptr) bool {
+		for _, m := range msgs {
+			_, err := unix.Write(int(fd), m)
+			if err == nil {
+				sent++
+			} else if errors.Is(err, unix.EBADF) || errors.Is(err, unix.ENODEV) {
+				werr = err
+				return true
+			}
+		}
+		return true
+	})
+	if err == nil {
+		err = werr
+	}
+	return sent, err
+}
+
+// WriteDirect implements endpoint.DirectWriter: one frame, or a drop.
+func (e *Endpoint) WriteDirect(m []byte) bool {
+	sent := false
+	e.raw.Write(func(fd uintptr) bool {
+		_, err := unix.Write(int(fd), m)
+		sent = err == nil
+		return true
+	})
+	return sent
+}
+
+// BatchSize implements endpoint.Endpoint.BatchSize.
+func (e *Endpoint) BatchSize() int { return 32 }
+
+// Close implements endpoint.Endpoint.Close.
+func (e *Endpoint) Close() error {
+	e.once.Do(func() { e.err = e.f.Close() })
+	return e.err
+}

@@ -1,0 +1,131 @@
+// Package tap is a port on a Linux tap interface: a file descriptor of
+// /dev/net/tun attached with IFF_TAP|IFF_NO_PI, where one read is one
+// Ethernet frame the kernel sends out of the interface and one write is one
+// frame the interface receives. The descriptor carries the interface's
+// network namespace, so it may come from a process in another namespace.
+package tap
+
+import (
+	"errors"
+	"os"
+	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ipn-project/ipn/endpoint"
+)
+
+// Endpoint is the IPN side of a tap interface.
+type Endpoint struct {
+	f       *os.File
+	raw     syscall.RawConn
+	scratch []byte // catches the rest of a frame longer than its buffer
+	once    sync.Once
+	err     error
+}
+
+var (
+	_ endpoint.Endpoint     = (*Endpoint)(nil)
+	_ endpoint.DirectWriter = (*Endpoint)(nil)
+)
+
+// New returns an endpoint on fd, a tap descriptor it owns from then on: it
+// sets it non-blocking, so that Go's poller waits on it and Close unblocks
+// a Read.
+func New(fd int, name string) (*Endpoint, error) {
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	f := os.NewFile(uintptr(fd), "tap "+name)
+	raw, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return &Endpoint{f: f, raw: raw, scratch: make([]byte, 65536)}, nil
+}
+
+// Read implements endpoint.Endpoint.Read: the frames queued, at least one.
+// A frame longer than its buffer is reported with its full length.
+func (e *Endpoint) Read(bufs [][]byte, sizes []int) (int, error) {
+	n := 0
+	var rerr error
+	iov := make([][]byte, 2)
+	err := e.raw.Read(func(fd uintptr) bool {
+		for n < len(bufs) {
+			iov[0], iov[1] = bufs[n], e.scratch
+			m, err := unix.Readv(int(fd), iov)
+			if err != nil {
+				if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
+					return n > 0
+				}
+				rerr = err
+				return true
+			}
+			if m == 0 {
+				continue
+			}
+			sizes[n] = m
+			n++
+		}
+		return true
+	})
+	if n > 0 {
+		return n, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	return 0, rerr
+}
+
+// Write implements endpoint.Endpoint.Write: a frame the interface refuses
+// (down, too long) is dropped; only a descriptor gone bad is an error.
+func (e *Endpoint) Write(msgs [][]byte) (int, error) {
+	sent := 0
+	var werr error
+	err := e.raw.Write(func(fd uintptr) bool {
+		for _, m := range msgs {
+			_, err := unix.Write(int(fd), m)
+			if err == nil {
+				sent++
+			} else if fatal(err) {
+				werr = err
+				return true
+			}
+		}
+		return true
+	})
+	if err == nil {
+		err = werr
+	}
+	return sent, err
+}
+
+// WriteDirect implements endpoint.DirectWriter: one frame, or a drop.
+func (e *Endpoint) WriteDirect(m []byte) bool {
+	sent := false
+	e.raw.Write(func(fd uintptr) bool {
+		_, err := unix.Write(int(fd), m)
+		sent = err == nil
+		return true
+	})
+	return sent
+}
+
+func fatal(err error) bool {
+	return errors.Is(err, unix.EBADF) || errors.Is(err, unix.EBADFD) || errors.Is(err, unix.ENODEV)
+}
+
+// BatchSize implements endpoint.Endpoint.BatchSize.
+func (e *Endpoint) BatchSize() int { return 32 }
+
+// Close implements endpoint.Endpoint.Close. When it closes the last
+// descriptor of a tap that is not persistent (TUNSETPERSIST), the kernel
+// removes the interface.
+func (e *Endpoint) Close() error {
+	e.once.Do(func() { e.err = e.f.Close() })
+	return e.err
+}

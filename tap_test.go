@@ -1,0 +1,258 @@
+package ipn_test
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ipn-project/ipn"
+)
+
+// The tests of this file attach real kernel interfaces, taps and grabbed
+// veths in network namespaces they make, to IPN switch networks: ipn plug
+// tap:// and grab:// run in the namespaces and pass their descriptors to
+// the test's daemon.
+
+// devSwitch binds a switch network for device ports (not connected).
+func devSwitch(t *testing.T) (string, *ipn.Socket) {
+	t.Helper()
+	path := tempDir(t) + "/net"
+	s, err := ipn.NewSocket(ipn.VDESwitch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	if err := s.Bind(path); err != nil {
+		t.Fatal(err)
+	}
+	return path, s
+}
+
+// devName returns an interface name unique to this test process.
+func devName(label string) string {
+	return fmt.Sprintf("%s%d", label, os.Getpid()%10000000)
+}
+
+// devicePort returns the port described descr on path, or nil.
+func devicePort(path, descr string) *ipn.PortInfo {
+	nets, err := ipn.List(path)
+	if err != nil || len(nets) != 1 {
+		return nil
+	}
+	for _, p := range nets[0].PortsInfo {
+		if p.Descr == descr {
+			return &p
+		}
+	}
+	return nil
+}
+
+// devPlug runs "ipn plug [flags] path scheme://name" in ns and waits for
+// its device port.
+func devPlug(t *testing.T, ns, path, scheme, name string, flags ...string) *proc {
+	t.Helper()
+	args := append([]string{"netns", "exec", ns, ipnCommand(t), "plug"}, flags...)
+	p := start(t, nil, nil, "ip", append(args, path, scheme+"://"+name)...)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("ipn plug %s://%s in %s; stderr:\n%s", scheme, name, ns, p.stderr())
+		}
+	})
+	waitFor(t, waitProcs, scheme+" "+name+" attached", func() bool {
+		select {
+		case <-p.done:
+			t.Fatalf("ipn plug %s://%s exited: %v\n%s", scheme, name, p.err, p.stderr())
+		default:
+		}
+		return devicePort(path, scheme+" "+name) != nil
+	})
+	return p
+}
+
+// nsCmd runs a command in ns and returns its combined output.
+func nsCmd(ns string, args ...string) (string, error) {
+	out, err := exec.Command("ip", append([]string{"netns", "exec", ns}, args...)...).CombinedOutput()
+	return string(out), err
+}
+
+func nsPing(t *testing.T, ns, addr string) {
+	t.Helper()
+	if out, err := nsCmd(ns, "ping", "-c", "2", "-W", "2", addr); err != nil {
+		t.Fatalf("ping %s from %s: %v\n%s", addr, ns, err, out)
+	}
+}
+
+// transfer sends size bytes by TCP from nsFrom to addr (HOST:PORT) in
+// nsTo, checks that the same bytes arrived and returns the receiver's
+// throughput in MB/s.
+func transfer(t *testing.T, nsFrom, nsTo, addr string, size int) float64 {
+	t.Helper()
+	env := []string{helperEnv + "=tcp"}
+	recv := start(t, nil, env, "ip", "netns", "exec", nsTo, helperBin, "recv", addr)
+	recv.expect("listening", waitProcs)
+	send := start(t, nil, env, "ip", "netns", "exec", nsFrom, helperBin, "send", addr, strconv.Itoa(size))
+	sent := strings.Fields(send.expect("sent ", 60*time.Second))
+	got := strings.Fields(recv.expect("got ", 60*time.Second))
+	if got[1] != strconv.Itoa(size) || got[2] != sent[1] {
+		t.Fatalf("sent %d bytes sha256 %s, got %s bytes sha256 %s", size, sent[1], got[1], got[2])
+	}
+	secs, _ := strconv.ParseFloat(got[3], 64)
+	return float64(size) / 1e6 / secs
+}
+
+// Two taps in two namespaces on an IPN switch: ping, then 4 MB over TCP,
+// compared with the same transfer across a Linux bridge.
+func TestTapPingAndTransfer(t *testing.T) {
+	netnsNeed(t, "ping")
+	ns1, ns2 := netnsAdd(t, "tap1"), netnsAdd(t, "tap2")
+	path, _ := devSwitch(t)
+	tap1, tap2 := devName("ta"), devName("tb")
+	devPlug(t, ns1, path, "tap", tap1)
+	devPlug(t, ns2, path, "tap", tap2)
+	netnsRun(t, ns1, "addr add 10.77.0.1/24 dev "+tap1, "link set "+tap1+" up")
+	netnsRun(t, ns2, "addr add 10.77.0.2/24 dev "+tap2, "link set "+tap2+" up")
+	nsPing(t, ns1, "10.77.0.2")
+	const size = 4 << 20
+	ipnRate := transfer(t, ns1, ns2, "10.77.0.2:5001", size)
+
+	nsA, nsB, nsBr := netnsAdd(t, "brA"), netnsAdd(t, "brB"), netnsAdd(t, "brX")
+	netnsRun(t, nsBr, "link add br0 type bridge", "link set br0 up")
+	for i, ns := range []string{nsA, nsB} {
+		netnsIP(t, "-n", ns, "link", "add", "veth0", "type", "veth", "peer", "name", fmt.Sprintf("p%d", i), "netns", nsBr)
+		netnsRun(t, nsBr, fmt.Sprintf("link set p%d master br0", i), fmt.Sprintf("link set p%d up", i))
+		netnsRun(t, ns, fmt.Sprintf("addr add 10.79.0.%d/24 dev veth0", i+1), "link set veth0 up")
+	}
+	nsPing(t, nsA, "10.79.0.2")
+	bridgeRate := transfer(t, nsA, nsB, "10.79.0.2:5001", size)
+	t.Logf("4 MB over TCP: taps on an IPN switch %.1f MB/s, veths on a Linux bridge %.1f MB/s", ipnRate, bridgeRate)
+}
+
+var promiscRE = regexp.MustCompile(`promiscuity (\d+)`)
+
+// promiscuity returns the promiscuity count of dev in ns, and its flags
+// line, from ip -d link show.
+func promiscuity(t *testing.T, ns, dev string) (int, string) {
+	t.Helper()
+	out, err := exec.Command("ip", "-n", ns, "-d", "link", "show", dev).CombinedOutput()
+	if err != nil {
+		t.Fatalf("ip -d link show %s: %v\n%s", dev, err, out)
+	}
+	m := promiscRE.FindStringSubmatch(string(out))
+	if m == nil {
+		t.Fatalf("no promiscuity in:\n%s", out)
+	}
+	n, _ := strconv.Atoi(m[1])
+	flags := strings.SplitN(string(out), "\n", 2)[0]
+	if i := strings.Index(flags, "<"); i >= 0 {
+		flags = flags[i : strings.Index(flags, ">")+1]
+	}
+	return n, flags
+}
+
+// A veth grabbed into an IPN switch carries a ping from its peer to a tap
+// on the switch; when the grab ends the veth is as it was.
+func TestGrab(t *testing.T) {
+	netnsNeed(t, "ping")
+	ns1, ns2, ns3 := netnsAdd(t, "gr1"), netnsAdd(t, "gr2"), netnsAdd(t, "gr3")
+	netnsIP(t, "-n", ns1, "link", "add", "veth1", "type", "veth", "peer", "name", "veth2", "netns", ns2)
+	netnsRun(t, ns1, "addr add 10.78.0.1/24 dev veth1", "link set veth1 up")
+	netnsRun(t, ns2, "link set veth2 up")
+	before, flagsBefore := promiscuity(t, ns2, "veth2")
+
+	path, _ := devSwitch(t)
+	g := devPlug(t, ns2, path, "grab", "veth2")
+	if n, _ := promiscuity(t, ns2, "veth2"); n != before+1 {
+		t.Errorf("promiscuity %d while grabbed, want %d", n, before+1)
+	}
+	tap := devName("tg")
+	devPlug(t, ns3, path, "tap", tap)
+	netnsRun(t, ns3, "addr add 10.78.0.2/24 dev "+tap, "link set "+tap+" up")
+	nsPing(t, ns1, "10.78.0.2")
+
+	syscall.Kill(-g.cmd.Process.Pid, syscall.SIGTERM)
+	if err := g.wait(waitProcs); err != nil {
+		t.Fatalf("grab plug: %v\n%s", err, g.stderr())
+	}
+	waitFor(t, waitProcs, "grab port gone", func() bool { return devicePort(path, "grab veth2") == nil })
+	waitFor(t, waitProcs, "veth2 as before", func() bool {
+		n, flags := promiscuity(t, ns2, "veth2")
+		return n == before && flags == flagsBefore
+	})
+}
+
+// A persistent tap outlives its plug; another process takes it over; once
+// its persistence is cleared, it goes with that process, and so does the
+// interface IPN made.
+func TestTapPersist(t *testing.T) {
+	netnsNeed(t)
+	ns := netnsAdd(t, "pers")
+	path, s := devSwitch(t)
+	tap := devName("tp")
+	t.Cleanup(func() { s.ClearPersist(tap) })
+	p := devPlug(t, ns, path, "tap", tap, "--persist")
+	syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+	p.wait(waitProcs)
+	time.Sleep(200 * time.Millisecond) // the daemon sees the session end
+	if pi := devicePort(path, "tap "+tap); pi == nil || !pi.Persist {
+		t.Fatalf("after the plug was killed, port %+v, want a persistent one", pi)
+	}
+	if out, err := exec.Command("ip", "-n", ns, "link", "show", tap).CombinedOutput(); err != nil {
+		t.Fatalf("tap gone with its plug: %v\n%s", err, out)
+	}
+	ls := start(t, nil, nil, ipnCommand(t), "ls", path)
+	if table := strings.Join(drain(ls), "\n"); !strings.Contains(table, "tap "+tap+" PERSIST") {
+		t.Errorf("ipn ls lacks the persistent tap:\n%s", table)
+	}
+
+	j := start(t, nil, nil, ipnCommand(t), "device", path, "join", tap)
+	j.expect("joined "+tap, waitProcs)
+	if err := s.ClearPersist(tap); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if pi := devicePort(path, "tap "+tap); pi == nil || pi.Persist {
+		t.Fatalf("after clear, with an owner: port %+v, want a non-persistent one", pi)
+	}
+	syscall.Kill(-j.cmd.Process.Pid, syscall.SIGTERM)
+	j.wait(waitProcs)
+	waitFor(t, waitProcs, "tap port gone", func() bool { return devicePort(path, "tap "+tap) == nil })
+	waitFor(t, waitProcs, "tap interface gone", func() bool {
+		return exec.Command("ip", "-n", ns, "link", "show", tap).Run() != nil
+	})
+	if _, err := s.JoinDevice(tap); err == nil {
+		t.Error("JoinDevice of a removed device succeeded")
+	}
+}
+
+// Without CAP_NET_ADMIN, ipn plug tap:// fails, and says what it lacks.
+func TestTapNoCapNetAdmin(t *testing.T) {
+	requireRoot(t)
+	path, _ := devSwitch(t)
+	os.Chmod(path, 0o755)
+	tap := devName("tc")
+	check := func(p *proc) {
+		t.Helper()
+		if err := p.wait(waitProcs); err == nil {
+			t.Fatal("ipn plug tap:// succeeded without CAP_NET_ADMIN")
+		}
+		if !strings.Contains(p.stderr(), "CAP_NET_ADMIN") {
+			t.Errorf("error does not name CAP_NET_ADMIN:\n%s", p.stderr())
+		}
+		if devicePort(path, "tap "+tap) != nil {
+			t.Error("a port was made")
+		}
+	}
+	check(start(t, &syscall.Credential{Uid: 2102, Gid: 2300}, nil, ipnCommand(t), "plug", path, "tap://"+tap))
+	// Root without the capability reaches the kernel's check (TUNSETIFF).
+	if _, err := exec.LookPath("setpriv"); err == nil {
+		check(start(t, nil, nil, "setpriv", "--bounding-set", "-net_admin", ipnCommand(t), "plug", path, "tap://"+tap))
+	} else if os.Getenv("CI") != "" {
+		t.Error("setpriv is missing")
+	}
+}
