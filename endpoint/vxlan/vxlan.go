@@ -302,29 +302,40 @@ func (e *Endpoint) Read(bufs [][]byte, sizes []int) (int, error) {
 // Ethernet header and datagrams the network refuses are dropped; Write
 // fails only once the endpoint is closed.
 func (e *Endpoint) Write(msgs [][]byte) (int, error) {
+	n, err := WriteFrames(e.bc, e.wms, msgs, e.dest)
+	if err != nil {
+		if e.closed.Load() || errors.Is(err, net.ErrClosed) {
+			return n, net.ErrClosed
+		}
+		return n, fmt.Errorf("vxlan: %w", err)
+	}
+	return n, nil
+}
+
+// WriteFrames sends msgs in batches of len(wms), each as a datagram of
+// the VXLAN header its message in wms already holds in Buffers[0] and the
+// frame, to dest(frame). Frames shorter than an Ethernet header are
+// dropped. It returns how many frames it took before an error.
+func WriteFrames(bc udp.BatchConn, wms []ipv4.Message, msgs [][]byte, dest func([]byte) *net.UDPAddr) (int, error) {
 	defer func() {
-		for i := range e.wms {
-			e.wms[i].Buffers[1], e.wms[i].Addr = nil, nil
+		for i := range wms {
+			wms[i].Buffers[1], wms[i].Addr = nil, nil
 		}
 	}()
 	done := 0
 	for done < len(msgs) {
-		chunk := msgs[done:min(len(msgs), done+len(e.wms))]
-		ms := e.wms[:0]
+		chunk := msgs[done:min(len(msgs), done+len(wms))]
+		ms := wms[:0]
 		for _, f := range chunk {
 			if len(f) < EthHeaderLen {
 				continue
 			}
 			ms = ms[:len(ms)+1]
 			ms[len(ms)-1].Buffers[1] = f
-			ms[len(ms)-1].Addr = e.dest(f)
+			ms[len(ms)-1].Addr = dest(f)
 		}
-		_, err := udp.WriteAll(e.bc, ms)
-		if err != nil {
-			if e.closed.Load() || errors.Is(err, net.ErrClosed) {
-				return done, net.ErrClosed
-			}
-			return done, fmt.Errorf("vxlan: %w", err)
+		if _, err := udp.WriteAll(bc, ms); err != nil {
+			return done, err
 		}
 		done += len(chunk)
 	}

@@ -425,39 +425,25 @@ func (e *Endpoint) Read(bufs [][]byte, sizes []int) (int, error) {
 // header and datagrams the network refuses are dropped; Write fails only
 // once the endpoint is closed.
 func (e *Endpoint) Write(msgs [][]byte) (int, error) {
-	defer func() {
-		for i := range e.wms {
-			e.wms[i].Buffers[1], e.wms[i].Addr = nil, nil
+	n, err := vxlan.WriteFrames(e.bc, e.wms, msgs, e.dest)
+	if err != nil {
+		if e.closed.Load() || errors.Is(err, net.ErrClosed) {
+			return n, net.ErrClosed
 		}
-	}()
-	done := 0
-	for done < len(msgs) {
-		chunk := msgs[done:min(len(msgs), done+len(e.wms))]
-		ms := e.wms[:0]
-		for _, f := range chunk {
-			if len(f) < vxlan.EthHeaderLen {
-				continue
-			}
-			var dst *net.UDPAddr
-			if f[0]&1 == 0 {
-				dst = e.fdb.Lookup(f[:6])
-			}
-			if dst == nil {
-				dst = e.group
-			}
-			ms = ms[:len(ms)+1]
-			ms[len(ms)-1].Buffers[1] = f
-			ms[len(ms)-1].Addr = dst
-		}
-		if _, err := udp.WriteAll(e.bc, ms); err != nil {
-			if e.closed.Load() || errors.Is(err, net.ErrClosed) {
-				return done, net.ErrClosed
-			}
-			return done, fmt.Errorf("vxvde: %w", err)
-		}
-		done += len(chunk)
+		return n, fmt.Errorf("vxvde: %w", err)
 	}
-	return done, nil
+	return n, nil
+}
+
+// dest returns where frame f goes: the member that has its destination
+// MAC, if learnt, else the group.
+func (e *Endpoint) dest(f []byte) *net.UDPAddr {
+	if f[0]&1 == 0 {
+		if a := e.fdb.Lookup(f[:6]); a != nil {
+			return a
+		}
+	}
+	return e.group
 }
 
 // BatchSize implements endpoint.Endpoint.BatchSize.
