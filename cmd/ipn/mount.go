@@ -1,0 +1,76 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ipn-project/ipn/devfs"
+)
+
+func init() { commands = append(commands, mountCmd) }
+
+func mountCmd() *cobra.Command {
+	var nets []string
+	var debug bool
+	cmd := &cobra.Command{
+		Use:   "mount DIR",
+		Short: "Show networks as device files in DIR (FUSE)",
+		Long: `Mount a FUSE file system at DIR in which networks are files: every network
+the daemon serves (kept up to date), or only those given with --net. A
+network's file is named by its path without the leading '/' and with the
+other '/' replaced by '_' (/tmp/chat is DIR/tmp_chat); it has the network
+file's owner, group and mode.
+
+Opening a file joins the network with the rights of the process that
+opens it, checked against that mode: read-only opens receive, write-only
+opens send. Each read returns one message (a '\n' is added if it has
+none), each write sends one (one trailing '\n' is stripped), so line tools
+work. poll/select do not wait (go-fuse has no poll support): use blocking
+reads.
+
+As root the file system is mounted directly and open to all users; other
+users need fusermount3 (package fuse3). SIGINT or SIGTERM unmounts.
+
+Examples:
+  ipn mount /dev/ipn &
+  echo hello > /dev/ipn/tmp_chat       # send one message
+  head -n1 /dev/ipn/tmp_chat           # receive one`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runMount(args[0], nets, debug)
+		},
+	}
+	cmd.Flags().StringArrayVar(&nets, "net", nil, "show only the network at this path (repeatable)")
+	cmd.Flags().BoolVar(&debug, "debug", false, "log FUSE requests")
+	return cmd
+}
+
+func runMount(dir string, nets []string, debug bool) error {
+	fsys, err := devfs.New(nets)
+	if err != nil {
+		return err
+	}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	srv, err := devfs.Mount(dir, fsys, debug)
+	if err != nil {
+		return fmt.Errorf("mount %s: %w", dir, err)
+	}
+	fmt.Fprintf(os.Stderr, "ipn: networks mounted at %s\n", dir)
+	done := make(chan struct{})
+	go func() {
+		srv.Wait() // unmounted from outside (umount, fusermount3 -u)
+		close(done)
+	}()
+	select {
+	case <-sigs:
+		return srv.Stop()
+	case <-done:
+		return nil
+	}
+}
