@@ -4,10 +4,11 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net"
-	"slices"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ipn-project/ipn/internal/perm"
 )
 
 // cred is who is on the other end of a control connection, as the kernel
@@ -73,21 +74,7 @@ func peerGroups(fd int) ([]uint32, error) {
 }
 
 // access returns the read, write and execute rights c has on a file with
-// st's owner, group and mode, as the kernel's permission check would grant
-// them (root may read and write anything, and execute if any x bit is set).
+// st's owner, group and mode (see perm.Rights).
 func access(st *unix.Stat_t, c cred) (r, w, x bool) {
-	mode := st.Mode & 0o777
-	if c.uid == 0 {
-		return true, true, mode&0o111 != 0
-	}
-	var bits uint32
-	switch {
-	case c.uid == st.Uid:
-		bits = mode >> 6
-	case c.gid == st.Gid || slices.Contains(c.groups, st.Gid):
-		bits = mode >> 3
-	default:
-		bits = mode
-	}
-	return bits&4 != 0, bits&2 != 0, bits&1 != 0
+	return perm.Rights(st.Uid, st.Gid, st.Mode, c.uid, c.gid, c.groups)
 }

@@ -66,6 +66,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"github.com/ipn-project/ipn"
+	"github.com/ipn-project/ipn/internal/perm"
 )
 
 // ErrNoFUSE is returned by Mount when the system cannot mount FUSE file
@@ -302,20 +303,8 @@ func (n *netNode) rights(ctx context.Context) (r, w bool, errno syscall.Errno) {
 // supplementary groups) on a file with owner fuid, group fgid and mode, as
 // the daemon grants them.
 func access(fuid, fgid, mode, uid, gid uint32, groups []uint32) (r, w bool) {
-	if uid == 0 {
-		return true, true
-	}
-	mode &= 0o777
-	var bits uint32
-	switch {
-	case uid == fuid:
-		bits = mode >> 6
-	case gid == fgid || slices.Contains(groups, fgid):
-		bits = mode >> 3
-	default:
-		bits = mode
-	}
-	return bits&4 != 0, bits&2 != 0
+	r, w, _ = perm.Rights(fuid, fgid, mode, uid, gid, groups)
+	return r, w
 }
 
 // procGroups returns the supplementary groups of process pid, from the
