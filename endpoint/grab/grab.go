@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ipn-project/ipn/endpoint"
+	"github.com/ipn-project/ipn/internal/sockio"
 )
 
 // Endpoint is the IPN side of a grabbed interface.
@@ -86,36 +87,13 @@ func (e *Endpoint) Read(bufs [][]byte, sizes []int) (int, error) {
 // Write implements endpoint.Endpoint.Write: a frame the interface refuses
 // (down, too long, no buffer) is dropped; only a bad socket is an error.
 func (e *Endpoint) Write(msgs [][]byte) (int, error) {
-	sent := 0
-	var werr error
-	err := e.raw.Write(func(fd uintptr) bool {
-		for _, m := range msgs {
-			_, err := unix.Write(int(fd), m)
-			if err == nil {
-				sent++
-			} else if errors.Is(err, unix.EBADF) || errors.Is(err, unix.ENODEV) {
-				werr = err
-				return true
-			}
-		}
-		return true
+	return sockio.WriteEach(e.raw, msgs, func(err error) bool {
+		return errors.Is(err, unix.EBADF) || errors.Is(err, unix.ENODEV)
 	})
-	if err == nil {
-		err = werr
-	}
-	return sent, err
 }
 
 // WriteDirect implements endpoint.DirectWriter: one frame, or a drop.
-func (e *Endpoint) WriteDirect(m []byte) bool {
-	sent := false
-	e.raw.Write(func(fd uintptr) bool {
-		_, err := unix.Write(int(fd), m)
-		sent = err == nil
-		return true
-	})
-	return sent
-}
+func (e *Endpoint) WriteDirect(m []byte) bool { return sockio.WriteOne(e.raw, m) }
 
 // BatchSize implements endpoint.Endpoint.BatchSize.
 func (e *Endpoint) BatchSize() int { return 32 }

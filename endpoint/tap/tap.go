@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ipn-project/ipn/endpoint"
+	"github.com/ipn-project/ipn/internal/sockio"
 )
 
 // Endpoint is the IPN side of a tap interface.
@@ -84,36 +85,11 @@ func (e *Endpoint) Read(bufs [][]byte, sizes []int) (int, error) {
 // Write implements endpoint.Endpoint.Write: a frame the interface refuses
 // (down, too long) is dropped; only a descriptor gone bad is an error.
 func (e *Endpoint) Write(msgs [][]byte) (int, error) {
-	sent := 0
-	var werr error
-	err := e.raw.Write(func(fd uintptr) bool {
-		for _, m := range msgs {
-			_, err := unix.Write(int(fd), m)
-			if err == nil {
-				sent++
-			} else if fatal(err) {
-				werr = err
-				return true
-			}
-		}
-		return true
-	})
-	if err == nil {
-		err = werr
-	}
-	return sent, err
+	return sockio.WriteEach(e.raw, msgs, fatal)
 }
 
 // WriteDirect implements endpoint.DirectWriter: one frame, or a drop.
-func (e *Endpoint) WriteDirect(m []byte) bool {
-	sent := false
-	e.raw.Write(func(fd uintptr) bool {
-		_, err := unix.Write(int(fd), m)
-		sent = err == nil
-		return true
-	})
-	return sent
-}
+func (e *Endpoint) WriteDirect(m []byte) bool { return sockio.WriteOne(e.raw, m) }
 
 func fatal(err error) bool {
 	return errors.Is(err, unix.EBADF) || errors.Is(err, unix.EBADFD) || errors.Is(err, unix.ENODEV)

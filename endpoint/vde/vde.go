@@ -18,9 +18,6 @@ import (
 // Endpoint is the switch's data socket of one VDE port.
 type Endpoint struct {
 	conn *net.UnixConn
-	raw  interface {
-		Write(func(fd uintptr) bool) error
-	}
 	rawc syscall.RawConn
 	once sync.Once
 	err  error
@@ -37,7 +34,7 @@ func New(conn *net.UnixConn) (*Endpoint, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Endpoint{conn: conn, raw: raw, rawc: raw}, nil
+	return &Endpoint{conn: conn, rawc: raw}, nil
 }
 
 // Read implements endpoint.Endpoint.Read: the datagrams queued, at least
@@ -50,38 +47,13 @@ func (e *Endpoint) Read(bufs [][]byte, sizes []int) (int, error) {
 // client's socket has no room for is dropped (and not counted in n), as
 // vde_switch does; an error means the client is gone.
 func (e *Endpoint) Write(msgs [][]byte) (int, error) {
-	sent := 0
-	var werr error
-	err := e.raw.Write(func(fd uintptr) bool {
-		for _, m := range msgs {
-			_, err := unix.Write(int(fd), m)
-			switch {
-			case err == nil:
-				sent++
-			case errors.Is(err, unix.EAGAIN), errors.Is(err, unix.ENOBUFS):
-			default:
-				werr = err
-				return true
-			}
-		}
-		return true
+	return sockio.WriteEach(e.rawc, msgs, func(err error) bool {
+		return !errors.Is(err, unix.EAGAIN) && !errors.Is(err, unix.ENOBUFS)
 	})
-	if err == nil {
-		err = werr
-	}
-	return sent, err
 }
 
 // WriteDirect implements endpoint.DirectWriter: one datagram, or a drop.
-func (e *Endpoint) WriteDirect(m []byte) bool {
-	sent := false
-	e.raw.Write(func(fd uintptr) bool {
-		_, err := unix.Write(int(fd), m)
-		sent = err == nil
-		return true
-	})
-	return sent
-}
+func (e *Endpoint) WriteDirect(m []byte) bool { return sockio.WriteOne(e.rawc, m) }
 
 // BatchSize implements endpoint.Endpoint.BatchSize.
 func (e *Endpoint) BatchSize() int { return 32 }

@@ -66,3 +66,40 @@ func recv(fd int, b []byte) (int, error) {
 	}
 	return int(n), nil
 }
+
+// WriteEach writes each message with one write(2), never waiting: a message
+// the descriptor refuses is dropped, unless gone(err) says the descriptor
+// itself is gone, which ends the batch with that error. It returns how many
+// messages were written.
+func WriteEach(raw syscall.RawConn, msgs [][]byte, gone func(error) bool) (int, error) {
+	sent := 0
+	var werr error
+	err := raw.Write(func(fd uintptr) bool {
+		for _, m := range msgs {
+			_, err := unix.Write(int(fd), m)
+			if err == nil {
+				sent++
+			} else if gone(err) {
+				werr = err
+				return true
+			}
+		}
+		return true
+	})
+	if err == nil {
+		err = werr
+	}
+	return sent, err
+}
+
+// WriteOne writes m with one write(2), never waiting, and reports whether
+// it was written (else it was dropped).
+func WriteOne(raw syscall.RawConn, m []byte) bool {
+	sent := false
+	raw.Write(func(fd uintptr) bool {
+		_, err := unix.Write(int(fd), m)
+		sent = err == nil
+		return true
+	})
+	return sent
+}
