@@ -335,7 +335,11 @@ func exited(pid int) bool {
 
 func TestCommandHelp(t *testing.T) {
 	ipnc := ipnCommand(t)
-	for _, args := range [][]string{{"--help"}, {"cat", "--help"}, {"ls", "--help"}, {"daemon", "--help"}} {
+	args := [][]string{{"--help"}}
+	for _, c := range []string{"cat", "ls", "daemon", "demo", "dump", "mac", "vlan", "port", "policy", "plug", "vde", "bench", "device", "mount"} {
+		args = append(args, []string{c, "--help"})
+	}
+	for _, args := range args {
 		p := start(t, nil, nil, ipnc, args...)
 		out := strings.Join(drain(p), "\n")
 		if err := p.wait(10 * time.Second); err != nil || !strings.Contains(out, "Usage:") {
