@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -54,6 +55,9 @@ type Socket struct {
 	// taken a packet, for Recv to wait on.
 	ctlTick chan struct{}
 	held    [][]byte // ordinary messages read while an OOB one was due
+	// mayGetOOB is set once the socket asked for out-of-band messages;
+	// until then Recv need not look for them.
+	mayGetOOB atomic.Bool
 }
 
 type ctlReply struct {
@@ -313,13 +317,21 @@ func (s *Socket) SetDescription(d string) error {
 // SetWantNumNodes asks, before Connect, for an out-of-band notice each time
 // the number of readers or writers of the network changes.
 func (s *Socket) SetWantNumNodes(on bool) error {
-	return s.setU32("setwantoob", wire.OptWantOOBNumNode, boolInt(on))
+	err := s.setU32("setwantoob", wire.OptWantOOBNumNode, boolInt(on))
+	if err == nil && on {
+		s.mayGetOOB.Store(true)
+	}
+	return err
 }
 
 // SetHandleOOB accepts, before Connect, out-of-band messages sent by other
 // nodes with SendOOB.
 func (s *Socket) SetHandleOOB(on bool) error {
-	return s.setU32("sethandleoob", wire.OptHandleOOB, boolInt(on))
+	err := s.setU32("sethandleoob", wire.OptHandleOOB, boolInt(on))
+	if err == nil && on {
+		s.mayGetOOB.Store(true)
+	}
+	return err
 }
 
 func boolInt(b bool) int {
@@ -626,7 +638,7 @@ func (s *Socket) Recv(b []byte) (int, MsgFlags, error) {
 		// message is on the control connection or queued: it goes first,
 		// and this message waits (flags are lost only for a truncated
 		// one, which is not held).
-		if flags == 0 && s.oobBefore() {
+		if flags == 0 && s.mayGetOOB.Load() && s.oobBefore() {
 			s.oobMu.Lock()
 			s.held = append(s.held, append([]byte(nil), b[:n]...))
 			s.oobMu.Unlock()
