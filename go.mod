@@ -3,8 +3,8 @@ module github.com/ipn-project/ipn
 go 1.26.8
 
 require (
+	bazil.org/fuse v0.0.0-20230120002735-62a210ff1fd5
 	github.com/google/gopacket v1.1.19
-	github.com/hanwen/go-fuse/v2 v2.12.1
 	github.com/spf13/cobra v1.10.2
 	golang.org/x/net v0.52.0
 	golang.org/x/sys v0.50.0

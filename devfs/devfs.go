@@ -37,10 +37,12 @@
 //
 // # Poll
 //
-// go-fuse v2.12.1 answers every FUSE poll request with ENOSYS, after which
-// the kernel reports the files always readable and writable. poll(2) and
-// select(2) therefore do not wait for a message; blocking reads do.
-// TODO: real poll, once go-fuse supports FUSE_POLL and notify_poll_wakeup.
+// poll(2), select(2) and epoll report a file readable only when a message
+// is waiting for that open file (or the network is gone, so that a read
+// returns end of file), and writable when it was opened for writing. Each
+// file opened for reading has a goroutine that receives its messages
+// ahead into a small queue, from which reads take them and which poll
+// looks at; a poll that finds it empty is woken when a message arrives.
 package devfs
 
 import (
@@ -50,6 +52,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"io"
+	"log"
 	"net"
 	"os"
 	"os/exec"
@@ -62,8 +65,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/hanwen/go-fuse/v2/fs"
-	"github.com/hanwen/go-fuse/v2/fuse"
+	"bazil.org/fuse"
+	fusefs "bazil.org/fuse/fs"
 
 	"github.com/ipn-project/ipn"
 	"github.com/ipn-project/ipn/internal/perm"
@@ -82,6 +85,13 @@ func Name(path string) string {
 // `ls -l` (a readdir and a lookup per file) asks the daemon once.
 const listCache = 100 * time.Millisecond
 
+// attrValid is how long the kernel may cache names and attributes.
+const attrValid = time.Second
+
+// queueLen is how many received messages an open file holds ahead of its
+// reads (besides the one its receiving goroutine holds).
+const queueLen = 1
+
 // FS is the file system: its root directory and the files open in it.
 type FS struct {
 	nets []string // absolute paths of the networks shown; nil: all
@@ -90,14 +100,18 @@ type FS struct {
 	mu      sync.Mutex
 	cached  []entry
 	cacheAt time.Time
+	nodes   map[string]*netNode // by network path: one Node per file
 	open    map[*handle]struct{}
 	closed  bool
+	server  *fusefs.Server // for poll wakeups; set by Mount
 }
+
+var _ fusefs.FS = (*FS)(nil)
 
 // New returns a file system showing the networks at paths, or every
 // network the daemon serves if there are none.
 func New(paths []string) (*FS, error) {
-	f := &FS{open: map[*handle]struct{}{}}
+	f := &FS{open: map[*handle]struct{}{}, nodes: map[string]*netNode{}}
 	for _, p := range paths {
 		abs, err := filepath.Abs(p)
 		if err != nil {
@@ -109,17 +123,20 @@ func New(paths []string) (*FS, error) {
 	return f, nil
 }
 
+// Root returns the root directory.
+func (f *FS) Root() (fusefs.Node, error) { return f.root, nil }
+
 // entry is a network shown as a file.
 type entry struct {
 	name, path string
 }
 
 // entries returns the networks to show, sorted by name.
-func (f *FS) entries() ([]entry, syscall.Errno) {
+func (f *FS) entries() ([]entry, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.cached != nil && time.Since(f.cacheAt) < listCache {
-		return f.cached, 0
+		return f.cached, nil
 	}
 	list, err := ipn.List("")
 	if err != nil {
@@ -144,7 +161,19 @@ func (f *FS) entries() ([]entry, syscall.Errno) {
 	}
 	sort.Slice(es, func(i, j int) bool { return es[i].name < es[j].name })
 	f.cached, f.cacheAt = es, time.Now()
-	return es, 0
+	return es, nil
+}
+
+// node returns the file of the network at path, the same each time.
+func (f *FS) node(path string) *netNode {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := f.nodes[path]
+	if n == nil {
+		n = &netNode{fs: f, path: path}
+		f.nodes[path] = n
+	}
+	return n
 }
 
 // CloseAll leaves the networks of every open file (their reads return
@@ -166,7 +195,7 @@ func (f *FS) CloseAll() {
 func inoOf(path string) uint64 {
 	h := fnv.New64a()
 	h.Write([]byte(path))
-	ino := h.Sum64() >> 1 // never ^0 (go-fuse's poll hack)
+	ino := h.Sum64() >> 1
 	if ino < 2 {
 		ino += 2 // never the root's
 	}
@@ -175,118 +204,114 @@ func inoOf(path string) uint64 {
 
 // dirNode is the root directory.
 type dirNode struct {
-	fs.Inode
 	fs *FS
 }
 
 var (
-	_ fs.NodeLookuper  = (*dirNode)(nil)
-	_ fs.NodeReaddirer = (*dirNode)(nil)
-	_ fs.NodeGetattrer = (*dirNode)(nil)
+	_ fusefs.Node                = (*dirNode)(nil)
+	_ fusefs.NodeRequestLookuper = (*dirNode)(nil)
+	_ fusefs.HandleReadDirAller  = (*dirNode)(nil)
 )
 
-func (d *dirNode) Getattr(ctx context.Context, _ fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	out.Mode = syscall.S_IFDIR | 0o755
-	return 0
+func (d *dirNode) Attr(ctx context.Context, attr *fuse.Attr) error {
+	attr.Inode = 1
+	attr.Mode = os.ModeDir | 0o755
+	attr.Nlink = 2
+	attr.Valid = attrValid
+	return nil
 }
 
-func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
-	es, errno := d.fs.entries()
-	if errno != 0 {
-		return nil, errno
+func (d *dirNode) Lookup(ctx context.Context, req *fuse.LookupRequest, resp *fuse.LookupResponse) (fusefs.Node, error) {
+	es, err := d.fs.entries()
+	if err != nil {
+		return nil, err
 	}
 	for _, e := range es {
-		if e.name != name {
+		if e.name != req.Name {
 			continue
 		}
-		if errno := statAttr(e.path, &out.Attr); errno != 0 {
-			return nil, errno
+		if err := statAttr(e.path, &resp.Attr); err != nil {
+			return nil, err
 		}
-		ch := d.NewInode(ctx, &netNode{fs: d.fs, path: e.path},
-			fs.StableAttr{Mode: syscall.S_IFREG, Ino: inoOf(e.path)})
-		return ch, 0
+		resp.EntryValid = attrValid
+		return d.fs.node(e.path), nil
 	}
 	return nil, syscall.ENOENT
 }
 
-func (d *dirNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
-	es, errno := d.fs.entries()
-	if errno != 0 {
-		return nil, errno
+func (d *dirNode) ReadDirAll(ctx context.Context) ([]fuse.Dirent, error) {
+	es, err := d.fs.entries()
+	if err != nil {
+		return nil, err
 	}
-	list := make([]fuse.DirEntry, 0, len(es))
+	list := make([]fuse.Dirent, 0, len(es))
 	for _, e := range es {
-		list = append(list, fuse.DirEntry{Name: e.name, Mode: syscall.S_IFREG, Ino: inoOf(e.path)})
+		list = append(list, fuse.Dirent{Name: e.name, Type: fuse.DT_File, Inode: inoOf(e.path)})
 	}
-	return fs.NewListDirStream(list), 0
+	return list, nil
 }
 
 // statAttr fills attr with the owner, group, mode and times of the network
 // file at path, as a regular file of size 0.
-func statAttr(path string, attr *fuse.Attr) syscall.Errno {
+func statAttr(path string, attr *fuse.Attr) error {
 	var st syscall.Stat_t
 	if err := syscall.Stat(path, &st); err != nil {
 		return toErrno(err)
 	}
-	attr.Mode = syscall.S_IFREG | st.Mode&0o777
+	attr.Inode = inoOf(path)
+	attr.Mode = os.FileMode(st.Mode & 0o777)
 	attr.Uid, attr.Gid = st.Uid, st.Gid
 	attr.Nlink = 1
 	attr.Size = 0
-	attr.Atime, attr.Atimensec = uint64(st.Atim.Sec), uint32(st.Atim.Nsec)
-	attr.Mtime, attr.Mtimensec = uint64(st.Mtim.Sec), uint32(st.Mtim.Nsec)
-	attr.Ctime, attr.Ctimensec = uint64(st.Ctim.Sec), uint32(st.Ctim.Nsec)
-	return 0
+	attr.Atime = time.Unix(st.Atim.Sec, st.Atim.Nsec)
+	attr.Mtime = time.Unix(st.Mtim.Sec, st.Mtim.Nsec)
+	attr.Ctime = time.Unix(st.Ctim.Sec, st.Ctim.Nsec)
+	attr.Valid = attrValid
+	return nil
 }
 
 // netNode is a network's file.
 type netNode struct {
-	fs.Inode
 	fs   *FS
 	path string
 }
 
 var (
-	_ fs.NodeGetattrer = (*netNode)(nil)
-	_ fs.NodeSetattrer = (*netNode)(nil)
-	_ fs.NodeAccesser  = (*netNode)(nil)
-	_ fs.NodeOpener    = (*netNode)(nil)
+	_ fusefs.Node          = (*netNode)(nil)
+	_ fusefs.NodeSetattrer = (*netNode)(nil)
+	_ fusefs.NodeAccesser  = (*netNode)(nil)
+	_ fusefs.NodeOpener    = (*netNode)(nil)
 )
 
-func (n *netNode) Getattr(ctx context.Context, _ fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	return statAttr(n.path, &out.Attr)
+func (n *netNode) Attr(ctx context.Context, attr *fuse.Attr) error {
+	return statAttr(n.path, attr)
 }
 
 // Setattr accepts truncation (of O_TRUNC: `echo hi > file`) and times, as
-// a device does, and refuses to change the owner or mode.
-func (n *netNode) Setattr(ctx context.Context, _ fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
-	_, m := in.GetMode()
-	_, u := in.GetUID()
-	_, g := in.GetGID()
-	if m || u || g {
+// a device does, and refuses to change the owner or mode. The attributes
+// answered are the network file's (Attr).
+func (n *netNode) Setattr(ctx context.Context, req *fuse.SetattrRequest, resp *fuse.SetattrResponse) error {
+	if req.Valid.Mode() || req.Valid.Uid() || req.Valid.Gid() {
 		return syscall.EPERM
 	}
-	return statAttr(n.path, &out.Attr)
+	return nil
 }
 
 // Access answers access(2) with the rights open checks.
-func (n *netNode) Access(ctx context.Context, mask uint32) syscall.Errno {
-	r, w, errno := n.rights(ctx)
-	if errno != 0 {
-		return errno
+func (n *netNode) Access(ctx context.Context, req *fuse.AccessRequest) error {
+	r, w, err := n.rights(&req.Header)
+	if err != nil {
+		return err
 	}
-	if mask&4 != 0 && !r || mask&2 != 0 && !w || mask&1 != 0 {
+	if req.Mask&4 != 0 && !r || req.Mask&2 != 0 && !w || req.Mask&1 != 0 {
 		return syscall.EACCES
 	}
-	return 0
+	return nil
 }
 
 // rights returns whether the caller of the request may read and write the
 // network.
-func (n *netNode) rights(ctx context.Context) (r, w bool, errno syscall.Errno) {
-	caller, ok := fuse.FromContext(ctx)
-	if !ok {
-		return false, false, syscall.EACCES
-	}
+func (n *netNode) rights(caller *fuse.Header) (r, w bool, err error) {
 	var st syscall.Stat_t
 	if err := syscall.Stat(n.path, &st); err != nil {
 		return false, false, toErrno(err)
@@ -296,7 +321,7 @@ func (n *netNode) rights(ctx context.Context) (r, w bool, errno syscall.Errno) {
 		groups = procGroups(caller.Pid)
 	}
 	r, w = access(st.Uid, st.Gid, st.Mode, caller.Uid, caller.Gid, groups)
-	return r, w, 0
+	return r, w, nil
 }
 
 // access returns the read and write rights of user uid (group gid,
@@ -332,9 +357,9 @@ func procGroups(pid uint32) []uint32 {
 	return nil
 }
 
-func (n *netNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+func (n *netNode) Open(ctx context.Context, req *fuse.OpenRequest, resp *fuse.OpenResponse) (fusefs.Handle, error) {
 	var wantR, wantW bool
-	switch flags & syscall.O_ACCMODE {
+	switch uint32(req.Flags) & syscall.O_ACCMODE {
 	case syscall.O_RDONLY:
 		wantR = true
 	case syscall.O_WRONLY:
@@ -342,22 +367,22 @@ func (n *netNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32
 	case syscall.O_RDWR:
 		wantR, wantW = true, true
 	default:
-		return nil, 0, syscall.EINVAL
+		return nil, syscall.EINVAL
 	}
-	r, w, errno := n.rights(ctx)
-	if errno != 0 {
-		return nil, 0, errno
+	r, w, err := n.rights(&req.Header)
+	if err != nil {
+		return nil, err
 	}
 	if wantR && !r || wantW && !w {
-		return nil, 0, syscall.EACCES
+		return nil, syscall.EACCES
 	}
 	s, err := ipn.NewSocket(ipn.Any)
 	if err != nil {
-		return nil, 0, toErrno(err)
+		return nil, toErrno(err)
 	}
-	fail := func(err error) (fs.FileHandle, uint32, syscall.Errno) {
+	fail := func(err error) (fusefs.Handle, error) {
 		s.Close()
-		return nil, 0, toErrno(err)
+		return nil, toErrno(err)
 	}
 	if !wantW {
 		if err := s.Shutdown(ipn.ShutWrite); err != nil {
@@ -383,7 +408,7 @@ func (n *netNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32
 	if err != nil || mtu < 1 {
 		mtu = 65536
 	}
-	h := &handle{s: s, fs: n.fs, buf: make([]byte, mtu+1), sem: make(chan struct{}, 1)}
+	h := &handle{s: s, fs: n.fs, write: wantW, quit: make(chan struct{})}
 	n.fs.mu.Lock()
 	if n.fs.closed {
 		n.fs.mu.Unlock()
@@ -391,101 +416,180 @@ func (n *netNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32
 	}
 	n.fs.open[h] = struct{}{}
 	n.fs.mu.Unlock()
+	if wantR {
+		h.msgs = make(chan []byte, queueLen)
+		h.eof = make(chan struct{})
+		go h.receive(mtu)
+	}
 	// Direct I/O: every read and write reaches Read and Write, whatever
-	// its size. Not FOPEN_NONSEEKABLE: head -n1 seeks back over what it
+	// its size. Not OpenNonSeekable: head -n1 seeks back over what it
 	// read past its line and complains if it cannot; seeks and offsets are
 	// accepted and ignored.
-	return h, fuse.FOPEN_DIRECT_IO, 0
+	resp.Flags |= fuse.OpenDirectIO
+	return h, nil
 }
 
 // handle is an open file: a node of the network.
 type handle struct {
-	s   *ipn.Socket
-	fs  *FS
-	sem chan struct{} // one read at a time; guards buf
-	buf []byte
+	s     *ipn.Socket
+	fs    *FS
+	write bool // opened for writing
 
-	mu      sync.Mutex // guards reading
-	reading bool       // a Recv is under way (for interrupts)
+	// Of a file opened for reading: messages received ahead, each with
+	// its newline; eof is closed when receiving has ended (after the last
+	// message is queued).
+	msgs chan []byte
+	eof  chan struct{}
+	quit chan struct{} // closed by Release
+
+	mu       sync.Mutex
+	wakeup   *fuse.PollWakeup // a poll to wake when a message arrives
+	released bool
 }
 
 var (
-	_ fs.FileReader   = (*handle)(nil)
-	_ fs.FileWriter   = (*handle)(nil)
-	_ fs.FileReleaser = (*handle)(nil)
+	_ fusefs.HandleReader   = (*handle)(nil)
+	_ fusefs.HandleWriter   = (*handle)(nil)
+	_ fusefs.HandleReleaser = (*handle)(nil)
+	_ fusefs.HandlePoller   = (*handle)(nil)
 )
 
-// Read returns one message, blocking until one arrives or the request is
-// interrupted.
-func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	select {
-	case h.sem <- struct{}{}:
-	case <-ctx.Done():
-		return nil, syscall.EINTR
-	}
-	defer func() { <-h.sem }()
+// receive receives the messages of the file into h.msgs until the socket
+// is closed or fails.
+func (h *handle) receive(mtu int) {
+	defer func() {
+		close(h.eof)
+		h.wake()
+	}()
+	buf := make([]byte, mtu+1)
 	for {
-		h.mu.Lock()
-		h.reading = true
-		h.mu.Unlock()
-		// An interrupt moves the read deadline to the past, waking Recv.
-		stop := context.AfterFunc(ctx, func() {
-			h.mu.Lock()
-			defer h.mu.Unlock()
-			if h.reading {
-				h.s.SetReadDeadline(time.Unix(1, 0))
+		n, flags, err := h.s.Recv(buf)
+		if err != nil {
+			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+				h.mu.Lock()
+				released := h.released
+				h.mu.Unlock()
+				if !released {
+					log.Printf("devfs: receive: %v", err)
+				}
 			}
-		})
-		n, flags, err := h.s.Recv(h.buf)
-		h.mu.Lock()
-		h.reading = false
-		h.mu.Unlock()
-		if !stop() {
-			h.s.SetReadDeadline(time.Time{})
-		}
-		switch {
-		case err == nil:
-		case ctx.Err() != nil && errors.Is(err, os.ErrDeadlineExceeded):
-			return nil, syscall.EINTR
-		case errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed):
-			return fuse.ReadResultData(nil), 0 // end of file
-		default:
-			return nil, toErrno(err)
+			return
 		}
 		if flags&ipn.MsgOOB != 0 {
 			continue // not asked for; skip
 		}
-		msg := h.buf[:n]
+		msg := make([]byte, n, n+1)
+		copy(msg, buf[:n])
 		if n == 0 || msg[n-1] != '\n' {
-			msg = append(msg, '\n') // buf has room: it is one longer than the MTU
+			msg = append(msg, '\n')
 		}
-		// Copied out: buf is reused once this read returns.
-		return fuse.ReadResultData(dest[:copy(dest, msg)]), 0
+		select {
+		case h.msgs <- msg:
+		case <-h.quit:
+			return
+		}
+		h.wake()
 	}
+}
+
+// wake wakes the poll waiting for the file, if any.
+func (h *handle) wake() {
+	h.mu.Lock()
+	w := h.wakeup
+	h.wakeup = nil
+	if h.released {
+		w = nil
+	}
+	h.mu.Unlock()
+	if w == nil {
+		return
+	}
+	h.fs.mu.Lock()
+	srv := h.fs.server
+	h.fs.mu.Unlock()
+	if srv != nil {
+		srv.NotifyPollWakeup(*w)
+	}
+}
+
+// Read returns one message, blocking until one arrives or the request is
+// interrupted.
+func (h *handle) Read(ctx context.Context, req *fuse.ReadRequest, resp *fuse.ReadResponse) error {
+	if h.msgs == nil {
+		return syscall.EBADF
+	}
+	var msg []byte
+	select {
+	case msg = <-h.msgs:
+	case <-h.eof:
+		select {
+		case msg = <-h.msgs:
+		default:
+			return nil // end of file
+		}
+	case <-ctx.Done():
+		return syscall.EINTR
+	}
+	// A message longer than the read is truncated.
+	resp.Data = append(resp.Data[:0], msg[:min(len(msg), req.Size)]...)
+	return nil
 }
 
 // Write sends data as one message, less one trailing newline.
-func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
-	msg := data
+func (h *handle) Write(ctx context.Context, req *fuse.WriteRequest, resp *fuse.WriteResponse) error {
+	msg := req.Data
 	if len(msg) > 0 && msg[len(msg)-1] == '\n' {
 		msg = msg[:len(msg)-1]
 	}
-	if len(msg) == 0 {
-		return uint32(len(data)), 0
+	if len(msg) > 0 {
+		if err := h.s.Send(msg); err != nil {
+			return toErrno(err)
+		}
 	}
-	if err := h.s.Send(msg); err != nil {
-		return 0, toErrno(err)
+	resp.Size = len(req.Data)
+	return nil
+}
+
+// Poll reports the file readable when a message is queued for it (or it
+// is at end of file) and writable when it was opened for writing; if it
+// is not readable, the poll is woken when a message arrives.
+func (h *handle) Poll(ctx context.Context, req *fuse.PollRequest, resp *fuse.PollResponse) error {
+	if h.write {
+		resp.REvents |= fuse.PollOut | fuse.PollWriteNormal
 	}
-	return uint32(len(data)), 0
+	if h.msgs == nil {
+		return nil
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	ready := len(h.msgs) > 0
+	if !ready {
+		select {
+		case <-h.eof:
+			ready = true
+		default:
+		}
+	}
+	if ready {
+		resp.REvents |= fuse.PollIn | fuse.PollReadNormal
+	} else if w, ok := req.Wakeup(); ok {
+		h.wakeup = &w
+	}
+	return nil
 }
 
 // Release leaves the network.
-func (h *handle) Release(ctx context.Context) syscall.Errno {
+func (h *handle) Release(ctx context.Context, req *fuse.ReleaseRequest) error {
 	h.fs.mu.Lock()
 	delete(h.fs.open, h)
 	h.fs.mu.Unlock()
+	h.mu.Lock()
+	h.released = true
+	h.wakeup = nil
+	h.mu.Unlock()
+	close(h.quit)
 	h.s.Close()
-	return 0
+	return nil
 }
 
 // toErrno returns the errno err carries, EIO if none.
@@ -506,41 +610,46 @@ func toErrno(err error) syscall.Errno {
 
 // Server is a mounted file system.
 type Server struct {
-	*fuse.Server
 	FS  *FS
 	Dir string
+
+	conn *fuse.Conn
+	done chan struct{} // closed when serving ends
+	err  error         // of serving, once done is closed
 }
 
-// Mount mounts fsys at dir. As root it mounts directly and lets every user
-// in (each open is checked as described in the package documentation);
-// otherwise it needs fusermount3 (Debian's fuse3) and only the caller gets
-// in. It fails with ErrNoFUSE (wrapped) when FUSE is missing.
+// allowOther reports whether a user other than root may mount with
+// allow_other: /etc/fuse.conf has user_allow_other.
+func allowOther() bool {
+	b, err := os.ReadFile("/etc/fuse.conf")
+	if err != nil {
+		return false
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.TrimSpace(l) == "user_allow_other" {
+			return true
+		}
+	}
+	return false
+}
+
+// Mount mounts fsys at dir through fusermount3 (Debian's fuse3). As root,
+// or when /etc/fuse.conf has user_allow_other, it lets every user in
+// (each open is checked as described in the package documentation);
+// otherwise only the caller gets in. It fails with ErrNoFUSE (wrapped)
+// when FUSE or fusermount3 is missing.
 func Mount(dir string, fsys *FS, debug bool) (*Server, error) {
 	if _, err := os.Stat("/dev/fuse"); err != nil {
 		return nil, fmt.Errorf("%w (%v)", ErrNoFUSE, err)
 	}
-	root := os.Geteuid() == 0
-	if !root {
-		if _, err := exec.LookPath("fusermount3"); err != nil {
-			if _, err2 := exec.LookPath("fusermount"); err2 != nil {
-				return nil, fmt.Errorf("%w (%v)", ErrNoFUSE, err)
-			}
-		}
+	if _, err := exec.LookPath("fusermount3"); err != nil {
+		return nil, fmt.Errorf("%w (%v)", ErrNoFUSE, err)
 	}
-	sec, zero := time.Second, time.Duration(0)
-	opts := &fs.Options{
-		EntryTimeout:    &sec,
-		AttrTimeout:     &sec,
-		NegativeTimeout: &zero,
-		MountOptions: fuse.MountOptions{
-			FsName:      "ipn",
-			Name:        "ipn",
-			DirectMount: root,
-			AllowOther:  root,
-			Debug:       debug,
-		},
+	opts := []fuse.MountOption{fuse.FSName("ipn"), fuse.Subtype("ipn")}
+	if os.Geteuid() == 0 || allowOther() {
+		opts = append(opts, fuse.AllowOther())
 	}
-	srv, err := fs.Mount(dir, fsys.root, opts)
+	conn, err := fuse.Mount(dir, opts...)
 	if err != nil {
 		msg := err.Error()
 		if strings.Contains(msg, "/dev/fuse") || strings.Contains(msg, "fusermount") ||
@@ -549,7 +658,33 @@ func Mount(dir string, fsys *FS, debug bool) (*Server, error) {
 		}
 		return nil, err
 	}
-	return &Server{Server: srv, FS: fsys, Dir: dir}, nil
+	cfg := &fusefs.Config{Debug: func(any) {}}
+	if debug {
+		cfg.Debug = func(msg any) { log.Print(msg) }
+	}
+	srv := fusefs.New(conn, cfg)
+	fsys.mu.Lock()
+	fsys.server = srv
+	fsys.mu.Unlock()
+	s := &Server{FS: fsys, Dir: dir, conn: conn, done: make(chan struct{})}
+	go func() {
+		s.err = srv.Serve(fsys)
+		conn.Close()
+		close(s.done)
+	}()
+	return s, nil
+}
+
+// Wait waits until the file system is unmounted (and no longer served)
+// and returns the error serving it ended with, if any.
+func (s *Server) Wait() error {
+	<-s.done
+	return s.err
+}
+
+// Unmount unmounts the file system; it fails if it is busy.
+func (s *Server) Unmount() error {
+	return fuse.Unmount(s.Dir)
 }
 
 // Stop leaves the networks of the open files and unmounts, lazily (the

@@ -29,11 +29,12 @@ Opening a file joins the network with the rights of the process that
 opens it, checked against that mode: read-only opens receive, write-only
 opens send. Each read returns one message (a '\n' is added if it has
 none), each write sends one (one trailing '\n' is stripped), so line tools
-work. poll/select do not wait (go-fuse has no poll support): use blocking
-reads.
+work. poll/select/epoll work: a file is readable when a message is
+waiting for it, writable when it was opened for writing.
 
-As root the file system is mounted directly and open to all users; other
-users need fusermount3 (package fuse3). SIGINT or SIGTERM unmounts.
+The file system is mounted with fusermount3 (package fuse3). As root (or
+with user_allow_other in /etc/fuse.conf) it is open to all users,
+otherwise only to the caller. SIGINT or SIGTERM unmounts.
 
 Examples:
   ipn mount /dev/ipn &
