@@ -35,14 +35,8 @@ var (
 // New returns an endpoint on fd, a bound AF_PACKET SOCK_RAW socket it owns
 // from then on; it sets it non-blocking for Go's poller.
 func New(fd int, iface string) (*Endpoint, error) {
-	if err := unix.SetNonblock(fd, true); err != nil {
-		unix.Close(fd)
-		return nil, err
-	}
-	f := os.NewFile(uintptr(fd), "grab "+iface)
-	raw, err := f.SyscallConn()
+	f, raw, err := sockio.File(fd, "grab "+iface)
 	if err != nil {
-		f.Close()
 		return nil, err
 	}
 	return &Endpoint{f: f, raw: raw}, nil

@@ -35,14 +35,8 @@ var (
 // sets it non-blocking, so that Go's poller waits on it and Close unblocks
 // a Read.
 func New(fd int, name string) (*Endpoint, error) {
-	if err := unix.SetNonblock(fd, true); err != nil {
-		unix.Close(fd)
-		return nil, err
-	}
-	f := os.NewFile(uintptr(fd), "tap "+name)
-	raw, err := f.SyscallConn()
+	f, raw, err := sockio.File(fd, "tap "+name)
 	if err != nil {
-		f.Close()
 		return nil, err
 	}
 	return &Endpoint{f: f, raw: raw, scratch: make([]byte, 65536)}, nil

@@ -5,6 +5,7 @@ package sockio
 import (
 	"errors"
 	"io"
+	"os"
 	"syscall"
 	"unsafe"
 
@@ -102,4 +103,21 @@ func WriteOne(raw syscall.RawConn, m []byte) bool {
 		return true
 	})
 	return sent
+}
+
+// File takes ownership of fd (a tap, a packet socket) and returns it as a
+// file Go's poller manages, non-blocking, so that Close unblocks a Read or
+// Write in progress, with its RawConn. fd is closed on error.
+func File(fd int, name string) (*os.File, syscall.RawConn, error) {
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, nil, err
+	}
+	f := os.NewFile(uintptr(fd), name)
+	raw, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	return f, raw, nil
 }
