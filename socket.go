@@ -51,6 +51,7 @@ type Socket struct {
 	oobMu sync.Mutex // guards oobq, rdl and ctlTick; see Recv
 	oobq  [][]byte
 	rdl   time.Time // the user's read deadline
+	armed bool      // the data socket's read deadline is rdl (not a wake-up)
 	// ctlTick is closed and replaced each time the control reader has
 	// taken a packet, for Recv to wait on.
 	ctlTick chan struct{}
@@ -167,6 +168,7 @@ func (s *Socket) pushOOB(m []byte) {
 	s.mu.Unlock()
 	if data != nil {
 		data.SetReadDeadline(time.Unix(1, 0))
+		s.armed = false
 	}
 }
 
@@ -457,8 +459,10 @@ func (s *Socket) Connect(path string) error {
 	s.canRead, s.canWrite = rep.CanRead, rep.CanWrite
 	data.SetWriteDeadline(s.wdl)
 	data.SetReadDeadline(s.rdl)
+	s.armed = true
 	if len(s.oobq) > 0 {
 		data.SetReadDeadline(time.Unix(1, 0))
+		s.armed = false
 	}
 	s.mu.Unlock()
 	s.oobMu.Unlock()
@@ -613,7 +617,10 @@ func (s *Socket) Recv(b []byte) (int, MsgFlags, error) {
 			return 0, 0, s.opError("recv", err)
 		}
 		rdl := s.rdl
-		data.SetReadDeadline(rdl)
+		if !s.armed { // only when a deadline or a wake-up moved it
+			data.SetReadDeadline(rdl)
+			s.armed = true
+		}
 		s.oobMu.Unlock()
 
 		n, _, rflags, _, err := data.ReadMsgUnix(b, nil)
@@ -711,8 +718,10 @@ func (s *Socket) SetReadDeadline(t time.Time) error {
 	s.mu.Unlock()
 	if data != nil {
 		if len(s.oobq) > 0 {
+			s.armed = false
 			return nil // Recv will serve the queue first anyway
 		}
+		s.armed = true
 		return data.SetReadDeadline(t)
 	}
 	return nil
