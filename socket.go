@@ -59,6 +59,9 @@ type Socket struct {
 	// mayGetOOB is set once the socket asked for out-of-band messages;
 	// until then Recv need not look for them.
 	mayGetOOB atomic.Bool
+
+	fastOff bool      // guarded by mu: Connect must not ask for the fast path
+	fast    *fastPath // the shared-memory rings once connected with them
 }
 
 type ctlReply struct {
@@ -82,6 +85,7 @@ func NewSocket(proto Protocol) (*Socket, error) {
 		closed:  make(chan struct{}),
 		mode:    DefaultMode,
 		port:    -1,
+		fastOff: os.Getenv("IPN_FASTPATH") == "0",
 		ctlTick: make(chan struct{}),
 	}
 	go s.readControl()
@@ -467,6 +471,24 @@ func (s *Socket) Connect(path string) error {
 	s.mu.Unlock()
 	s.oobMu.Unlock()
 	return nil
+}
+
+// SetFastPath chooses, before Connect, whether the socket asks the daemon
+// for the shared-memory fast path (the default, unless the environment sets
+// IPN_FASTPATH=0); without it, or if the daemon refuses, messages go over a
+// socket.
+func (s *Socket) SetFastPath(on bool) {
+	s.mu.Lock()
+	s.fastOff = !on
+	s.mu.Unlock()
+}
+
+// FastPath reports whether the connected socket moves its messages through
+// shared-memory rings rather than a socket.
+func (s *Socket) FastPath() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.fast != nil
 }
 
 // CanRead reports whether the socket receives (connected, with r, and not

@@ -1,0 +1,4 @@
+package ipn
+
+// fastPath is a connected socket's shared-memory rings.
+type fastPath struct{}
