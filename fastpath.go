@@ -1,4 +1,168 @@
 package ipn
 
-// fastPath is a connected socket's shared-memory rings.
-type fastPath struct{}
+import (
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ipn-project/ipn/internal/shmring"
+	"github.com/ipn-project/ipn/internal/wire"
+)
+
+// fastPath is a connected socket's shared-memory rings: the member's side
+// of package endpoint/shm. Send fills the ring to the daemon and Recv
+// empties the ring from it, with no system call while both sides are busy.
+type fastPath struct {
+	region *shmring.Region
+	// Send sleeps on txSpace, Recv on rxData; the others wake the daemon.
+	txData, txSpace, rxData, rxSpace *shmring.Waker
+
+	smu sync.Mutex // guards tx, and the region against Close
+	tx  *shmring.Producer
+	rmu sync.Mutex // guards rx, and the region against Close
+	rx  *shmring.Consumer
+
+	closed atomic.Bool
+	gone   atomic.Bool // the daemon went away
+}
+
+// newFastPath maps the rings of a fast-path Connect reply, taking ownership
+// of its descriptors.
+func newFastPath(fds []int) (*fastPath, error) {
+	if len(fds) != wire.FastPathFDs {
+		closeFDs(fds)
+		return nil, fmt.Errorf("daemon passed %d descriptors: %w", len(fds), syscall.EPROTO)
+	}
+	f := &fastPath{}
+	var err error
+	wakers := []**shmring.Waker{&f.txData, &f.txSpace, &f.rxData, &f.rxSpace}
+	for i, w := range wakers {
+		if *w, err = shmring.WakerFromFD(fds[1+i]); err != nil {
+			closeFDs(fds[2+i:])
+			for _, w := range wakers[:i] {
+				(*w).Close()
+			}
+			unix.Close(fds[0])
+			return nil, err
+		}
+	}
+	if f.region, err = shmring.Map(fds[0]); err != nil {
+		for _, w := range wakers {
+			(*w).Close()
+		}
+		return nil, err
+	}
+	f.tx = f.region.Producer(shmring.ToDaemon)
+	f.rx = f.region.Consumer(shmring.ToMember)
+	return f, nil
+}
+
+// stopped reports whether waiting should end: the socket or the port is
+// gone. The caller holds smu or rmu.
+func (f *fastPath) stopped() bool {
+	return f.closed.Load() || f.gone.Load() || f.region.Closed()
+}
+
+// daemonGone tells Send and Recv that the daemon is gone, waking them.
+func (f *fastPath) daemonGone() {
+	f.gone.Store(true)
+	f.rxData.Wake()
+	f.txSpace.Wake()
+}
+
+// send copies msg into the ring to the daemon, waiting for room up to the
+// write deadline.
+func (f *fastPath) send(msg []byte) error {
+	f.smu.Lock()
+	defer f.smu.Unlock()
+	for {
+		if f.closed.Load() {
+			return net.ErrClosed
+		}
+		if f.region.Closed() || f.gone.Load() {
+			return syscall.EPIPE // the daemon dropped the port
+		}
+		ok, err := f.tx.Push(msg)
+		if err != nil {
+			return err
+		}
+		if ok {
+			break
+		}
+		if err := f.tx.WaitSpace(f.txSpace, f.stopped); err != nil {
+			return f.waitErr(err)
+		}
+	}
+	if f.tx.ConsumerWaiting() {
+		f.txData.Wake()
+	}
+	return nil
+}
+
+// recv takes the next message from the daemon into b, waiting up to the
+// read deadline (or a wake-up for an out-of-band message, which reports
+// os.ErrDeadlineExceeded too). It returns io.EOF once the daemon dropped
+// the port and every message before is read.
+func (f *fastPath) recv(b []byte) (int, MsgFlags, error) {
+	f.rmu.Lock()
+	defer f.rmu.Unlock()
+	for {
+		if f.closed.Load() {
+			return 0, 0, net.ErrClosed
+		}
+		n, ok, err := f.rx.Pop(b)
+		if err != nil {
+			return 0, 0, err
+		}
+		if ok {
+			f.rx.Release()
+			if f.rx.ProducerWaiting() {
+				f.rxSpace.Wake()
+			}
+			if n > len(b) {
+				return len(b), MsgTrunc, nil
+			}
+			return n, 0, nil
+		}
+		if f.region.Closed() || f.gone.Load() {
+			return 0, 0, io.EOF
+		}
+		if err := f.rx.WaitData(f.rxData, f.stopped); err != nil {
+			return 0, 0, f.waitErr(err)
+		}
+	}
+}
+
+// waitErr maps a waker's error to what Send and Recv report.
+func (f *fastPath) waitErr(err error) error {
+	if f.closed.Load() {
+		return net.ErrClosed
+	}
+	return err
+}
+
+// setReadDeadline bounds Recv's wait; a time in the past wakes it.
+func (f *fastPath) setReadDeadline(t time.Time) { f.rxData.SetDeadline(t) }
+
+// setWriteDeadline bounds Send's wait for room.
+func (f *fastPath) setWriteDeadline(t time.Time) { f.txSpace.SetDeadline(t) }
+
+// close wakes Send and Recv and unmaps the rings once they have left.
+func (f *fastPath) close() {
+	f.closed.Store(true)
+	f.txSpace.Close()
+	f.rxData.Close()
+	f.smu.Lock()
+	f.rmu.Lock()
+	f.txData.Close()
+	f.rxSpace.Close()
+	f.region.Close()
+	f.rmu.Unlock()
+	f.smu.Unlock()
+}

@@ -103,6 +103,7 @@ func NewSocket(proto Protocol) (*Socket, error) {
 // out-of-band messages to the queue Recv serves first.
 func (s *Socket) readControl() {
 	defer close(s.ctlDone)
+	defer s.daemonGone()
 	buf := make([]byte, wire.ReplyHeaderLen+65536+64)
 	for {
 		pkt, fds, err := wire.Recv(s.ctl, buf)
@@ -127,6 +128,16 @@ func (s *Socket) readControl() {
 			closeFDs(r.fds)
 			return
 		}
+	}
+}
+
+// daemonGone ends the fast path's waits when the control connection ends:
+// with no daemon, no one will fill or empty the rings.
+func (s *Socket) daemonGone() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.fast != nil {
+		s.fast.daemonGone()
 	}
 }
 
@@ -168,11 +179,25 @@ func (s *Socket) pushOOB(m []byte) {
 	close(s.ctlTick)
 	s.ctlTick = make(chan struct{})
 	s.mu.Lock()
-	data := s.data
+	connected := s.connected
 	s.mu.Unlock()
-	if data != nil {
-		data.SetReadDeadline(time.Unix(1, 0))
+	if connected {
+		s.setDataReadDeadline(time.Unix(1, 0))
 		s.armed = false
+	}
+}
+
+// setDataReadDeadline sets the deadline of the data socket or of the fast
+// path's wait for a message; the caller holds oobMu, and the socket is
+// connected.
+func (s *Socket) setDataReadDeadline(t time.Time) {
+	s.mu.Lock()
+	data, fast := s.data, s.fast
+	s.mu.Unlock()
+	if fast != nil {
+		fast.setReadDeadline(t)
+	} else if data != nil {
+		data.SetReadDeadline(t)
 	}
 }
 
@@ -435,8 +460,17 @@ func (s *Socket) Connect(path string) error {
 		defer unix.Close(fd)
 		fds = append(fds, fd)
 	}
+	s.mu.Lock()
+	wantFast := !s.fastOff
+	s.mu.Unlock()
+	if wantFast {
+		// A daemon that does not know the option answers the socket way.
+		if err := s.setOpt(wire.OptFastPath, wire.U32(1)); err != nil && !errors.Is(err, syscall.ENOPROTOOPT) {
+			return &net.OpError{Op: "connect", Net: "ipn", Addr: Addr(abs), Err: err}
+		}
+	}
 	body, rfds, err := s.request(wire.OpConnect, []byte(abs), fds...)
-	if err == nil && len(rfds) != 1 {
+	if err == nil && len(rfds) != 1 && (!wantFast || len(rfds) != wire.FastPathFDs) {
 		closeFDs(rfds)
 		err = fmt.Errorf("daemon passed %d descriptors: %w", len(rfds), syscall.EPROTO)
 	}
@@ -446,29 +480,40 @@ func (s *Socket) Connect(path string) error {
 			closeFDs(rfds)
 		}
 	}
+	var data *net.UnixConn
+	var fast *fastPath
+	if err == nil && len(rfds) == wire.FastPathFDs {
+		fast, err = newFastPath(rfds)
+	} else if err == nil {
+		f := os.NewFile(uintptr(rfds[0]), "ipn-data")
+		var c net.Conn
+		c, err = net.FileConn(f)
+		f.Close()
+		if err == nil {
+			data = c.(*net.UnixConn)
+		}
+	}
 	if err != nil {
 		return &net.OpError{Op: "connect", Net: "ipn", Addr: Addr(abs), Err: err}
 	}
-	f := os.NewFile(uintptr(rfds[0]), "ipn-data")
-	c, err := net.FileConn(f)
-	f.Close()
-	if err != nil {
-		return &net.OpError{Op: "connect", Net: "ipn", Addr: Addr(abs), Err: err}
-	}
-	data := c.(*net.UnixConn)
 	s.oobMu.Lock()
 	s.mu.Lock()
-	s.connected, s.path, s.data = true, abs, data
+	s.connected, s.path, s.data, s.fast = true, abs, data, fast
 	s.port, s.mtu = int(rep.Port), int(rep.MTU)
 	s.canRead, s.canWrite = rep.CanRead, rep.CanWrite
-	data.SetWriteDeadline(s.wdl)
-	data.SetReadDeadline(s.rdl)
+	wdl := s.wdl
+	s.mu.Unlock()
+	if fast != nil {
+		fast.setWriteDeadline(wdl)
+	} else {
+		data.SetWriteDeadline(wdl)
+	}
+	s.setDataReadDeadline(s.rdl)
 	s.armed = true
 	if len(s.oobq) > 0 {
-		data.SetReadDeadline(time.Unix(1, 0))
+		s.setDataReadDeadline(time.Unix(1, 0))
 		s.armed = false
 	}
-	s.mu.Unlock()
 	s.oobMu.Unlock()
 	return nil
 }
@@ -528,23 +573,24 @@ func (s *Socket) Shutdown(how How) error {
 	return nil
 }
 
-// sendCheck returns the data socket if the socket may send n bytes.
-func (s *Socket) sendCheck(n int) (*net.UnixConn, error) {
+// sendCheck returns the data socket or the fast path if the socket may
+// send n bytes.
+func (s *Socket) sendCheck(n int) (*net.UnixConn, *fastPath, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch {
 	case s.isClosed():
-		return nil, net.ErrClosed
+		return nil, nil, net.ErrClosed
 	case !s.connected:
-		return nil, syscall.ENOTCONN
+		return nil, nil, syscall.ENOTCONN
 	case s.shutWrite || !s.canWrite:
-		return nil, syscall.EPIPE
+		return nil, nil, syscall.EPIPE
 	case n > s.mtu:
-		return nil, syscall.EOVERFLOW
+		return nil, nil, syscall.EOVERFLOW
 	case n == 0:
-		return nil, fmt.Errorf("empty message: %w", syscall.EINVAL)
+		return nil, nil, fmt.Errorf("empty message: %w", syscall.EINVAL)
 	}
-	return s.data, nil
+	return s.data, s.fast, nil
 }
 
 func (s *Socket) isClosed() bool {
@@ -561,8 +607,12 @@ func (s *Socket) isClosed() bool {
 // ENOTCONN before Connect. In a lossless network it blocks while the
 // network's pool is full (up to the write deadline).
 func (s *Socket) Send(msg []byte) error {
-	data, err := s.sendCheck(len(msg))
-	if err == nil {
+	data, fast, err := s.sendCheck(len(msg))
+	switch {
+	case err != nil:
+	case fast != nil:
+		err = fast.send(msg)
+	default:
 		_, err = data.Write(msg)
 		err = unwrapNet(err)
 	}
@@ -571,7 +621,7 @@ func (s *Socket) Send(msg []byte) error {
 
 // SendOOB sends msg out of band to the nodes that handle OOB messages.
 func (s *Socket) SendOOB(msg []byte) error {
-	if _, err := s.sendCheck(len(msg)); err != nil {
+	if _, _, err := s.sendCheck(len(msg)); err != nil {
 		return s.opError("sendoob", err)
 	}
 	_, _, err := s.request(wire.OpSendOOB, msg)
@@ -617,7 +667,7 @@ func (s *Socket) Recv(b []byte) (int, MsgFlags, error) {
 			return copyMsg(b, m, 0)
 		}
 		s.mu.Lock()
-		data, connected, closed := s.data, s.connected, s.isClosed()
+		data, fast, connected, closed := s.data, s.fast, s.connected, s.isClosed()
 		canRead, canWrite := s.canRead && !s.shutRead, s.canWrite && !s.shutWrite
 		s.mu.Unlock()
 		var err error
@@ -640,12 +690,21 @@ func (s *Socket) Recv(b []byte) (int, MsgFlags, error) {
 		}
 		rdl := s.rdl
 		if !s.armed { // only when a deadline or a wake-up moved it
-			data.SetReadDeadline(rdl)
+			s.setDataReadDeadline(rdl)
 			s.armed = true
 		}
 		s.oobMu.Unlock()
 
-		n, _, rflags, _, err := data.ReadMsgUnix(b, nil)
+		var n, rflags int
+		var flags MsgFlags
+		if fast != nil {
+			n, flags, err = fast.recv(b)
+			if err == nil && n == 0 {
+				continue // an empty message: the fast path keeps no EOF in-band
+			}
+		} else {
+			n, _, rflags, _, err = data.ReadMsgUnix(b, nil)
+		}
 		if err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) && (rdl.IsZero() || time.Now().Before(rdl)) {
 				continue // woken for an out-of-band message
@@ -658,7 +717,6 @@ func (s *Socket) Recv(b []byte) (int, MsgFlags, error) {
 		if n == 0 {
 			return 0, 0, io.EOF
 		}
-		var flags MsgFlags
 		if rflags&unix.MSG_TRUNC != 0 {
 			flags |= MsgTrunc
 		}
@@ -736,15 +794,15 @@ func (s *Socket) SetReadDeadline(t time.Time) error {
 	defer s.oobMu.Unlock()
 	s.rdl = t
 	s.mu.Lock()
-	data := s.data
+	connected := s.connected
 	s.mu.Unlock()
-	if data != nil {
+	if connected {
 		if len(s.oobq) > 0 {
 			s.armed = false
 			return nil // Recv will serve the queue first anyway
 		}
 		s.armed = true
-		return data.SetReadDeadline(t)
+		s.setDataReadDeadline(t)
 	}
 	return nil
 }
@@ -754,7 +812,9 @@ func (s *Socket) SetWriteDeadline(t time.Time) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.wdl = t
-	if s.data != nil {
+	if s.fast != nil {
+		s.fast.setWriteDeadline(t)
+	} else if s.data != nil {
 		return s.data.SetWriteDeadline(t)
 	}
 	return nil
@@ -776,6 +836,9 @@ func (s *Socket) Close() error {
 		s.mu.Lock()
 		if s.data != nil {
 			s.data.Close()
+		}
+		if s.fast != nil {
+			s.fast.close()
 		}
 		s.mu.Unlock()
 		// Then wait, briefly, for the daemon to release the port: a

@@ -12,7 +12,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/ipn-project/ipn/endpoint"
 	"github.com/ipn-project/ipn/endpoint/seqpacket"
+	"github.com/ipn-project/ipn/endpoint/shm"
 	"github.com/ipn-project/ipn/engine"
 	"github.com/ipn-project/ipn/internal/wire"
 	"github.com/ipn-project/ipn/policy"
@@ -38,7 +40,9 @@ type session struct {
 	boundID   fileID
 	boundFD   int // O_PATH descriptor of the bound network file, or -1
 	port      *engine.Port
-	data      *net.UnixConn // daemon's end of the data socket
+	data      *net.UnixConn // daemon's end of the data socket, or nil
+	wantFast  bool          // the client asked for the fast path
+	fast      *shm.Endpoint // the port's rings on the fast path, or nil
 	vde       []*vdeServer  // VDE switches serving the bound network
 }
 
@@ -63,15 +67,10 @@ func (ss *session) serve() {
 			ss.srv.log.Warn("dropping client", "client", ss.cred, "err", err)
 			return
 		}
-		reply, rfd := ss.handle(op, body, fds)
+		reply, rfds := ss.handle(op, body, fds)
 		closeFDs(fds)
-		var sendErr error
-		if rfd >= 0 {
-			sendErr = ss.send(reply, rfd)
-			unix.Close(rfd)
-		} else {
-			sendErr = ss.send(reply)
-		}
+		sendErr := ss.send(reply, rfds...)
+		closeFDs(rfds)
 		if sendErr != nil {
 			return
 		}
@@ -107,7 +106,11 @@ func (ss *session) release() {
 	ss.releaseDevices()
 	if ss.port != nil {
 		// Messages the client wrote before it went are in the data
-		// socket: let the port's reader take them, up to its EOF.
+		// socket or its ring: let the port's reader take them, up to
+		// its EOF.
+		if ss.fast != nil {
+			ss.fast.PeerGone()
+		}
 		t := time.NewTimer(drainTimeout)
 		select {
 		case <-ss.port.ReadDone():
@@ -128,15 +131,14 @@ func closeFDs(fds []int) {
 	}
 }
 
-// handle answers one request. It returns the reply and a descriptor to pass
-// with it (or -1), which the caller closes after sending.
-func (ss *session) handle(op uint16, body []byte, fds []int) ([]byte, int) {
+// handle answers one request. It returns the reply and the descriptors to
+// pass with it, which the caller closes after sending.
+func (ss *session) handle(op uint16, body []byte, fds []int) (reply []byte, rfds []int) {
 	if !ss.hello && op != wire.OpHello {
-		return wire.Reply(op, syscall.EPROTO), -1
+		return wire.Reply(op, syscall.EPROTO), nil
 	}
 	var err error
 	var res []byte
-	rfd := -1
 	switch op {
 	case wire.OpHello:
 		err = ss.doHello(body)
@@ -147,7 +149,7 @@ func (ss *session) handle(op uint16, body []byte, fds []int) ([]byte, int) {
 	case wire.OpBind:
 		err = ss.doBind(string(body), fds)
 	case wire.OpConnect:
-		res, rfd, err = ss.doConnect(string(body), fds)
+		res, rfds, err = ss.doConnect(string(body), fds)
 	case wire.OpShutdown:
 		err = ss.doShutdown(body)
 	case wire.OpSendOOB:
@@ -164,9 +166,9 @@ func (ss *session) handle(op uint16, body []byte, fds []int) ([]byte, int) {
 		err = fmt.Errorf("unknown op %d: %w", op, syscall.EINVAL)
 	}
 	if err != nil {
-		return wire.Reply(op, err), -1
+		return wire.Reply(op, err), nil
 	}
-	return wire.Reply(op, nil, res), rfd
+	return wire.Reply(op, nil, res), rfds
 }
 
 func (ss *session) doHello(body []byte) error {
@@ -213,7 +215,7 @@ func (ss *session) doSetOpt(body []byte) error {
 			return fmt.Errorf("not bound (managing needs bind): %w", syscall.EACCES)
 		}
 		return ss.bound.ChangeNumPorts(int(v))
-	case wire.OptPort, wire.OptHandleOOB, wire.OptWantOOBNumNode:
+	case wire.OptPort, wire.OptHandleOOB, wire.OptWantOOBNumNode, wire.OptFastPath:
 		if ss.port != nil {
 			return syscall.EISCONN
 		}
@@ -222,6 +224,8 @@ func (ss *session) doSetOpt(body []byte) error {
 			ss.portOpts.Want = int(int32(v))
 		case wire.OptHandleOOB:
 			ss.portOpts.HandleOOB = v != 0
+		case wire.OptFastPath:
+			ss.wantFast = v != 0
 		default:
 			ss.portOpts.WantNumNodes = v != 0
 		}
@@ -389,73 +393,91 @@ func (ss *session) checkManager(n *engine.Network, st *unix.Stat_t) error {
 	return nil
 }
 
-func (ss *session) doConnect(path string, fds []int) ([]byte, int, error) {
+func (ss *session) doConnect(path string, fds []int) (reply []byte, rfds []int, err error) {
 	if ss.port != nil {
-		return nil, -1, syscall.EISCONN
+		return nil, nil, syscall.EISCONN
 	}
 	var n *engine.Network
 	var st *unix.Stat_t
 	switch {
 	case len(fds) == 0 && ss.bound != nil:
-		var err error
 		if st, err = ss.statBound(); err != nil {
-			return nil, -1, err
+			return nil, nil, err
 		}
 		n = ss.bound
 	case len(fds) == 1:
 		id, s, err := statFD(fds[0])
 		if err != nil {
-			return nil, -1, err
+			return nil, nil, err
 		}
 		if ss.bound != nil && id != ss.boundID {
-			return nil, -1, fmt.Errorf("bound to another network: %w", syscall.EINVAL)
+			return nil, nil, fmt.Errorf("bound to another network: %w", syscall.EINVAL)
 		}
 		st = s
 		if n, err = ss.srv.engine.Acquire(id); err != nil {
-			return nil, -1, fmt.Errorf("no network at %s: %w", path, err)
+			return nil, nil, fmt.Errorf("no network at %s: %w", path, err)
 		}
 		defer n.Release() // the port takes its own reference
 	default:
-		return nil, -1, fmt.Errorf("connect needs the network file: %w", syscall.EDESTADDRREQ)
+		return nil, nil, fmt.Errorf("connect needs the network file: %w", syscall.EDESTADDRREQ)
 	}
 	cfg := n.Config()
 	if ss.proto != policy.Any && ss.proto != cfg.Proto {
-		return nil, -1, fmt.Errorf("network uses %s, socket %s: %w", cfg.Proto, ss.proto, syscall.EPROTO)
+		return nil, nil, fmt.Errorf("network uses %s, socket %s: %w", cfg.Proto, ss.proto, syscall.EPROTO)
 	}
 	r, w, _ := access(st, ss.cred)
 	if !r && !w {
-		return nil, -1, fmt.Errorf("no r nor w on %s: %w", cfg.Name, syscall.EACCES)
+		return nil, nil, fmt.Errorf("no r nor w on %s: %w", cfg.Name, syscall.EACCES)
 	}
 	canRead, canWrite := r && !ss.shutRead, w && !ss.shutWrite
 
-	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return nil, -1, err
-	}
-	f := os.NewFile(uintptr(pair[0]), "ipn-data")
-	c, err := net.FileConn(f)
-	f.Close()
-	if err != nil {
-		unix.Close(pair[1])
-		return nil, -1, err
-	}
-	data := c.(*net.UnixConn)
 	opts := ss.portOpts
 	opts.NoRead, opts.NoWrite = !canRead, !canWrite
 	opts.Peer = ss.cred.String()
-	port, err := n.Join(seqpacket.New(data, ss.sendOOB), opts)
-	if err != nil {
-		data.Close()
-		unix.Close(pair[1])
-		return nil, -1, err
+	var ep endpoint.Endpoint
+	if ss.wantFast {
+		// The rings, if they can be made; else the data socket.
+		fast, ferr := shm.New(cfg.MTU, cfg.Flags&engine.Lossless != 0, ss.sendOOB)
+		if ferr == nil {
+			if rfds, ferr = fast.DupFDs(); ferr != nil {
+				fast.Close()
+			}
+		}
+		if ferr != nil {
+			ss.srv.log.Warn("no fast path, using a socket", "client", ss.cred, "err", ferr)
+		} else {
+			ep, ss.fast = fast, fast
+		}
 	}
-	ss.port, ss.data = port, data
+	if ep == nil {
+		pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return nil, nil, err
+		}
+		f := os.NewFile(uintptr(pair[0]), "ipn-data")
+		c, err := net.FileConn(f)
+		f.Close()
+		if err != nil {
+			unix.Close(pair[1])
+			return nil, nil, err
+		}
+		ss.data = c.(*net.UnixConn)
+		ep, rfds = seqpacket.New(ss.data, ss.sendOOB), []int{pair[1]}
+	}
+	port, err := n.Join(ep, opts)
+	if err != nil {
+		ep.Close()
+		closeFDs(rfds)
+		ss.data, ss.fast = nil, nil
+		return nil, nil, err
+	}
+	ss.port = port
 	ss.applyShutdown(!canRead, !canWrite)
-	reply := wire.ConnectReply{
+	rep := wire.ConnectReply{
 		Port: uint32(port.Num()), MTU: uint32(cfg.MTU), Proto: uint16(cfg.Proto),
 		CanRead: canRead, CanWrite: canWrite,
 	}
-	return reply.Encode(), pair[1], nil
+	return rep.Encode(), rfds, nil
 }
 
 // statBound returns the status of the bound network file, read again so
@@ -471,6 +493,9 @@ func (ss *session) statBound() (*unix.Stat_t, error) {
 // applyShutdown closes the data socket's directions that the node may no
 // longer use, so that a raw client sees EOF or EPIPE.
 func (ss *session) applyShutdown(read, write bool) {
+	if ss.data == nil {
+		return // the fast path's client knows its sides
+	}
 	raw, err := ss.data.SyscallConn()
 	if err != nil {
 		return

@@ -32,8 +32,8 @@ func FuzzHandle(f *testing.F) {
 			}
 			body := stream[:n]
 			stream = stream[n:]
-			reply, fd := ss.handle(op, body, nil)
-			if fd >= 0 {
+			reply, fds := ss.handle(op, body, nil)
+			if len(fds) > 0 {
 				t.Fatalf("op %d: a descriptor without a connect", op)
 			}
 			rop, rbody, err := wire.Split(reply)

@@ -30,7 +30,7 @@ const (
 	OpSetOpt   uint16 = 2  // u32 option, value
 	OpGetOpt   uint16 = 3  // u32 option; reply: value
 	OpBind     uint16 = 4  // path; SCM_RIGHTS: O_PATH fd of the network file
-	OpConnect  uint16 = 5  // path; SCM_RIGHTS: O_PATH fd unless bound; reply: ConnectReply + data fd
+	OpConnect  uint16 = 5  // path; SCM_RIGHTS: O_PATH fd unless bound; reply: ConnectReply + data fd (or FastPathFDs)
 	OpShutdown uint16 = 6  // u32 how: ShutRead|ShutWrite
 	OpSendOOB  uint16 = 7  // message, sent out of band
 	OpList     uint16 = 8  // optional path; reply: JSON []NetInfo
@@ -107,7 +107,17 @@ const (
 	OptMsgPoolSize    = 12 // u32
 	OptFlags          = 13 // u32
 	OptMode           = 14 // u32 permission bits
+	// OptFastPath (u32 bool, before connect) asks for the shared-memory
+	// fast path: Connect's reply then passes the ring memfd and four
+	// eventfds (FastPathFDs) instead of the data socket, if the daemon
+	// grants it.
+	OptFastPath = 100
 )
+
+// FastPathFDs is the number of descriptors a fast-path Connect reply
+// passes: the ring memfd; the eventfds woken when the ring to the daemon has
+// data and has room, when the ring to the member has data and has room.
+const FastPathFDs = 5
 
 // HeaderLen is the length of a packet header; ReplyHeaderLen adds the errno.
 const (
@@ -244,7 +254,7 @@ func Send(c *net.UnixConn, pkt []byte, fds ...int) error {
 // that came with it; the caller owns and must close them. A packet longer
 // than buf is an error.
 func Recv(c *net.UnixConn, buf []byte) ([]byte, []int, error) {
-	oob := make([]byte, unix.CmsgSpace(4*4))
+	oob := make([]byte, unix.CmsgSpace(8*4)) // room for FastPathFDs and more
 	n, oobn, flags, _, err := c.ReadMsgUnix(buf, oob)
 	if err != nil {
 		return nil, nil, err

@@ -1,0 +1,253 @@
+// Package shm is the endpoint of a member on the fast path: a pair of
+// shared-memory rings (package internal/shmring) that only this member maps,
+// with eventfd wake-ups.
+//
+// Messages for the member are copied straight into its ring by the sending
+// port's goroutine (the ring is the member's queue): a full ring drops the
+// message, or in a lossless network makes the sender wait. Whatever the
+// member writes into its rings, the endpoint checks it; an impossible index
+// or length ends this port only.
+package shm
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ipn-project/ipn/endpoint"
+	"github.com/ipn-project/ipn/internal/shmring"
+)
+
+// Endpoint is the daemon's side of a member's rings.
+type Endpoint struct {
+	region *shmring.Region
+	// Wakers: the daemon sleeps on in and outSpace, the member on the
+	// others; the daemon keeps its copies of the member's to wake it.
+	inData, inSpace, outData, outSpace *shmring.Waker
+
+	rmu sync.Mutex // guards in (the member's ring to the daemon) and region
+	in  *shmring.Consumer
+	wmu sync.Mutex // guards out (the daemon's ring to the member)
+	out *shmring.Producer
+
+	lossless bool
+	oob      func([]byte) error
+	closed   atomic.Bool
+	peerGone atomic.Bool // the member will write no more
+	broken   atomic.Bool // the member published impossible indices or lengths
+	once     sync.Once
+}
+
+var (
+	_ endpoint.Endpoint     = (*Endpoint)(nil)
+	_ endpoint.DirectWriter = (*Endpoint)(nil)
+	_ endpoint.OOBWriter    = (*Endpoint)(nil)
+)
+
+// New makes the rings for messages of up to mtu bytes. In a lossless
+// network a full ring makes the sender wait rather than drop. oob, if not
+// nil, delivers out-of-band messages (on the control connection).
+func New(mtu int, lossless bool, oob func([]byte) error) (*Endpoint, error) {
+	region, err := shmring.Create(shmring.LayoutFor(mtu))
+	if err != nil {
+		return nil, err
+	}
+	e := &Endpoint{region: region, lossless: lossless, oob: oob}
+	for _, w := range []**shmring.Waker{&e.inData, &e.inSpace, &e.outData, &e.outSpace} {
+		if *w, err = shmring.NewWaker(); err != nil {
+			e.Close()
+			return nil, err
+		}
+	}
+	e.in = region.Consumer(shmring.ToDaemon)
+	e.out = region.Producer(shmring.ToMember)
+	return e, nil
+}
+
+// DupFDs returns copies of the descriptors the member needs, in the order
+// the protocol passes them: the memfd, then the eventfds woken when its ring
+// to the daemon has data and has room, when its ring from the daemon has
+// data and has room. The caller closes them.
+func (e *Endpoint) DupFDs() ([]int, error) {
+	var fds []int
+	for _, fd := range []int{e.region.FD(), e.inData.FD(), e.inSpace.FD(), e.outData.FD(), e.outSpace.FD()} {
+		d, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			for _, d := range fds {
+				unix.Close(d)
+			}
+			return nil, fmt.Errorf("dup ring descriptor: %w", err)
+		}
+		fds = append(fds, d)
+	}
+	return fds, nil
+}
+
+// PeerGone tells the endpoint that the member has gone: Read returns io.EOF
+// once the ring is drained.
+func (e *Endpoint) PeerGone() {
+	e.peerGone.Store(true)
+	e.inData.Wake()
+}
+
+func (e *Endpoint) stopped() bool { return e.closed.Load() || e.peerGone.Load() }
+
+// Read implements endpoint.Endpoint.Read.
+func (e *Endpoint) Read(bufs [][]byte, sizes []int) (int, error) {
+	e.rmu.Lock() // Close unmaps the rings under rmu
+	defer e.rmu.Unlock()
+	for {
+		if e.closed.Load() {
+			return 0, e.fail(nil)
+		}
+		n := 0
+		var err error
+		for n < len(bufs) {
+			var ok bool
+			if sizes[n], ok, err = e.in.Pop(bufs[n]); !ok {
+				break
+			}
+			n++
+		}
+		if n > 0 {
+			e.in.Release()
+			if e.in.ProducerWaiting() {
+				e.inSpace.Wake()
+			}
+		}
+		if err != nil {
+			e.corrupt()
+			return n, e.fail(err)
+		}
+		if n > 0 {
+			return n, nil
+		}
+		if e.peerGone.Load() {
+			return 0, io.EOF
+		}
+		if err := e.in.WaitData(e.inData, e.stopped); err != nil {
+			if errors.Is(err, shmring.ErrCorrupt) {
+				e.corrupt()
+			}
+			return 0, e.fail(err)
+		}
+	}
+}
+
+// fail describes why the rings stopped: the member broke them, or the
+// endpoint was closed.
+func (e *Endpoint) fail(err error) error {
+	if e.broken.Load() {
+		return fmt.Errorf("member's rings: %w", shmring.ErrCorrupt)
+	}
+	if e.closed.Load() || err == nil {
+		return net.ErrClosed
+	}
+	return err
+}
+
+// WriteDirect implements endpoint.DirectWriter: it copies msg into the
+// member's ring, or drops it if the ring is full (lossy) and waits for room
+// (lossless).
+func (e *Endpoint) WriteDirect(msg []byte) bool {
+	e.wmu.Lock()
+	defer e.wmu.Unlock()
+	if e.closed.Load() {
+		return false
+	}
+	for {
+		ok, err := e.out.Push(msg)
+		if err != nil {
+			e.corrupt()
+			return false
+		}
+		if ok {
+			break
+		}
+		if !e.lossless {
+			return false
+		}
+		if err := e.out.WaitSpace(e.outSpace, e.closed.Load); err != nil || e.closed.Load() {
+			if errors.Is(err, shmring.ErrCorrupt) {
+				e.corrupt()
+			}
+			return false
+		}
+	}
+	if e.out.ConsumerWaiting() {
+		e.outData.Wake()
+	}
+	return true
+}
+
+// corrupt ends the port of a member that broke its ring: the reader fails
+// and the engine lets the port leave.
+func (e *Endpoint) corrupt() {
+	e.broken.Store(true)
+	e.closed.Store(true)
+	e.inData.Wake()
+}
+
+// Write implements endpoint.Endpoint.Write, for what the engine queues
+// (messages a policy emits).
+func (e *Endpoint) Write(msgs [][]byte) (int, error) {
+	n := 0
+	for _, m := range msgs {
+		if e.WriteDirect(m) {
+			n++
+		}
+	}
+	if e.closed.Load() {
+		return n, net.ErrClosed
+	}
+	return n, nil
+}
+
+// WriteOOB implements endpoint.OOBWriter.
+func (e *Endpoint) WriteOOB(m []byte) error {
+	if e.oob == nil {
+		return nil
+	}
+	return e.oob(m)
+}
+
+// BatchSize implements endpoint.Endpoint.BatchSize.
+func (e *Endpoint) BatchSize() int { return 64 }
+
+// Close implements endpoint.Endpoint.Close: it tells the member its port is
+// gone, wakes everyone, and unmaps the rings once no one uses them.
+func (e *Endpoint) Close() error {
+	e.once.Do(func() {
+		e.closed.Store(true)
+		for _, w := range []*shmring.Waker{e.inData, e.inSpace, e.outData, e.outSpace} {
+			if w != nil {
+				w.Wake()
+			}
+		}
+		if e.in != nil {
+			e.region.SetClosed()
+		}
+		// The daemon's own wakers unblock its sleepers when closed.
+		for _, w := range []*shmring.Waker{e.inData, e.outSpace} {
+			if w != nil {
+				w.Close()
+			}
+		}
+		e.wmu.Lock()
+		e.rmu.Lock()
+		for _, w := range []*shmring.Waker{e.inSpace, e.outData} {
+			if w != nil {
+				w.Close()
+			}
+		}
+		e.region.Close()
+		e.rmu.Unlock()
+		e.wmu.Unlock()
+	})
+	return nil
+}

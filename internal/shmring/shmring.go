@@ -1,0 +1,466 @@
+// Package shmring holds the fast path's shared memory: one memfd per port
+// with two single-producer, single-consumer rings of fixed-size slots, one
+// each way between a member and the daemon, and eventfd wake-ups.
+//
+// The daemon makes the region (sealed against shrinking and growing) and
+// passes its descriptor, with the eventfds, to the one member it is for. A
+// member can therefore scribble only over its own rings, and the daemon
+// never trusts what it reads back from them: it keeps its own indices in
+// private memory, checks every index and length the member publishes, and
+// treats any inconsistency as ErrCorrupt.
+//
+// Layout (little-endian, offsets in bytes):
+//
+//	0     magic "IPNR", version, slots (power of two), slot size, closed
+//	64    ring 0 (member to daemon): tail (producer), at 128 head (consumer),
+//	      at 192 consumer-waiting and producer-waiting flags
+//	256   ring 1 (daemon to member): the same at 256, 320, 384
+//	4096  ring 0's slots, then ring 1's: a u32 length, then the message
+package shmring
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Ring numbers in a region.
+const (
+	ToDaemon = 0 // the member produces, the daemon consumes
+	ToMember = 1 // the daemon produces, the member consumes
+)
+
+const (
+	magic      = 0x524e5049 // "IPNR"
+	version    = 1
+	headerSize = 4096
+	ringCtl    = 64  // ring 0's control block; ring 1's is at ringCtl+ringCtlLen
+	ringCtlLen = 192 // tail, head, flags: one cache line each
+	maxRing    = 4 << 20
+	maxSlots   = 512
+	minSlots   = 8
+)
+
+// ErrCorrupt reports indices or lengths in shared memory that no correct
+// peer would publish.
+var ErrCorrupt = errors.New("shared ring corrupt")
+
+// Layout is the geometry of a region's rings.
+type Layout struct {
+	Slots    int // per ring, a power of two
+	SlotSize int // bytes per slot: a 4-byte length and the message
+}
+
+// LayoutFor returns the layout for messages of up to mtu bytes: up to 512
+// slots per ring, fewer for large MTUs so that a ring stays within 4 MiB.
+func LayoutFor(mtu int) Layout {
+	size := (4 + mtu + 63) &^ 63
+	slots := maxSlots
+	for slots > minSlots && slots*size > maxRing {
+		slots /= 2
+	}
+	return Layout{Slots: slots, SlotSize: size}
+}
+
+// MaxMsg is the longest message a slot holds.
+func (l Layout) MaxMsg() int { return l.SlotSize - 4 }
+
+func (l Layout) size() int {
+	return headerSize + 2*l.Slots*l.SlotSize
+}
+
+func (l Layout) valid() bool {
+	return l.Slots >= minSlots && l.Slots <= maxSlots && l.Slots&(l.Slots-1) == 0 &&
+		l.SlotSize >= 64 && l.SlotSize%64 == 0 && l.Slots*l.SlotSize <= maxRing
+}
+
+// Region is a mapped pair of rings.
+type Region struct {
+	mem    []byte
+	layout Layout
+	fd     int // the memfd, or -1 once closed
+}
+
+// Create makes a sealed memfd region with layout l, mapped, for the daemon.
+func Create(l Layout) (*Region, error) {
+	if !l.valid() {
+		return nil, fmt.Errorf("ring layout %+v: %w", l, syscall.EINVAL)
+	}
+	fd, err := unix.MemfdCreate("ipn-ring", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	if err != nil {
+		return nil, fmt.Errorf("memfd_create: %w", err)
+	}
+	if err := unix.Ftruncate(fd, int64(l.size())); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("size ring memory: %w", err)
+	}
+	// The member may not shrink the file under the daemon's mapping.
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS,
+		unix.F_SEAL_SHRINK|unix.F_SEAL_GROW|unix.F_SEAL_SEAL); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("seal ring memory: %w", err)
+	}
+	mem, err := unix.Mmap(fd, 0, l.size(), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("map ring memory: %w", err)
+	}
+	r := &Region{mem: mem, layout: l, fd: fd}
+	r.u32(0).Store(magic)
+	r.u32(4).Store(version)
+	r.u32(8).Store(uint32(l.Slots))
+	r.u32(12).Store(uint32(l.SlotSize))
+	return r, nil
+}
+
+// Map maps the region of memfd fd, made by Create in another process, and
+// checks its header. It takes ownership of fd.
+func Map(fd int) (*Region, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("ring memory: %w", err)
+	}
+	if st.Size < headerSize || st.Size > headerSize+2*maxRing {
+		unix.Close(fd)
+		return nil, fmt.Errorf("ring memory of %d bytes: %w", st.Size, syscall.EPROTO)
+	}
+	mem, err := unix.Mmap(fd, 0, int(st.Size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("map ring memory: %w", err)
+	}
+	r := &Region{mem: mem, fd: fd}
+	r.layout = Layout{Slots: int(r.u32(8).Load()), SlotSize: int(r.u32(12).Load())}
+	if r.u32(0).Load() != magic || r.u32(4).Load() != version || !r.layout.valid() ||
+		r.layout.size() != len(mem) {
+		r.Close()
+		return nil, fmt.Errorf("ring memory header: %w", syscall.EPROTO)
+	}
+	return r, nil
+}
+
+// FD returns the region's memfd, to pass to the member.
+func (r *Region) FD() int { return r.fd }
+
+// Layout returns the region's geometry.
+func (r *Region) Layout() Layout { return r.layout }
+
+// Close unmaps the region and closes its memfd. Nothing may use its rings
+// any more.
+func (r *Region) Close() error {
+	if r.mem == nil {
+		return nil
+	}
+	err := unix.Munmap(r.mem)
+	r.mem = nil
+	if r.fd >= 0 {
+		unix.Close(r.fd)
+		r.fd = -1
+	}
+	return err
+}
+
+// SetClosed marks the region as abandoned by the daemon: the member's port
+// is gone.
+func (r *Region) SetClosed() { r.u32(16).Store(1) }
+
+// Closed reports whether the daemon marked the region closed.
+func (r *Region) Closed() bool { return r.u32(16).Load() != 0 }
+
+func (r *Region) u32(off int) *atomic.Uint32 {
+	return (*atomic.Uint32)(unsafe.Pointer(&r.mem[off]))
+}
+
+func (r *Region) u64(off int) *atomic.Uint64 {
+	return (*atomic.Uint64)(unsafe.Pointer(&r.mem[off]))
+}
+
+// ring is what both ends of one ring share.
+type ring struct {
+	tail      *atomic.Uint64 // next slot the producer fills
+	head      *atomic.Uint64 // next slot the consumer empties
+	consWait  *atomic.Uint32 // the consumer sleeps: wake it after a push
+	prodWait  *atomic.Uint32 // the producer sleeps: wake it after a pop
+	slots     []byte
+	mask      uint64
+	n         uint64
+	slotSize  int
+	maxMsgLen uint32
+}
+
+func (r *Region) ring(i int) ring {
+	ctl := ringCtl + i*ringCtlLen
+	l := r.layout
+	start := headerSize + i*l.Slots*l.SlotSize
+	return ring{
+		tail:      r.u64(ctl),
+		head:      r.u64(ctl + 64),
+		consWait:  r.u32(ctl + 128),
+		prodWait:  r.u32(ctl + 132),
+		slots:     r.mem[start : start+l.Slots*l.SlotSize : start+l.Slots*l.SlotSize],
+		mask:      uint64(l.Slots - 1),
+		n:         uint64(l.Slots),
+		slotSize:  l.SlotSize,
+		maxMsgLen: uint32(l.MaxMsg()),
+	}
+}
+
+// Producer fills one ring. Its methods must not be called concurrently.
+type Producer struct {
+	ring
+	next   uint64 // private: the tail as this side knows it
+	freeTo uint64 // private: slots below this are known free
+}
+
+// Producer returns the producing end of ring i.
+func (r *Region) Producer(i int) *Producer {
+	p := &Producer{ring: r.ring(i)}
+	p.freeTo = p.n
+	return p
+}
+
+// Push copies msg into the next slot and publishes it. It reports false if
+// the ring is full; ErrCorrupt if the consumer published an impossible
+// head. msg must fit a slot.
+func (p *Producer) Push(msg []byte) (bool, error) {
+	if p.next == p.freeTo {
+		h := p.head.Load()
+		if p.next-h > p.n { // also a head beyond the tail
+			return false, ErrCorrupt
+		}
+		p.freeTo = h + p.n
+		if p.next == p.freeTo {
+			return false, nil
+		}
+	}
+	off := int(p.next&p.mask) * p.slotSize
+	s := p.slots[off : off+p.slotSize]
+	n := copy(s[4:], msg)
+	*(*uint32)(unsafe.Pointer(&s[0])) = uint32(n)
+	p.next++
+	p.tail.Store(p.next)
+	return true, nil
+}
+
+// Full reports whether the ring has no free slot, as of now.
+func (p *Producer) Full() (bool, error) {
+	if p.next != p.freeTo {
+		return false, nil
+	}
+	h := p.head.Load()
+	if p.next-h > p.n {
+		return false, ErrCorrupt
+	}
+	p.freeTo = h + p.n
+	return p.next == p.freeTo, nil
+}
+
+// ConsumerWaiting reports, and clears, the consumer's request to be woken.
+func (p *Producer) ConsumerWaiting() bool {
+	return p.consWait.Load() != 0 && p.consWait.Swap(0) != 0
+}
+
+// Consumer empties one ring. Its methods must not be called concurrently.
+type Consumer struct {
+	ring
+	next  uint64 // private: the head as this side knows it
+	avail uint64 // private: slots below this are known filled
+}
+
+// Consumer returns the consuming end of ring i.
+func (r *Region) Consumer(i int) *Consumer {
+	return &Consumer{ring: r.ring(i)}
+}
+
+// Pop copies the next message into b and reports its length (longer than b
+// if it was truncated); ok is false if the ring is empty. The slot is
+// freed for the producer only by Release.
+func (c *Consumer) Pop(b []byte) (n int, ok bool, err error) {
+	if c.next == c.avail {
+		t := c.tail.Load()
+		if t-c.next > c.n {
+			return 0, false, ErrCorrupt
+		}
+		c.avail = t
+		if c.next == t {
+			return 0, false, nil
+		}
+	}
+	off := int(c.next&c.mask) * c.slotSize
+	s := c.slots[off : off+c.slotSize]
+	l := atomic.LoadUint32((*uint32)(unsafe.Pointer(&s[0])))
+	if l > c.maxMsgLen {
+		return 0, false, ErrCorrupt
+	}
+	copy(b, s[4:4+l])
+	c.next++
+	return int(l), true, nil
+}
+
+// Empty reports whether no message waits, as of now.
+func (c *Consumer) Empty() (bool, error) {
+	if c.next != c.avail {
+		return false, nil
+	}
+	t := c.tail.Load()
+	if t-c.next > c.n {
+		return false, ErrCorrupt
+	}
+	c.avail = t
+	return c.next == t, nil
+}
+
+// Release publishes the slots popped so far as free.
+func (c *Consumer) Release() {
+	c.head.Store(c.next)
+}
+
+// ProducerWaiting reports, and clears, the producer's request to be woken.
+func (c *Consumer) ProducerWaiting() bool {
+	return c.prodWait.Load() != 0 && c.prodWait.Swap(0) != 0
+}
+
+// Waker is one eventfd: the side that sleeps reads it, the other side
+// writes it.
+type Waker struct {
+	f   *os.File
+	raw syscall.RawConn
+}
+
+// NewWaker makes a non-blocking eventfd.
+func NewWaker() (*Waker, error) {
+	fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		return nil, fmt.Errorf("eventfd: %w", err)
+	}
+	return WakerFromFD(fd)
+}
+
+// WakerFromFD takes ownership of eventfd fd (received from the daemon).
+func WakerFromFD(fd int) (*Waker, error) {
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("eventfd: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), "ipn-wake")
+	raw, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("eventfd: %w", err)
+	}
+	return &Waker{f: f, raw: raw}, nil
+}
+
+// FD returns the eventfd, to pass to the other side; it stays the Waker's.
+func (w *Waker) FD() int { return int(w.f.Fd()) }
+
+var one = [8]byte{1}
+
+// Wake makes the sleeping side's Sleep return.
+func (w *Waker) Wake() {
+	w.raw.Write(func(fd uintptr) bool {
+		unix.Write(int(fd), one[:])
+		return true
+	})
+}
+
+// Sleep waits until Wake was called since the last Sleep, the deadline set
+// by SetDeadline passes (os.ErrDeadlineExceeded), or Close (os.ErrClosed).
+func (w *Waker) Sleep() error {
+	var b [8]byte
+	_, err := w.f.Read(b[:])
+	if err != nil {
+		var pe *os.PathError
+		if errors.As(err, &pe) {
+			return pe.Err
+		}
+	}
+	return err
+}
+
+// SetDeadline sets when Sleep gives up; the zero time means never.
+func (w *Waker) SetDeadline(t time.Time) error { return w.f.SetReadDeadline(t) }
+
+// Close releases the eventfd and makes a Sleep in progress return.
+func (w *Waker) Close() error { return w.f.Close() }
+
+// Spin is how long a side polls its ring before it sleeps.
+var Spin = 20 * time.Microsecond
+
+// WaitData waits until c has a message: it polls for Spin, then asks the
+// producer to wake it and sleeps on w. done is checked while polling and
+// before sleeping; when it reports true WaitData returns nil.
+func (c *Consumer) WaitData(w *Waker, done func() bool) error {
+	for {
+		if empty, err := c.Empty(); err != nil || !empty {
+			return err
+		}
+		if done() {
+			return nil
+		}
+		if spin(func() bool { e, err := c.Empty(); return err != nil || !e || done() }) {
+			continue
+		}
+		c.consWait.Store(1)
+		if empty, err := c.Empty(); err != nil || !empty || done() {
+			c.consWait.Store(0)
+			return err
+		}
+		if err := w.Sleep(); err != nil {
+			c.consWait.Store(0)
+			return err
+		}
+	}
+}
+
+// WaitSpace waits until p has a free slot, as WaitData waits for data.
+func (p *Producer) WaitSpace(w *Waker, done func() bool) error {
+	for {
+		if full, err := p.Full(); err != nil || !full {
+			return err
+		}
+		if done() {
+			return nil
+		}
+		if spin(func() bool { f, err := p.Full(); return err != nil || !f || done() }) {
+			continue
+		}
+		p.prodWait.Store(1)
+		if full, err := p.Full(); err != nil || !full || done() {
+			p.prodWait.Store(0)
+			return err
+		}
+		if err := w.Sleep(); err != nil {
+			p.prodWait.Store(0)
+			return err
+		}
+	}
+}
+
+// spin polls ready for up to Spin, yielding the processor between polls,
+// and reports whether it became true.
+func spin(ready func() bool) bool {
+	if Spin <= 0 {
+		return false
+	}
+	start := time.Now()
+	for i := 0; ; i++ {
+		if ready() {
+			return true
+		}
+		if i%64 == 63 {
+			if time.Since(start) > Spin {
+				return false
+			}
+			runtime.Gosched()
+		}
+	}
+}
