@@ -2,252 +2,965 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
-	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
-	"sync/atomic"
+	"strconv"
+	"strings"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 
-	"github.com/ipn-project/ipn"
+	"github.com/ipn-project/ipn/internal/benchpeer"
 )
 
 func init() {
 	commands = append(commands, benchCmd)
 }
 
-// benchRow is one measurement of ipn bench.
+// The paths ipn bench drives, in the order it runs them.
+const (
+	pathFast      = "fast"       // IPN over the shared-memory fast path
+	pathSocket    = "socket"     // IPN over the socket path
+	pathVDE       = "vde"        // an IPN network served to VDE clients
+	pathVDESwitch = "vde_switch" // Debian's vde_switch
+	pathNATS      = "nats"       // NATS core pub/sub
+)
+
+var benchPaths = []string{pathFast, pathSocket, pathVDE, pathVDESwitch, pathNATS}
+
+// lightRate is the sender's pace in the light-load latency scenario.
+const lightRate = 20000
+
+// benchRow is one measurement of ipn bench: one scenario on one path.
 type benchRow struct {
-	Scenario  string  `json:"scenario"`
-	Target    string  `json:"target"`
-	Size      int     `json:"size"`
-	Sent      int64   `json:"sent"`
-	Delivered int64   `json:"delivered"`
-	Seconds   float64 `json:"seconds"`
-	Rate      float64 `json:"delivered_per_second"`
-	Loss      float64 `json:"loss"`
-	Ratio     float64 `json:"ratio_to_vde_switch,omitempty"`
+	Scenario    string   `json:"scenario"`
+	Path        string   `json:"path"`
+	Delivered   float64  `json:"delivered_per_s"`    // all receivers together
+	PerReceiver float64  `json:"per_receiver_per_s"` // the mean per receiver
+	Loss        float64  `json:"loss_pct"`
+	P50         float64  `json:"p50_us"` // one-way latency, all receivers
+	P99         float64  `json:"p99_us"`
+	CPU         float64  `json:"cpu_s_per_million"`        // server and peers
+	ServerCPU   float64  `json:"server_cpu_s_per_million"` // server alone
+	VsVDESwitch *float64 `json:"vs_vde_switch"`            // delivered/s over vde_switch's
+	VsNATS      *float64 `json:"vs_nats"`                  // delivered/s over NATS's
+	P50VsVDE    *float64 `json:"p50_vs_vde_switch,omitempty"`
+	P50VsNATS   *float64 `json:"p50_vs_nats,omitempty"`
+	Sent        int64    `json:"sent"`
+	DeliveredN  int64    `json:"delivered"`
+	Expected    int64    `json:"expected"` // deliveries the sent frames called for
+	Seconds     float64  `json:"seconds"`  // the senders' sending time
+	Size        int      `json:"size"`
+	Senders     int      `json:"senders"`
+	Receivers   int      `json:"receivers"`
+	Note        string   `json:"note"`
+	Error       string   `json:"error,omitempty"`
+}
+
+// benchScenario is one load: a policy, a shape, a frame size.
+type benchScenario struct {
+	policy   string // hub or switch
+	shape    string // 1->1, 1->4 or 4<->4
+	size     int
+	lossless bool
+	light    bool // sender paced at lightRate
+}
+
+func (s benchScenario) name() string {
+	n := fmt.Sprintf("%s %s %dB", s.policy, s.shape, s.size)
+	if s.lossless {
+		n += " lossless"
+	}
+	if s.light {
+		n += " light"
+	}
+	return n
+}
+
+// runsOn reports whether the scenario applies to path.
+func (s benchScenario) runsOn(path string) bool {
+	switch {
+	case s.lossless && path != pathFast && path != pathSocket:
+		return false
+	case path == pathNATS && s.policy != "hub":
+		return false
+	}
+	return true
+}
+
+// benchScenarios lists every scenario, in the order they run.
+func benchScenarios() []benchScenario {
+	var out []benchScenario
+	for _, lossless := range []bool{false, true} {
+		for _, policy := range []string{"hub", "switch"} {
+			for _, shape := range []string{"1->1", "1->4", "4<->4"} {
+				for _, size := range []int{64, 1500} {
+					out = append(out, benchScenario{policy: policy, shape: shape, size: size, lossless: lossless})
+				}
+			}
+		}
+	}
+	return append(out, benchScenario{policy: "hub", shape: "1->1", size: 64, light: true})
+}
+
+// benchPeerSpec is one peer of a scenario.
+type benchPeerSpec struct {
+	id         int
+	send, recv bool
+	dests      []int // unicast round robin; none: broadcast
+	hello      bool
+}
+
+// peers returns the scenario's peers. In a switch every peer first says
+// hello so that its MAC is learnt; 1->1 and 4<->4 then send unicast.
+func (s benchScenario) peers() []benchPeerSpec {
+	sw := s.policy == "switch"
+	var ps []benchPeerSpec
+	switch s.shape {
+	case "1->1", "1->4":
+		n := 1
+		if s.shape == "1->4" {
+			n = 4
+		}
+		snd := benchPeerSpec{id: 0, send: true, hello: sw}
+		if sw && n == 1 {
+			snd.dests = []int{1}
+		}
+		ps = append(ps, snd)
+		for i := 1; i <= n; i++ {
+			ps = append(ps, benchPeerSpec{id: i, recv: true, hello: sw})
+		}
+	case "4<->4":
+		for i := range 4 {
+			p := benchPeerSpec{id: i, send: true, recv: true, hello: sw}
+			if sw {
+				for j := range 4 {
+					if j != i {
+						p.dests = append(p.dests, j)
+					}
+				}
+			}
+			ps = append(ps, p)
+		}
+	}
+	return ps
+}
+
+type benchOpts struct {
+	dur       time.Duration
+	quick     bool
+	asJSON    bool
+	outFile   string
+	paths     string
+	scenarios string
+	natsBin   string
+	pool      int
 }
 
 func benchCmd() *cobra.Command {
-	var (
-		dur    time.Duration
-		size   int
-		asJSON bool
-		quick  bool
-	)
+	var o benchOpts
 	cmd := &cobra.Command{
 		Use:   "bench",
-		Short: "Measure IPN side by side with vde_switch, in one run",
-		Long: `Drive the same VDE clients (Debian's vde_plug: one sender, one receiver, a hub)
-through vde_switch and through an IPN network served with ipn vde, one
-after the other in this run, and print frames delivered per second, loss,
-and the ratio of IPN to vde_switch. Needs vde_switch and vde_plug.`,
+		Short: "Measure IPN side by side with vde_switch and NATS, in one run",
+		Long: `Drive the same load generator through IPN (fast path, socket path, served
+to VDE clients), Debian's vde_switch and NATS core pub/sub, one after the
+other on this machine, and print per scenario and path the messages
+delivered per second, loss, one-way latency, CPU per million deliveries
+and the ratios to vde_switch and NATS. See docs/performance.md.
+
+Paths: fast, socket, vde, vde_switch, nats. The IPN daemon, vde_switch and
+the NATS server each run in a process of their own, started here, as does
+every peer. vde_switch comes from Debian's vde2; the NATS peer is built
+from bench/peers/nats (ipn-bench-nats, next to this program or in $PATH,
+or --nats). A missing one is noted in its rows, not an error.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if quick {
-				dur = 500 * time.Millisecond
-			}
-			rows, err := benchVDE(cmd.Context(), dur, size)
-			if err != nil {
-				return err
-			}
-			out := cmd.OutOrStdout()
-			if asJSON {
-				enc := json.NewEncoder(out)
-				enc.SetIndent("", "  ")
-				return enc.Encode(rows)
-			}
-			for _, r := range rows {
-				fmt.Fprintf(out, "%-28s %-11s %5d B  %10.0f frames/s delivered  loss %5.1f%%", r.Scenario, r.Target, r.Size, r.Rate, 100*r.Loss)
-				if r.Ratio != 0 {
-					fmt.Fprintf(out, "  = %.2fx vde_switch", r.Ratio)
-				}
-				fmt.Fprintln(out)
-			}
-			return nil
+			return runBench(cmd, o)
 		},
 	}
-	cmd.Flags().DurationVar(&dur, "duration", 2*time.Second, "how long each target is driven")
-	cmd.Flags().IntVar(&size, "size", 64, "frame size in bytes")
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON rows")
-	cmd.Flags().BoolVar(&quick, "quick", false, "a short run (for CI)")
+	f := cmd.Flags()
+	f.DurationVar(&o.dur, "duration", 2*time.Second, "how long the senders send, per row")
+	f.BoolVar(&o.quick, "quick", false, "every row, briefly (for CI; overrides --duration)")
+	f.BoolVar(&o.asJSON, "json", false, "print the rows as JSON instead of a table")
+	f.StringVarP(&o.outFile, "output", "o", "", "also write the rows as JSON to this file")
+	f.StringVar(&o.paths, "paths", strings.Join(benchPaths, ","), "the paths to run, comma-separated")
+	f.StringVar(&o.scenarios, "scenarios", "", `only the scenarios whose name contains one of these comma-separated strings ("=NAME": exactly NAME)`)
+	f.StringVar(&o.natsBin, "nats", "", "the NATS peer program (default: ipn-bench-nats next to ipn, else in $PATH)")
+	f.IntVar(&o.pool, "pool", 0, "message pool size of the IPN networks (0: the default)")
 	return cmd
 }
 
-// benchVDE measures vde_plug traffic through vde_switch, then through IPN.
-func benchVDE(ctx context.Context, dur time.Duration, size int) ([]benchRow, error) {
-	if size < 14 || size > 1514 {
-		return nil, fmt.Errorf("--size %d: want 14..1514", size)
+func runBench(cmd *cobra.Command, o benchOpts) error {
+	if o.quick {
+		o.dur = 150 * time.Millisecond
 	}
-	for _, tool := range []string{"vde_switch", "vde_plug"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			return nil, fmt.Errorf("%s not found: install Debian's vde2 and vdeplug", tool)
+	if o.dur <= 0 {
+		return fmt.Errorf("--duration %v: want > 0", o.dur)
+	}
+	paths := map[string]bool{}
+	for _, p := range strings.Split(o.paths, ",") {
+		p = strings.TrimSpace(p)
+		if p == "" {
+			continue
+		}
+		if !containsStr(benchPaths, p) {
+			return fmt.Errorf("--paths: unknown path %q (want %s)", p, strings.Join(benchPaths, ","))
+		}
+		paths[p] = true
+	}
+	var jobs []benchJob
+	for _, sc := range benchScenarios() {
+		if !matchScenario(sc.name(), o.scenarios) {
+			continue
+		}
+		for _, p := range benchPaths {
+			if paths[p] && sc.runsOn(p) {
+				jobs = append(jobs, benchJob{sc, p})
+			}
 		}
 	}
-	dir, err := os.MkdirTemp("", "ipn-bench-")
+	if len(jobs) == 0 {
+		return errors.New("no scenario and path left to run")
+	}
+	ipnBin, err := os.Executable()
 	if err != nil {
-		return nil, err
+		return fmt.Errorf("finding the ipn program: %w", err)
+	}
+	b := &bencher{opts: o, ipnBin: ipnBin, stderr: cmd.ErrOrStderr()}
+	if _, err := exec.LookPath("vde_switch"); err != nil {
+		b.noVDESwitch = "vde_switch not installed (Debian package vde2)"
+	}
+	b.natsBin, b.noNATS = findNATSPeer(o.natsBin, ipnBin)
+	b.tmp, err = os.MkdirTemp("", "ipn-bench-")
+	if err != nil {
+		return fmt.Errorf("bench: %w", err)
+	}
+	defer os.RemoveAll(b.tmp)
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	start := time.Now()
+	var rows []benchRow
+	for i, j := range jobs {
+		if ctx.Err() != nil {
+			return errors.New("interrupted")
+		}
+		fmt.Fprintf(b.stderr, "[%d/%d] %s %s ...", i+1, len(jobs), j.sc.name(), j.path)
+		r := b.run(ctx, i, j)
+		switch {
+		case r.Error != "":
+			fmt.Fprintf(b.stderr, " error: %s\n", r.Error)
+		case r.Note != "" && r.DeliveredN == 0:
+			fmt.Fprintf(b.stderr, " %s\n", r.Note)
+		default:
+			fmt.Fprintf(b.stderr, " %.0f/s\n", r.Delivered)
+		}
+		rows = append(rows, r)
+	}
+	fmt.Fprintf(b.stderr, "%d rows in %.1fs\n", len(rows), time.Since(start).Seconds())
+	benchRatios(rows)
+
+	if o.outFile != "" {
+		data, err := json.MarshalIndent(rows, "", "  ")
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(o.outFile, append(data, '\n'), 0o666); err != nil {
+			return fmt.Errorf("writing the results: %w", err)
+		}
+	}
+	out := cmd.OutOrStdout()
+	if o.asJSON {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(rows); err != nil {
+			return err
+		}
+	} else {
+		benchTable(out, rows)
+	}
+	failed := 0
+	for _, r := range rows {
+		if r.Error != "" {
+			failed++
+		}
+	}
+	if failed > 0 {
+		return fmt.Errorf("%d of %d rows failed", failed, len(rows))
+	}
+	return nil
+}
+
+func containsStr(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// matchScenario applies the --scenarios filter.
+func matchScenario(name, filter string) bool {
+	if strings.TrimSpace(filter) == "" {
+		return true
+	}
+	for _, f := range strings.Split(filter, ",") {
+		f = strings.TrimSpace(f)
+		if exact, ok := strings.CutPrefix(f, "="); ok {
+			if name == exact {
+				return true
+			}
+		} else if f != "" && strings.Contains(name, f) {
+			return true
+		}
+	}
+	return false
+}
+
+// findNATSPeer returns the NATS peer program, or why there is none.
+func findNATSPeer(flagPath, ipnBin string) (string, string) {
+	if flagPath != "" {
+		if st, err := os.Stat(flagPath); err != nil || st.IsDir() {
+			return "", fmt.Sprintf("no NATS peer at %s (build bench/peers/nats)", flagPath)
+		}
+		return flagPath, ""
+	}
+	next := filepath.Join(filepath.Dir(ipnBin), "ipn-bench-nats")
+	if st, err := os.Stat(next); err == nil && !st.IsDir() {
+		return next, ""
+	}
+	if p, err := exec.LookPath("ipn-bench-nats"); err == nil {
+		return p, ""
+	}
+	return "", "ipn-bench-nats not found (build bench/peers/nats, or --nats)"
+}
+
+type benchJob struct {
+	sc   benchScenario
+	path string
+}
+
+// bencher runs the rows.
+type bencher struct {
+	opts        benchOpts
+	ipnBin      string
+	natsBin     string
+	noNATS      string // why NATS rows cannot run
+	noVDESwitch string // why vde_switch rows cannot run
+	tmp         string
+	stderr      io.Writer
+}
+
+// run measures one row; failures go into the row, never panic out.
+func (b *bencher) run(ctx context.Context, idx int, j benchJob) benchRow {
+	sc := j.sc
+	peers := sc.peers()
+	row := benchRow{Scenario: sc.name(), Path: j.path, Size: sc.size}
+	for _, p := range peers {
+		if p.send {
+			row.Senders++
+		}
+		if p.recv {
+			row.Receivers++
+		}
+	}
+	switch {
+	case j.path == pathVDESwitch && b.noVDESwitch != "":
+		row.Note = b.noVDESwitch
+		return row
+	case j.path == pathNATS && b.noNATS != "":
+		row.Note = b.noNATS
+		return row
+	}
+	dir, err := os.MkdirTemp(b.tmp, fmt.Sprintf("row%d-", idx))
+	if err != nil {
+		row.Error = err.Error()
+		return row
 	}
 	defer os.RemoveAll(dir)
-	scenario := "vde_plug hub 1->1"
-
-	// vde_switch in hub mode; its console is a pipe this process holds.
-	vdeDir := filepath.Join(dir, "vde_switch")
-	sw := exec.Command("vde_switch", "-x", "-s", vdeDir)
-	swIn, err := sw.StdinPipe()
-	if err != nil {
-		return nil, err
+	var procs benchProcs
+	defer procs.stopAll()
+	if err := b.measure(ctx, &row, &procs, dir, idx, sc, j.path, peers); err != nil {
+		row.Error = err.Error()
 	}
-	sw.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := sw.Start(); err != nil {
-		return nil, err
-	}
-	defer func() {
-		swIn.Close()
-		syscall.Kill(-sw.Process.Pid, syscall.SIGKILL)
-		sw.Wait()
-	}()
-	if err := waitPath(filepath.Join(vdeDir, "ctl")); err != nil {
-		return nil, fmt.Errorf("vde_switch did not start: %w", err)
-	}
-	base, err := driveVDE(vdeDir, dur, size)
-	if err != nil {
-		return nil, fmt.Errorf("through vde_switch: %w", err)
-	}
-	base.Scenario, base.Target = scenario, "vde_switch"
-
-	s, err := ipn.NewSocket(ipn.Hub)
-	if err != nil {
-		return nil, err
-	}
-	defer s.Close()
-	if err := s.Bind(filepath.Join(dir, "ipn")); err != nil {
-		return nil, err
-	}
-	ipnDir := filepath.Join(dir, "ipn.vde")
-	if err := s.ServeVDE(ipnDir); err != nil {
-		return nil, err
-	}
-	row, err := driveVDE(ipnDir, dur, size)
-	if err != nil {
-		return nil, fmt.Errorf("through ipn: %w", err)
-	}
-	row.Scenario, row.Target = scenario, "ipn"
-	if base.Rate > 0 {
-		row.Ratio = row.Rate / base.Rate
-	}
-	return []benchRow{base, row}, nil
+	return row
 }
 
-func waitPath(p string) error {
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if _, err := os.Stat(p); err == nil {
+// measure starts the row's server and peers, runs the load and fills row.
+func (b *bencher) measure(ctx context.Context, row *benchRow, procs *benchProcs, dir string, idx int,
+	sc benchScenario, path string, peers []benchPeerSpec) error {
+	deadline := b.opts.dur + 30*time.Second
+	env := os.Environ()
+	var (
+		servers []*benchProc // whose CPU counts as the server's
+		target  string       // what peers join
+		argv    []string     // the peer program and its leading arguments
+		url     string
+	)
+	switch path {
+	case pathFast, pathSocket, pathVDE:
+		sock := filepath.Join(dir, "ipn.sock")
+		env = append(env, "IPN_SOCKET="+sock, "IPN_NO_AUTOSTART=1")
+		if path == pathSocket {
+			env = append(env, "IPN_FASTPATH=0")
+		}
+		d, err := procs.start("daemon", []string{b.ipnBin, "daemon", "-f", "--socket", sock}, env, false)
+		if err != nil {
+			return err
+		}
+		if err := waitDial("unixpacket", sock, d, 10*time.Second); err != nil {
+			return fmt.Errorf("ipn daemon: %w", err)
+		}
+		netPath := filepath.Join(dir, "net")
+		hold := []string{b.ipnBin, "bench-net", "--target", netPath, "--proto", sc.policy}
+		if sc.lossless {
+			hold = append(hold, "--lossless")
+		}
+		if b.opts.pool > 0 {
+			hold = append(hold, "--pool", strconv.Itoa(b.opts.pool))
+		}
+		target = netPath
+		kind := "ipn"
+		if path == pathVDE {
+			target = filepath.Join(dir, "vde")
+			hold = append(hold, "--vde", target)
+			kind = "vde"
+		}
+		h, err := procs.start("bench-net", hold, env, true)
+		if err != nil {
+			return err
+		}
+		if _, err := h.expect("ready", 10*time.Second); err != nil {
+			return fmt.Errorf("making the network: %w", err)
+		}
+		servers = []*benchProc{d, h}
+		argv = []string{b.ipnBin, "bench-peer", "--kind", kind}
+		if path == pathSocket {
+			argv = append(argv, "--no-fast")
+		}
+	case pathVDESwitch:
+		target = filepath.Join(dir, "vde_switch")
+		sw := []string{"vde_switch", "-s", target}
+		if sc.policy == "hub" {
+			sw = []string{"vde_switch", "-x", "-s", target}
+		}
+		// Its console reads standard input, held open by procs.
+		s, err := procs.start("vde_switch", sw, env, true)
+		if err != nil {
+			return err
+		}
+		if err := waitDial("unix", filepath.Join(target, "ctl"), s, 10*time.Second); err != nil {
+			return fmt.Errorf("vde_switch: %w", err)
+		}
+		servers = []*benchProc{s}
+		argv = []string{b.ipnBin, "bench-peer", "--kind", "vde"}
+	case pathNATS:
+		s, err := procs.start("nats server", []string{b.natsBin, "server"}, env, true)
+		if err != nil {
+			return err
+		}
+		if url, err = s.expect("nats://", 10*time.Second); err != nil {
+			return fmt.Errorf("nats server: %w", err)
+		}
+		servers = []*benchProc{s}
+		target = fmt.Sprintf("ipnbench.%d", idx)
+		argv = []string{b.natsBin, "peer", "--url", url}
+	}
+
+	// The peers: all join, then the receivers get "go" first.
+	pp := make([]*benchProc, len(peers))
+	for i, p := range peers {
+		args := append(append([]string(nil), argv...),
+			"--id", strconv.Itoa(p.id), "--size", strconv.Itoa(sc.size),
+			"--target", target, "--duration", b.opts.dur.String(), "--deadline", deadline.String())
+		if p.send {
+			args = append(args, "--send")
+		}
+		if p.recv {
+			args = append(args, "--recv")
+		}
+		if p.hello {
+			args = append(args, "--hello")
+		}
+		if len(p.dests) > 0 {
+			ds := make([]string, len(p.dests))
+			for k, d := range p.dests {
+				ds[k] = strconv.Itoa(d)
+			}
+			args = append(args, "--dests", strings.Join(ds, ","))
+		}
+		if sc.light {
+			args = append(args, "--rate", strconv.Itoa(lightRate))
+		}
+		proc, err := procs.start(fmt.Sprintf("peer %d", p.id), args, env, true)
+		if err != nil {
+			return err
+		}
+		pp[i] = proc
+	}
+	for i, proc := range pp {
+		if _, err := proc.expect("ready", 15*time.Second); err != nil {
+			return fmt.Errorf("peer %d: %w", peers[i].id, err)
+		}
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	time.Sleep(20 * time.Millisecond) // the hellos reach the switch
+	cpu0 := serverCPU(servers)
+	for _, first := range []bool{true, false} {
+		for i, p := range peers {
+			if (p.recv && !p.send) == first {
+				if err := pp[i].say("go"); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	for i, p := range peers {
+		if p.send {
+			if _, err := pp[i].expect("done", b.opts.dur+15*time.Second); err != nil {
+				return fmt.Errorf("peer %d sending: %w", p.id, err)
+			}
+		}
+	}
+	// Drain: until the receivers' counts stop moving (at most a second).
+	var last int64 = -1
+	for end := time.Now().Add(time.Second); time.Now().Before(end); {
+		time.Sleep(40 * time.Millisecond)
+		var total int64
+		for i, p := range peers {
+			if !p.recv {
+				continue
+			}
+			if err := pp[i].say("count"); err != nil {
+				return err
+			}
+			l, err := pp[i].expect("count ", 5*time.Second)
+			if err != nil {
+				return fmt.Errorf("peer %d: %w", p.id, err)
+			}
+			n, _ := strconv.ParseInt(strings.TrimPrefix(l, "count "), 10, 64)
+			total += n
+		}
+		if total == last {
+			break
+		}
+		last = total
+	}
+	cpu1 := serverCPU(servers)
+	for _, proc := range pp {
+		if err := proc.say("stop"); err != nil {
+			return err
+		}
+	}
+	results := make([]benchpeer.Result, len(peers))
+	for i, proc := range pp {
+		l, err := proc.expect("{", 10*time.Second)
+		if err != nil {
+			return fmt.Errorf("peer %d result: %w", peers[i].id, err)
+		}
+		if err := json.Unmarshal([]byte(l), &results[i]); err != nil {
+			return fmt.Errorf("peer %d result %q: %w", peers[i].id, l, err)
+		}
+	}
+	benchFill(row, peers, results, cpu1-cpu0)
+	switch {
+	case path == pathFast && !allFast(results, true), path == pathFast && results[0].FastPath == nil:
+		row.Note = "fast path not negotiated"
+	case path == pathSocket && !allFast(results, false):
+		row.Note = "fast path in use despite IPN_FASTPATH=0"
+	}
+	for i, r := range results {
+		if r.Error != "" && row.Error == "" {
+			row.Error = fmt.Sprintf("peer %d: %s", peers[i].id, r.Error)
+		}
+	}
+	return nil
+}
+
+// allFast reports whether every peer that told reported fast path on.
+func allFast(rs []benchpeer.Result, on bool) bool {
+	for _, r := range rs {
+		if r.FastPath != nil && *r.FastPath != on {
+			return false
+		}
+	}
+	return true
+}
+
+// benchFill computes a row's figures from the peers' results.
+func benchFill(row *benchRow, peers []benchPeerSpec, rs []benchpeer.Result, serverCPU float64) {
+	var hist benchpeer.Hist
+	cpu := serverCPU
+	for i, p := range peers {
+		r := rs[i]
+		cpu += r.CPU
+		if p.send {
+			row.Sent += r.Sent
+			row.Seconds = max(row.Seconds, r.SendSeconds)
+		}
+		if p.recv {
+			row.DeliveredN += r.Received
+			hist.AddBuckets(r.Latency)
+		}
+	}
+	// What the sent frames call for: every other receiver for a
+	// broadcast, the destination's share of the round robin for unicast.
+	for i, s := range peers {
+		if !s.send {
+			continue
+		}
+		sent := rs[i].Sent
+		for _, r := range peers {
+			if !r.recv || r.id == s.id {
+				continue
+			}
+			if len(s.dests) == 0 {
+				row.Expected += sent
+				continue
+			}
+			for k, d := range s.dests {
+				if d == r.id {
+					n := sent / int64(len(s.dests))
+					if int64(k) < sent%int64(len(s.dests)) {
+						n++
+					}
+					row.Expected += n
+				}
+			}
+		}
+	}
+	if row.Expected > 0 {
+		row.Loss = max(0, 100*(1-float64(row.DeliveredN)/float64(row.Expected)))
+	}
+	if row.Seconds > 0 {
+		row.Delivered = float64(row.DeliveredN) / row.Seconds
+		if row.Receivers > 0 {
+			row.PerReceiver = row.Delivered / float64(row.Receivers)
+		}
+	}
+	row.P50 = float64(hist.Quantile(0.50)) / 1e3
+	row.P99 = float64(hist.Quantile(0.99)) / 1e3
+	if row.DeliveredN > 0 {
+		m := float64(row.DeliveredN) / 1e6
+		row.CPU = cpu / m
+		row.ServerCPU = serverCPU / m
+	}
+}
+
+// benchRatios sets the rows' ratios to vde_switch and NATS on the same
+// scenario.
+func benchRatios(rows []benchRow) {
+	ref := map[string]*benchRow{}
+	for i := range rows {
+		r := &rows[i]
+		if (r.Path == pathVDESwitch || r.Path == pathNATS) && r.Error == "" && r.Delivered > 0 {
+			ref[r.Scenario+"\x00"+r.Path] = r
+		}
+	}
+	ratio := func(a, b float64) *float64 {
+		if a <= 0 || b <= 0 {
 			return nil
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s did not appear", p)
+		v := a / b
+		return &v
+	}
+	for i := range rows {
+		r := &rows[i]
+		if r.Error != "" || r.Delivered <= 0 {
+			continue
 		}
-		time.Sleep(10 * time.Millisecond)
+		light := strings.HasSuffix(r.Scenario, " light")
+		if v := ref[r.Scenario+"\x00"+pathVDESwitch]; v != nil {
+			r.VsVDESwitch = ratio(r.Delivered, v.Delivered)
+			if light {
+				r.P50VsVDE = ratio(r.P50, v.P50)
+			}
+		}
+		if n := ref[r.Scenario+"\x00"+pathNATS]; n != nil {
+			r.VsNATS = ratio(r.Delivered, n.Delivered)
+			if light {
+				r.P50VsNATS = ratio(r.P50, n.P50)
+			}
+		}
 	}
 }
 
-// driveVDE joins a receiving and a sending vde_plug to the switch at dir,
-// sends broadcast frames for dur as fast as the sender takes them, and
-// counts what the receiver delivers.
-func driveVDE(dir string, dur time.Duration, size int) (benchRow, error) {
-	url := "vde://" + dir
-	recv := exec.Command("vde_plug", url)
-	recv.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	rout, err := recv.StdoutPipe()
-	if err != nil {
-		return benchRow{}, err
+// benchTable prints the rows as aligned columns.
+func benchTable(w io.Writer, rows []benchRow) {
+	head := []string{"SCENARIO", "PATH", "DELIVERED/s", "PER RCV/s", "LOSS%", "P50us", "P99us", "CPUs/M", "SRVs/M", "vs VDE_SW", "vs NATS", "NOTE"}
+	cells := [][]string{head}
+	ratio := func(v *float64) string {
+		if v == nil {
+			return "-"
+		}
+		return fmt.Sprintf("%.2fx", *v)
 	}
-	rin, _ := recv.StdinPipe() // held open: vde_plug ends when its input does
-	if err := recv.Start(); err != nil {
-		return benchRow{}, err
+	for _, r := range rows {
+		note := r.Note
+		if r.Error != "" {
+			note = "error: " + r.Error
+		}
+		if r.P50VsVDE != nil || r.P50VsNATS != nil {
+			note = strings.TrimSpace(fmt.Sprintf("p50 %s vde_switch, %s nats; %s", ratio(r.P50VsVDE), ratio(r.P50VsNATS), note))
+			note = strings.TrimSuffix(note, ";")
+		}
+		if r.DeliveredN == 0 && r.Error == "" && r.Sent == 0 {
+			cells = append(cells, []string{r.Scenario, r.Path, "-", "-", "-", "-", "-", "-", "-", "-", "-", note})
+			continue
+		}
+		cells = append(cells, []string{
+			r.Scenario, r.Path,
+			fmt.Sprintf("%.0f", r.Delivered), fmt.Sprintf("%.0f", r.PerReceiver),
+			fmt.Sprintf("%.2f", r.Loss), fmt.Sprintf("%.1f", r.P50), fmt.Sprintf("%.1f", r.P99),
+			fmt.Sprintf("%.2f", r.CPU), fmt.Sprintf("%.2f", r.ServerCPU),
+			ratio(r.VsVDESwitch), ratio(r.VsNATS), note,
+		})
 	}
-	defer func() {
-		rin.Close()
-		syscall.Kill(-recv.Process.Pid, syscall.SIGKILL)
-		recv.Wait()
-	}()
-	var got atomic.Int64
-	go func() {
-		r := bufio.NewReaderSize(rout, 1<<20)
-		var hdr [2]byte
-		for {
-			if _, err := io.ReadFull(r, hdr[:]); err != nil {
-				return
-			}
-			n := int(binary.BigEndian.Uint16(hdr[:]))
-			if _, err := r.Discard(n); err != nil {
-				return
-			}
-			if n == size {
-				got.Add(1)
+	width := make([]int, len(head))
+	for _, c := range cells {
+		for i, s := range c {
+			width[i] = max(width[i], len(s))
+		}
+	}
+	for _, c := range cells {
+		var line strings.Builder
+		for i, s := range c {
+			switch {
+			case i == len(c)-1:
+				line.WriteString(s)
+			case i < 2:
+				fmt.Fprintf(&line, "%-*s  ", width[i], s)
+			default:
+				fmt.Fprintf(&line, "%*s  ", width[i], s)
 			}
 		}
-	}()
-	send := exec.Command("vde_plug", url)
-	send.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	sin, err := send.StdinPipe()
+		fmt.Fprintln(w, strings.TrimRight(line.String(), " "))
+	}
+}
+
+// serverCPU returns the CPU seconds (user and system) the processes used
+// so far.
+func serverCPU(ps []*benchProc) float64 {
+	var t float64
+	for _, p := range ps {
+		t += procCPU(p.cmd.Process.Pid)
+	}
+	return t
+}
+
+// procCPU reads utime and stime of a process from /proc/PID/stat, in
+// seconds (the kernel counts in USER_HZ, 100 per second), or 0.
+func procCPU(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return benchRow{}, err
+		return 0
 	}
-	if err := send.Start(); err != nil {
-		return benchRow{}, err
+	// The command name, in parentheses, may hold spaces: fields are
+	// counted after its closing parenthesis, from field 3 (state).
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0
 	}
-	defer func() {
-		syscall.Kill(-send.Process.Pid, syscall.SIGKILL)
-		send.Wait()
-	}()
-	// A warm-up frame from the sender, until the receiver sees one: both
-	// are joined.
-	frame := make([]byte, 2+size)
-	binary.BigEndian.PutUint16(frame, uint16(size))
-	copy(frame[2:], []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02, 0, 0, 0, 0, 1, 0x88, 0xb6})
-	deadline := time.Now().Add(5 * time.Second)
-	for got.Load() == 0 {
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseFloat(f[11], 64) // field 14
+	st, _ := strconv.ParseFloat(f[12], 64) // field 15
+	return (ut + st) / 100
+}
+
+// waitDial waits until a socket at path accepts a connection, or p exits.
+func waitDial(network, path string, p *benchProc, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		c, err := net.Dial(network, path)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		if p.exited() {
+			return fmt.Errorf("exited: %s", p.stderrText())
+		}
 		if time.Now().After(deadline) {
-			return benchRow{}, fmt.Errorf("no frame crossed in 5s")
+			return fmt.Errorf("%s did not answer in %v: %w", path, timeout, err)
 		}
-		sin.Write(frame)
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(5 * time.Millisecond)
 	}
-	batch := make([]byte, 0, 64*len(frame))
-	for i := 0; i < 64; i++ {
-		batch = append(batch, frame...)
+}
+
+// benchProc is a child process of ipn bench, in a process group of its
+// own, with its output read line by line.
+type benchProc struct {
+	name   string
+	cmd    *exec.Cmd
+	stdin  io.WriteCloser
+	lines  chan string   // standard output, line by line
+	quit   chan struct{} // closed by stop: the reader gives up
+	read   chan struct{} // closed when the reader returns
+	waited chan struct{} // closed when the process was waited for
+	stderr *capBuffer
+}
+
+// benchProcs owns the processes of a row.
+type benchProcs struct{ ps []*benchProc }
+
+// start starts argv with env. Its standard input is a pipe held until
+// stop when hold is set, else /dev/null.
+func (bp *benchProcs) start(name string, argv, env []string, hold bool) (*benchProc, error) {
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = env
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	p := &benchProc{
+		name: name, cmd: cmd,
+		lines: make(chan string, 16), quit: make(chan struct{}),
+		read: make(chan struct{}), waited: make(chan struct{}),
+		stderr: &capBuffer{max: 4096},
 	}
-	got.Store(0)
-	var sent int64
-	start := time.Now()
-	for time.Since(start) < dur {
-		if _, err := sin.Write(batch); err != nil {
-			return benchRow{}, err
+	cmd.Stderr = p.stderr
+	var err error
+	if hold {
+		if p.stdin, err = cmd.StdinPipe(); err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
 		}
-		sent += 64
 	}
-	// Let what is in flight arrive, briefly.
-	last, quiet := got.Load(), time.Now()
-	for time.Since(quiet) < 100*time.Millisecond {
-		time.Sleep(10 * time.Millisecond)
-		if n := got.Load(); n != last {
-			last, quiet = n, time.Now()
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting %s: %w", name, err)
+	}
+	bp.ps = append(bp.ps, p)
+	go func() {
+		defer close(p.read)
+		defer close(p.lines)
+		sc := bufio.NewScanner(out)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			select {
+			case p.lines <- sc.Text():
+			case <-p.quit:
+				return
+			}
+		}
+	}()
+	go func() {
+		<-p.read
+		cmd.Wait()
+		close(p.waited)
+	}()
+	return p, nil
+}
+
+// stopAll stops every process, the last started first.
+func (bp *benchProcs) stopAll() {
+	for i := len(bp.ps) - 1; i >= 0; i-- {
+		bp.ps[i].stop()
+	}
+	bp.ps = nil
+}
+
+// say writes a line to the process.
+func (p *benchProc) say(line string) error {
+	if p.stdin == nil {
+		return fmt.Errorf("%s takes no input", p.name)
+	}
+	if _, err := io.WriteString(p.stdin, line+"\n"); err != nil {
+		return fmt.Errorf("%s: %w (%s)", p.name, err, p.stderrText())
+	}
+	return nil
+}
+
+// expect reads lines until one starts with prefix, and returns it.
+func (p *benchProc) expect(prefix string, timeout time.Duration) (string, error) {
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	for {
+		select {
+		case l, ok := <-p.lines:
+			if !ok {
+				return "", fmt.Errorf("%s ended before %q: %s", p.name, prefix, p.stderrText())
+			}
+			if strings.HasPrefix(l, prefix) {
+				return l, nil
+			}
+		case <-t.C:
+			return "", fmt.Errorf("%s: no %q in %v", p.name, prefix, timeout)
 		}
 	}
-	secs := time.Since(start).Seconds()
-	row := benchRow{Size: size, Sent: sent, Delivered: last, Seconds: secs, Rate: float64(last) / secs}
-	if sent > 0 {
-		row.Loss = 1 - float64(min(last, sent))/float64(sent)
+}
+
+func (p *benchProc) exited() bool {
+	select {
+	case <-p.read:
+		return true
+	default:
+		return false
 	}
-	return row, nil
+}
+
+// stop ends the process: its input closes, and its process group is
+// killed if it has not exited shortly after (SIGTERM first).
+func (p *benchProc) stop() {
+	if p.stdin != nil {
+		p.stdin.Close()
+	}
+	pid := p.cmd.Process.Pid
+	grace := 300 * time.Millisecond
+	if p.stdin == nil {
+		grace = 0 // a daemon: it stops at SIGTERM
+	}
+	select {
+	case <-p.waited:
+	case <-time.After(grace):
+		syscall.Kill(-pid, syscall.SIGTERM)
+		select {
+		case <-p.waited:
+		case <-time.After(time.Second):
+		}
+	}
+	syscall.Kill(-pid, syscall.SIGKILL) // whatever of the group is left
+	close(p.quit)
+	<-p.waited
+}
+
+func (p *benchProc) stderrText() string {
+	return strings.TrimSpace(p.stderr.String())
+}
+
+// capBuffer keeps the first max bytes written to it.
+type capBuffer struct {
+	mu  sync.Mutex
+	max int
+	buf bytes.Buffer
+}
+
+func (c *capBuffer) Write(b []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if room := c.max - c.buf.Len(); room > 0 {
+		c.buf.Write(b[:min(len(b), room)])
+	}
+	return len(b), nil
+}
+
+func (c *capBuffer) String() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.buf.String()
 }
