@@ -2,6 +2,7 @@ package ipn_test
 
 import (
 	"bufio"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -28,6 +29,8 @@ func runHelper(name string, args []string) int {
 		err = helpRecv(args[0])
 	case "stream":
 		err = helpStream(args[0])
+	case "flood":
+		err = helpFlood(args[0])
 	case "bindwait":
 		err = helpBindWait(args[0])
 	case "idle":
@@ -142,6 +145,27 @@ func helpStream(path string) error {
 			return err
 		}
 		time.Sleep(time.Millisecond) // a steady stream, not a flood
+	}
+}
+
+// helpFlood sends numbered 64-byte messages to path as fast as it can,
+// until it is killed.
+func helpFlood(path string) error {
+	s, err := ipn.NewSocket(ipn.Any)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	if err := s.Connect(path); err != nil {
+		return err
+	}
+	fmt.Printf("ready fast=%v port=%d\n", s.FastPath(), s.Port())
+	msg := make([]byte, 64)
+	for i := uint64(0); ; i++ {
+		binary.BigEndian.PutUint64(msg, i)
+		if err := s.Send(msg); err != nil {
+			return err
+		}
 	}
 }
 
