@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -30,6 +31,15 @@ type fastPath struct {
 
 	closed atomic.Bool
 	gone   atomic.Bool // the daemon went away
+	// gen counts interruptions of Recv (a new deadline, an out-of-band
+	// message); waiting is set while Recv may sleep.
+	gen     atomic.Uint64
+	waiting atomic.Bool
+	rdl     time.Time // guarded by rmu: the deadline set on rxData
+	rgen    uint64    // guarded by rmu: gen when the sleeping Recv began
+	rdone   func() bool
+	sdone   func() bool
+	closedP *atomic.Uint32 // the daemon's closed flag in the region
 }
 
 // newFastPath maps the rings of a fast-path Connect reply, taking ownership
@@ -60,13 +70,29 @@ func newFastPath(fds []int) (*fastPath, error) {
 	}
 	f.tx = f.region.Producer(shmring.ToDaemon)
 	f.rx = f.region.Consumer(shmring.ToMember)
+	f.sdone, f.rdone = f.stopped, f.recvDone
+	f.closedP = f.region.ClosedFlag()
 	return f, nil
 }
 
 // stopped reports whether waiting should end: the socket or the port is
 // gone. The caller holds smu or rmu.
 func (f *fastPath) stopped() bool {
-	return f.closed.Load() || f.gone.Load() || f.region.Closed()
+	return f.closed.Load() || f.gone.Load() || f.closedP.Load() != 0
+}
+
+// recvDone reports whether a waiting Recv should return: stopped, or
+// interrupted. The caller holds rmu.
+func (f *fastPath) recvDone() bool { return f.stopped() || f.gen.Load() != f.rgen }
+
+// interrupt makes Recv return os.ErrDeadlineExceeded, for its caller to
+// look at the deadline and the out-of-band queue again; it costs a system
+// call only if Recv sleeps.
+func (f *fastPath) interrupt() {
+	f.gen.Add(1)
+	if f.waiting.Load() {
+		f.rxData.Wake()
+	}
 }
 
 // daemonGone tells Send and Recv that the daemon is gone, waking them.
@@ -85,7 +111,7 @@ func (f *fastPath) send(msg []byte) error {
 		if f.closed.Load() {
 			return net.ErrClosed
 		}
-		if f.region.Closed() || f.gone.Load() {
+		if f.closedP.Load() != 0 || f.gone.Load() {
 			return syscall.EPIPE // the daemon dropped the port
 		}
 		ok, err := f.tx.Push(msg)
@@ -95,7 +121,7 @@ func (f *fastPath) send(msg []byte) error {
 		if ok {
 			break
 		}
-		if err := f.tx.WaitSpace(f.txSpace, f.stopped); err != nil {
+		if err := f.tx.WaitSpace(f.txSpace, f.sdone); err != nil {
 			return f.waitErr(err)
 		}
 	}
@@ -105,11 +131,11 @@ func (f *fastPath) send(msg []byte) error {
 	return nil
 }
 
-// recv takes the next message from the daemon into b, waiting up to the
-// read deadline (or a wake-up for an out-of-band message, which reports
+// recv takes the next message from the daemon into b, waiting up to
+// deadline, or until an interruption after gen (reported as
 // os.ErrDeadlineExceeded too). It returns io.EOF once the daemon dropped
 // the port and every message before is read.
-func (f *fastPath) recv(b []byte) (int, MsgFlags, error) {
+func (f *fastPath) recv(b []byte, deadline time.Time, gen uint64) (int, MsgFlags, error) {
 	f.rmu.Lock()
 	defer f.rmu.Unlock()
 	for {
@@ -130,10 +156,21 @@ func (f *fastPath) recv(b []byte) (int, MsgFlags, error) {
 			}
 			return n, 0, nil
 		}
-		if f.region.Closed() || f.gone.Load() {
+		if f.closedP.Load() != 0 || f.gone.Load() {
 			return 0, 0, io.EOF
 		}
-		if err := f.rx.WaitData(f.rxData, f.stopped); err != nil {
+		if f.gen.Load() != gen {
+			return 0, 0, os.ErrDeadlineExceeded // interrupted
+		}
+		if !deadline.Equal(f.rdl) {
+			f.rxData.SetDeadline(deadline)
+			f.rdl = deadline
+		}
+		f.rgen = gen
+		f.waiting.Store(true)
+		err = f.rx.WaitData(f.rxData, f.rdone)
+		f.waiting.Store(false)
+		if err != nil {
 			return 0, 0, f.waitErr(err)
 		}
 	}
@@ -146,9 +183,6 @@ func (f *fastPath) waitErr(err error) error {
 	}
 	return err
 }
-
-// setReadDeadline bounds Recv's wait; a time in the past wakes it.
-func (f *fastPath) setReadDeadline(t time.Time) { f.rxData.SetDeadline(t) }
 
 // setWriteDeadline bounds Send's wait for room.
 func (f *fastPath) setWriteDeadline(t time.Time) { f.txSpace.SetDeadline(t) }

@@ -187,15 +187,15 @@ func (s *Socket) pushOOB(m []byte) {
 	}
 }
 
-// setDataReadDeadline sets the deadline of the data socket or of the fast
-// path's wait for a message; the caller holds oobMu, and the socket is
-// connected.
+// setDataReadDeadline sets the deadline of the data socket, or makes the
+// fast path's Recv look at the socket's deadline and queue again; the
+// caller holds oobMu, and the socket is connected.
 func (s *Socket) setDataReadDeadline(t time.Time) {
 	s.mu.Lock()
 	data, fast := s.data, s.fast
 	s.mu.Unlock()
 	if fast != nil {
-		fast.setReadDeadline(t)
+		fast.interrupt()
 	} else if data != nil {
 		data.SetReadDeadline(t)
 	}
@@ -693,12 +693,16 @@ func (s *Socket) Recv(b []byte) (int, MsgFlags, error) {
 			s.setDataReadDeadline(rdl)
 			s.armed = true
 		}
+		var gen uint64
+		if fast != nil {
+			gen = fast.gen.Load()
+		}
 		s.oobMu.Unlock()
 
 		var n, rflags int
 		var flags MsgFlags
 		if fast != nil {
-			n, flags, err = fast.recv(b)
+			n, flags, err = fast.recv(b, rdl, gen)
 			if err == nil && n == 0 {
 				continue // an empty message: the fast path keeps no EOF in-band
 			}

@@ -175,6 +175,10 @@ func (r *Region) SetClosed() { r.u32(16).Store(1) }
 // Closed reports whether the daemon marked the region closed.
 func (r *Region) Closed() bool { return r.u32(16).Load() != 0 }
 
+// ClosedFlag returns the word Closed reads (non-zero: closed), to poll it
+// without the lookup; it is valid until Close.
+func (r *Region) ClosedFlag() *atomic.Uint32 { return r.u32(16) }
+
 func (r *Region) u32(off int) *atomic.Uint32 {
 	return (*atomic.Uint32)(unsafe.Pointer(&r.mem[off]))
 }
@@ -456,7 +460,7 @@ func spin(ready func() bool) bool {
 		if ready() {
 			return true
 		}
-		if i%64 == 63 {
+		if i%256 == 255 {
 			if time.Since(start) > Spin {
 				return false
 			}
