@@ -1,72 +1,32 @@
-// Package sockio reads batches of datagrams (or SOCK_SEQPACKET packets) from
-// a socket in one wake-up of Go's poller.
+// Package sockio reads and writes batches of datagrams (or SOCK_SEQPACKET
+// packets) on a socket in one wake-up of Go's poller, with recvmmsg(2) and
+// sendmmsg(2).
 package sockio
 
 import (
-	"errors"
-	"io"
 	"os"
+	"sync"
 	"syscall"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
 
 // ReadBatch waits until raw's socket is readable, then reads into bufs as
-// many messages as are queued, up to len(bufs), without waiting again.
-// sizes[i] is message i's length, len(bufs[i])+1 if it was truncated. A
-// zero-length message is skipped when skipEmpty is set; otherwise it ends
-// the batch with io.EOF (a SOCK_SEQPACKET peer's end) if it is the first.
+// many messages as are queued, up to len(bufs), with one recvmmsg(2) per
+// wake-up. It is Reader.Read with a Reader taken from a pool; see there for
+// sizes and zero-length messages. An endpoint that reads often keeps its own
+// Reader.
 func ReadBatch(raw syscall.RawConn, bufs [][]byte, sizes []int, skipEmpty bool) (int, error) {
-	n := 0
-	var rerr error
-	err := raw.Read(func(fd uintptr) bool {
-		for n < len(bufs) {
-			m, err := recv(int(fd), bufs[n])
-			if err != nil {
-				if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
-					return n > 0 // nothing yet: wait; else deliver what we have
-				}
-				rerr = err
-				return true
-			}
-			if m == 0 && !skipEmpty {
-				if n == 0 {
-					rerr = io.EOF
-				}
-				return true
-			}
-			if m == 0 {
-				continue
-			}
-			sizes[n] = min(m, len(bufs[n])+1) // over len: truncated
-			n++
-		}
-		return true
-	})
-	if err != nil && n == 0 {
-		return 0, err
-	}
-	if n > 0 {
-		return n, nil
-	}
-	return 0, rerr
+	r := readers.Get().(*Reader)
+	r.raw, r.skipEmpty = raw, skipEmpty
+	n, err := r.Read(bufs, sizes)
+	r.raw = nil
+	readers.Put(r)
+	return n, err
 }
 
-// recv reads one message without waiting and returns its full length, even
-// when b was too short (MSG_TRUNC), without building a sender address.
-func recv(fd int, b []byte) (int, error) {
-	var p unsafe.Pointer
-	if len(b) > 0 {
-		p = unsafe.Pointer(&b[0])
-	}
-	n, _, e := unix.Syscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(p), uintptr(len(b)),
-		unix.MSG_DONTWAIT|unix.MSG_TRUNC, 0, 0)
-	if e != 0 {
-		return 0, e
-	}
-	return int(n), nil
-}
+// readers are ReadBatch's Readers.
+var readers = sync.Pool{New: func() any { return NewReader(nil, false) }}
 
 // WriteEach writes each message with one write(2), never waiting: a message
 // the descriptor refuses is dropped, unless gone(err) says the descriptor
