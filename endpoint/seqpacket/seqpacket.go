@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"sync"
-	"syscall"
 
 	"golang.org/x/sys/unix"
 
@@ -19,7 +18,8 @@ import (
 // Endpoint carries a port's messages over a SOCK_SEQPACKET socket.
 type Endpoint struct {
 	conn *net.UnixConn
-	raw  syscall.RawConn
+	r    *sockio.Reader // recvmmsg
+	w    *sockio.Writer // sendmmsg
 	oob  func([]byte) error
 	once sync.Once
 	err  error
@@ -34,7 +34,7 @@ var (
 // out-of-band messages (the daemon sends them on the control connection).
 func New(conn *net.UnixConn, oob func([]byte) error) *Endpoint {
 	raw, _ := conn.SyscallConn()
-	return &Endpoint{conn: conn, raw: raw, oob: oob}
+	return &Endpoint{conn: conn, r: sockio.NewReader(raw, false), w: sockio.NewWriter(raw), oob: oob}
 }
 
 // Read implements endpoint.Endpoint.Read: the messages queued, at least
@@ -42,10 +42,11 @@ func New(conn *net.UnixConn, oob func([]byte) error) *Endpoint {
 // or shut down its sending side.
 func (e *Endpoint) Read(bufs [][]byte, sizes []int) (int, error) {
 	for {
-		n, err := sockio.ReadBatch(e.raw, bufs, sizes, false)
+		n, err := e.r.Read(bufs, sizes)
 		if errors.Is(err, io.EOF) {
 			// SOCK_SEQPACKET reads 0 bytes both at the end and for an
-			// empty packet; only a hung-up peer is the end.
+			// empty packet; only a hung-up peer is the end. (Empty
+			// packets among others never get here: Read drops them.)
 			if e.hungUp() {
 				return 0, io.EOF
 			}
@@ -60,14 +61,10 @@ func (e *Endpoint) hungUp() bool {
 	return wire.Poll(e.conn, unix.POLLRDHUP)&(unix.POLLRDHUP|unix.POLLHUP|unix.POLLERR) != 0
 }
 
-// Write implements endpoint.Endpoint.Write.
+// Write implements endpoint.Endpoint.Write: one sendmmsg(2) per wake-up,
+// waiting while the node's socket is full (it drops nothing).
 func (e *Endpoint) Write(msgs [][]byte) (int, error) {
-	for i, m := range msgs {
-		if _, err := e.conn.Write(m); err != nil {
-			return i, err
-		}
-	}
-	return len(msgs), nil
+	return e.w.Write(msgs)
 }
 
 // WriteOOB implements endpoint.OOBWriter.
