@@ -102,65 +102,84 @@ func (f *fastPath) daemonGone() {
 	f.txSpace.Wake()
 }
 
-// send copies msg into the ring to the daemon, waiting for room up to the
-// write deadline.
-func (f *fastPath) send(msg []byte) error {
+// send copies msgs into the ring to the daemon, in order, waiting for room
+// up to the write deadline, and returns how many it sent.
+func (f *fastPath) send(msgs [][]byte) (int, error) {
 	f.smu.Lock()
 	defer f.smu.Unlock()
-	for {
+	sent := 0
+	for sent < len(msgs) {
 		if f.closed.Load() {
-			return net.ErrClosed
+			return sent, net.ErrClosed
 		}
 		if f.closedP.Load() != 0 || f.gone.Load() {
-			return syscall.EPIPE // the daemon dropped the port
+			return sent, syscall.EPIPE // the daemon dropped the port
 		}
-		ok, err := f.tx.Push(msg)
-		if err != nil {
-			return err
+		for sent < len(msgs) {
+			ok, err := f.tx.Put(msgs[sent])
+			if err != nil {
+				return sent, err
+			}
+			if !ok {
+				break
+			}
+			sent++
 		}
-		if ok {
-			break
+		f.tx.Publish()
+		if f.tx.ConsumerWaiting() {
+			f.txData.Wake()
 		}
-		if err := f.tx.WaitSpace(f.txSpace, f.sdone); err != nil {
-			return f.waitErr(err)
+		if sent < len(msgs) {
+			if err := f.tx.WaitSpace(f.txSpace, f.sdone); err != nil {
+				return sent, f.waitErr(err)
+			}
 		}
 	}
-	if f.tx.ConsumerWaiting() {
-		f.txData.Wake()
-	}
-	return nil
+	return sent, nil
 }
 
-// recv takes the next message from the daemon into b, waiting up to
-// deadline, or until an interruption after gen (reported as
+// recv takes the messages from the daemon into ms, at least one, waiting
+// up to deadline, or until an interruption after gen (reported as
 // os.ErrDeadlineExceeded too). It returns io.EOF once the daemon dropped
 // the port and every message before is read.
-func (f *fastPath) recv(b []byte, deadline time.Time, gen uint64) (int, MsgFlags, error) {
+func (f *fastPath) recv(ms []Message, deadline time.Time, gen uint64) (int, error) {
 	f.rmu.Lock()
 	defer f.rmu.Unlock()
 	for {
 		if f.closed.Load() {
-			return 0, 0, net.ErrClosed
+			return 0, net.ErrClosed
 		}
-		n, ok, err := f.rx.Pop(b)
-		if err != nil {
-			return 0, 0, err
+		n := 0
+		for n < len(ms) {
+			m := &ms[n]
+			l, ok, err := f.rx.Pop(m.Buf)
+			if err != nil {
+				return n, err
+			}
+			if !ok {
+				break
+			}
+			if l == 0 {
+				continue // an empty message: nothing to report
+			}
+			m.N, m.Flags = l, 0
+			if l > len(m.Buf) {
+				m.N, m.Flags = len(m.Buf), MsgTrunc
+			}
+			n++
 		}
-		if ok {
+		if n > 0 {
 			f.rx.Release()
 			if f.rx.ProducerWaiting() {
 				f.rxSpace.Wake()
 			}
-			if n > len(b) {
-				return len(b), MsgTrunc, nil
-			}
-			return n, 0, nil
+			return n, nil
 		}
 		if f.closedP.Load() != 0 || f.gone.Load() {
-			return 0, 0, io.EOF
+			return 0, io.EOF
 		}
 		if f.gen.Load() != gen {
-			return 0, 0, os.ErrDeadlineExceeded // interrupted
+			return 0, os.ErrDeadlineExceeded // interrupted
 		}
 		if !deadline.Equal(f.rdl) {
 			f.rxData.SetDeadline(deadline)
@@ -168,10 +187,10 @@ func (f *fastPath) recv(b []byte, deadline time.Time, gen uint64) (int, MsgFlags
 		}
 		f.rgen = gen
 		f.waiting.Store(true)
-		err = f.rx.WaitData(f.rxData, f.rdone)
+		err := f.rx.WaitData(f.rxData, f.rdone)
 		f.waiting.Store(false)
 		if err != nil {
-			return 0, 0, f.waitErr(err)
+			return 0, f.waitErr(err)
 		}
 	}
 }

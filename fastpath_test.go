@@ -3,9 +3,11 @@ package ipn_test
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -240,5 +242,61 @@ func TestFastPathScribblerHarmsNobody(t *testing.T) {
 		recvText(t, b, "from a")
 		b.Send([]byte("from b"))
 		recvText(t, a, "from b")
+	}
+}
+
+// SendBatch and RecvBatch keep order and boundaries on both paths; a batch
+// longer than a ring waits for room in a lossless network; a message that
+// Send would refuse ends the batch with Send's error.
+func TestBatches(t *testing.T) {
+	path, sender := bindNet(t, func(s *ipn.Socket) { s.SetFlags(ipn.Lossless) })
+	fast := member(t, path, nil)
+	slow := member(t, path, func(s *ipn.Socket) { s.SetFastPath(false) })
+	const total = 1500
+	msgs := make([][]byte, total)
+	for i := range msgs {
+		msgs[i] = []byte(strings.Repeat("m", 1+i%100) + itoa(i))
+	}
+	// The receivers expect msgs, then the first message of the bad batch.
+	want := append(msgs[:total:total], []byte("ok"))
+	for _, r := range []*ipn.Socket{fast, slow} {
+		r := r
+		errc := make(chan error, 1)
+		go func() {
+			ms := make([]ipn.Message, 64)
+			for i := range ms {
+				ms[i].Buf = make([]byte, 2048)
+			}
+			got := 0
+			for got < len(want) {
+				r.SetReadDeadline(time.Now().Add(10 * time.Second))
+				n, err := r.RecvBatch(ms)
+				if err != nil {
+					errc <- err
+					return
+				}
+				for _, m := range ms[:n] {
+					if got == len(want) || string(m.Buf[:m.N]) != string(want[got]) || m.Flags != 0 {
+						errc <- fmt.Errorf("message %d: %q, flags %v", got, m.Buf[:m.N], m.Flags)
+						return
+					}
+					got++
+				}
+			}
+			errc <- nil
+		}()
+		t.Cleanup(func() {
+			if err := <-errc; err != nil {
+				t.Errorf("fast path %v: %v", r.FastPath(), err)
+			}
+		})
+	}
+	sender.SetWriteDeadline(time.Now().Add(20 * time.Second))
+	if n, err := sender.SendBatch(msgs); n != total || err != nil {
+		t.Fatalf("sent %d of %d: %v", n, total, err)
+	}
+	bad := [][]byte{[]byte("ok"), make([]byte, 1515), []byte("never")}
+	if n, err := sender.SendBatch(bad); n != 1 || !errors.Is(err, syscall.EOVERFLOW) {
+		t.Fatalf("batch with a message over the MTU: sent %d, %v", n, err)
 	}
 }

@@ -611,12 +611,51 @@ func (s *Socket) Send(msg []byte) error {
 	switch {
 	case err != nil:
 	case fast != nil:
-		err = fast.send(msg)
+		_, err = fast.send([][]byte{msg})
 	default:
 		_, err = data.Write(msg)
 		err = unwrapNet(err)
 	}
 	return s.opError("send", err)
+}
+
+// SendBatch sends msgs in order, each as one message, and returns how many
+// it sent; it stops at the first that Send would refuse, with Send's error.
+// On the fast path a batch costs the daemon one wake-up at most.
+func (s *Socket) SendBatch(msgs [][]byte) (int, error) {
+	if len(msgs) == 0 {
+		return 0, nil
+	}
+	data, fast, err := s.sendCheck(len(msgs[0]))
+	if err != nil {
+		return 0, s.opError("send", err)
+	}
+	s.mu.Lock()
+	mtu := s.mtu
+	s.mu.Unlock()
+	ok := len(msgs)
+	for i, m := range msgs {
+		if len(m) == 0 || len(m) > mtu {
+			ok = i
+			break
+		}
+	}
+	sent := 0
+	if fast != nil {
+		sent, err = fast.send(msgs[:ok])
+	} else {
+		for _, m := range msgs[:ok] {
+			if _, err = data.Write(m); err != nil {
+				err = unwrapNet(err)
+				break
+			}
+			sent++
+		}
+	}
+	if err == nil && ok < len(msgs) {
+		_, _, err = s.sendCheck(len(msgs[ok]))
+	}
+	return sent, s.opError("send", err)
 }
 
 // SendOOB sends msg out of band to the nodes that handle OOB messages.
@@ -650,6 +689,34 @@ func (s *Socket) Read(b []byte) (int, error) {
 // shut down, ENOTCONN before Connect, and os.ErrDeadlineExceeded (wrapped)
 // when the read deadline passes.
 func (s *Socket) Recv(b []byte) (int, MsgFlags, error) {
+	ms := [1]Message{{Buf: b}}
+	if _, err := s.recv(ms[:]); err != nil {
+		return 0, 0, err
+	}
+	return ms[0].N, ms[0].Flags, nil
+}
+
+// Message is one message of a batch: RecvBatch fills Buf[:N] and Flags.
+type Message struct {
+	Buf   []byte
+	N     int
+	Flags MsgFlags
+}
+
+// RecvBatch receives into ms the messages waiting, at least one, as Recv
+// would, and returns how many. On the fast path, a socket that never asked
+// for out-of-band messages takes a whole batch with no system call while
+// messages keep coming; otherwise it receives one at a time.
+func (s *Socket) RecvBatch(ms []Message) (int, error) {
+	if len(ms) == 0 {
+		return 0, nil
+	}
+	return s.recv(ms)
+}
+
+// recv implements Recv and RecvBatch.
+func (s *Socket) recv(ms []Message) (int, error) {
+	b := ms[0].Buf
 	for {
 		s.oobMu.Lock()
 		if len(s.oobq) > 0 {
@@ -657,14 +724,14 @@ func (s *Socket) Recv(b []byte) (int, MsgFlags, error) {
 			s.oobq[0] = nil
 			s.oobq = s.oobq[1:]
 			s.oobMu.Unlock()
-			return copyMsg(b, m, MsgOOB)
+			return copyMsg(&ms[0], m, MsgOOB)
 		}
 		if len(s.held) > 0 {
 			m := s.held[0]
 			s.held[0] = nil
 			s.held = s.held[1:]
 			s.oobMu.Unlock()
-			return copyMsg(b, m, 0)
+			return copyMsg(&ms[0], m, 0)
 		}
 		s.mu.Lock()
 		data, fast, connected, closed := s.data, s.fast, s.connected, s.isClosed()
@@ -684,9 +751,9 @@ func (s *Socket) Recv(b []byte) (int, MsgFlags, error) {
 		if err != nil {
 			s.oobMu.Unlock()
 			if err == io.EOF {
-				return 0, 0, io.EOF
+				return 0, io.EOF
 			}
-			return 0, 0, s.opError("recv", err)
+			return 0, s.opError("recv", err)
 		}
 		rdl := s.rdl
 		if !s.armed { // only when a deadline or a wake-up moved it
@@ -699,14 +766,23 @@ func (s *Socket) Recv(b []byte) (int, MsgFlags, error) {
 		}
 		s.oobMu.Unlock()
 
+		if fast != nil {
+			batch := ms
+			if s.mayGetOOB.Load() {
+				batch = ms[:1] // each message is checked against the OOB queue
+			}
+			var got int
+			if got, err = fast.recv(batch, rdl, gen); err == nil {
+				if got == 1 && s.mayGetOOB.Load() && ms[0].Flags == 0 && s.oobBefore() {
+					s.hold(ms[0].Buf[:ms[0].N])
+					continue
+				}
+				return got, nil
+			}
+		}
 		var n, rflags int
 		var flags MsgFlags
-		if fast != nil {
-			n, flags, err = fast.recv(b, rdl, gen)
-			if err == nil && n == 0 {
-				continue // an empty message: the fast path keeps no EOF in-band
-			}
-		} else {
+		if fast == nil {
 			n, _, rflags, _, err = data.ReadMsgUnix(b, nil)
 		}
 		if err != nil {
@@ -714,12 +790,12 @@ func (s *Socket) Recv(b []byte) (int, MsgFlags, error) {
 				continue // woken for an out-of-band message
 			}
 			if errors.Is(err, io.EOF) {
-				return 0, 0, io.EOF
+				return 0, io.EOF
 			}
-			return 0, 0, s.opError("recv", unwrapNet(err))
+			return 0, s.opError("recv", unwrapNet(err))
 		}
 		if n == 0 {
-			return 0, 0, io.EOF
+			return 0, io.EOF
 		}
 		if rflags&unix.MSG_TRUNC != 0 {
 			flags |= MsgTrunc
@@ -730,22 +806,30 @@ func (s *Socket) Recv(b []byte) (int, MsgFlags, error) {
 		// and this message waits (flags are lost only for a truncated
 		// one, which is not held).
 		if flags == 0 && s.mayGetOOB.Load() && s.oobBefore() {
-			s.oobMu.Lock()
-			s.held = append(s.held, append([]byte(nil), b[:n]...))
-			s.oobMu.Unlock()
+			s.hold(b[:n])
 			continue
 		}
-		return n, flags, nil
+		ms[0].N, ms[0].Flags = n, flags
+		return 1, nil
 	}
 }
 
-// copyMsg copies m into b, marking a truncation.
-func copyMsg(b, m []byte, flags MsgFlags) (int, MsgFlags, error) {
-	n := copy(b, m)
-	if n < len(m) {
+// hold keeps a copy of an ordinary message for after the out-of-band ones
+// due before it.
+func (s *Socket) hold(m []byte) {
+	s.oobMu.Lock()
+	s.held = append(s.held, append([]byte(nil), m...))
+	s.oobMu.Unlock()
+}
+
+// copyMsg copies m into dst, marking a truncation, as a batch of one.
+func copyMsg(dst *Message, m []byte, flags MsgFlags) (int, error) {
+	dst.N = copy(dst.Buf, m)
+	if dst.N < len(m) {
 		flags |= MsgTrunc
 	}
-	return n, flags, nil
+	dst.Flags = flags
+	return 1, nil
 }
 
 // oobBefore reports whether an out-of-band message is queued or waits on

@@ -235,6 +235,19 @@ func (r *Region) Producer(i int) *Producer {
 // the ring is full; ErrCorrupt if the consumer published an impossible
 // head. msg must fit a slot.
 func (p *Producer) Push(msg []byte) (bool, error) {
+	ok, err := p.Put(msg)
+	if ok {
+		p.Publish()
+	}
+	return ok, err
+}
+
+// Publish makes the messages Put so far visible to the consumer.
+func (p *Producer) Publish() { p.tail.Store(p.next) }
+
+// Put copies msg into the next slot, as Push, but leaves it unpublished
+// until Publish: a batch costs one store the consumer sees.
+func (p *Producer) Put(msg []byte) (bool, error) {
 	if p.next == p.freeTo {
 		h := p.head.Load()
 		if p.next-h > p.n { // also a head beyond the tail
@@ -250,7 +263,6 @@ func (p *Producer) Push(msg []byte) (bool, error) {
 	n := copy(s[4:], msg)
 	*(*uint32)(unsafe.Pointer(&s[0])) = uint32(n)
 	p.next++
-	p.tail.Store(p.next)
 	return true, nil
 }
 
