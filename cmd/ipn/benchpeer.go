@@ -82,10 +82,11 @@ func (f flushWriter) Write(b []byte) (int, error) {
 	return n, err
 }
 
-// benchIPN is a benchpeer.Conn over an IPN socket.
+// benchIPN is a benchpeer.BatchConn over an IPN socket.
 type benchIPN struct {
 	s       *ipn.Socket
 	drained chan struct{} // closed when the dropping reader of a sender returns
+	ms      []ipn.Message // RecvBatch's, reused
 }
 
 func dialBenchIPN(cfg benchpeer.Config) (*benchIPN, error) {
@@ -97,12 +98,7 @@ func dialBenchIPN(cfg benchpeer.Config) (*benchIPN, error) {
 		return nil, fmt.Errorf("bench peer %d: %w", cfg.ID, err)
 	}
 	if cfg.NoFast {
-		// The fast path is being built: ask through an interface, so
-		// that this compiles while ipn.Socket lacks the methods (the
-		// environment's IPN_FASTPATH=0 turns it off too).
-		if f, ok := any(s).(interface{ SetFastPath(bool) }); ok {
-			f.SetFastPath(false)
-		}
+		s.SetFastPath(false)
 	}
 	if err := s.Connect(cfg.Target); err != nil {
 		s.Close()
@@ -136,6 +132,26 @@ func (c *benchIPN) Recv(b []byte) (int, error) {
 	return n, err
 }
 
+func (c *benchIPN) SendBatch(msgs [][]byte) error {
+	_, err := c.s.SendBatch(msgs)
+	return err
+}
+
+func (c *benchIPN) RecvBatch(bufs [][]byte, sizes []int) (int, error) {
+	if len(c.ms) < len(bufs) {
+		c.ms = make([]ipn.Message, len(bufs))
+	}
+	ms := c.ms[:len(bufs)]
+	for i := range ms {
+		ms[i].Buf = bufs[i]
+	}
+	n, err := c.s.RecvBatch(ms)
+	for i := range n {
+		sizes[i] = ms[i].N
+	}
+	return n, err
+}
+
 func (c *benchIPN) Close() error {
 	err := c.s.Close()
 	<-c.drained
@@ -145,10 +161,8 @@ func (c *benchIPN) Close() error {
 // Report implements benchpeer.Reporter: whether the fast path was used,
 // when the socket tells.
 func (c *benchIPN) Report(r *benchpeer.Result) {
-	if f, ok := any(c.s).(interface{ FastPath() bool }); ok {
-		fp := f.FastPath()
-		r.FastPath = &fp
-	}
+	fp := c.s.FastPath()
+	r.FastPath = &fp
 }
 
 // benchVDE is a benchpeer.BatchConn over a VDE 2 switch port.

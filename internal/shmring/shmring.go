@@ -408,8 +408,18 @@ func (w *Waker) SetDeadline(t time.Time) error { return w.f.SetReadDeadline(t) }
 // Close releases the eventfd and makes a Sleep in progress return.
 func (w *Waker) Close() error { return w.f.Close() }
 
-// Spin is how long a side polls its ring before it sleeps.
-var Spin = 20 * time.Microsecond
+// Spin is how long a side polls its ring before it sleeps: IPN_SPIN in the
+// environment (a duration such as 50us, or 0 never to poll), else 100µs.
+// A side that polls gives the processor away between polls (sched_yield),
+// so that on a busy machine the processes it waits for run.
+var Spin = spinFromEnv(os.Getenv("IPN_SPIN"), 100*time.Microsecond)
+
+func spinFromEnv(v string, def time.Duration) time.Duration {
+	if d, err := time.ParseDuration(v); err == nil && d >= 0 && d <= time.Second {
+		return d
+	}
+	return def
+}
 
 // WaitData waits until c has a message: it polls for Spin, then asks the
 // producer to wake it and sleeps on w. done is checked while polling and
@@ -461,8 +471,8 @@ func (p *Producer) WaitSpace(w *Waker, done func() bool) error {
 	}
 }
 
-// spin polls ready for up to Spin, yielding the processor between polls,
-// and reports whether it became true.
+// spin polls ready for up to Spin, yielding the processor every few
+// hundred polls, and reports whether it became true.
 func spin(ready func() bool) bool {
 	if Spin <= 0 {
 		return false
@@ -476,6 +486,9 @@ func spin(ready func() bool) bool {
 			if time.Since(start) > Spin {
 				return false
 			}
+			// Other processes first (the peer this side waits for may
+			// share its processor), then this one's other goroutines.
+			unix.Syscall(unix.SYS_SCHED_YIELD, 0, 0, 0)
 			runtime.Gosched()
 		}
 	}
