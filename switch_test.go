@@ -318,3 +318,35 @@ func TestSwitchLoopIsBlocked(t *testing.T) {
 		}
 	})
 }
+
+// A send-only member of a switch network with loop protection on keeps its
+// port: the switch's probes are not written to a node that does not read.
+func TestSwitchProbesSkipSendOnlyPorts(t *testing.T) {
+	for _, fast := range []bool{true, false} {
+		path := switchNet(t, "20ms")
+		sender := member(t, path, func(s *ipn.Socket) {
+			s.SetFastPath(fast)
+			s.Shutdown(ipn.ShutRead)
+		})
+		rcv := member(t, path, nil)
+		frame := ethFrame(bcast, macOf(1), "hello")
+		for i := 0; i < 10; i++ {
+			// Three probe intervals between sends: time for the probes.
+			time.Sleep(60 * time.Millisecond)
+			if err := sender.Send(frame); err != nil {
+				t.Fatalf("fast path %v: send %d after probes: %v", fast, i, err)
+			}
+		}
+		rcv.SetReadDeadline(time.Now().Add(10 * time.Second))
+		buf := make([]byte, 2048)
+		for got := 0; got < 10; {
+			n, _, err := rcv.Recv(buf)
+			if err != nil {
+				t.Fatalf("fast path %v: received %d of 10: %v", fast, got, err)
+			}
+			if bytes.Equal(buf[:n], frame) {
+				got++
+			}
+		}
+	}
+}

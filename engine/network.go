@@ -60,11 +60,15 @@ func (n *Network) Policy() policy.Policy { return n.policy }
 // NumPorts implements policy.Network.NumPorts.
 func (n *Network) NumPorts() int { return len(n.view.Load().ports) }
 
-// Emit implements policy.Network.Emit.
+// Emit implements policy.Network.Emit. A port whose receive side is shut
+// down takes nothing: the message is dropped, as a delivery would be.
 func (n *Network) Emit(port int, b []byte) error {
 	v := n.view.Load()
 	if port < 0 || port >= len(v.ports) || v.ports[port] == nil {
 		return syscall.ENOTCONN
+	}
+	if !v.readers.Has(port) {
+		return nil
 	}
 	m := newMsgCopy(b)
 	if !v.ports[port].q.push(m) {
