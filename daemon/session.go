@@ -462,7 +462,11 @@ func (ss *session) doConnect(path string, fds []int) (reply []byte, rfds []int, 
 			return nil, nil, err
 		}
 		ss.data = c.(*net.UnixConn)
-		ep, rfds = seqpacket.New(ss.data, ss.sendOOB), []int{pair[1]}
+		sp := seqpacket.New(ss.data, ss.sendOOB)
+		ep, rfds = sp, []int{pair[1]}
+		if cfg.Flags&engine.Lossless == 0 {
+			ep = seqpacket.Lossy{Endpoint: sp}
+		}
 	}
 	port, err := n.Join(ep, opts)
 	if err != nil {

@@ -318,7 +318,9 @@ func (n *Network) deliver(m *msg, dst *policy.PortSet, v *view) {
 		port := v.ports[p]
 		var ok bool
 		switch {
-		case port.dw != nil && !m.oob:
+		case port.dw != nil && !m.oob && port.q.idle():
+			// Inline, unless messages queued before (out-of-band
+			// notices, emitted ones) must reach the node first.
 			port.writeDirect(m.bytes())
 			ok = false // delivered or dropped, and counted: no reference kept
 		case m.oob:

@@ -334,6 +334,7 @@ func (p *Port) writeBatch(msgs, oob []*msg, bufs [][]byte) error {
 		for _, m := range msgs {
 			m.decRef()
 		}
+		p.q.done(len(oob) + len(msgs))
 	}()
 	for _, m := range oob {
 		if p.oobw == nil {

@@ -1,6 +1,9 @@
 package engine
 
-import "sync"
+import (
+	"sync"
+	"sync/atomic"
+)
 
 // queue is a port's bounded FIFO of messages waiting for its writer, with
 // out-of-band messages kept apart and served first.
@@ -13,7 +16,18 @@ type queue struct {
 	closed bool   // guarded by mu
 	// wake has room for one pending signal; the writer waits on it.
 	wake chan struct{}
+	// pending counts the messages pushed and not yet written or dropped
+	// (popped ones included): while it is not zero, a message for a
+	// DirectWriter port goes through the queue too, to keep its order.
+	pending atomic.Int32
 }
+
+// idle reports whether no message waits for the writer or is being
+// written.
+func (q *queue) idle() bool { return q.pending.Load() == 0 }
+
+// done tells the queue that n popped messages were written or dropped.
+func (q *queue) done(n int) { q.pending.Add(int32(-n)) }
 
 func newQueue(capacity int) *queue {
 	return &queue{ring: make([]*msg, capacity), wake: make(chan struct{}, 1)}
@@ -36,6 +50,7 @@ func (q *queue) push(m *msg) bool {
 	}
 	q.ring[(q.head+q.count)%len(q.ring)] = m
 	q.count++
+	q.pending.Add(1)
 	q.mu.Unlock()
 	q.signal()
 	return true
@@ -49,6 +64,7 @@ func (q *queue) pushOOB(m *msg) bool {
 		return false
 	}
 	q.oob = append(q.oob, m)
+	q.pending.Add(1)
 	q.mu.Unlock()
 	q.signal()
 	return true
@@ -88,6 +104,7 @@ func (q *queue) flush(close bool) {
 	drop = append(drop, q.oob...)
 	clear(q.oob)
 	q.oob = q.oob[:0]
+	q.pending.Add(int32(-len(drop)))
 	q.mu.Unlock()
 	for _, m := range drop {
 		m.decRef()

@@ -23,6 +23,7 @@ import (
 type Endpoint struct {
 	f    *os.File
 	raw  syscall.RawConn
+	one  *sockio.OneWriter // for WriteDirect
 	once sync.Once
 	err  error
 }
@@ -39,7 +40,7 @@ func New(fd int, iface string) (*Endpoint, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Endpoint{f: f, raw: raw}, nil
+	return &Endpoint{f: f, raw: raw, one: sockio.NewOneWriter(raw)}, nil
 }
 
 // Read implements endpoint.Endpoint.Read: the frames the interface
@@ -87,7 +88,7 @@ func (e *Endpoint) Write(msgs [][]byte) (int, error) {
 }
 
 // WriteDirect implements endpoint.DirectWriter: one frame, or a drop.
-func (e *Endpoint) WriteDirect(m []byte) bool { return sockio.WriteOne(e.raw, m) }
+func (e *Endpoint) WriteDirect(m []byte) bool { return e.one.Write(m) }
 
 // BatchSize implements endpoint.Endpoint.BatchSize.
 func (e *Endpoint) BatchSize() int { return 32 }

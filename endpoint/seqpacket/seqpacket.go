@@ -18,8 +18,9 @@ import (
 // Endpoint carries a port's messages over a SOCK_SEQPACKET socket.
 type Endpoint struct {
 	conn *net.UnixConn
-	r    *sockio.Reader // recvmmsg
-	w    *sockio.Writer // sendmmsg
+	r    *sockio.Reader    // recvmmsg
+	w    *sockio.Writer    // sendmmsg
+	one  *sockio.OneWriter // Lossy's inline writes
 	oob  func([]byte) error
 	once sync.Once
 	err  error
@@ -34,8 +35,19 @@ var (
 // out-of-band messages (the daemon sends them on the control connection).
 func New(conn *net.UnixConn, oob func([]byte) error) *Endpoint {
 	raw, _ := conn.SyscallConn()
-	return &Endpoint{conn: conn, r: sockio.NewReader(raw, false), w: sockio.NewWriter(raw), oob: oob}
+	return &Endpoint{conn: conn, r: sockio.NewReader(raw, false), w: sockio.NewWriter(raw),
+		one: sockio.NewOneWriter(raw), oob: oob}
 }
+
+// Lossy is an Endpoint for a lossy network: the engine writes to it inline
+// (endpoint.DirectWriter), the node's socket buffer is its queue, and a
+// full one drops the message, as a VDE port does.
+type Lossy struct{ *Endpoint }
+
+var _ endpoint.DirectWriter = Lossy{}
+
+// WriteDirect implements endpoint.DirectWriter.
+func (l Lossy) WriteDirect(m []byte) bool { return l.one.Write(m) }
 
 // Read implements endpoint.Endpoint.Read: the messages queued, at least
 // one. An empty packet is skipped; io.EOF means the node closed its socket

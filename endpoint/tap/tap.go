@@ -21,7 +21,8 @@ import (
 type Endpoint struct {
 	f       *os.File
 	raw     syscall.RawConn
-	scratch []byte // catches the rest of a frame longer than its buffer
+	one     *sockio.OneWriter // for WriteDirect
+	scratch []byte            // catches the rest of a frame longer than its buffer
 	once    sync.Once
 	err     error
 }
@@ -39,7 +40,7 @@ func New(fd int, name string) (*Endpoint, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Endpoint{f: f, raw: raw, scratch: make([]byte, 65536)}, nil
+	return &Endpoint{f: f, raw: raw, one: sockio.NewOneWriter(raw), scratch: make([]byte, 65536)}, nil
 }
 
 // Read implements endpoint.Endpoint.Read: the frames queued, at least one.
@@ -83,7 +84,7 @@ func (e *Endpoint) Write(msgs [][]byte) (int, error) {
 }
 
 // WriteDirect implements endpoint.DirectWriter: one frame, or a drop.
-func (e *Endpoint) WriteDirect(m []byte) bool { return sockio.WriteOne(e.raw, m) }
+func (e *Endpoint) WriteDirect(m []byte) bool { return e.one.Write(m) }
 
 func fatal(err error) bool {
 	return errors.Is(err, unix.EBADF) || errors.Is(err, unix.EBADFD) || errors.Is(err, unix.ENODEV)

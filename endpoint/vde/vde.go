@@ -19,6 +19,7 @@ import (
 type Endpoint struct {
 	conn *net.UnixConn
 	rawc syscall.RawConn
+	one  *sockio.OneWriter // for WriteDirect
 	once sync.Once
 	err  error
 }
@@ -34,7 +35,7 @@ func New(conn *net.UnixConn) (*Endpoint, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Endpoint{conn: conn, rawc: raw}, nil
+	return &Endpoint{conn: conn, rawc: raw, one: sockio.NewOneWriter(raw)}, nil
 }
 
 // Read implements endpoint.Endpoint.Read: the datagrams queued, at least
@@ -53,7 +54,7 @@ func (e *Endpoint) Write(msgs [][]byte) (int, error) {
 }
 
 // WriteDirect implements endpoint.DirectWriter: one datagram, or a drop.
-func (e *Endpoint) WriteDirect(m []byte) bool { return sockio.WriteOne(e.rawc, m) }
+func (e *Endpoint) WriteDirect(m []byte) bool { return e.one.Write(m) }
 
 // BatchSize implements endpoint.Endpoint.BatchSize.
 func (e *Endpoint) BatchSize() int { return 32 }

@@ -53,16 +53,38 @@ func WriteEach(raw syscall.RawConn, msgs [][]byte, gone func(error) bool) (int, 
 	return sent, err
 }
 
-// WriteOne writes m with one write(2), never waiting, and reports whether
-// it was written (else it was dropped).
-func WriteOne(raw syscall.RawConn, m []byte) bool {
-	sent := false
-	raw.Write(func(fd uintptr) bool {
-		_, err := unix.Write(int(fd), m)
-		sent = err == nil
-		return true
-	})
-	return sent
+// OneWriter writes one message at a time with write(2), never waiting: a
+// message the descriptor refuses is dropped. It allocates nothing per
+// message, and Write may be called from several goroutines at once.
+type OneWriter struct {
+	raw  syscall.RawConn
+	mu   sync.Mutex
+	m    []byte // guarded by mu: the message being written
+	sent bool   // guarded by mu
+	fn   func(fd uintptr) bool
+}
+
+// NewOneWriter returns a OneWriter on raw.
+func NewOneWriter(raw syscall.RawConn) *OneWriter {
+	w := &OneWriter{raw: raw}
+	w.fn = w.write
+	return w
+}
+
+func (w *OneWriter) write(fd uintptr) bool {
+	_, err := unix.Write(int(fd), w.m)
+	w.sent = err == nil
+	return true
+}
+
+// Write writes m and reports whether it was written (else it was dropped).
+func (w *OneWriter) Write(m []byte) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.m, w.sent = m, false
+	w.raw.Write(w.fn)
+	w.m = nil
+	return w.sent
 }
 
 // File takes ownership of fd (a tap, a packet socket) and returns it as a
