@@ -68,6 +68,7 @@ func TestSocketPathScenarios(t *testing.T) {
 		"lossless":   TestLosslessBlocksSenderNeverDrops,
 		"dead":       TestLosslessDeadReceiverReleasesSender,
 		"killed":     TestKilledMembersFreeTheirPorts,
+		"batches":    TestBatches,
 	} {
 		t.Run(name, test)
 	}

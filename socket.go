@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ipn-project/ipn/daemon"
+	"github.com/ipn-project/ipn/internal/sockio"
 	"github.com/ipn-project/ipn/internal/wire"
 )
 
@@ -62,6 +63,14 @@ type Socket struct {
 
 	fastOff bool      // guarded by mu: Connect must not ask for the fast path
 	fast    *fastPath // the shared-memory rings once connected with them
+
+	// The socket path's batches: recvmmsg and sendmmsg on the data socket.
+	rbMu   sync.Mutex
+	rb     *sockio.Reader // guarded by rbMu; nil until the first batch
+	rbBufs [][]byte       // guarded by rbMu
+	rbLens []int          // guarded by rbMu
+	wbMu   sync.Mutex
+	wb     *sockio.Writer // guarded by wbMu; nil until the first batch
 }
 
 type ctlReply struct {
@@ -644,13 +653,7 @@ func (s *Socket) SendBatch(msgs [][]byte) (int, error) {
 	if fast != nil {
 		sent, err = fast.send(msgs[:ok])
 	} else {
-		for _, m := range msgs[:ok] {
-			if _, err = data.Write(m); err != nil {
-				err = unwrapNet(err)
-				break
-			}
-			sent++
-		}
+		sent, err = s.writeBatch(data, msgs[:ok])
 	}
 	if err == nil && ok < len(msgs) {
 		_, _, err = s.sendCheck(len(msgs[ok]))
@@ -780,9 +783,15 @@ func (s *Socket) recv(ms []Message) (int, error) {
 				return got, nil
 			}
 		}
+		if fast == nil && len(ms) > 1 && !s.mayGetOOB.Load() {
+			var got int
+			if got, err = s.readBatch(data, ms); err == nil {
+				return got, nil
+			}
+		}
 		var n, rflags int
 		var flags MsgFlags
-		if fast == nil {
+		if fast == nil && err == nil {
 			n, _, rflags, _, err = data.ReadMsgUnix(b, nil)
 		}
 		if err != nil {
@@ -812,6 +821,51 @@ func (s *Socket) recv(ms []Message) (int, error) {
 		ms[0].N, ms[0].Flags = n, flags
 		return 1, nil
 	}
+}
+
+// writeBatch sends msgs on the data socket with sendmmsg, waiting for room
+// up to the write deadline.
+func (s *Socket) writeBatch(data *net.UnixConn, msgs [][]byte) (int, error) {
+	s.wbMu.Lock()
+	defer s.wbMu.Unlock()
+	if s.wb == nil {
+		raw, err := data.SyscallConn()
+		if err != nil {
+			return 0, err
+		}
+		s.wb = sockio.NewWriter(raw)
+	}
+	return s.wb.Write(msgs)
+}
+
+// readBatch receives into ms what waits on the data socket, at least one
+// message, with recvmmsg.
+func (s *Socket) readBatch(data *net.UnixConn, ms []Message) (int, error) {
+	s.rbMu.Lock()
+	defer s.rbMu.Unlock()
+	if s.rb == nil {
+		raw, err := data.SyscallConn()
+		if err != nil {
+			return 0, err
+		}
+		s.rb = sockio.NewReader(raw, false)
+	}
+	if len(s.rbBufs) < len(ms) {
+		s.rbBufs, s.rbLens = make([][]byte, len(ms)), make([]int, len(ms))
+	}
+	bufs, lens := s.rbBufs[:len(ms)], s.rbLens[:len(ms)]
+	for i := range ms {
+		bufs[i] = ms[i].Buf
+	}
+	n, err := s.rb.Read(bufs, lens)
+	clear(bufs)
+	for i := range n {
+		ms[i].N, ms[i].Flags = min(lens[i], len(ms[i].Buf)), 0
+		if lens[i] > len(ms[i].Buf) {
+			ms[i].Flags = MsgTrunc
+		}
+	}
+	return n, err
 }
 
 // hold keeps a copy of an ordinary message for after the out-of-band ones
