@@ -301,3 +301,48 @@ func TestBatches(t *testing.T) {
 		t.Fatalf("batch with a message over the MTU: sent %d, %v", n, err)
 	}
 }
+
+// Sending and receiving on the fast path allocates nothing per message,
+// in the library or in the daemon (which runs in this test's process).
+func TestFastPathAllocs(t *testing.T) {
+	path, a := bindNet(t, func(s *ipn.Socket) { s.SetFlags(ipn.Lossless) })
+	b := member(t, path, nil)
+	if !a.FastPath() || !b.FastPath() {
+		t.Fatal("no fast path")
+	}
+	msg := make([]byte, 64)
+	batch := [][]byte{msg, msg, msg, msg, msg, msg, msg, msg}
+	ms := make([]ipn.Message, 16)
+	for i := range ms {
+		ms[i].Buf = make([]byte, 2048)
+	}
+	buf := make([]byte, 2048)
+	const perRun = 192 // 12 batches of 8, and 96 one by one
+	b.SetReadDeadline(time.Now().Add(time.Minute))
+	run := func() {
+		for i := 0; i < perRun/len(batch)/2; i++ {
+			a.SendBatch(batch)
+		}
+		for i := 0; i < perRun/2; i++ {
+			a.Send(msg)
+		}
+		for got := 0; got < perRun; {
+			if got%3 == 0 {
+				if _, _, err := b.Recv(buf); err != nil {
+					t.Fatal(err)
+				}
+				got++
+				continue
+			}
+			n, err := b.RecvBatch(ms[:min(len(ms), perRun-got)])
+			if err != nil {
+				t.Fatal(err)
+			}
+			got += n
+		}
+	}
+	run() // warm the pools
+	if allocs := testing.AllocsPerRun(50, run); allocs > perRun/100 {
+		t.Fatalf("%.1f allocations per %d messages", allocs, perRun)
+	}
+}
