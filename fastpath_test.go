@@ -305,6 +305,9 @@ func TestBatches(t *testing.T) {
 // Sending and receiving on the fast path allocates nothing per message,
 // in the library or in the daemon (which runs in this test's process).
 func TestFastPathAllocs(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector makes sync.Pool allocate; run without -race")
+	}
 	path, a := bindNet(t, func(s *ipn.Socket) { s.SetFlags(ipn.Lossless) })
 	b := member(t, path, nil)
 	if !a.FastPath() || !b.FastPath() {
