@@ -64,22 +64,10 @@ func benchPeerCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			out := bufio.NewWriter(cmd.OutOrStdout())
-			err = benchpeer.Run(conn, cfg, cmd.InOrStdin(), flushWriter{out})
-			return err
+			// Run writes each line with one write: nothing to flush.
+			return benchpeer.Run(conn, cfg, cmd.InOrStdin(), cmd.OutOrStdout())
 		},
 	}
-}
-
-// flushWriter flushes after every write, so each line leaves at once.
-type flushWriter struct{ w *bufio.Writer }
-
-func (f flushWriter) Write(b []byte) (int, error) {
-	n, err := f.w.Write(b)
-	if err == nil {
-		err = f.w.Flush()
-	}
-	return n, err
 }
 
 // benchIPN is a benchpeer.BatchConn over an IPN socket.

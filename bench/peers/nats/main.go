@@ -14,7 +14,6 @@
 package main
 
 import (
-	"bufio"
 	"errors"
 	"flag"
 	"fmt"
@@ -98,19 +97,8 @@ func peer(args []string) error {
 	if err != nil {
 		return err
 	}
-	out := bufio.NewWriter(os.Stdout)
-	return benchpeer.Run(c, cfg, os.Stdin, flushWriter{out})
-}
-
-// flushWriter flushes after every write, so each line leaves at once.
-type flushWriter struct{ w *bufio.Writer }
-
-func (f flushWriter) Write(b []byte) (int, error) {
-	n, err := f.w.Write(b)
-	if err == nil {
-		err = f.w.Flush()
-	}
-	return n, err
+	// Run writes each line with one write: nothing to flush.
+	return benchpeer.Run(c, cfg, os.Stdin, os.Stdout)
 }
 
 // conn is a benchpeer.Conn over a NATS subject. NoEcho keeps a peer's own
