@@ -279,6 +279,10 @@ func (p *Producer) Full() (bool, error) {
 	return p.next == p.freeTo, nil
 }
 
+// Freed returns how many slots the consumer had freed, ever, when the
+// producer last looked (Put, Push or Full on a full ring).
+func (p *Producer) Freed() uint64 { return p.freeTo - p.n }
+
 // ConsumerWaiting reports, and clears, the consumer's request to be woken.
 func (p *Producer) ConsumerWaiting() bool {
 	return p.consWait.Load() != 0 && p.consWait.Swap(0) != 0

@@ -56,13 +56,26 @@ func WriteEach(raw syscall.RawConn, msgs [][]byte, gone func(error) bool) (int, 
 // OneWriter writes one message at a time with write(2), never waiting: a
 // message the descriptor refuses is dropped. It allocates nothing per
 // message, and Write may be called from several goroutines at once.
+//
+// A message dropped because the reader's buffer is full (EAGAIN) makes the
+// writer give its processor away (sched_yield): a reader that keeps up on
+// its own share of the processor is then not starved by the writers. After
+// StuckDrops such drops in a row with nothing written, the reader is taken
+// for one that reads no more, and the writer stops yielding until a write
+// goes through.
 type OneWriter struct {
-	raw  syscall.RawConn
-	mu   sync.Mutex
-	m    []byte // guarded by mu: the message being written
-	sent bool   // guarded by mu
-	fn   func(fd uintptr) bool
+	raw   syscall.RawConn
+	mu    sync.Mutex
+	m     []byte // guarded by mu: the message being written
+	sent  bool   // guarded by mu
+	full  bool   // guarded by mu: the last write found the buffer full
+	stuck int    // guarded by mu: drops for a full buffer in a row
+	fn    func(fd uintptr) bool
 }
+
+// StuckDrops is how many drops in a row make a writer stop yielding to a
+// reader that does not read.
+const StuckDrops = 4096
 
 // NewOneWriter returns a OneWriter on raw.
 func NewOneWriter(raw syscall.RawConn) *OneWriter {
@@ -73,7 +86,7 @@ func NewOneWriter(raw syscall.RawConn) *OneWriter {
 
 func (w *OneWriter) write(fd uintptr) bool {
 	_, err := unix.Write(int(fd), w.m)
-	w.sent = err == nil
+	w.sent, w.full = err == nil, err == unix.EAGAIN
 	return true
 }
 
@@ -81,9 +94,16 @@ func (w *OneWriter) write(fd uintptr) bool {
 func (w *OneWriter) Write(m []byte) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.m, w.sent = m, false
+	w.m, w.sent, w.full = m, false, false
 	w.raw.Write(w.fn)
 	w.m = nil
+	switch {
+	case w.sent:
+		w.stuck = 0
+	case w.full && w.stuck < StuckDrops:
+		w.stuck++
+		unix.Syscall(unix.SYS_SCHED_YIELD, 0, 0, 0)
+	}
 	return w.sent
 }
 

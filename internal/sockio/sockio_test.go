@@ -459,3 +459,35 @@ func readEach(raw syscall.RawConn, bufs [][]byte, sizes []int) (int, error) {
 	}
 	return 0, rerr
 }
+
+// A OneWriter drops what a full socket refuses, yields for a reader that
+// still reads, stops yielding for one that no longer does, and starts
+// again once a write goes through.
+func TestOneWriterDropsAndStopsYielding(t *testing.T) {
+	a, b := pair(t, unix.SOCK_SEQPACKET)
+	raw, err := a.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := NewOneWriter(raw)
+	msg := make([]byte, 1000)
+	sent := 0
+	for i := 0; i < StuckDrops+5000; i++ {
+		if w.Write(msg) {
+			sent++
+		}
+	}
+	if sent == 0 || sent > 2000 {
+		t.Fatalf("%d of %d written into one socket buffer", sent, StuckDrops+5000)
+	}
+	if w.stuck != StuckDrops {
+		t.Fatalf("yielded %d times in a row, want %d", w.stuck, StuckDrops)
+	}
+	buf := make([]byte, 2000)
+	if n, err := b.Read(buf); n != 1000 || err != nil {
+		t.Fatalf("read %d, %v", n, err)
+	}
+	if ok := w.Write(msg); !ok || w.stuck != 0 {
+		t.Fatalf("after a read: written %v, %d drops in a row", ok, w.stuck)
+	}
+}
