@@ -181,6 +181,9 @@ func (f *fastPath) recv(ms []Message, deadline time.Time, gen uint64) (int, erro
 		if f.gen.Load() != gen {
 			return 0, os.ErrDeadlineExceeded // interrupted
 		}
+		if !deadline.IsZero() && !time.Now().Before(deadline) {
+			return 0, os.ErrDeadlineExceeded // no need to poll first
+		}
 		if !deadline.Equal(f.rdl) {
 			f.rxData.SetDeadline(deadline)
 			f.rdl = deadline
