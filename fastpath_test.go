@@ -136,18 +136,7 @@ func newScribbler(t *testing.T, path string) *scribbler {
 	if e, err := roundTrip(t, c, wire.Packet(wire.OpSetOpt, wire.U32(wire.OptFastPath), wire.U32(1))); err != nil || e != 0 {
 		t.Fatalf("fast path option: %v %v", e, err)
 	}
-	fd, err := unix.Open(path, unix.O_PATH|unix.O_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(fd)
-	if err := wire.Send(c, wire.Packet(wire.OpConnect, []byte(path)), fd); err != nil {
-		t.Fatal(err)
-	}
-	_, fds, err := wire.Recv(c, make([]byte, 256))
-	if err != nil || len(fds) != wire.FastPathFDs {
-		t.Fatalf("connect reply: %v, %d fds", err, len(fds))
-	}
+	_, fds := rawConnect(t, c, path, wire.FastPathFDs)
 	t.Cleanup(func() {
 		for _, fd := range fds[1:] {
 			unix.Close(fd)

@@ -170,6 +170,12 @@ func roundTrip(t *testing.T, c *net.UnixConn, pkt []byte, fds ...int) (syscall.E
 	return errno.(syscall.Errno), nil
 }
 
+func closeAll(fds []int) {
+	for _, fd := range fds {
+		unix.Close(fd)
+	}
+}
+
 func hello(version, proto uint16) []byte {
 	return wire.Packet(wire.OpHello, []byte{byte(version), byte(version >> 8), byte(proto), byte(proto >> 8)})
 }
@@ -356,14 +362,10 @@ func drain(p *proc) []string {
 	return lines
 }
 
-// A raw client joins with plain sockets, as docs/protocol.md describes; an
-// empty packet on its data socket neither counts as a message nor ends it.
-func TestRawClientEmptyPacket(t *testing.T) {
-	path, member := bindNet(t, nil)
-	c := rawClient(t)
-	if e, err := roundTrip(t, c, hello(wire.Version, 0)); err != nil || e != 0 {
-		t.Fatalf("hello: %v %v", e, err)
-	}
+// rawConnect sends OpConnect for path on the raw client c and returns the
+// reply and its descriptors, failing unless there are want of them.
+func rawConnect(t *testing.T, c *net.UnixConn, path string, want int) ([]byte, []int) {
+	t.Helper()
 	fd, err := unix.Open(path, unix.O_PATH|unix.O_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -373,9 +375,22 @@ func TestRawClientEmptyPacket(t *testing.T) {
 		t.Fatal(err)
 	}
 	reply, fds, err := wire.Recv(c, make([]byte, 256))
-	if err != nil || len(fds) != 1 {
-		t.Fatalf("connect reply: %v, %d fds", err, len(fds))
+	if err != nil || len(fds) != want {
+		closeAll(fds)
+		t.Fatalf("connect reply: %v, %d fds, want %d", err, len(fds), want)
 	}
+	return reply, fds
+}
+
+// A raw client joins with plain sockets, as docs/protocol.md describes; an
+// empty packet on its data socket neither counts as a message nor ends it.
+func TestRawClientEmptyPacket(t *testing.T) {
+	path, member := bindNet(t, nil)
+	c := rawClient(t)
+	if e, err := roundTrip(t, c, hello(wire.Version, 0)); err != nil || e != 0 {
+		t.Fatalf("hello: %v %v", e, err)
+	}
+	reply, fds := rawConnect(t, c, path, 1)
 	data := os.NewFile(uintptr(fds[0]), "data")
 	defer data.Close()
 	_, body, _ := wire.Split(reply)
