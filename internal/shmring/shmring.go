@@ -429,47 +429,34 @@ func spinFromEnv(v string, def time.Duration) time.Duration {
 // producer to wake it and sleeps on w. done is checked while polling and
 // before sleeping; when it reports true WaitData returns nil.
 func (c *Consumer) WaitData(w *Waker, done func() bool) error {
-	for {
-		if empty, err := c.Empty(); err != nil || !empty {
-			return err
-		}
-		if done() {
-			return nil
-		}
-		if spin(func() bool { e, err := c.Empty(); return err != nil || !e || done() }) {
-			continue
-		}
-		c.consWait.Store(1)
-		if empty, err := c.Empty(); err != nil || !empty || done() {
-			c.consWait.Store(0)
-			return err
-		}
-		if err := w.Sleep(); err != nil {
-			c.consWait.Store(0)
-			return err
-		}
-	}
+	return wait(c.Empty, c.consWait, w, done)
 }
 
 // WaitSpace waits until p has a free slot, as WaitData waits for data.
 func (p *Producer) WaitSpace(w *Waker, done func() bool) error {
+	return wait(p.Full, p.prodWait, w, done)
+}
+
+// wait waits while blocked reports true: it polls, then sets asleep (for
+// the other side to wake it through w), looks once more, and sleeps.
+func wait(blocked func() (bool, error), asleep *atomic.Uint32, w *Waker, done func() bool) error {
 	for {
-		if full, err := p.Full(); err != nil || !full {
+		if b, err := blocked(); err != nil || !b {
 			return err
 		}
 		if done() {
 			return nil
 		}
-		if spin(func() bool { f, err := p.Full(); return err != nil || !f || done() }) {
+		if spin(func() bool { b, err := blocked(); return err != nil || !b || done() }) {
 			continue
 		}
-		p.prodWait.Store(1)
-		if full, err := p.Full(); err != nil || !full || done() {
-			p.prodWait.Store(0)
+		asleep.Store(1)
+		if b, err := blocked(); err != nil || !b || done() {
+			asleep.Store(0)
 			return err
 		}
 		if err := w.Sleep(); err != nil {
-			p.prodWait.Store(0)
+			asleep.Store(0)
 			return err
 		}
 	}
