@@ -719,7 +719,6 @@ func (s *Socket) RecvBatch(ms []Message) (int, error) {
 
 // recv implements Recv and RecvBatch.
 func (s *Socket) recv(ms []Message) (int, error) {
-	b := ms[0].Buf
 	for {
 		s.oobMu.Lock()
 		if len(s.oobq) > 0 {
@@ -769,30 +768,21 @@ func (s *Socket) recv(ms []Message) (int, error) {
 		}
 		s.oobMu.Unlock()
 
-		if fast != nil {
-			batch := ms
-			if s.mayGetOOB.Load() {
-				batch = ms[:1] // each message is checked against the OOB queue
-			}
-			var got int
-			if got, err = fast.recv(batch, rdl, gen); err == nil {
-				if got == 1 && s.mayGetOOB.Load() && ms[0].Flags == 0 && s.oobBefore() {
-					s.hold(ms[0].Buf[:ms[0].N])
-					continue
-				}
-				return got, nil
-			}
+		// A socket that may get out-of-band messages checks each ordinary
+		// one against them, so it takes one at a time.
+		oob := s.mayGetOOB.Load()
+		batch := ms
+		if oob {
+			batch = ms[:1]
 		}
-		if fast == nil && len(ms) > 1 && !s.mayGetOOB.Load() {
-			var got int
-			if got, err = s.readBatch(data, ms); err == nil {
-				return got, nil
-			}
-		}
-		var n, rflags int
-		var flags MsgFlags
-		if fast == nil && err == nil {
-			n, _, rflags, _, err = data.ReadMsgUnix(b, nil)
+		var got int
+		switch {
+		case fast != nil:
+			got, err = fast.recv(batch, rdl, gen)
+		case len(batch) > 1:
+			got, err = s.readBatch(data, batch)
+		default:
+			got, err = readOne(data, &ms[0])
 		}
 		if err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) && (rdl.IsZero() || time.Now().Before(rdl)) {
@@ -803,24 +793,34 @@ func (s *Socket) recv(ms []Message) (int, error) {
 			}
 			return 0, s.opError("recv", unwrapNet(err))
 		}
-		if n == 0 {
-			return 0, io.EOF
-		}
-		if rflags&unix.MSG_TRUNC != 0 {
-			flags |= MsgTrunc
-		}
 		// The daemon writes a port's out-of-band messages before the
 		// ordinary ones that follow them, so one written before this
 		// message is on the control connection or queued: it goes first,
 		// and this message waits (flags are lost only for a truncated
 		// one, which is not held).
-		if flags == 0 && s.mayGetOOB.Load() && s.oobBefore() {
-			s.hold(b[:n])
+		if oob && ms[0].Flags == 0 && s.oobBefore() {
+			s.hold(ms[0].Buf[:ms[0].N])
 			continue
 		}
-		ms[0].N, ms[0].Flags = n, flags
-		return 1, nil
+		return got, nil
 	}
+}
+
+// readOne reads one message from the data socket into m; io.EOF when the
+// daemon closed it.
+func readOne(data *net.UnixConn, m *Message) (int, error) {
+	n, _, rflags, _, err := data.ReadMsgUnix(m.Buf, nil)
+	if err != nil {
+		return 0, err
+	}
+	if n == 0 {
+		return 0, io.EOF
+	}
+	m.N, m.Flags = n, 0
+	if rflags&unix.MSG_TRUNC != 0 {
+		m.Flags = MsgTrunc
+	}
+	return 1, nil
 }
 
 // writeBatch sends msgs on the data socket with sendmmsg, waiting for room
