@@ -23,10 +23,6 @@ import (
 	"github.com/ipn-project/ipn/internal/shmring"
 )
 
-// stuckDrops is how many drops in a row, with the member reading nothing,
-// make the daemon stop giving it the processor (see starved).
-const stuckDrops = 4096
-
 // Endpoint is the daemon's side of a member's rings.
 type Endpoint struct {
 	region *shmring.Region
@@ -36,10 +32,10 @@ type Endpoint struct {
 
 	rmu   sync.Mutex // guards in (the member's ring to the daemon) and region
 	in    *shmring.Consumer
-	wmu   sync.Mutex // guards out (the daemon's ring to the member), freed, stuck
+	wmu   sync.Mutex // guards out (the daemon's ring to the member), freed, yield
 	out   *shmring.Producer
-	freed uint64 // the member's progress when a message was last dropped
-	stuck int    // drops since the member last made progress
+	freed uint64           // the member's progress when a message was last dropped
+	yield endpoint.Yielder // for drops into a full ring
 
 	lossless bool
 	oob      func([]byte) error
@@ -193,20 +189,14 @@ func (e *Endpoint) WriteDirect(msg []byte) bool {
 }
 
 // starved is called, under wmu, when a lossy message finds the member's
-// ring full. A member that keeps reading but not fast enough is short of
-// processor time (on a machine with fewer cores than busy processes, the
-// sender and the daemon would otherwise keep it off): the daemon gives its
-// processor away, once per drop, which on 2 cores turned 30-70 % loss into
-// 0-3 % and more than doubled what a receiver gets. A member that reads
-// nothing any more stops costing this after stuckDrops drops.
+// ring full: see endpoint.Yielder. On 2 cores, yielding turned 30-70 % loss
+// into 0-3 % and more than doubled what a receiver gets.
 func (e *Endpoint) starved() {
 	if f := e.out.Freed(); f != e.freed {
-		e.freed, e.stuck = f, 0
+		e.freed = f
+		e.yield.Progressed()
 	}
-	if e.stuck < stuckDrops {
-		e.stuck++
-		unix.Syscall(unix.SYS_SCHED_YIELD, 0, 0, 0)
-	}
+	e.yield.Dropped()
 }
 
 // corrupt ends the port of a member that broke its ring: the reader fails

@@ -9,6 +9,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ipn-project/ipn/endpoint"
 )
 
 // ReadBatch waits until raw's socket is readable, then reads into bufs as
@@ -54,28 +56,19 @@ func WriteEach(raw syscall.RawConn, msgs [][]byte, gone func(error) bool) (int, 
 }
 
 // OneWriter writes one message at a time with write(2), never waiting: a
-// message the descriptor refuses is dropped. It allocates nothing per
-// message, and Write may be called from several goroutines at once.
-//
-// A message dropped because the reader's buffer is full (EAGAIN) makes the
-// writer give its processor away (sched_yield): a reader that keeps up on
-// its own share of the processor is then not starved by the writers. After
-// StuckDrops such drops in a row with nothing written, the reader is taken
-// for one that reads no more, and the writer stops yielding until a write
-// goes through.
+// message the descriptor refuses is dropped. A drop because the reader's
+// buffer is full (EAGAIN) yields the processor (see endpoint.Yielder). It
+// allocates nothing per message, and Write may be called from several
+// goroutines at once.
 type OneWriter struct {
 	raw   syscall.RawConn
 	mu    sync.Mutex
-	m     []byte // guarded by mu: the message being written
-	sent  bool   // guarded by mu
-	full  bool   // guarded by mu: the last write found the buffer full
-	stuck int    // guarded by mu: drops for a full buffer in a row
+	m     []byte           // guarded by mu: the message being written
+	sent  bool             // guarded by mu
+	full  bool             // guarded by mu: the last write found the buffer full
+	yield endpoint.Yielder // guarded by mu
 	fn    func(fd uintptr) bool
 }
-
-// StuckDrops is how many drops in a row make a writer stop yielding to a
-// reader that does not read.
-const StuckDrops = 4096
 
 // NewOneWriter returns a OneWriter on raw.
 func NewOneWriter(raw syscall.RawConn) *OneWriter {
@@ -99,10 +92,9 @@ func (w *OneWriter) Write(m []byte) bool {
 	w.m = nil
 	switch {
 	case w.sent:
-		w.stuck = 0
-	case w.full && w.stuck < StuckDrops:
-		w.stuck++
-		unix.Syscall(unix.SYS_SCHED_YIELD, 0, 0, 0)
+		w.yield.Progressed()
+	case w.full:
+		w.yield.Dropped()
 	}
 	return w.sent
 }

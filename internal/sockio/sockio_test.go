@@ -13,6 +13,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ipn-project/ipn/endpoint"
 )
 
 // pair returns both ends of a Unix socketpair of type typ as UnixConns.
@@ -472,22 +474,22 @@ func TestOneWriterDropsAndStopsYielding(t *testing.T) {
 	w := NewOneWriter(raw)
 	msg := make([]byte, 1000)
 	sent := 0
-	for i := 0; i < StuckDrops+5000; i++ {
+	for i := 0; i < endpoint.StuckDrops+5000; i++ {
 		if w.Write(msg) {
 			sent++
 		}
 	}
 	if sent == 0 || sent > 2000 {
-		t.Fatalf("%d of %d written into one socket buffer", sent, StuckDrops+5000)
+		t.Fatalf("%d of %d written into one socket buffer", sent, endpoint.StuckDrops+5000)
 	}
-	if w.stuck != StuckDrops {
-		t.Fatalf("yielded %d times in a row, want %d", w.stuck, StuckDrops)
+	if !w.yield.Stuck() {
+		t.Fatal("still yielding after a reader took nothing through all the drops")
 	}
 	buf := make([]byte, 2000)
 	if n, err := b.Read(buf); n != 1000 || err != nil {
 		t.Fatalf("read %d, %v", n, err)
 	}
-	if ok := w.Write(msg); !ok || w.stuck != 0 {
-		t.Fatalf("after a read: written %v, %d drops in a row", ok, w.stuck)
+	if ok := w.Write(msg); !ok || w.yield.Stuck() {
+		t.Fatalf("after a read: written %v, still taken for stuck %v", ok, w.yield.Stuck())
 	}
 }
