@@ -204,6 +204,7 @@ func (p *Port) readLoop() {
 		}
 		count, err := p.ep.Read(bufs, sizes)
 		routed, keep = routed[:0], keep[:0]
+		var msgsIn, bytesIn uint64 // counted once per batch
 		for i := 0; i < count; i++ {
 			if sizes[i] > mtu {
 				p.errs.Add(1)
@@ -223,6 +224,8 @@ func (p *Port) readLoop() {
 					select {
 					case n.tokens <- struct{}{}:
 					case <-p.done:
+						p.msgsIn.Add(msgsIn)
+						p.bytesIn.Add(bytesIn)
 						return
 					}
 				}
@@ -241,11 +244,13 @@ func (p *Port) readLoop() {
 				msgs[i] = getMsg(p.class)
 			}
 			m.refs.Store(1)
-			p.msgsIn.Add(1)
-			p.bytesIn.Add(uint64(m.n))
+			msgsIn++
+			bytesIn += uint64(m.n)
 			routed = append(routed, m.bytes())
 			keep = append(keep, m)
 		}
+		p.msgsIn.Add(msgsIn)
+		p.bytesIn.Add(bytesIn)
 		p.route(routed, keep, dst)
 		if err != nil {
 			if !errors.Is(err, io.EOF) {
