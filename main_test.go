@@ -2,10 +2,8 @@ package ipn_test
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ipn-project/ipn/daemon"
+	"github.com/ipn-project/ipn/internal/daemontest"
 )
 
 // The package's tests share one daemon, served from this test process, on a
@@ -51,26 +49,14 @@ func run(m *testing.M) int {
 		return 1
 	}
 	socket = filepath.Join(testDir, "daemon.sock")
-	os.Setenv(daemon.SocketEnv, socket)
-	os.Setenv(daemon.NoAutostartEnv, "1")
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	ready := make(chan struct{})
-	done := make(chan error, 1)
-	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	go func() {
-		done <- daemon.Serve(ctx, daemon.Config{Socket: socket, Logger: logger, Ready: func() { close(ready) }})
-	}()
-	select {
-	case <-ready:
-	case err := <-done:
-		fmt.Fprintln(os.Stderr, "daemon:", err)
+	stop, err := daemontest.Serve(socket)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	code := m.Run()
-	cancel()
-	if err := <-done; err != nil {
-		fmt.Fprintln(os.Stderr, "daemon:", err)
+	if err := stop(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	return code

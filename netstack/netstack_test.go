@@ -7,7 +7,6 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -16,7 +15,7 @@ import (
 	"time"
 
 	"github.com/ipn-project/ipn"
-	"github.com/ipn-project/ipn/daemon"
+	"github.com/ipn-project/ipn/internal/daemontest"
 	"github.com/ipn-project/ipn/netstack"
 )
 
@@ -30,27 +29,14 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	sock := filepath.Join(dir, "daemon.sock")
-	os.Setenv(daemon.SocketEnv, sock)
-	os.Setenv(daemon.NoAutostartEnv, "1")
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	ready := make(chan struct{})
-	done := make(chan error, 1)
-	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	go func() {
-		done <- daemon.Serve(ctx, daemon.Config{Socket: sock, Logger: logger, Ready: func() { close(ready) }})
-	}()
-	select {
-	case <-ready:
-	case err := <-done:
-		fmt.Fprintln(os.Stderr, "daemon:", err)
+	stop, err := daemontest.Serve(filepath.Join(dir, "daemon.sock"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	code := m.Run()
-	cancel()
-	if err := <-done; err != nil {
-		fmt.Fprintln(os.Stderr, "daemon:", err)
+	if err := stop(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	return code
