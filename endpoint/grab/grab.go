@@ -47,37 +47,24 @@ func New(fd int, iface string) (*Endpoint, error) {
 // received, at least one; a frame longer than its buffer is reported with
 // its full length. A down interface is waited out.
 func (e *Endpoint) Read(bufs [][]byte, sizes []int) (int, error) {
-	n := 0
-	var rerr error
-	err := e.raw.Read(func(fd uintptr) bool {
-		for n < len(bufs) {
-			m, from, err := unix.Recvfrom(int(fd), bufs[n], unix.MSG_DONTWAIT|unix.MSG_TRUNC)
-			if err != nil {
-				if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) || errors.Is(err, unix.ENETDOWN) {
-					return n > 0
-				}
-				rerr = err
-				return true
-			}
-			if ll, ok := from.(*unix.SockaddrLinklayer); ok && ll.Pkttype == unix.PACKET_OUTGOING {
-				continue
-			}
-			if m == 0 {
-				continue
-			}
-			sizes[n] = m
-			n++
-		}
-		return true
-	})
-	if n > 0 {
-		return n, nil
-	}
-	if err != nil {
-		return 0, err
-	}
-	return 0, rerr
+	return sockio.ReadEach(e.raw, bufs, sizes, readFrame, idle)
 }
+
+// readFrame reads one frame the interface received (not one it sent: the
+// socket sees those too) into b, with its full length.
+func readFrame(fd int, b []byte) (int, bool, error) {
+	n, from, err := unix.Recvfrom(fd, b, unix.MSG_DONTWAIT|unix.MSG_TRUNC)
+	if err != nil {
+		return 0, false, err
+	}
+	if ll, ok := from.(*unix.SockaddrLinklayer); ok && ll.Pkttype == unix.PACKET_OUTGOING {
+		return 0, false, nil
+	}
+	return n, n > 0, nil
+}
+
+// idle reports whether err means nothing waits now; a down interface too.
+func idle(err error) bool { return sockio.Again(err) || errors.Is(err, unix.ENETDOWN) }
 
 // Write implements endpoint.Endpoint.Write: a frame the interface refuses
 // (down, too long, no buffer) is dropped; only a bad socket is an error.

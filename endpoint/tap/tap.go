@@ -21,8 +21,10 @@ import (
 type Endpoint struct {
 	f       *os.File
 	raw     syscall.RawConn
-	one     *sockio.OneWriter // for WriteDirect
-	scratch []byte            // catches the rest of a frame longer than its buffer
+	one     *sockio.OneWriter                         // for WriteDirect
+	iov     [2][]byte                                 // Read's: the caller's buffer, then scratch
+	read    func(fd int, b []byte) (int, bool, error) // e.readFrame, bound once
+	scratch []byte                                    // catches the rest of a frame longer than its buffer
 	once    sync.Once
 	err     error
 }
@@ -40,41 +42,24 @@ func New(fd int, name string) (*Endpoint, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Endpoint{f: f, raw: raw, one: sockio.NewOneWriter(raw), scratch: make([]byte, 65536)}, nil
+	e := &Endpoint{f: f, raw: raw, one: sockio.NewOneWriter(raw), scratch: make([]byte, 65536)}
+	e.read = e.readFrame
+	return e, nil
 }
 
 // Read implements endpoint.Endpoint.Read: the frames queued, at least one.
 // A frame longer than its buffer is reported with its full length.
 func (e *Endpoint) Read(bufs [][]byte, sizes []int) (int, error) {
-	n := 0
-	var rerr error
-	iov := make([][]byte, 2)
-	err := e.raw.Read(func(fd uintptr) bool {
-		for n < len(bufs) {
-			iov[0], iov[1] = bufs[n], e.scratch
-			m, err := unix.Readv(int(fd), iov)
-			if err != nil {
-				if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
-					return n > 0
-				}
-				rerr = err
-				return true
-			}
-			if m == 0 {
-				continue
-			}
-			sizes[n] = m
-			n++
-		}
-		return true
-	})
-	if n > 0 {
-		return n, nil
-	}
-	if err != nil {
-		return 0, err
-	}
-	return 0, rerr
+	return sockio.ReadEach(e.raw, bufs, sizes, e.read, sockio.Again)
+}
+
+// readFrame reads one frame into b, the rest of a longer one into scratch
+// (to learn its length).
+func (e *Endpoint) readFrame(fd int, b []byte) (int, bool, error) {
+	e.iov[0], e.iov[1] = b, e.scratch
+	n, err := unix.Readv(fd, e.iov[:])
+	e.iov[0] = nil
+	return n, n > 0, err
 }
 
 // Write implements endpoint.Endpoint.Write: a frame the interface refuses

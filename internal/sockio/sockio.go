@@ -4,6 +4,7 @@
 package sockio
 
 import (
+	"errors"
 	"os"
 	"sync"
 	"syscall"
@@ -54,6 +55,47 @@ func WriteEach(raw syscall.RawConn, msgs [][]byte, gone func(error) bool) (int, 
 	}
 	return sent, err
 }
+
+// ReadEach waits until raw's descriptor is readable, then calls read for
+// one frame after another, into bufs[n] with n the frames kept so far, until
+// len(bufs) are kept or read reports that nothing more waits, and returns
+// how many it kept. read returns the frame's length (sizes[n]), whether to
+// keep it, and an error: one for which idle reports true means nothing
+// waits now (EAGAIN, EINTR and the like); any other ends the batch, and is
+// returned if no frame was kept. It serves descriptors that recvmmsg does
+// not (a tap) or whose frames need a look one by one.
+func ReadEach(raw syscall.RawConn, bufs [][]byte, sizes []int,
+	read func(fd int, b []byte) (size int, keep bool, err error), idle func(error) bool) (int, error) {
+	n := 0
+	var rerr error
+	err := raw.Read(func(fd uintptr) bool {
+		for n < len(bufs) {
+			size, keep, err := read(int(fd), bufs[n])
+			if err != nil {
+				if idle(err) {
+					return n > 0 // nothing yet: wait; else deliver what we have
+				}
+				rerr = err
+				return true
+			}
+			if keep {
+				sizes[n] = size
+				n++
+			}
+		}
+		return true
+	})
+	if n > 0 {
+		return n, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	return 0, rerr
+}
+
+// Again reports whether err means that nothing waits now.
+func Again(err error) bool { return errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) }
 
 // OneWriter writes one message at a time with write(2), never waiting: a
 // message the descriptor refuses is dropped. A drop because the reader's

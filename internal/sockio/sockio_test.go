@@ -436,30 +436,14 @@ func benchSeqpacket(b *testing.B, batch int, mmsg bool) {
 // readEach is ReadBatch as it was before recvmmsg: one recvfrom(2) per
 // packet, for comparison.
 func readEach(raw syscall.RawConn, bufs [][]byte, sizes []int) (int, error) {
-	n := 0
-	var rerr error
-	err := raw.Read(func(fd uintptr) bool {
-		for n < len(bufs) {
-			m, _, e := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&bufs[n][0])),
-				uintptr(len(bufs[n])), unix.MSG_DONTWAIT|unix.MSG_TRUNC, 0, 0)
-			if e == unix.EAGAIN {
-				return n > 0
-			} else if e != 0 {
-				rerr = e
-				return true
-			}
-			sizes[n] = min(int(m), len(bufs[n])+1)
-			n++
+	return ReadEach(raw, bufs, sizes, func(fd int, b []byte) (int, bool, error) {
+		m, _, e := unix.Syscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&b[0])),
+			uintptr(len(b)), unix.MSG_DONTWAIT|unix.MSG_TRUNC, 0, 0)
+		if e != 0 {
+			return 0, false, e
 		}
-		return true
-	})
-	if n > 0 {
-		return n, nil
-	}
-	if err != nil {
-		return 0, err
-	}
-	return 0, rerr
+		return min(int(m), len(b)+1), true, nil
+	}, Again)
 }
 
 // A OneWriter drops what a full socket refuses, yields for a reader that
