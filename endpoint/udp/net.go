@@ -32,6 +32,48 @@ func NewBatchConn(c *net.UDPConn, v6 bool) BatchConn {
 	return ipv4.NewPacketConn(c)
 }
 
+// multicastConn is what ipv4.PacketConn and ipv6.PacketConn share for
+// multicast.
+type multicastConn interface {
+	SetMulticastLoopback(on bool) error
+	SetMulticastInterface(ifi *net.Interface) error
+	JoinGroup(ifi *net.Interface, group net.Addr) error
+}
+
+// SetMulticast sets how c sends to multicast groups: ttl hops, looped back
+// to this host or not, out of ifi (nil: the system's choice).
+func SetMulticast(c *net.UDPConn, v6 bool, ttl int, loopback bool, ifi *net.Interface) error {
+	var m multicastConn
+	var err error
+	if v6 {
+		p := ipv6.NewPacketConn(c)
+		m, err = p, p.SetMulticastHopLimit(ttl)
+	} else {
+		p := ipv4.NewPacketConn(c)
+		m, err = p, p.SetMulticastTTL(ttl)
+	}
+	if err != nil {
+		return err
+	}
+	if err := m.SetMulticastLoopback(loopback); err != nil {
+		return err
+	}
+	if ifi != nil {
+		return m.SetMulticastInterface(ifi)
+	}
+	return nil
+}
+
+// JoinGroup makes c receive what is sent to group, on ifi (nil: the
+// system's choice).
+func JoinGroup(c *net.UDPConn, v6 bool, ifi *net.Interface, group netip.Addr) error {
+	addr := &net.UDPAddr{IP: group.AsSlice()}
+	if v6 {
+		return ipv6.NewPacketConn(c).JoinGroup(ifi, addr)
+	}
+	return ipv4.NewPacketConn(c).JoinGroup(ifi, addr)
+}
+
 // SplitHostPort splits "HOST", "HOST:PORT", "[V6]", "[V6]:PORT", ":PORT"
 // or a bare IPv6 address; the port is defPort when absent.
 func SplitHostPort(s string, defPort int) (host string, port int, err error) {

@@ -42,7 +42,6 @@ import (
 	"time"
 
 	"golang.org/x/net/ipv4"
-	"golang.org/x/net/ipv6"
 	"golang.org/x/sys/unix"
 
 	"github.com/ipn-project/ipn/endpoint"
@@ -202,35 +201,10 @@ func New(ctx context.Context, cfg Config) (*Endpoint, error) {
 
 // joinGroup joins cfg's group on c and sets how c sends to it.
 func joinGroup(c *net.UDPConn, v6 bool, ifi *net.Interface, cfg Config) error {
-	group := &net.UDPAddr{IP: cfg.Addr.AsSlice()}
-	if v6 {
-		p := ipv6.NewPacketConn(c)
-		if err := p.SetMulticastHopLimit(cfg.TTL); err != nil {
-			return err
-		}
-		if err := p.SetMulticastLoopback(false); err != nil {
-			return err
-		}
-		if ifi != nil {
-			if err := p.SetMulticastInterface(ifi); err != nil {
-				return err
-			}
-		}
-		return p.JoinGroup(ifi, group)
-	}
-	p := ipv4.NewPacketConn(c)
-	if err := p.SetMulticastTTL(cfg.TTL); err != nil {
+	if err := udp.SetMulticast(c, v6, cfg.TTL, false, ifi); err != nil {
 		return err
 	}
-	if err := p.SetMulticastLoopback(false); err != nil {
-		return err
-	}
-	if ifi != nil {
-		if err := p.SetMulticastInterface(ifi); err != nil {
-			return err
-		}
-	}
-	return p.JoinGroup(ifi, group)
+	return udp.JoinGroup(c, v6, ifi, cfg.Addr)
 }
 
 // LocalAddr returns the address the endpoint listens on.

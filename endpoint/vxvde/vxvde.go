@@ -47,7 +47,6 @@ import (
 	"unsafe"
 
 	"golang.org/x/net/ipv4"
-	"golang.org/x/net/ipv6"
 	"golang.org/x/sys/unix"
 
 	"github.com/ipn-project/ipn/endpoint"
@@ -269,35 +268,10 @@ func New(ctx context.Context, cfg Config) (*Endpoint, error) {
 // setup sets how the unicast socket sends to the group and joins the group
 // on the multicast socket.
 func (e *Endpoint) setup(ifi *net.Interface) error {
-	group := &net.UDPAddr{IP: e.cfg.Group.AsSlice()}
-	if e.v6 {
-		u := ipv6.NewPacketConn(e.uni)
-		if err := u.SetMulticastHopLimit(e.cfg.TTL); err != nil {
-			return err
-		}
-		if err := u.SetMulticastLoopback(true); err != nil {
-			return err
-		}
-		if ifi != nil {
-			if err := u.SetMulticastInterface(ifi); err != nil {
-				return err
-			}
-		}
-		return ipv6.NewPacketConn(e.multi).JoinGroup(ifi, group)
-	}
-	u := ipv4.NewPacketConn(e.uni)
-	if err := u.SetMulticastTTL(e.cfg.TTL); err != nil {
+	if err := udp.SetMulticast(e.uni, e.v6, e.cfg.TTL, true, ifi); err != nil {
 		return err
 	}
-	if err := u.SetMulticastLoopback(true); err != nil {
-		return err
-	}
-	if ifi != nil {
-		if err := u.SetMulticastInterface(ifi); err != nil {
-			return err
-		}
-	}
-	return ipv4.NewPacketConn(e.multi).JoinGroup(ifi, group)
+	return udp.JoinGroup(e.multi, e.v6, ifi, e.cfg.Group)
 }
 
 // UnicastAddr returns the address of the socket the member sends from and
