@@ -128,25 +128,20 @@ func (e *Endpoint) Read(bufs [][]byte, sizes []int) (int, error) {
 			ms[i].Buffers[0], ms[i].Addr = nil, nil
 		}
 	}()
-	for {
-		n, err := e.bc.ReadBatch(ms, 0)
-		if err != nil {
-			if e.closed.Load() || errors.Is(err, net.ErrClosed) {
-				return 0, net.ErrClosed
-			}
-			if Transient(err) { // e.g. an ICMP port unreachable for an earlier send
-				continue
-			}
-			return 0, fmt.Errorf("udp: %w", err)
+	n, err := ReadBatch(e.bc, ms, &e.closed)
+	if err != nil {
+		if errors.Is(err, net.ErrClosed) {
+			return 0, err
 		}
-		for i := 0; i < n; i++ {
-			sizes[i] = ms[i].N
-			if ms[i].Flags&unix.MSG_TRUNC != 0 {
-				sizes[i] = len(bufs[i]) + 1
-			}
-		}
-		return n, nil
+		return 0, fmt.Errorf("udp: %w", err)
 	}
+	for i := 0; i < n; i++ {
+		sizes[i] = ms[i].N
+		if ms[i].Flags&unix.MSG_TRUNC != 0 {
+			sizes[i] = len(bufs[i]) + 1
+		}
+	}
+	return n, nil
 }
 
 // Write implements endpoint.Endpoint.Write. A datagram the network does

@@ -227,13 +227,10 @@ func (e *Endpoint) Read(bufs [][]byte, sizes []int) (int, error) {
 		}
 	}()
 	for {
-		n, err := e.bc.ReadBatch(ms, 0)
+		n, err := udp.ReadBatch(e.bc, ms, &e.closed)
 		if err != nil {
-			if e.closed.Load() || errors.Is(err, net.ErrClosed) {
-				return 0, net.ErrClosed
-			}
-			if udp.Transient(err) {
-				continue
+			if errors.Is(err, net.ErrClosed) {
+				return 0, err
 			}
 			return 0, fmt.Errorf("vxlan: %w", err)
 		}
