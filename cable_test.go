@@ -1,23 +1,19 @@
 package ipn_test
 
 import (
-	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/ipn-project/ipn/internal/vdetest"
 )
 
 // Two networks joined by ipn plug's stream cable through a real pipe
 // (dpipe from Debian's vdeplug): frames cross both ways, bytes intact.
 func TestPlugStdioJoinsNetworks(t *testing.T) {
-	dpipe, err := exec.LookPath("dpipe")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("dpipe missing in CI")
-		}
-		t.Skip("dpipe not installed")
-	}
+	vdetest.Need(t, "dpipe")
+	dpipe, _ := exec.LookPath("dpipe")
 	ipnc := ipnCommand(t)
 	pathA, a := bindNet(t, nil)
 	pathB := filepath.Join(tempDir(t), "b")

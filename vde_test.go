@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -15,131 +14,11 @@ import (
 	"time"
 
 	"github.com/ipn-project/ipn"
+	"github.com/ipn-project/ipn/internal/vdetest"
 )
 
 // These tests join IPN networks to real VDE 2 programs: vde_switch
 // (Debian vde2) and vde_plug, dpipe (Debian vdeplug).
-
-// needVDE skips the test when a VDE program is missing, except under CI,
-// where .ci/run installs them.
-func needVDE(t *testing.T, progs ...string) {
-	t.Helper()
-	for _, p := range progs {
-		if _, err := exec.LookPath(p); err != nil {
-			if os.Getenv("CI") != "" {
-				t.Fatalf("%s is needed under CI: %v", p, err)
-			}
-			t.Skipf("%s not installed (Debian packages vde2, vdeplug)", p)
-		}
-	}
-}
-
-// vdeSwitchProc is a vde_switch in the foreground, its console on a pipe
-// the test keeps open: when the pipe ends, so does the switch.
-type vdeSwitchProc struct {
-	dir   string
-	cmd   *exec.Cmd
-	stdin io.WriteCloser
-	lines chan string
-	done  chan struct{}
-	p     *proc // for its stderr buffer
-}
-
-func startVDESwitch(t *testing.T, dir string) *vdeSwitchProc {
-	t.Helper()
-	needVDE(t, "vde_switch")
-	sw := &vdeSwitchProc{dir: dir, lines: make(chan string, 256), done: make(chan struct{}),
-		p: &proc{errb: &strings.Builder{}}}
-	sw.cmd = exec.Command("vde_switch", "-s", dir)
-	sw.cmd.Stderr = lockedWriter{&sw.p.mu, sw.p.errb}
-	sw.cmd.WaitDelay = 5 * time.Second
-	var err error
-	if sw.stdin, err = sw.cmd.StdinPipe(); err != nil {
-		t.Fatal(err)
-	}
-	out, err := sw.cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := sw.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			sw.lines <- sc.Text()
-		}
-		close(sw.lines)
-		sw.cmd.Wait()
-		close(sw.done)
-	}()
-	t.Cleanup(sw.kill)
-	// The console answers once the switch serves its ctl socket. (Not a
-	// test connection: vde_switch 2.3.2 never frees a port whose data
-	// socket gets a lower fd than its control connection, which a
-	// connection closed just before makes happen.)
-	sw.console(t, "showinfo")
-	return sw
-}
-
-// console runs a command on the switch's console and returns its output.
-func (sw *vdeSwitchProc) console(t *testing.T, cmd string) []string {
-	t.Helper()
-	fmt.Fprintln(sw.stdin, cmd)
-	var out []string
-	timeout := time.After(waitProcs)
-	for {
-		select {
-		case l, ok := <-sw.lines:
-			if !ok {
-				t.Fatalf("vde_switch -s %s exited: %v\n%s", sw.dir, sw.cmd.ProcessState, sw.p.stderr())
-			}
-			if len(l) >= 5 && l[4] == ' ' && l[0] >= '1' && l[0] <= '9' {
-				if !strings.HasPrefix(l, "1000 ") {
-					t.Fatalf("vde_switch console %q: %s", cmd, l)
-				}
-				return out
-			}
-			out = append(out, l)
-		case <-timeout:
-			t.Fatalf("vde_switch console %q: no answer in %v; stderr:\n%s", cmd, waitProcs, sw.p.stderr())
-		}
-	}
-}
-
-// endpoints returns the switch's connected clients, one line each.
-func (sw *vdeSwitchProc) endpoints(t *testing.T) []string {
-	t.Helper()
-	var l []string
-	for _, line := range sw.console(t, "port/allprint") {
-		if strings.Contains(line, "-- endpoint ID") {
-			l = append(l, strings.TrimSpace(line))
-		}
-	}
-	return l
-}
-
-func (sw *vdeSwitchProc) waitEndpoints(t *testing.T, n int) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		l := sw.endpoints(t)
-		if len(l) == n {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("vde_switch %s: %d clients after 30s, want %d: %q", sw.dir, len(l), n, l)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// kill ends the switch with SIGKILL, as a crash would (its files stay).
-func (sw *vdeSwitchProc) kill() {
-	sw.cmd.Process.Kill()
-	<-sw.done
-	sw.stdin.Close()
-}
 
 // vdeFramed is a process whose stdin and stdout carry frames in the VDE
 // stream encapsulation (2-byte big-endian length, then the frame), in its
@@ -256,9 +135,9 @@ func crossBothWays(t *testing.T, m *ipn.Socket, vp *vdeFramed, tag string) {
 // ipn plug PATH vde:///DIR joins an IPN network to a vde_switch, where
 // Debian's vde_plug is another port.
 func TestVDEPlugIntoVDESwitch(t *testing.T) {
-	needVDE(t, "vde_switch", "vde_plug")
+	vdetest.Need(t, "vde_switch", "vde_plug")
 	dir := filepath.Join(tempDir(t), "sw")
-	sw := startVDESwitch(t, dir)
+	sw := vdetest.Start(t, dir)
 	path, m := bindNet(t, nil)
 	plug := start(t, nil, nil, ipnCommand(t), "plug", path, "vde://"+dir)
 	t.Cleanup(func() {
@@ -267,12 +146,12 @@ func TestVDEPlugIntoVDESwitch(t *testing.T) {
 		}
 	})
 	waitFor(t, waitProcs, "ipn plug in the network", func() bool { r, _ := readersOf(path); return r == 2 })
-	sw.waitEndpoints(t, 1)
-	if l := sw.endpoints(t); !strings.Contains(l[0], "user=") {
+	sw.WaitEndpoints(t, 1)
+	if l := sw.Endpoints(t); !strings.Contains(l[0], "user=") {
 		t.Errorf("switch shows the plug as %q", l[0])
 	}
 	vp := startVDEFramed(t, "vde_plug", "vde://"+dir)
-	sw.waitEndpoints(t, 2)
+	sw.WaitEndpoints(t, 2)
 	crossBothWays(t, m, vp, "plug")
 
 	// The port number in brackets: port 7.
@@ -280,11 +159,11 @@ func TestVDEPlugIntoVDESwitch(t *testing.T) {
 	if err := plug.wait(waitProcs); err != nil {
 		t.Fatalf("ipn plug on SIGTERM: %v; stderr:\n%s", err, plug.stderr())
 	}
-	sw.waitEndpoints(t, 1)
+	sw.WaitEndpoints(t, 1)
 	plug7 := start(t, nil, nil, ipnCommand(t), "plug", path, fmt.Sprintf("vde://%s[7]", dir))
-	sw.waitEndpoints(t, 2)
+	sw.WaitEndpoints(t, 2)
 	found := false
-	for _, l := range sw.console(t, "port/allprint") {
+	for _, l := range sw.Console(t, "port/allprint") {
 		found = found || strings.HasPrefix(l, "Port 0007 ")
 	}
 	if !found {
@@ -296,34 +175,34 @@ func TestVDEPlugIntoVDESwitch(t *testing.T) {
 // dpipe joins ipn's stream cable to Debian's vde_plug with a real pipe:
 // dpipe ipn plug PATH - = vde_plug vde:///DIR.
 func TestVDEStreamCableThroughDpipe(t *testing.T) {
-	needVDE(t, "vde_switch", "vde_plug", "dpipe")
+	vdetest.Need(t, "vde_switch", "vde_plug", "dpipe")
 	dir := filepath.Join(tempDir(t), "sw")
-	sw := startVDESwitch(t, dir)
+	sw := vdetest.Start(t, dir)
 	path, m := bindNet(t, nil)
 	startVDEFramed(t, "dpipe", ipnCommand(t), "plug", path, "-", "=", "vde_plug", "vde://"+dir)
 	waitFor(t, waitProcs, "ipn plug in the network", func() bool { r, _ := readersOf(path); return r == 2 })
-	sw.waitEndpoints(t, 1)
+	sw.WaitEndpoints(t, 1)
 	vp := startVDEFramed(t, "vde_plug", "vde://"+dir)
-	sw.waitEndpoints(t, 2)
+	sw.WaitEndpoints(t, 2)
 	crossBothWays(t, m, vp, "dpipe")
 }
 
 // The vde_switch dies: ipn plug ends with an error, or with --reconnect
 // waits for a new switch at the same place and carries frames again.
 func TestVDESwitchGoesAway(t *testing.T) {
-	needVDE(t, "vde_switch", "vde_plug")
+	vdetest.Need(t, "vde_switch", "vde_plug")
 	t.Run("plug ends", func(t *testing.T) {
 		dir := filepath.Join(tempDir(t), "sw")
-		sw := startVDESwitch(t, dir)
+		sw := vdetest.Start(t, dir)
 		path, m := bindNet(t, nil)
 		plug := start(t, nil, nil, ipnCommand(t), "plug", path, "vde://"+dir)
 		waitFor(t, waitProcs, "ipn plug in the network", func() bool { r, _ := readersOf(path); return r == 2 })
-		sw.waitEndpoints(t, 1)
+		sw.WaitEndpoints(t, 1)
 		// Frames cross: the cable is up at both ends before the switch dies.
 		vp := startVDEFramed(t, "vde_plug", "vde://"+dir)
-		sw.waitEndpoints(t, 2)
+		sw.WaitEndpoints(t, 2)
 		crossBothWays(t, m, vp, "before the switch dies")
-		sw.kill()
+		sw.Kill()
 		err := plug.wait(waitProcs)
 		if err == nil || exitCode(err) == 0 {
 			t.Fatalf("ipn plug after the switch died: %v, want a non-zero exit; stderr:\n%s", err, plug.stderr())
@@ -338,7 +217,7 @@ func TestVDESwitchGoesAway(t *testing.T) {
 	})
 	t.Run("plug reconnects", func(t *testing.T) {
 		dir := filepath.Join(tempDir(t), "sw")
-		sw := startVDESwitch(t, dir)
+		sw := vdetest.Start(t, dir)
 		path, m := bindNet(t, nil)
 		plug := start(t, nil, nil, ipnCommand(t), "plug", "--reconnect", path, "vde://"+dir)
 		t.Cleanup(func() {
@@ -347,12 +226,12 @@ func TestVDESwitchGoesAway(t *testing.T) {
 			}
 		})
 		waitFor(t, waitProcs, "ipn plug in the network", func() bool { r, _ := readersOf(path); return r == 2 })
-		sw.waitEndpoints(t, 1)
+		sw.WaitEndpoints(t, 1)
 		vp := startVDEFramed(t, "vde_plug", "vde://"+dir)
-		sw.waitEndpoints(t, 2)
+		sw.WaitEndpoints(t, 2)
 		crossBothWays(t, m, vp, "before")
 
-		sw.kill()
+		sw.Kill()
 		waitFor(t, waitProcs, "ipn plug retrying", func() bool {
 			return strings.Contains(plug.stderr(), "vde switch closed the port") && strings.Contains(plug.stderr(), "again in")
 		})
@@ -366,10 +245,10 @@ func TestVDESwitchGoesAway(t *testing.T) {
 			t.Fatalf("ipn plug left the network while reconnecting: %d readers", r)
 		}
 
-		sw2 := startVDESwitch(t, dir)
-		sw2.waitEndpoints(t, 1) // the plug is back
+		sw2 := vdetest.Start(t, dir)
+		sw2.WaitEndpoints(t, 1) // the plug is back
 		vp2 := startVDEFramed(t, "vde_plug", "vde://"+dir)
-		sw2.waitEndpoints(t, 2)
+		sw2.WaitEndpoints(t, 2)
 		crossBothWays(t, m, vp2, "after")
 	})
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/ipn-project/ipn"
+	"github.com/ipn-project/ipn/internal/vdetest"
 	"github.com/ipn-project/ipn/policy/vdeswitch"
 )
 
@@ -31,13 +32,8 @@ type vdeSrvPlug struct {
 
 func vdeSrvNeed(t *testing.T) string {
 	t.Helper()
-	p, err := exec.LookPath("vde_plug")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("vde_plug missing in CI")
-		}
-		t.Skip("vde_plug not installed")
-	}
+	vdetest.Need(t, "vde_plug")
+	p, _ := exec.LookPath("vde_plug")
 	return p
 }
 

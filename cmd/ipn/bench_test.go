@@ -6,6 +6,8 @@ import (
 	"os"
 	"os/exec"
 	"testing"
+
+	"github.com/ipn-project/ipn/internal/vdetest"
 )
 
 // asIPNEnv makes the test binary run as the ipn command, so that ipn
@@ -23,9 +25,7 @@ func TestMain(m *testing.M) {
 // TestBenchQuick runs ipn bench --quick on a few rows and checks the JSON
 // rows it prints; it asserts nothing about speed.
 func TestBenchQuick(t *testing.T) {
-	if _, err := exec.LookPath("vde_switch"); err != nil && os.Getenv("CI") == "" {
-		t.Skip("vde_switch not installed (Debian package vde2)")
-	}
+	vdetest.Need(t, "vde_switch")
 	cmd := exec.Command(os.Args[0], "bench", "--quick", "--json",
 		"--paths", "fast,socket,vde,vde_switch,nats",
 		"--scenarios", "=hub 1->1 64B,=switch 4<->4 64B,=hub 1->1 64B lossless",

@@ -1,131 +1,19 @@
 package vdeplug
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/ipn-project/ipn/internal/vdetest"
 )
-
-// needVDE skips the test when vde_switch is missing, except under CI,
-// where it must be installed.
-func needVDE(t *testing.T) {
-	t.Helper()
-	if _, err := exec.LookPath("vde_switch"); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("vde_switch is needed under CI: %v", err)
-		}
-		t.Skip("vde_switch not installed (Debian package vde2)")
-	}
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-// vdeSwitch is a real vde_switch run by the test in the foreground, its
-// console on a pipe the test keeps open (when the pipe ends, so does the
-// switch, even if the test process dies).
-type vdeSwitch struct {
-	dir    string
-	cmd    *exec.Cmd
-	stdin  io.WriteCloser
-	lines  chan string
-	stderr *lockedBuffer
-	done   chan struct{}
-}
-
-func startSwitch(t *testing.T, dir string, args ...string) *vdeSwitch {
-	t.Helper()
-	needVDE(t)
-	sw := &vdeSwitch{dir: dir, lines: make(chan string, 256), stderr: &lockedBuffer{}, done: make(chan struct{})}
-	sw.cmd = exec.Command("vde_switch", append([]string{"-s", dir}, args...)...)
-	sw.cmd.Stderr = sw.stderr
-	sw.cmd.WaitDelay = 5 * time.Second
-	var err error
-	if sw.stdin, err = sw.cmd.StdinPipe(); err != nil {
-		t.Fatal(err)
-	}
-	out, err := sw.cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := sw.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			sw.lines <- sc.Text()
-		}
-		close(sw.lines)
-		sw.cmd.Wait()
-		close(sw.done)
-	}()
-	t.Cleanup(sw.kill)
-	// The console answers once the switch is ready. (No test connection to
-	// ctl: vde_switch 2.3.2 never frees a port whose data socket gets a
-	// lower fd than its control connection, which a closed connection
-	// just before makes happen.)
-	sw.console(t, "showinfo")
-	return sw
-}
-
-// console runs a command on the switch's console and returns its output.
-func (sw *vdeSwitch) console(t *testing.T, cmd string) []string {
-	t.Helper()
-	fmt.Fprintln(sw.stdin, cmd)
-	var out []string
-	timeout := time.After(15 * time.Second)
-	for {
-		select {
-		case l, ok := <-sw.lines:
-			if !ok {
-				t.Fatalf("vde_switch -s %s exited: %v\n%s", sw.dir, sw.cmd.ProcessState, sw.stderr)
-			}
-			if len(l) >= 5 && l[4] == ' ' && l[0] >= '1' && l[0] <= '9' {
-				if !strings.HasPrefix(l, "1000 ") {
-					t.Fatalf("vde_switch console %q: %s", cmd, l)
-				}
-				return out
-			}
-			out = append(out, l)
-		case <-timeout:
-			t.Fatalf("vde_switch console %q: no answer in 15s; stderr:\n%s", cmd, sw.stderr)
-		}
-	}
-}
-
-// kill ends the switch with SIGKILL, leaving its files behind as a crash
-// would, and waits for it.
-func (sw *vdeSwitch) kill() {
-	sw.cmd.Process.Kill()
-	<-sw.done
-	sw.stdin.Close()
-}
 
 func frame(dst []byte, src byte, payload string) []byte {
 	f := append(append([]byte{}, dst...), 0x02, 0, 0, 0, 0, src, 0x08, 0x00)
@@ -229,7 +117,7 @@ func clientSockets(t *testing.T, dir string) []string {
 
 func TestFramesCrossASwitch(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "sw")
-	sw := startSwitch(t, dir)
+	sw := vdetest.Start(t, dir)
 	a := dial(t, dir)
 	b := dial(t, dir+"[5]")
 	if b.Port() != 5 {
@@ -242,7 +130,7 @@ func TestFramesCrossASwitch(t *testing.T) {
 		t.Errorf("client sockets left in the switch's directory: %v", l)
 	}
 	// The switch read the whole request: it shows our description.
-	ports := strings.Join(sw.console(t, "port/allprint"), "\n")
+	ports := strings.Join(sw.Console(t, "port/allprint"), "\n")
 	if want := fmt.Sprintf("PID=%d", os.Getpid()); strings.Count(ports, want) != 2 {
 		t.Errorf("port/allprint shows %q %d times, want 2:\n%s", want, strings.Count(ports, want), ports)
 	}
@@ -307,7 +195,7 @@ func waitPortFree(t *testing.T, dir string, port int) {
 // what the switch could not take dropped, and the port still works.
 func TestFloodDoesNotBlock(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "sw")
-	startSwitch(t, dir)
+	vdetest.Start(t, dir)
 	a, b := dial(t, dir), dial(t, dir)
 	batch := make([][]byte, 64)
 	for i := range batch {
@@ -354,7 +242,7 @@ func TestFloodDoesNotBlock(t *testing.T) {
 
 func TestRelativeDirAndPort0(t *testing.T) {
 	parent := t.TempDir()
-	startSwitch(t, filepath.Join(parent, "sw"))
+	vdetest.Start(t, filepath.Join(parent, "sw"))
 	t.Chdir(parent)
 	a := dial(t, "sw")
 	b := dial(t, "sw[0]")
@@ -376,7 +264,7 @@ func TestDataSocketFallsBack(t *testing.T) {
 	if len(dir) != 96 {
 		t.Fatalf("dir of %d bytes", len(dir))
 	}
-	startSwitch(t, dir)
+	vdetest.Start(t, dir)
 	a, b := dial(t, dir), dial(t, dir)
 	f := frame(bcast, 3, "fallback")
 	send(t, a, f)
@@ -390,7 +278,7 @@ func TestDataSocketFallsBack(t *testing.T) {
 }
 
 func TestOpenErrors(t *testing.T) {
-	needVDE(t)
+	vdetest.Need(t, "vde_switch")
 	ctx := context.Background()
 	base := t.TempDir()
 	if _, err := Open(ctx, filepath.Join(base, "nothing")); !errors.Is(err, ErrNoSwitch) {
@@ -403,7 +291,7 @@ func TestOpenErrors(t *testing.T) {
 		t.Errorf("unterminated parameters: no error")
 	}
 	dir := filepath.Join(base, "sw")
-	sw := startSwitch(t, dir, "-n", "8")
+	sw := vdetest.Start(t, dir, "-n", "8")
 	// vde_switch neither answers nor closes: Open gives up at the
 	// context's deadline.
 	tctx, cancel := context.WithTimeout(ctx, 2*time.Second)
@@ -417,7 +305,7 @@ func TestOpenErrors(t *testing.T) {
 		t.Errorf("client sockets left after a refusal: %v", l)
 	}
 	// A switch that died leaves its ctl behind: no switch there.
-	sw.kill()
+	sw.Kill()
 	_, err = Open(ctx, dir)
 	if !errors.Is(err, ErrNoSwitch) {
 		t.Errorf("dead switch: %v, want ErrNoSwitch", err)
@@ -426,7 +314,7 @@ func TestOpenErrors(t *testing.T) {
 	// A cancelled context stops Open.
 	cctx, cancel := context.WithCancel(ctx)
 	cancel()
-	startSwitch(t, dir)
+	vdetest.Start(t, dir)
 	if _, err := Open(cctx, dir); err == nil {
 		t.Errorf("cancelled context: no error")
 	}
@@ -434,7 +322,7 @@ func TestOpenErrors(t *testing.T) {
 
 func TestCloseUnblocks(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "sw")
-	startSwitch(t, dir)
+	vdetest.Start(t, dir)
 	a := dial(t, dir)
 	errc := make(chan error, 1)
 	go func() {
@@ -464,14 +352,14 @@ func TestCloseUnblocks(t *testing.T) {
 
 func TestSwitchGoes(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "sw")
-	sw := startSwitch(t, dir)
+	sw := vdetest.Start(t, dir)
 	a := dial(t, dir)
 	errc := make(chan error, 1)
 	go func() {
 		_, err := a.Read([][]byte{make([]byte, 100)}, []int{0})
 		errc <- err
 	}()
-	sw.kill()
+	sw.Kill()
 	select {
 	case err := <-errc:
 		if !errors.Is(err, ErrSwitchGone) {
