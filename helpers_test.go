@@ -49,6 +49,25 @@ func runHelper(name string, args []string) int {
 	return 0
 }
 
+// join connects to path, with the sides in shut shut down first (0: none).
+func join(path string, shut ipn.How) (*ipn.Socket, error) {
+	s, err := ipn.NewSocket(ipn.Any)
+	if err != nil {
+		return nil, err
+	}
+	if shut != 0 {
+		if err := s.Shutdown(shut); err != nil {
+			s.Close()
+			return nil, err
+		}
+	}
+	if err := s.Connect(path); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
 // errName returns the errno name of err, or its text.
 func errName(err error) string {
 	var errno syscall.Errno
@@ -100,17 +119,11 @@ func helpPerm(op, path string) error {
 
 // helpRecv joins path receive-only and prints each message until EOF.
 func helpRecv(path string) error {
-	s, err := ipn.NewSocket(ipn.Any)
+	s, err := join(path, ipn.ShutWrite)
 	if err != nil {
 		return err
 	}
 	defer s.Close()
-	if err := s.Shutdown(ipn.ShutWrite); err != nil {
-		return err
-	}
-	if err := s.Connect(path); err != nil {
-		return err
-	}
 	fmt.Printf("ready port=%d\n", s.Port())
 	buf := make([]byte, 65536)
 	w := bufio.NewWriter(os.Stdout)
@@ -128,17 +141,11 @@ func helpRecv(path string) error {
 // helpStream joins path send-only and sends numbered messages until it is
 // killed or the network goes away.
 func helpStream(path string) error {
-	s, err := ipn.NewSocket(ipn.Any)
+	s, err := join(path, ipn.ShutRead)
 	if err != nil {
 		return err
 	}
 	defer s.Close()
-	if err := s.Shutdown(ipn.ShutRead); err != nil {
-		return err
-	}
-	if err := s.Connect(path); err != nil {
-		return err
-	}
 	fmt.Printf("ready port=%d\n", s.Port())
 	for i := 0; ; i++ {
 		if err := s.Send([]byte("stream " + strconv.Itoa(i))); err != nil {
@@ -151,14 +158,11 @@ func helpStream(path string) error {
 // helpFlood sends numbered 64-byte messages to path as fast as it can,
 // until it is killed.
 func helpFlood(path string) error {
-	s, err := ipn.NewSocket(ipn.Any)
+	s, err := join(path, 0)
 	if err != nil {
 		return err
 	}
 	defer s.Close()
-	if err := s.Connect(path); err != nil {
-		return err
-	}
 	fmt.Printf("ready fast=%v port=%d\n", s.FastPath(), s.Port())
 	msg := make([]byte, 64)
 	for i := uint64(0); ; i++ {
@@ -203,17 +207,11 @@ func helpBindWait(path string) error {
 
 // helpIdle joins path receive-only and never reads, until killed.
 func helpIdle(path string) error {
-	s, err := ipn.NewSocket(ipn.Any)
+	s, err := join(path, ipn.ShutWrite)
 	if err != nil {
 		return err
 	}
 	defer s.Close()
-	if err := s.Shutdown(ipn.ShutWrite); err != nil {
-		return err
-	}
-	if err := s.Connect(path); err != nil {
-		return err
-	}
 	fmt.Printf("ready port=%d\n", s.Port())
 	select {}
 }
@@ -221,14 +219,11 @@ func helpIdle(path string) error {
 // helpFrames joins path; it sends each stdin line (hex) as a frame and
 // prints each frame it receives as "frame HEX", skipping switch probes.
 func helpFrames(path string) error {
-	s, err := ipn.NewSocket(ipn.Any)
+	s, err := join(path, 0)
 	if err != nil {
 		return err
 	}
 	defer s.Close()
-	if err := s.Connect(path); err != nil {
-		return err
-	}
 	fmt.Printf("ready port=%d\n", s.Port())
 	go func() {
 		in := bufio.NewScanner(os.Stdin)
