@@ -29,7 +29,21 @@ func init() {
 func bindNet(t *testing.T, opts func(*ipn.Socket)) (string, *ipn.Socket) {
 	t.Helper()
 	path := filepath.Join(tempDir(t), "net")
-	s, err := ipn.NewSocket(ipn.Hub)
+	return path, bindAt(t, ipn.Hub, path, opts, true)
+}
+
+// bindNetAt creates a hub network at path and returns it with the bound,
+// connected socket.
+func bindNetAt(t *testing.T, path string) (string, *ipn.Socket) {
+	t.Helper()
+	return path, bindAt(t, ipn.Hub, path, nil, true)
+}
+
+// bindAt binds a network of protocol proto at path, with the options set
+// by opts, for as long as the test runs, and connects to it if join.
+func bindAt(t *testing.T, proto ipn.Protocol, path string, opts func(*ipn.Socket), join bool) *ipn.Socket {
+	t.Helper()
+	s, err := ipn.NewSocket(proto)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,28 +54,12 @@ func bindNet(t *testing.T, opts func(*ipn.Socket)) (string, *ipn.Socket) {
 	if err := s.Bind(path); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Connect(""); err != nil {
-		t.Fatal(err)
+	if join {
+		if err := s.Connect(""); err != nil {
+			t.Fatal(err)
+		}
 	}
-	return path, s
-}
-
-// bindNetAt creates a hub network at path and returns it with the bound,
-// connected socket.
-func bindNetAt(t *testing.T, path string) (string, *ipn.Socket) {
-	t.Helper()
-	s, err := ipn.NewSocket(ipn.Hub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	if err := s.Bind(path); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Connect(""); err != nil {
-		t.Fatal(err)
-	}
-	return path, s
+	return s
 }
 
 // member connects a new socket to path, applying opts before Connect.

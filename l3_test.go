@@ -12,18 +12,7 @@ import (
 func l3Net(t *testing.T) (string, *ipn.Socket) {
 	t.Helper()
 	path := filepath.Join(tempDir(t), "l3")
-	s, err := ipn.NewSocket(ipn.VDESwitchL3)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	if err := s.Bind(path); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Connect(""); err != nil {
-		t.Fatal(err)
-	}
-	return path, s
+	return path, bindAt(t, ipn.VDESwitchL3, path, nil, true)
 }
 
 // l3Host is a member with its addresses: MAC 02:00:00:00:01:i, 10.1.0.i,

@@ -23,14 +23,7 @@ func TestHTTPBetweenProcesses(t *testing.T) {
 	os.Chmod(bin, 0o755)
 
 	path := filepath.Join(dir, "lan")
-	sw, err := ipn.NewSocket(ipn.VDESwitch)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sw.Close()
-	if err := sw.Bind(path); err != nil {
-		t.Fatal(err)
-	}
+	bindAt(t, ipn.VDESwitch, path, nil, false)
 
 	srv := start(t, nil, nil, bin, "serve", path, "10.55.0.1/24", ":80")
 	srv.expect("serving on", 10*time.Second)
@@ -56,14 +49,7 @@ func TestPingNetstackFromTap(t *testing.T) {
 		t.Fatalf("go build ./examples/http: %v\n%s", err, out)
 	}
 	path := filepath.Join(dir, "lan")
-	sw, err := ipn.NewSocket(ipn.VDESwitch)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sw.Close()
-	if err := sw.Bind(path); err != nil {
-		t.Fatal(err)
-	}
+	bindAt(t, ipn.VDESwitch, path, nil, false)
 	srv := start(t, nil, nil, bin, "serve", path, "10.55.0.1/24", ":80")
 	srv.expect("serving on", 10*time.Second)
 

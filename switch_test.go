@@ -33,14 +33,7 @@ func ethTagged(dst, src []byte, vlan uint16, payload string) []byte {
 func switchNet(t *testing.T, loop string) string {
 	t.Helper()
 	path := filepath.Join(tempDir(t), "sw")
-	s, err := ipn.NewSocket(ipn.VDESwitch)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	if err := s.Bind(path); err != nil {
-		t.Fatal(err)
-	}
+	bindAt(t, ipn.VDESwitch, path, nil, false)
 	if err := ipn.SetPolicyOption(path, "loop.interval", loop); err != nil {
 		t.Fatal(err)
 	}
