@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -336,5 +338,30 @@ func TestFastPathAllocs(t *testing.T) {
 	run() // warm the pools
 	if allocs := testing.AllocsPerRun(50, run); allocs > perRun/100 {
 		t.Fatalf("%.1f allocations per %d messages", allocs, perRun)
+	}
+}
+
+// A daemon without the fast path (here ipn daemon --no-fast-path, which
+// answers its option as an older daemon would) gives every member a
+// socket, and the library goes on over it.
+func TestNoFastPathDaemonFallsBack(t *testing.T) {
+	sock := filepath.Join(tempDir(t), "old.sock")
+	d := start(t, nil, nil, ipnCommand(t), "daemon", "-f", "--no-fast-path", "--socket", sock)
+	t.Setenv("IPN_SOCKET", sock)
+	waitFor(t, 15*time.Second, "the daemon's socket", func() bool {
+		c, err := net.Dial("unixpacket", sock)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	path, a := bindNet(t, nil)
+	b := member(t, path, nil)
+	if a.FastPath() || b.FastPath() {
+		t.Fatalf("fast path from a daemon without it: %v %v", a.FastPath(), b.FastPath())
+	}
+	a.Send([]byte("over a socket"))
+	if got := recvString(t, b); got != "over a socket" {
+		t.Fatalf("got %q; daemon stderr:\n%s", got, d.stderr())
 	}
 }

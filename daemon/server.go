@@ -33,6 +33,10 @@ type Config struct {
 	Logger *slog.Logger
 	// Ready, if set, is called once the control socket accepts clients.
 	Ready func()
+	// NoFastPath refuses the shared-memory fast path, answering its option
+	// as a daemon without it does (ENOPROTOOPT): every member uses a
+	// socket.
+	NoFastPath bool
 }
 
 // ErrRunning reports that another daemon already serves the socket.

@@ -225,6 +225,9 @@ func (ss *session) doSetOpt(body []byte) error {
 		case wire.OptHandleOOB:
 			ss.portOpts.HandleOOB = v != 0
 		case wire.OptFastPath:
+			if ss.srv.cfg.NoFastPath {
+				return fmt.Errorf("fast path off: %w", syscall.ENOPROTOOPT)
+			}
 			ss.wantFast = v != 0
 		default:
 			ss.portOpts.WantNumNodes = v != 0

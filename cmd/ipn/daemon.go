@@ -21,6 +21,7 @@ func daemonCmd() *cobra.Command {
 		socket     string
 		idle       time.Duration
 		cpuprofile string
+		noFast     bool
 	)
 	cmd := &cobra.Command{
 		Use:   "daemon",
@@ -58,15 +59,17 @@ SIGTERM or SIGINT stops it, closing every port.`,
 				defer pprof.StopCPUProfile()
 			}
 			return daemon.Serve(ctx, daemon.Config{
-				Socket:   socket,
-				IdleExit: idle,
-				Logger:   slog.New(slog.NewTextHandler(os.Stderr, nil)),
+				Socket:     socket,
+				IdleExit:   idle,
+				Logger:     slog.New(slog.NewTextHandler(os.Stderr, nil)),
+				NoFastPath: noFast,
 			})
 		},
 	}
 	cmd.Flags().BoolVarP(&foreground, "foreground", "f", false, "serve in this process instead of starting a background daemon")
 	cmd.Flags().StringVar(&socket, "socket", "", "control socket path (default $IPN_SOCKET, "+daemon.SystemSocket+" for root, else per user)")
 	cmd.Flags().StringVar(&cpuprofile, "cpuprofile", "", "with --foreground, write a CPU profile (go tool pprof) here when stopped")
+	cmd.Flags().BoolVar(&noFast, "no-fast-path", false, "with --foreground, give every member a socket, not shared-memory rings")
 	cmd.Flags().DurationVar(&idle, "idle-exit", 0, "with --foreground, exit after this long without clients (0: never)")
 	return cmd
 }
