@@ -150,9 +150,6 @@ func Map(fd int) (*Region, error) {
 // FD returns the region's memfd, to pass to the member.
 func (r *Region) FD() int { return r.fd }
 
-// Layout returns the region's geometry.
-func (r *Region) Layout() Layout { return r.layout }
-
 // Close unmaps the region and closes its memfd. Nothing may use its rings
 // any more.
 func (r *Region) Close() error {

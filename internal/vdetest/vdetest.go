@@ -142,9 +142,6 @@ func (sw *Switch) Kill() {
 	sw.stdin.Close()
 }
 
-// Done is closed when the switch has exited.
-func (sw *Switch) Done() <-chan struct{} { return sw.done }
-
 type lockedBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
