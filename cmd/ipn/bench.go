@@ -22,6 +22,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ipn-project/ipn/internal/benchpeer"
+	"github.com/ipn-project/ipn/internal/outfile"
 )
 
 func init() {
@@ -276,7 +277,7 @@ func runBench(cmd *cobra.Command, o benchOpts) error {
 		if err != nil {
 			return err
 		}
-		if err := os.WriteFile(o.outFile, append(data, '\n'), 0o666); err != nil {
+		if err := outfile.WriteFile(o.outFile, append(data, '\n')); err != nil {
 			return fmt.Errorf("writing the results: %w", err)
 		}
 	}

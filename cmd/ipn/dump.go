@@ -21,6 +21,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ipn-project/ipn"
+	"github.com/ipn-project/ipn/internal/outfile"
 )
 
 func init() {
@@ -203,7 +204,7 @@ func newPcapSink(name string, stdout io.Writer) (*pcapSink, error) {
 	p := &pcapSink{name: name}
 	out := stdout
 	if name != "-" {
-		f, err := os.Create(name)
+		f, err := outfile.Create(name)
 		if err != nil {
 			return nil, err
 		}
