@@ -65,8 +65,9 @@
 //
 // # Options
 //
-//   - "expire": the age after which entries expire, a Go duration ("30s");
-//     SetOption changes it, Option reads it.
+//   - "expire": the age after which entries expire, a Go duration ("30s")
+//     in 100ms..24h (MinExpire..MaxExpire); SetOption changes it, Option reads
+//     it.
 //   - "ips": read only, the learnt IP addresses as a JSON list of
 //     {"ip", "mac", "port", "age_seconds"}, sorted by address.
 //   - "macs": read only, the learnt MAC addresses as a JSON list of
@@ -93,6 +94,14 @@ const Name = "l3switch"
 
 // DefaultExpire is the default age after which learnt entries expire.
 const DefaultExpire = 120 * time.Second
+
+// Bounds of the "expire" option; SetOption refuses values outside them.
+const (
+	// MinExpire is the shortest age of learnt entries.
+	MinExpire = 100 * time.Millisecond
+	// MaxExpire is the longest age of learnt entries.
+	MaxExpire = 24 * time.Hour
+)
 
 func init() {
 	policy.MustRegister(policy.VDESwitchL3, Name, New)
@@ -186,13 +195,16 @@ func (s *Switch) Close() {
 	s.scratch = nil
 }
 
-// SetOption implements policy.Policy.SetOption: "expire".
+// SetOption implements policy.Policy.SetOption: "expire", a duration in
+// MinExpire..MaxExpire (100ms..24h). A value out of range or not a duration
+// is refused with an error that wraps EINVAL, as is setting a read-only
+// option.
 func (s *Switch) SetOption(name, value string) error {
 	switch name {
 	case "expire":
 		d, err := time.ParseDuration(value)
-		if err != nil || d <= 0 {
-			return fmt.Errorf("option expire %q: want a positive duration: %w", value, syscall.EINVAL)
+		if err != nil || d < MinExpire || d > MaxExpire {
+			return fmt.Errorf("option expire %q: want a duration in %v..%v: %w", value, MinExpire, MaxExpire, syscall.EINVAL)
 		}
 		s.mu.Lock()
 		s.expire = d

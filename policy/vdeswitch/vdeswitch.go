@@ -59,6 +59,25 @@ const (
 	DefaultLoopInterval = 2 * time.Second
 )
 
+// Bounds of the settings; SetOption refuses values outside them.
+const (
+	// MinExpire is the shortest age of MAC entries.
+	MinExpire = 100 * time.Millisecond
+	// MaxExpire is the longest age of MAC entries.
+	MaxExpire = 24 * time.Hour
+	// MinLoopInterval is the shortest probe interval other than 0 (off): probes
+	// go out of every port, so a short one would keep the daemon busy.
+	MinLoopInterval = 10 * time.Millisecond
+	// MaxLoopInterval is the longest probe interval.
+	MaxLoopInterval = time.Hour
+	// MinHashSize is the smallest MAC table.
+	MinHashSize = 1
+	// MaxHashSize is the largest MAC table, in entries.
+	MaxHashSize = 1 << 20
+	// MaxVLAN is the largest VLAN id; VLANs are 1..MaxVLAN.
+	MaxVLAN = maxVLAN
+)
+
 // Ethernet facts.
 const (
 	etherHeader = 14
@@ -471,28 +490,35 @@ type PortEntry struct {
 	Blocked  bool     `json:"blocked"`
 }
 
-// SetOption implements policy.Policy.SetOption. Settings:
+// SetOption implements policy.Policy.SetOption. Settings, with their
+// ranges (the constants above):
 //
-//	expire DURATION       age of MAC entries (e.g. 120s)
-//	hashsize N            most entries in the MAC table
-//	loop.interval DUR     probe interval; 0 turns loop protection off
+//	expire DURATION       age of MAC entries (e.g. 120s), 100ms..24h
+//	hashsize N            most entries in the MAC table, 1..1048576
+//	loop.interval DUR     probe interval, 10ms..1h; 0 turns loop protection off
 //	vlan.add V            make VLAN V (1..4095)
-//	vlan.del V            remove VLAN V from the switch and its ports
-//	port.vlan "P V"       untagged VLAN of port P (0: none)
-//	port.trunk "P V,V.."  tagged VLANs of port P (empty: none)
+//	vlan.del V            remove VLAN V (1..4095) from the switch and its ports
+//	port.vlan "P V"       untagged VLAN of port P (0..ports-1): 1..4095, 0 for none
+//	port.trunk "P V,V.."  tagged VLANs (1..4095) of port P (0..ports-1); empty: none
 //	mac.flush ""          forget every MAC
+//
+// A value out of range, or not a number or duration, is refused with an
+// error that wraps EINVAL; a VLAN that does not exist, with ENOENT.
 func (s *Switch) SetOption(name, value string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch name {
-	case "expire", "loop.interval":
+	case "expire":
 		d, err := time.ParseDuration(value)
-		if err != nil || d < 0 || (name == "expire" && d == 0) {
-			return fmt.Errorf("%s %q: want a duration: %w", name, value, syscall.EINVAL)
+		if err != nil || d < MinExpire || d > MaxExpire {
+			return fmt.Errorf("switch option expire %q: want a duration in %v..%v: %w", value, MinExpire, MaxExpire, syscall.EINVAL)
 		}
-		if name == "expire" {
-			s.expire = d
-			return nil
+		s.expire = d
+		return nil
+	case "loop.interval":
+		d, err := time.ParseDuration(value)
+		if err != nil || (d != 0 && (d < MinLoopInterval || d > MaxLoopInterval)) {
+			return fmt.Errorf("switch option loop.interval %q: want 0 (off) or a duration in %v..%v: %w", value, MinLoopInterval, MaxLoopInterval, syscall.EINVAL)
 		}
 		s.interval = d
 		select {
@@ -502,8 +528,8 @@ func (s *Switch) SetOption(name, value string) error {
 		return nil
 	case "hashsize":
 		n, err := strconv.Atoi(value)
-		if err != nil || n < 1 {
-			return fmt.Errorf("hashsize %q: %w", value, syscall.EINVAL)
+		if err != nil || n < MinHashSize || n > MaxHashSize {
+			return fmt.Errorf("switch option hashsize %q: want %d..%d: %w", value, MinHashSize, MaxHashSize, syscall.EINVAL)
 		}
 		s.hashSize = n
 		return nil
@@ -513,7 +539,7 @@ func (s *Switch) SetOption(name, value string) error {
 	case "vlan.add", "vlan.del":
 		v, err := parseVLAN(value, false)
 		if err != nil {
-			return err
+			return fmt.Errorf("switch option %s: %w", name, err)
 		}
 		if name == "vlan.add" {
 			s.vlans.add(v)
@@ -539,12 +565,12 @@ func (s *Switch) SetOption(name, value string) error {
 		ps, rest, _ := strings.Cut(strings.TrimSpace(value), " ")
 		p, err := strconv.Atoi(ps)
 		if err != nil || p < 0 || p >= len(s.ports) {
-			return fmt.Errorf("%s: port %q: %w", name, ps, syscall.EINVAL)
+			return fmt.Errorf("switch option %s: port %q: want 0..%d: %w", name, ps, len(s.ports)-1, syscall.EINVAL)
 		}
 		if name == "port.vlan" {
 			v, err := parseVLAN(rest, true)
 			if err != nil {
-				return err
+				return fmt.Errorf("switch option %s: port %d: %w", name, p, err)
 			}
 			if v != 0 && !s.vlans.has(v) {
 				return fmt.Errorf("no vlan %d (add it first): %w", v, syscall.ENOENT)
@@ -556,7 +582,7 @@ func (s *Switch) SetOption(name, value string) error {
 		for _, f := range strings.FieldsFunc(rest, func(r rune) bool { return r == ',' || r == ' ' }) {
 			v, err := parseVLAN(f, false)
 			if err != nil {
-				return err
+				return fmt.Errorf("switch option %s: port %d: %w", name, p, err)
 			}
 			if !s.vlans.has(v) {
 				return fmt.Errorf("no vlan %d (add it first): %w", v, syscall.ENOENT)
@@ -569,10 +595,14 @@ func (s *Switch) SetOption(name, value string) error {
 	return fmt.Errorf("switch option %q: %w", name, syscall.ENOPROTOOPT)
 }
 
+// parseVLAN reads a VLAN id, 1..MaxVLAN, or 0 too if zeroOK.
 func parseVLAN(s string, zeroOK bool) (uint16, error) {
 	v, err := strconv.Atoi(strings.TrimSpace(s))
-	if err != nil || v < 0 || v > maxVLAN || (v == 0 && !zeroOK) {
-		return 0, fmt.Errorf("vlan %q: want 1..%d: %w", s, maxVLAN, syscall.EINVAL)
+	if err != nil || v < 0 || v > MaxVLAN || (v == 0 && !zeroOK) {
+		if zeroOK {
+			return 0, fmt.Errorf("vlan %q: want 1..%d, or 0 for none: %w", s, MaxVLAN, syscall.EINVAL)
+		}
+		return 0, fmt.Errorf("vlan %q: want 1..%d: %w", s, MaxVLAN, syscall.EINVAL)
 	}
 	return uint16(v), nil
 }
