@@ -146,7 +146,7 @@ func TestNetnsKernelVXLAN(t *testing.T) {
 	netnsRun(t, ns1,
 		"addr add 10.99.0.1/24 dev veth0",
 		"link set veth0 up",
-		"link add vx0 type vxlan id 42 remote 10.99.0.2 dstport 4789 dev veth0",
+		"link add vx0 type vxlan id 42 remote 10.99.0.2 dstport 4789 srcport 4789 4790 dev veth0",
 		"addr add 192.168.99.1/24 dev vx0",
 		"link set vx0 up")
 	netnsRun(t, ns2,

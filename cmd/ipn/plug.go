@@ -39,10 +39,12 @@ URLs:
                                as vde_plug speaks: ipn plug /tmp/a - = ssh host ipn plug /tmp/b -
   ipn://PATH2                  another local IPN network
   vde:///DIR[N]                a vde_switch (or any VDE 2 switch), optionally port N
-  udp://LOCAL:PORT/REMOTE:PORT frames as UDP datagrams
+  udp://LOCAL:PORT/REMOTE:PORT frames as UDP datagrams, accepted from REMOTE only
   vxlan://GROUP_OR_PEER[:PORT]/vni=N
-                               RFC 7348 VXLAN (a Linux "type vxlan" device talks to it)
-  vxvde://[GROUP]              vdeplug4's multicast distributed switch
+                               RFC 7348 VXLAN (a Linux "type vxlan" device talks to it);
+                               a PEER is heard from its VXLAN port (/srcport=MIN-MAX for
+                               others), a GROUP from anyone (/allow=CIDR,... to choose)
+  vxvde://[GROUP]              vdeplug4's multicast distributed switch (/allow=CIDR,...)
   tap://NAME                   a Linux tap interface, made if missing (needs
                                CAP_NET_ADMIN) and set up; addresses are yours
   grab://IFACE                 an existing interface, in promiscuous mode
@@ -51,7 +53,12 @@ URLs:
 tap:// and grab:// work from any network namespace (ip netns exec NS ipn
 plug ...): plug binds the network (needs x), opens the device and passes it
 to the daemon, whose port it becomes; plug then waits until interrupted,
-and the port goes when it exits, unless --persist (see ipn device).
+and the port goes when it exits, unless --persist (see ipn device). The
+port's sides are your rights on the network: r, frames from the network go
+out of the device; w, frames the device receives enter the network.
+
+UDP, VXLAN and vxvde carry no authentication and no encryption: run them on
+a trusted segment or inside WireGuard or IPsec (docs/multihost.md).
 
 When the far end goes away, plug exits with an error (0 when stdin just
 ended), or with --reconnect opens it again, waiting longer each time.`,

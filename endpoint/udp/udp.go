@@ -6,8 +6,11 @@
 // (the address to bind; no address means any) and REMOTE is ADDR:PORT or
 // HOST:PORT (IPv6 in brackets). Frames go to REMOTE, and only datagrams
 // from REMOTE (address and port) are accepted: the socket is connected, so
-// the kernel drops the rest. The other end is the mirror image, another
-// ipn plug or vdeplug4's udp:// plug:
+// the kernel drops the rest. That is the link's only check: it has no
+// authentication and no encryption, and a datagram with REMOTE as its
+// spoofed source passes; run it on a trusted network or inside an
+// encrypted tunnel (WireGuard, IPsec). The other end is the mirror image,
+// another ipn plug or vdeplug4's udp:// plug:
 //
 //	host A: ipn plug /tmp/net udp://5000/192.0.2.2:5000
 //	host B: ipn plug /tmp/net udp://5000/192.0.2.1:5000

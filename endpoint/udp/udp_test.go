@@ -6,6 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -224,6 +227,59 @@ func TestSplitHostPort(t *testing.T) {
 		h, p, err := udp.SplitHostPort(tc.in, 7)
 		if err != nil || h != tc.host || p != tc.port {
 			t.Errorf("%q: got %q %d %v, want %q %d", tc.in, h, p, err, tc.host, tc.port)
+		}
+	}
+}
+
+func TestSplitOptions(t *testing.T) {
+	for _, tc := range []struct {
+		in    string
+		flags []string
+		want  []string
+	}{
+		{"", nil, nil},
+		{"vni=7/port=9", nil, []string{"vni=7", "port=9"}},
+		{"allow=10.0.0.0/8,192.168.5.0/24/vni=7", nil, []string{"allow=10.0.0.0/8,192.168.5.0/24", "vni=7"}},
+		{"vni=7/allow=fd00::/64,10.1.2.3/v6", []string{"v4", "v6"}, []string{"vni=7", "allow=fd00::/64,10.1.2.3", "v6"}},
+		{"v6/8", []string{"v6"}, []string{"v6", "8"}},               // a flag has no value to go on
+		{"allow=10.0.0.0//8", nil, []string{"allow=10.0.0.0", "8"}}, // an empty segment ends it
+		{"bogus/vni=1/", nil, []string{"bogus", "vni=1"}},
+	} {
+		got := udp.SplitOptions(tc.in, tc.flags...)
+		if !slices.Equal(got, tc.want) {
+			t.Errorf("%q: got %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+func TestAllow(t *testing.T) {
+	a, err := udp.ParseAllow("10.0.0.0/8,192.168.5.7,fd00::/64,::ffff:172.16.0.0/108,10.1.2.3/16")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := a.String(), "10.0.0.0/8,192.168.5.7,fd00::/64,172.16.0.0/12,10.1.0.0/16"; got != want {
+		t.Errorf("String %q, want %q", got, want)
+	}
+	for addr, want := range map[string]bool{
+		"10.200.0.1": true, "11.0.0.1": false, "192.168.5.7": true, "192.168.5.8": false,
+		"fd00::1": true, "fd00:0:0:1::1": false, "fd00::1%eth0": true, "::ffff:10.0.0.1": true,
+		"172.31.255.255": true, "172.32.0.0": false, "::1": false,
+	} {
+		if got := a.Contains(netip.MustParseAddr(addr)); got != want {
+			t.Errorf("Contains(%s) = %v, want %v", addr, got, want)
+		}
+	}
+	if !udp.Allow(nil).Contains(netip.MustParseAddr("203.0.113.9")) {
+		t.Error("a nil Allow refused a source")
+	}
+	for _, bad := range []string{"", "10.0.0.0/33", "10.0.0.0/8,", "example.com", "fe80::1%eth0", "10.0.0.1,x/8", "300.1.1.1"} {
+		_, err := udp.ParseAllow(bad)
+		if err == nil {
+			t.Errorf("%q parsed", bad)
+			continue
+		}
+		if item := bad[strings.LastIndexByte(bad, ',')+1:]; bad != "" && !strings.Contains(err.Error(), fmt.Sprintf("%q", item)) {
+			t.Errorf("%q: error %q does not name %q", bad, err, item)
 		}
 	}
 }

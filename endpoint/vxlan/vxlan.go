@@ -10,12 +10,17 @@
 //     group and sends there every frame whose destination it does not
 //     know; like Linux it learns each source MAC's tunnel end (the sender's
 //     address, at PORT) and sends frames to a learnt MAC to that end alone.
-//     Every host of the group is a port of one distributed segment.
+//     Every host of the group is a port of one distributed segment, and
+//     any host that reaches PORT is accepted as one, from any source port,
+//     unless the option allow names the hosts that may be.
 //     Multicast loopback is off: two endpoints on one host do not hear
 //     each other (and cannot both bind PORT).
 //   - A unicast address: a point-to-point tunnel to that peer. Every frame
-//     goes to ADDR:PORT, and only datagrams from ADDR (any source port, as
-//     Linux picks one per flow) are accepted.
+//     goes to ADDR:PORT, and only datagrams from ADDR and from an allowed
+//     source port are accepted: PORT alone by default, as ipn and
+//     vdeplug4's vxlan plug send. A Linux device sends from a port of its
+//     own per flow: give it "srcport 4789 4790" (Linux's MAX is exclusive:
+//     4789 alone), or accept its range here with srcport.
 //
 // Either way the endpoint listens on PORT, the port a Linux device sends
 // to, and frames with another VNI, with flags other than the I flag or
@@ -24,7 +29,19 @@
 // Options: vni=N (0 to 16777215), port=N (the same as :PORT), ttl=N (of
 // multicast datagrams; 1 by default, so the group stays on the local
 // segment), if=NAME (the interface for the group; by default the route to
-// the group decides), local=ADDR (the address to bind in unicast mode).
+// the group decides), local=ADDR (the address to bind in unicast mode),
+// srcport=N or srcport=MIN-MAX (unicast mode: the source ports accepted
+// from the peer, MAX included, instead of PORT; e.g. srcport=32768-60999
+// for a Linux device's default range), allow=LIST (multicast mode: accept
+// datagrams only from these sources; LIST is a comma-separated list of
+// addresses and CIDR prefixes, IPv4 or IPv6, e.g.
+// allow=192.0.2.0/24,fd00::7; the "/" of a prefix does not end the option).
+//
+// VXLAN has no authentication and no encryption: anyone who can send UDP
+// to PORT can inject frames, and in multicast mode make the endpoint learn
+// MACs, unless the source checks above (the peer and srcport, allow)
+// exclude them, and a spoofed source address passes those checks. Run it
+// on a trusted segment or inside an encrypted tunnel (WireGuard, IPsec).
 //
 // Sending is lossy like a wire: a datagram the network refuses is dropped.
 package vxlan
@@ -67,6 +84,10 @@ type Config struct {
 	TTL       int        // of multicast datagrams
 	Interface string     // for the group; "" lets the routes decide
 	Local     netip.Addr // unicast mode: the address to bind; invalid for any
+	// SrcPortMin and SrcPortMax (included) are the source ports accepted
+	// from the unicast peer; 0 and 0 stand for Port alone.
+	SrcPortMin, SrcPortMax int
+	Allow                  udp.Allow // multicast mode: the sources accepted; nil for any
 }
 
 // ParseSpec parses the URL without its "vxlan://" prefix.
@@ -80,10 +101,7 @@ func ParseSpec(ctx context.Context, spec string) (Config, error) {
 		return Config{}, fmt.Errorf("want vxlan://GROUP_OR_PEER[:PORT]/vni=N, got %q", spec)
 	}
 	c := Config{Port: port, VNI: 1, TTL: 1}
-	for _, o := range strings.Split(opts, "/") {
-		if o == "" {
-			continue
-		}
+	for _, o := range udp.SplitOptions(opts) {
 		k, v, _ := strings.Cut(o, "=")
 		switch k {
 		case "vni":
@@ -108,14 +126,50 @@ func ParseSpec(ctx context.Context, spec string) (Config, error) {
 			if c.Local, err = udp.Resolve(ctx, v); err != nil {
 				return Config{}, fmt.Errorf("local: %w", err)
 			}
+		case "srcport":
+			if c.SrcPortMin, c.SrcPortMax, err = parsePortRange(v); err != nil {
+				return Config{}, err
+			}
+		case "allow":
+			if c.Allow, err = udp.ParseAllow(v); err != nil {
+				return Config{}, fmt.Errorf("allow=%s: %w", v, err)
+			}
 		default:
-			return Config{}, fmt.Errorf("unknown option %q (vni, port, ttl, if, local)", k)
+			return Config{}, fmt.Errorf("unknown option %q (vni, port, ttl, if, local, srcport, allow)", k)
 		}
 	}
 	if c.Addr, err = udp.Resolve(ctx, host); err != nil {
 		return Config{}, err
 	}
+	if err := c.checkMode(); err != nil {
+		return Config{}, err
+	}
 	return c, nil
+}
+
+// checkMode rejects the options of the other mode than c.Addr's.
+func (c Config) checkMode() error {
+	switch {
+	case c.Addr.IsMulticast() && c.SrcPortMin != 0:
+		return fmt.Errorf("srcport=%d-%d: a multicast group is accepted from any source port; srcport is for a unicast peer (allow= restricts a group's sources)", c.SrcPortMin, c.SrcPortMax)
+	case !c.Addr.IsMulticast() && c.Allow != nil:
+		return fmt.Errorf("allow=%v: a unicast tunnel accepts its peer %v alone; allow is for a multicast group", c.Allow, c.Addr)
+	}
+	return nil
+}
+
+// parsePortRange parses the value of srcport: N or MIN-MAX, MAX included.
+func parsePortRange(v string) (lo, hi int, err error) {
+	los, his, isRange := strings.Cut(v, "-")
+	lo, err = udp.ParsePort(los)
+	hi = lo
+	if err == nil && isRange {
+		hi, err = udp.ParsePort(his)
+	}
+	if err != nil || lo > hi {
+		return 0, 0, fmt.Errorf("bad srcport %q (N or MIN-MAX, ports 1 to 65535, MIN <= MAX)", v)
+	}
+	return lo, hi, nil
 }
 
 // Endpoint is a VXLAN far end. Read and Write may run concurrently, each
@@ -126,6 +180,8 @@ type Endpoint struct {
 	bc     udp.BatchConn
 	group  bool
 	dst    *net.UDPAddr // the group or the peer, at Port
+	srcLo  uint16       // unicast mode: the peer's accepted source ports,
+	srcHi  uint16       // srcLo to srcHi included
 	fdb    *FDB         // multicast mode only
 	hdr    [HeaderLen]byte
 	closed atomic.Bool
@@ -154,6 +210,9 @@ func Open(ctx context.Context, spec string) (endpoint.Endpoint, error) {
 
 // New opens the endpoint cfg describes.
 func New(ctx context.Context, cfg Config) (*Endpoint, error) {
+	if err := cfg.checkMode(); err != nil {
+		return nil, err
+	}
 	e := &Endpoint{
 		cfg:   cfg,
 		group: cfg.Addr.IsMulticast(),
@@ -161,6 +220,10 @@ func New(ctx context.Context, cfg Config) (*Endpoint, error) {
 		rms:   make([]ipv4.Message, BatchSize),
 		rhdrs: make([][HeaderLen]byte, BatchSize),
 		wms:   make([]ipv4.Message, BatchSize),
+	}
+	e.srcLo, e.srcHi = uint16(cfg.SrcPortMin), uint16(cfg.SrcPortMax)
+	if cfg.SrcPortMin == 0 {
+		e.srcLo, e.srcHi = uint16(cfg.Port), uint16(cfg.Port)
 	}
 	PutHeader(e.hdr[:], cfg.VNI)
 	for i := range e.rms {
@@ -245,14 +308,14 @@ func (e *Endpoint) Read(bufs [][]byte, sizes []int) (int, error) {
 			if src == nil {
 				continue
 			}
-			from := src.AddrPort().Addr().Unmap()
-			if !e.group && from != e.cfg.Addr {
-				continue
+			from := src.AddrPort()
+			if !e.accept(from) {
+				continue // before anything is learnt from it
 			}
 			frame := bufs[i][:min(size, len(bufs[i]))]
 			if e.group && len(frame) >= 12 {
 				// Frames to the source MAC go back to the sender's VXLAN port.
-				e.fdb.Learn(frame[6:12], netip.AddrPortFrom(from, uint16(e.cfg.Port)))
+				e.fdb.Learn(frame[6:12], netip.AddrPortFrom(from.Addr(), uint16(e.cfg.Port)))
 			}
 			if k != i {
 				copy(bufs[k], frame)
@@ -267,6 +330,16 @@ func (e *Endpoint) Read(bufs [][]byte, sizes []int) (int, error) {
 			return k, nil
 		}
 	}
+}
+
+// accept reports whether a datagram from src passes the source checks:
+// the peer's address and source ports in unicast mode, the allow list in
+// multicast mode.
+func (e *Endpoint) accept(src netip.AddrPort) bool {
+	if e.group {
+		return e.cfg.Allow.Contains(src.Addr())
+	}
+	return src.Addr().Unmap() == e.cfg.Addr && src.Port() >= e.srcLo && src.Port() <= e.srcHi
 }
 
 // Write implements endpoint.Endpoint.Write. Frames shorter than an

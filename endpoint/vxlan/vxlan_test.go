@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"strings"
 	"testing"
 	"time"
 )
@@ -126,9 +128,10 @@ func TestUnicastPair(t *testing.T) {
 		t.Fatalf("a got %q", got)
 	}
 
-	// Raw datagrams to b from a's address (any port, as Linux sends) and
-	// from an address that is not b's peer.
-	raw, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	// Raw datagrams to b from a's address and port (a is gone) and from an
+	// address that is not b's peer.
+	a.Close()
+	raw, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -261,5 +264,181 @@ func TestFDB(t *testing.T) {
 	f.Forget(h1)
 	if f.Lookup(m3) != nil || f.Lookup(m2) == nil {
 		t.Fatal("Forget removed the wrong entries")
+	}
+}
+
+// listen opens a UDP socket on ip:port (0: any port) to play a host.
+func listen(t *testing.T, ip string, port int) *net.UDPConn {
+	t.Helper()
+	a := netip.MustParseAddr(ip)
+	c, err := net.ListenUDP(udpNet(a), net.UDPAddrFromAddrPort(netip.AddrPortFrom(a, uint16(port))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func udpNet(a netip.Addr) string {
+	if a.Is4() {
+		return "udp4"
+	}
+	return "udp6"
+}
+
+// sendVX sends f from c to to as a VXLAN datagram of network vni.
+func sendVX(t *testing.T, c *net.UDPConn, to string, vni uint32, f []byte) {
+	t.Helper()
+	d := make([]byte, HeaderLen, HeaderLen+len(f))
+	PutHeader(d, vni)
+	if _, err := c.WriteToUDPAddrPort(append(d, f...), netip.MustParseAddrPort(to)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func portOf(c *net.UDPConn) int { return c.LocalAddr().(*net.UDPAddr).Port }
+
+// A unicast end takes its peer's datagrams from PORT alone by default, and
+// from the ports srcport names when it is given; a frame from another
+// port is dropped (were it not, it would be read first: the peer's next
+// frame, from an accepted port, follows it on the loopback).
+func TestUnicastSourcePort(t *testing.T) {
+	t.Run("default", func(t *testing.T) {
+		p := freePort(t, "127.0.0.1", "127.0.0.2")
+		b := open(t, fmt.Sprintf("127.0.0.1:%d/local=127.0.0.2", p))
+		to := fmt.Sprintf("127.0.0.2:%d", p)
+		other, atPort := listen(t, "127.0.0.1", 0), listen(t, "127.0.0.1", p)
+		sendVX(t, other, to, 1, frame(1, "from another port"))
+		sendVX(t, atPort, to, 1, frame(1, "from PORT"))
+		if got := next(t, b, 5*time.Second); !bytes.Equal(got, frame(1, "from PORT")) {
+			t.Fatalf("got %q, want the frame from PORT", got)
+		}
+	})
+	t.Run("range", func(t *testing.T) {
+		in := listen(t, "127.0.0.1", 0)
+		p := freePort(t, "127.0.0.1", "127.0.0.2")
+		lo, hi := portOf(in), portOf(in)+1
+		if p == hi {
+			lo, hi = lo-1, lo
+		}
+		b := open(t, fmt.Sprintf("127.0.0.1:%d/local=127.0.0.2/srcport=%d-%d", p, lo, hi))
+		to := fmt.Sprintf("127.0.0.2:%d", p)
+		atPort := listen(t, "127.0.0.1", p) // PORT is not in the range
+		out := listen(t, "127.0.0.1", 0)
+		for portOf(out) >= lo && portOf(out) <= hi {
+			out = listen(t, "127.0.0.1", 0)
+		}
+		sendVX(t, atPort, to, 1, frame(1, "from PORT"))
+		sendVX(t, out, to, 1, frame(1, "outside"))
+		sendVX(t, in, to, 1, frame(1, "inside"))
+		if got := next(t, b, 5*time.Second); !bytes.Equal(got, frame(1, "inside")) {
+			t.Fatalf("got %q, want the frame from inside %d-%d", got, lo, hi)
+		}
+	})
+	t.Run("ipv6", func(t *testing.T) {
+		probe, err := net.ListenUDP("udp6", &net.UDPAddr{IP: net.IPv6loopback})
+		if err != nil {
+			t.Skipf("no IPv6 loopback: %v", err)
+		}
+		p := portOf(probe)
+		probe.Close()
+		in, other := listen(t, "::1", 0), listen(t, "::1", 0)
+		b := open(t, fmt.Sprintf("[::1]:%d/local=::1/srcport=%d", p, portOf(in)))
+		to := fmt.Sprintf("[::1]:%d", p)
+		sendVX(t, other, to, 1, frame(1, "from another port"))
+		sendVX(t, in, to, 1, frame(1, "from srcport"))
+		if got := next(t, b, 5*time.Second); !bytes.Equal(got, frame(1, "from srcport")) {
+			t.Fatalf("got %q, want the frame from srcport", got)
+		}
+	})
+}
+
+// A multicast end with allow=127.0.0.2/32 neither delivers nor learns the
+// frames of 127.0.0.3; without allow it takes both. The group is joined
+// on lo, where 127.0.0.2 and 127.0.0.3 play two hosts.
+func TestMulticastAllow(t *testing.T) {
+	for _, tc := range []struct {
+		name, opt string
+		stranger  bool // 127.0.0.3 gets in
+	}{
+		{"open", "", true},
+		{"allow", "/allow=127.0.0.2/32", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := freePort(t, "0.0.0.0")
+			spec := fmt.Sprintf("239.193.77.1:%d/if=lo%s/vni=3", p, tc.opt)
+			cfg, err := ParseSpec(context.Background(), spec)
+			if err != nil {
+				t.Fatalf("vxlan://%s: %v", spec, err)
+			}
+			e, err := New(context.Background(), cfg)
+			if err != nil {
+				if os.Getenv("CI") != "" {
+					t.Fatalf("CI can join a group on lo: %v", err)
+				}
+				t.Skipf("no multicast on lo: %v", err)
+			}
+			t.Cleanup(func() { e.Close() })
+			to := fmt.Sprintf("239.193.77.1:%d", p)
+			friend, stranger := listen(t, "127.0.0.2", 0), listen(t, "127.0.0.3", 0)
+			sendVX(t, stranger, to, 3, frame(3, "stranger"))
+			sendVX(t, friend, to, 3, frame(2, "friend"))
+			if tc.stranger {
+				if got := next(t, e, 5*time.Second); !bytes.Equal(got, frame(3, "stranger")) {
+					t.Fatalf("got %q, want the stranger's frame", got)
+				}
+			}
+			if got := next(t, e, 5*time.Second); !bytes.Equal(got, frame(2, "friend")) {
+				t.Fatalf("got %q, want the friend's frame", got)
+			}
+			if a := e.FDB().Lookup([]byte{2, 0, 0, 0, 0, 2}); a == nil || a.AddrPort() != netip.AddrPortFrom(netip.MustParseAddr("127.0.0.2"), uint16(p)) {
+				t.Errorf("friend's MAC learnt at %v, want 127.0.0.2:%d", a, p)
+			}
+			if a := e.FDB().Lookup([]byte{2, 0, 0, 0, 0, 3}); (a != nil) != tc.stranger {
+				t.Errorf("stranger's MAC learnt at %v, want learnt %v", a, tc.stranger)
+			}
+		})
+	}
+}
+
+func TestParseSpecSources(t *testing.T) {
+	ctx := context.Background()
+	c, err := ParseSpec(ctx, "239.1.1.1/allow=10.0.0.0/8,192.168.5.0/24,fd00::/64/vni=7/ttl=2")
+	if err != nil || c.VNI != 7 || c.TTL != 2 || c.Allow.String() != "10.0.0.0/8,192.168.5.0/24,fd00::/64" {
+		t.Errorf("allow: %+v %v", c, err)
+	}
+	c, err = ParseSpec(ctx, "[ff05::7]/vni=3/allow=fd00::/64,192.0.2.1")
+	if err != nil || c.VNI != 3 || c.Allow.String() != "fd00::/64,192.0.2.1" {
+		t.Errorf("v6 allow: %+v %v", c, err)
+	}
+	c, err = ParseSpec(ctx, "10.0.0.1/srcport=32768-60999/vni=4")
+	if err != nil || c.SrcPortMin != 32768 || c.SrcPortMax != 60999 || c.VNI != 4 {
+		t.Errorf("srcport range: %+v %v", c, err)
+	}
+	if c, err = ParseSpec(ctx, "10.0.0.1/srcport=4790"); err != nil || c.SrcPortMin != 4790 || c.SrcPortMax != 4790 {
+		t.Errorf("srcport: %+v %v", c, err)
+	}
+	if c, err = ParseSpec(ctx, "10.0.0.1"); err != nil || c.SrcPortMin != 0 || c.Allow != nil {
+		t.Errorf("defaults: %+v %v", c, err)
+	}
+	for _, tc := range []struct{ spec, names string }{
+		{"10.0.0.1/srcport=0", `"0"`},
+		{"10.0.0.1/srcport=5000-4000", `"5000-4000"`},
+		{"10.0.0.1/srcport=1-65536", `"1-65536"`},
+		{"10.0.0.1/srcport=x", `"x"`},
+		{"10.0.0.1/srcport=", `""`},
+		{"239.1.1.1/srcport=4789", "srcport=4789-4789"},
+		{"10.0.0.1/allow=10.0.0.0/8", "allow=10.0.0.0/8"},
+		{"239.1.1.1/allow=10.0.0.0/33", `"10.0.0.0/33"`},
+		{"239.1.1.1/allow=10.0.0.1,bogus/vni=2", `"bogus"`},
+		{"239.1.1.1/allow=", "empty list"},
+		{"239.1.1.1/allow=10.0.0.0//8", `"8"`},
+	} {
+		_, err := ParseSpec(ctx, tc.spec)
+		if err == nil {
+			t.Errorf("%q parsed", tc.spec)
+		} else if !strings.Contains(err.Error(), tc.names) {
+			t.Errorf("%q: error %q does not name %s", tc.spec, err, tc.names)
+		}
 	}
 }

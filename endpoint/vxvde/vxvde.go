@@ -29,7 +29,19 @@
 // are ignored. Options: vni=N, port=N, ttl=N (of multicast datagrams, 1 by
 // default: the local segment), if=NAME (the interface of the group; by
 // default the route to the group decides), expiretime=SECONDS,
-// hashsize=N (the most MACs remembered), v4, v6.
+// hashsize=N (the most MACs remembered), v4, v6, and one vdeplug4 lacks:
+// allow=LIST, the sources accepted, a comma-separated list of addresses
+// and CIDR prefixes, IPv4 or IPv6. The "/" of a prefix does not end the
+// option: vxvde:///allow=10.0.0.0/8,192.168.5.0/24/vni=7 is two options.
+//
+// Like multicast itself the switch is open: without allow, any host that
+// reaches the group's port or a member's unicast port is a member, whose
+// frames are delivered and whose MACs are learnt. With allow, datagrams
+// from other sources are dropped on both sockets before anything is
+// learnt from them, leave announcements included. vxvde has no
+// authentication and no encryption, and a spoofed source address passes
+// allow: run it on a trusted segment or inside an encrypted tunnel
+// (WireGuard, IPsec).
 package vxvde
 
 import (
@@ -84,6 +96,7 @@ type Config struct {
 	Interface string
 	Expire    time.Duration
 	Size      int
+	Allow     udp.Allow // the sources accepted; nil for any
 }
 
 // ParseSpec parses the URL without its "vxvde://" prefix.
@@ -95,10 +108,7 @@ func ParseSpec(ctx context.Context, spec string) (Config, error) {
 	}
 	c := Config{Port: port, VNI: 1, TTL: 1, Expire: DefaultExpire, Size: DefaultSize}
 	v6 := false
-	for _, o := range strings.Split(opts, "/") {
-		if o == "" {
-			continue
-		}
+	for _, o := range udp.SplitOptions(opts, "v4", "v6") {
 		k, v, _ := strings.Cut(o, "=")
 		switch k {
 		case "vni":
@@ -131,11 +141,15 @@ func ParseSpec(ctx context.Context, spec string) (Config, error) {
 				return Config{}, fmt.Errorf("bad hashsize %q", v)
 			}
 			c.Size = n
+		case "allow":
+			if c.Allow, err = udp.ParseAllow(v); err != nil {
+				return Config{}, fmt.Errorf("allow=%s: %w", v, err)
+			}
 		case "v4":
 		case "v6":
 			v6 = true
 		default:
-			return Config{}, fmt.Errorf("unknown option %q (vni, port, ttl, if, expiretime, hashsize, v4, v6)", k)
+			return Config{}, fmt.Errorf("unknown option %q (vni, port, ttl, if, expiretime, hashsize, allow, v4, v6)", k)
 		}
 	}
 	switch {
@@ -319,10 +333,13 @@ func (e *Endpoint) receive(c *net.UDPConn, multi bool) {
 
 // accept filters datagram b from src and learns from the frames it keeps.
 func (e *Endpoint) accept(b, oob []byte, src netip.AddrPort, multi bool) bool {
+	src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
+	if !e.cfg.Allow.Contains(src.Addr()) {
+		return false // before a leave or a frame is heeded
+	}
 	if vni, ok := vxlan.ParseHeader(b); !ok || vni != e.cfg.VNI {
 		return false
 	}
-	src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
 	if len(b) == vxlan.HeaderLen { // the sender left
 		if !(multi && e.self(src, oob)) {
 			e.fdb.Forget(src)

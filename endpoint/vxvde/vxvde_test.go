@@ -269,3 +269,103 @@ func TestParseSpec(t *testing.T) {
 		t.Errorf("options: %+v", c)
 	}
 }
+
+// With allow=127.0.0.2/32 a member drops what 127.0.0.3 sends, to the
+// group or to its unicast port, before it learns from it or heeds its
+// leave; what 127.0.0.2 sends gets in. Without allow both get in. The
+// group is joined on lo, where the two addresses play two hosts; each
+// dropped datagram is followed, on the same socket, by one that gets in.
+func TestAllow(t *testing.T) {
+	for _, tc := range []struct {
+		name, opt string
+		stranger  bool // 127.0.0.3 gets in
+	}{
+		{"open", "", true},
+		{"allow", "/allow=127.0.0.2/32", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ns := testNetns(t)
+			var e *Endpoint
+			var friend, stranger *net.UDPConn
+			inNetns(t, ns, func() {
+				e = open(t, "239.0.0.1/if=lo"+tc.opt)
+				var err error
+				if friend, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 2)}); err != nil {
+					t.Fatal(err)
+				}
+				if stranger, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 3)}); err != nil {
+					t.Fatal(err)
+				}
+			})
+			defer friend.Close()
+			defer stranger.Close()
+			send := func(c *net.UDPConn, to netip.AddrPort, f []byte) {
+				t.Helper()
+				if _, err := c.WriteToUDPAddrPort(append([]byte{0x08, 0, 0, 0, 0, 0, 1, 0}, f...), to); err != nil {
+					t.Fatal(err)
+				}
+			}
+			group := netip.AddrPortFrom(DefaultGroup, DefaultPort)
+			uni := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(e.UnicastAddr().Port))
+			for _, to := range []netip.AddrPort{group, uni} {
+				fs, ff := frame(bcast, mac(3), "stranger to "+to.String()), frame(bcast, mac(2), "friend to "+to.String())
+				send(stranger, to, fs)
+				send(friend, to, ff)
+				if tc.stranger {
+					expect(t, e, "member", fs)
+				}
+				expect(t, e, "member", ff)
+			}
+			if got, want := e.FDB().Lookup(mac(2)), friend.LocalAddr().(*net.UDPAddr).AddrPort(); got == nil || got.AddrPort() != want {
+				t.Errorf("friend's MAC learnt at %v, want %v", got, want)
+			}
+			if got := e.FDB().Lookup(mac(3)); (got != nil) != tc.stranger {
+				t.Errorf("stranger's MAC learnt at %v, want learnt %v", got, tc.stranger)
+			}
+
+			// The stranger leaves (a header alone), to the group and to the
+			// unicast port: the MACs behind it go only if it got in.
+			behind := stranger.LocalAddr().(*net.UDPAddr).AddrPort()
+			for _, to := range []netip.AddrPort{group, uni} {
+				e.FDB().Learn(mac(4), behind)
+				if _, err := stranger.WriteToUDPAddrPort([]byte{0x08, 0, 0, 0, 0, 0, 1, 0}, to); err != nil {
+					t.Fatal(err)
+				}
+				f := frame(bcast, mac(2), "after the leave to "+to.String())
+				send(friend, to, f)
+				expect(t, e, "member", f)
+				if got := e.FDB().Lookup(mac(4)); (got == nil) != tc.stranger {
+					t.Errorf("after the stranger's leave to %v, its MAC is at %v; want forgotten %v", to, got, tc.stranger)
+				}
+			}
+		})
+	}
+}
+
+func TestParseSpecAllow(t *testing.T) {
+	ctx := context.Background()
+	c, err := ParseSpec(ctx, "/allow=10.0.0.0/8,192.168.5.0/24/vni=7")
+	if err != nil || c.VNI != 7 || c.Group != DefaultGroup || c.Allow.String() != "10.0.0.0/8,192.168.5.0/24" {
+		t.Errorf("allow: %+v %v", c, err)
+	}
+	c, err = ParseSpec(ctx, "/v6/allow=fd00::/64,fe80::/10/v6/port=9")
+	if err != nil || c.Group != DefaultGroup6 || c.Port != 9 || c.Allow.String() != "fd00::/64,fe80::/10" {
+		t.Errorf("v6 allow: %+v %v", c, err)
+	}
+	if c, err = ParseSpec(ctx, ""); err != nil || c.Allow != nil {
+		t.Errorf("default: %+v %v", c, err)
+	}
+	for _, tc := range []struct{ spec, names string }{
+		{"/allow=10.0.0.0/33", `"10.0.0.0/33"`},
+		{"/allow=10.0.0.1,example.com/vni=2", `"example.com"`},
+		{"/allow=", "empty list"},
+		{"/allow=fd00::/64/v6/8", `"8"`},
+	} {
+		_, err := ParseSpec(ctx, tc.spec)
+		if err == nil {
+			t.Errorf("%q parsed", tc.spec)
+		} else if !strings.Contains(err.Error(), tc.names) {
+			t.Errorf("%q: error %q does not name %s", tc.spec, err, tc.names)
+		}
+	}
+}
