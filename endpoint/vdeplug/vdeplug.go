@@ -33,7 +33,6 @@ package vdeplug
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -52,21 +51,11 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ipn-project/ipn/endpoint"
+	"github.com/ipn-project/ipn/internal/vdeproto"
 )
 
-// Protocol constants of the VDE 2 switch.
-const (
-	Magic   = 0xfeedface
-	Version = 3
-
-	reqNewControl = 0 // a new port, any number or the one in type>>8
-	reqNewPort0   = 1 // port 0
-
-	sockaddrLen = 110 // sizeof(struct sockaddr_un): family (2) + path (108)
-	pathLen     = 108
-	// MaxDescr is the longest description the switch keeps.
-	MaxDescr = 128
-)
+// pathLen is the room for a path in a struct sockaddr_un.
+const pathLen = 108
 
 // Errors Open and the endpoint report, wrapped with the details.
 var (
@@ -311,14 +300,6 @@ func dataSocket(dir string) (fd int, path string, err error) {
 	return -1, "", fmt.Errorf("data socket: cannot bind in %s (%v) nor in %s", dir, first, strings.Join(fallbackDirs, ", "))
 }
 
-// sockaddr encodes a struct sockaddr_un.
-func sockaddr(path string) []byte {
-	b := make([]byte, sockaddrLen)
-	binary.NativeEndian.PutUint16(b, unix.AF_UNIX)
-	copy(b[2:], path)
-	return b
-}
-
 func defaultDescription() string {
 	name := "ipn"
 	if len(os.Args) > 0 {
@@ -351,22 +332,13 @@ func handshake(ctx context.Context, ctl *net.UnixConn, ctlPath, dir string, viaC
 		return nil, fmt.Errorf("vde switch %s: data socket %s: %w", dir, own, err)
 	}
 
-	typ := uint32(reqNewControl)
+	want := vdeproto.AnyPort
 	if viaCtl && sp.port > 0 {
-		typ += uint32(sp.port) << 8
+		want = sp.port
 	} else if viaCtl && sp.port < 0 {
-		typ = reqNewPort0
+		want = 0
 	}
-	descr := defaultDescription()
-	if len(descr) > MaxDescr {
-		descr = descr[:MaxDescr]
-	}
-	req := make([]byte, 0, 12+sockaddrLen+len(descr))
-	req = binary.NativeEndian.AppendUint32(req, Magic)
-	req = binary.NativeEndian.AppendUint32(req, Version)
-	req = binary.NativeEndian.AppendUint32(req, typ)
-	req = append(req, sockaddr(own)...)
-	req = append(req, descr...)
+	req := vdeproto.Request{Port: want, Path: own, Descr: defaultDescription()}.Encode()
 
 	// vde_switch answers at once, or never: it keeps the connection of a
 	// request it cannot serve (port out of range, no free port) open
@@ -391,7 +363,7 @@ func handshake(ctx context.Context, ctl *net.UnixConn, ctlPath, dir string, viaC
 		}
 		return nil, fmt.Errorf("vde switch %s: sending the request: %w", dir, err)
 	}
-	reply := make([]byte, sockaddrLen)
+	reply := make([]byte, vdeproto.AddrLen)
 	n, err := io.ReadFull(ctl, reply)
 	switch {
 	case err == nil:
@@ -402,8 +374,8 @@ func handshake(ctx context.Context, ctl *net.UnixConn, ctlPath, dir string, viaC
 	case n == 0 && errors.Is(err, os.ErrDeadlineExceeded):
 		return nil, fmt.Errorf("%w: no answer from %s in %v (asked for %s: out of range, or no port free?)",
 			ErrRefused, ctlPath, deadline.Sub(began).Round(time.Millisecond), what)
-	case n > 0 && n < sockaddrLen:
-		return nil, fmt.Errorf("%w %s: %d bytes then %v, want a %d-byte sockaddr_un", ErrBadReply, dir, n, err, sockaddrLen)
+	case n > 0 && n < vdeproto.AddrLen:
+		return nil, fmt.Errorf("%w %s: %d bytes then %v, want a %d-byte sockaddr_un", ErrBadReply, dir, n, err, vdeproto.AddrLen)
 	default:
 		return nil, fmt.Errorf("vde switch %s: waiting for the answer: %w", dir, err)
 	}
@@ -411,9 +383,8 @@ func handshake(ctx context.Context, ctl *net.UnixConn, ctlPath, dir string, viaC
 	if !stop() {
 		return nil, fmt.Errorf("vde switch %s: %w", dir, ctx.Err())
 	}
-	family := binary.NativeEndian.Uint16(reply)
-	path, _, terminated := strings.Cut(string(reply[2:]), "\x00")
-	if family != unix.AF_UNIX || path == "" || !terminated {
+	path, err := vdeproto.DecodeAddr(reply)
+	if err != nil {
 		return nil, fmt.Errorf("%w %s: not a Unix socket address (% x)", ErrBadReply, dir, reply[:min(len(reply), 24)])
 	}
 	if err := unix.Connect(fd, &unix.SockaddrUnix{Name: path}); err != nil {
