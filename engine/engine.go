@@ -48,6 +48,9 @@ type Config struct {
 	Flags    Flags
 	// OnDelete, if set, runs once after the network is deleted.
 	OnDelete func()
+	// Data is the creator's, kept with the network (the daemon keeps the
+	// network's file there); the engine does not look at it.
+	Data any
 }
 
 // WithDefaults returns c with zero fields set to the defaults, checked.
@@ -143,6 +146,14 @@ func (e *Engine) Acquire(key any) (*Network, error) {
 	}
 	n.refs++
 	return n, nil
+}
+
+// Live reports whether a network lives under key.
+func (e *Engine) Live(key any) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	_, ok := e.nets[key]
+	return ok
 }
 
 // Networks returns the live networks.

@@ -51,6 +51,9 @@ func (n *Network) Config() Config {
 	return c
 }
 
+// Key returns the key the network was created under.
+func (n *Network) Key() any { return n.key }
+
 // Name returns the network's display name.
 func (n *Network) Name() string { return n.cfg.Name }
 
@@ -143,6 +146,9 @@ type PortOptions struct {
 	WantNumNodes bool
 	// HandleOOB accepts out-of-band messages sent by other nodes.
 	HandleOOB bool
+	// OnLeave, if set, runs once when the port has left the network (not
+	// when Join fails); it must not block.
+	OnLeave func()
 }
 
 // queueLen is the capacity of a port's queue: the pool size, or in a

@@ -80,6 +80,9 @@ func (p *Port) leave() {
 		close(p.done)
 		p.ep.Close()
 		p.q.flush(true)
+		if p.opts.OnLeave != nil {
+			p.opts.OnLeave()
+		}
 	})
 }
 
