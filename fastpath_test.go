@@ -345,7 +345,7 @@ func TestFastPathAllocs(t *testing.T) {
 // answers its option as an older daemon would) gives every member a
 // socket, and the library goes on over it.
 func TestNoFastPathDaemonFallsBack(t *testing.T) {
-	sock := filepath.Join(tempDir(t), "old.sock")
+	sock := filepath.Join(tempDir(t), "old", "ipn.sock")
 	d := start(t, nil, nil, ipnCommand(t), "daemon", "-f", "--no-fast-path", "--socket", sock)
 	t.Setenv("IPN_SOCKET", sock)
 	waitFor(t, 15*time.Second, "the daemon's socket", func() bool {

@@ -81,7 +81,9 @@ const (
 	DefaultMTU      = engine.DefaultMTU
 	DefaultNumNodes = engine.DefaultNumPorts
 	DefaultPoolSize = engine.DefaultPoolSize
-	DefaultMode     = 0o777
+	// DefaultMode gives x (manage) to the owner alone, r and w to all (less
+	// the umask); the original IPN's 0777 let anyone manage.
+	DefaultMode = 0o766
 )
 
 // How says which side Shutdown closes.

@@ -1,6 +1,7 @@
 package ipn_test
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -163,11 +164,15 @@ func roundTrip(t *testing.T, c *net.UnixConn, pkt []byte, fds ...int) (syscall.E
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, errno := wire.SplitReply(body)
-	if errno == nil {
+	_, rerr := wire.SplitReply(body)
+	if rerr == nil {
 		return 0, nil
 	}
-	return errno.(syscall.Errno), nil
+	var errno syscall.Errno
+	if !errors.As(rerr, &errno) {
+		t.Fatalf("reply error %v carries no errno", rerr)
+	}
+	return errno, nil
 }
 
 func closeAll(fds []int) {

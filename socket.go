@@ -1,6 +1,7 @@
 package ipn
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -38,6 +39,10 @@ type Socket struct {
 	mu        sync.Mutex // guards the fields below
 	path      string     // network path once bound or connected
 	mode      os.FileMode
+	modeSet   bool       // SetMode was called
+	file      fileID     // the network file's identity, once bound or connected by path
+	ended     bool       // the daemon said this socket's leaving ended the network
+	vde       *vdeServer // the VDE service of ServeVDE, or nil
 	bound     bool
 	connected bool
 	data      *net.UnixConn // the data socket once connected
@@ -125,8 +130,14 @@ func (s *Socket) readControl() {
 			s.ctlErr = err
 			return
 		}
-		if op == wire.OpOOB {
+		switch op {
+		case wire.OpOOB:
 			s.pushOOB(append([]byte(nil), body...))
+			continue
+		case wire.OpEnded:
+			s.mu.Lock()
+			s.ended = true
+			s.mu.Unlock()
 			continue
 		}
 		s.tick()
@@ -221,6 +232,17 @@ func (s *Socket) request(op uint16, body []byte, fds ...int) ([]byte, []int, err
 	default:
 	}
 	if err := wire.Send(s.ctl, wire.Packet(op, body), fds...); err != nil {
+		// A daemon that refused the connection said why before it
+		// closed it: that reply is the answer.
+		select {
+		case r := <-s.replies:
+			if rbody, rerr := wire.SplitReply(r.body); rerr != nil {
+				closeFDs(r.fds)
+				return rbody, nil, rerr
+			}
+			closeFDs(r.fds)
+		case <-s.ctlDone:
+		}
 		return nil, nil, s.lostDaemon(err)
 	}
 	select {
@@ -313,7 +335,7 @@ func (s *Socket) SetMode(mode os.FileMode) error {
 	if mode&^os.ModePerm != 0 {
 		return s.opErrorLocked("setmode", syscall.EINVAL)
 	}
-	s.mode = mode
+	s.mode, s.modeSet = mode, true
 	return nil
 }
 
@@ -398,9 +420,10 @@ func (s *Socket) Path() string {
 func (s *Socket) LocalAddr() net.Addr { return Addr(s.Path()) }
 
 // Bind creates the network at path, owned by the caller with the mode set
-// by SetMode less the umask, or joins the existing network there as a
-// manager (which needs x on the file). A bound socket may change the
-// network (ChangeNumNodes) and Connect("") to it.
+// by SetMode (DefaultMode if none: x for the owner alone) less the umask,
+// or joins the existing network there as a manager (which needs x on the
+// file). A bound socket may change the network (ChangeNumNodes) and
+// Connect("") to it.
 func (s *Socket) Bind(path string) error {
 	abs, err := filepath.Abs(path)
 	if err != nil {
@@ -423,11 +446,7 @@ func (s *Socket) Bind(path string) error {
 		}
 		created = false
 	}
-	fd, err := unix.Open(abs, unix.O_PATH|unix.O_CLOEXEC, 0)
-	if err == nil {
-		_, _, err = s.request(wire.OpBind, []byte(abs), fd)
-		unix.Close(fd)
-	}
+	id, err := s.fileRequest(wire.OpBind, abs)
 	if err != nil {
 		if created {
 			os.Remove(abs)
@@ -435,9 +454,56 @@ func (s *Socket) Bind(path string) error {
 		return &net.OpError{Op: "bind", Net: "ipn", Addr: Addr(abs), Err: err}
 	}
 	s.mu.Lock()
-	s.bound, s.path = true, abs
+	s.bound, s.path, s.file = true, abs, id
 	s.mu.Unlock()
 	return nil
+}
+
+// fileID identifies a network file by device and inode.
+type fileID struct{ dev, ino uint64 }
+
+// fileRequest opens the network file at path (O_PATH) and sends op with
+// it, returning the file's identity.
+func (s *Socket) fileRequest(op uint16, path string) (fileID, error) {
+	fd, err := unix.Open(path, unix.O_PATH|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fileID{}, err
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fileID{}, err
+	}
+	if _, _, err := s.request(op, []byte(path), fd); err != nil {
+		return fileID{}, err
+	}
+	return fileID{uint64(st.Dev), st.Ino}, nil
+}
+
+// removeEnded removes the network file once the network has ended with
+// this socket's leaving, if the path still names that file: what a
+// network leaves behind is cleared by its last member, with that member's
+// own rights.
+func (s *Socket) removeEnded() {
+	s.mu.Lock()
+	path, id, ended := s.path, s.file, s.ended
+	s.mu.Unlock()
+	if !ended || id == (fileID{}) || path == "" {
+		return
+	}
+	dir, err := unix.Open(filepath.Dir(path), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	defer unix.Close(dir)
+	base := filepath.Base(path)
+	var st unix.Stat_t
+	if unix.Fstatat(dir, base, &st, unix.AT_SYMLINK_NOFOLLOW) != nil {
+		return
+	}
+	if (fileID{uint64(st.Dev), st.Ino}) == id && st.Mode&unix.S_IFMT == unix.S_IFSOCK {
+		unix.Unlinkat(dir, base, 0)
+	}
 }
 
 // Connect joins the network at path, or the bound one if path is "". The
@@ -460,14 +526,49 @@ func (s *Socket) Connect(path string) error {
 	if abs == "" {
 		return s.opError("connect", syscall.EDESTADDRREQ)
 	}
+	if bound && abs == boundPath {
+		return s.connect(abs, -1, fileID{})
+	}
+	fd, err := unix.Open(abs, unix.O_PATH|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return &net.OpError{Op: "connect", Net: "ipn", Addr: Addr(abs), Err: err}
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return &net.OpError{Op: "connect", Net: "ipn", Addr: Addr(abs), Err: err}
+	}
+	return s.connect(abs, fd, fileID{uint64(st.Dev), st.Ino})
+}
+
+// ConnectFile joins the network whose file f is, opened by the caller
+// (O_PATH is enough): for a program that resolves the network's path
+// itself, as a file system serving other users does with their rights.
+// The network's path is f.Name(); the socket never removes the file.
+func (s *Socket) ConnectFile(f *os.File) error {
+	s.mu.Lock()
+	connected := s.connected
+	s.mu.Unlock()
+	if connected {
+		return s.opError("connect", syscall.EISCONN)
+	}
+	raw, err := f.SyscallConn()
+	if err != nil {
+		return &net.OpError{Op: "connect", Net: "ipn", Addr: Addr(f.Name()), Err: err}
+	}
+	var cerr error
+	if err := raw.Control(func(fd uintptr) { cerr = s.connect(f.Name(), int(fd), fileID{}) }); err != nil {
+		return &net.OpError{Op: "connect", Net: "ipn", Addr: Addr(f.Name()), Err: err}
+	}
+	return cerr
+}
+
+// connect joins the network of the file fd (the bound one if fd is -1),
+// named abs; id, if set, is the file's identity for removeEnded.
+func (s *Socket) connect(abs string, fd int, id fileID) error {
 	var fds []int
-	if !bound || abs != boundPath {
-		fd, err := unix.Open(abs, unix.O_PATH|unix.O_CLOEXEC, 0)
-		if err != nil {
-			return &net.OpError{Op: "connect", Net: "ipn", Addr: Addr(abs), Err: err}
-		}
-		defer unix.Close(fd)
-		fds = append(fds, fd)
+	if fd >= 0 {
+		fds = []int{fd}
 	}
 	s.mu.Lock()
 	wantFast := !s.fastOff
@@ -508,6 +609,9 @@ func (s *Socket) Connect(path string) error {
 	s.oobMu.Lock()
 	s.mu.Lock()
 	s.connected, s.path, s.data, s.fast = true, abs, data, fast
+	if fd >= 0 {
+		s.file = id
+	}
 	s.port, s.mtu = int(rep.Port), int(rep.MTU)
 	s.canRead, s.canWrite = rep.CanRead, rep.CanWrite
 	wdl := s.wdl
@@ -972,6 +1076,12 @@ const closeTimeout = 5 * time.Second
 // Close leaves the network and releases the socket. It is idempotent.
 func (s *Socket) Close() error {
 	s.once.Do(func() {
+		s.mu.Lock()
+		v := s.vde
+		s.mu.Unlock()
+		if v != nil {
+			v.stop() // its clients' requests need the control connection
+		}
 		close(s.closed)
 		// Data first: the daemon takes what was sent up to the data
 		// socket's end before it drops the port, when ctl closes.
@@ -994,66 +1104,51 @@ func (s *Socket) Close() error {
 		t.Stop()
 		s.ctl.Close()
 		<-s.ctlDone
+		s.removeEnded()
 	})
 	return nil
 }
 
-// list asks the daemon for its networks.
+// list asks the daemon for the networks the caller can see; with a path,
+// for the network on that file. The listing comes in pieces of one packet
+// each, whatever its size.
 func (s *Socket) list(path string) ([]NetInfo, error) {
+	var fds []int
 	if path != "" {
 		abs, err := filepath.Abs(path)
 		if err != nil {
 			return nil, err
 		}
 		path = abs
+		fd, err := unix.Open(abs, unix.O_PATH|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return nil, &net.OpError{Op: "list", Net: "ipn", Addr: Addr(path), Err: err}
+		}
+		defer unix.Close(fd)
+		fds = []int{fd}
 	}
-	body, _, err := s.request(wire.OpList, []byte(path))
-	if err != nil {
-		return nil, &net.OpError{Op: "list", Net: "ipn", Addr: Addr(path), Err: err}
+	var all []byte
+	for {
+		body, rfds, err := s.request(wire.OpList, wire.U32(uint32(len(all))), fds...)
+		closeFDs(rfds)
+		fds = nil
+		if err == nil && len(body) < 4 {
+			err = fmt.Errorf("%w: list reply", wire.ErrMalformed)
+		}
+		if err != nil {
+			return nil, &net.OpError{Op: "list", Net: "ipn", Addr: Addr(path), Err: err}
+		}
+		total := int(binary.LittleEndian.Uint32(body))
+		all = append(all, body[4:]...)
+		if len(all) >= total || len(body) == 4 {
+			break
+		}
 	}
 	var list []NetInfo
-	if err := json.Unmarshal(body, &list); err != nil {
+	if err := json.Unmarshal(all, &list); err != nil {
 		return nil, fmt.Errorf("list: %w", err)
 	}
 	return list, nil
-}
-
-// ServeVDE makes the bound network a VDE 2 switch at directory dir (made if
-// missing), as vde_switch -s dir would be: VDE clients (vde_plug
-// vde://dir, QEMU's -netdev vde,sock=dir, slirpvde...) become ports of the
-// network, with the rights the network file gives their users. It lasts
-// until the socket is closed. The socket must be bound.
-func (s *Socket) ServeVDE(dir string) error {
-	abs, err := filepath.Abs(dir)
-	if err != nil {
-		return s.opError("servevde", err)
-	}
-	if err := os.MkdirAll(abs, 0o777); err != nil {
-		return s.opError("servevde", err)
-	}
-	ctl := filepath.Join(abs, "ctl")
-	if c, err := net.Dial("unix", ctl); err == nil {
-		c.Close()
-		return s.opError("servevde", fmt.Errorf("%s: a switch already serves it: %w", ctl, syscall.EADDRINUSE))
-	}
-	os.Remove(ctl) // a stale socket of a switch that died
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: ctl, Net: "unix"})
-	if err != nil {
-		return s.opError("servevde", err)
-	}
-	ln.SetUnlinkOnClose(false)
-	f, err := ln.File()
-	ln.Close()
-	if err != nil {
-		os.Remove(ctl)
-		return s.opError("servevde", err)
-	}
-	defer f.Close()
-	if _, _, err := s.request(wire.OpServeVDE, []byte(abs), int(f.Fd())); err != nil {
-		os.Remove(ctl)
-		return s.opError("servevde", err)
-	}
-	return nil
 }
 
 // AttachTap makes the Linux tap interface name a port of the bound network

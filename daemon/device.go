@@ -15,10 +15,13 @@ import (
 )
 
 // A device port is a tap or grabbed interface attached to a network by a
-// bound session (OpAttachDevice), from a descriptor the client opened. It
-// belongs to that session and goes with it, unless persistent: then it
-// stays, holding its network, until a session takes it over (DevJoin) or
-// its persistence is cleared (DevClearPersist).
+// bound session (OpAttachDevice), from a descriptor the client opened. Its
+// sides are the ones its maker's rights on the network give (r: frames
+// from the network go out of the interface; w: frames the interface
+// receives enter the network). It belongs to that session and goes with it,
+// unless persistent: then it stays, holding its network, until a session
+// takes it over (DevJoin) or clears its persistence (DevClearPersist),
+// which only its maker's user, the network file's owner and root may do.
 type devKey struct {
 	net  *engine.Network
 	name string
@@ -26,22 +29,28 @@ type devKey struct {
 
 type devPort struct {
 	key     devKey
-	port    *engine.Port
-	persist bool     // guarded by devices
-	owner   *session // guarded by devices; nil when no session holds it
+	port    *engine.Port // set under devices.mu once joined
+	maker   uint32       // the user who attached it
+	persist bool         // guarded by devices.mu
+	owner   *session     // guarded by devices.mu; nil when no session holds it
 }
 
-var devices = struct {
-	sync.Mutex
-	byKey  map[devKey]*devPort
-	byPort map[*engine.Port]*devPort
-}{byKey: map[devKey]*devPort{}, byPort: map[*engine.Port]*devPort{}}
+// devices are the device ports of a daemon.
+type devices struct {
+	mu     sync.Mutex
+	byKey  map[devKey]*devPort       // guarded by mu
+	byPort map[*engine.Port]*devPort // guarded by mu
+}
 
-// devicePersist reports whether p is a persistent device port.
-func devicePersist(p *engine.Port) bool {
-	devices.Lock()
-	defer devices.Unlock()
-	d := devices.byPort[p]
+func newDevices() devices {
+	return devices{byKey: map[devKey]*devPort{}, byPort: map[*engine.Port]*devPort{}}
+}
+
+// persistent reports whether p is a persistent device port.
+func (ds *devices) persistent(p *engine.Port) bool {
+	ds.mu.Lock()
+	defer ds.mu.Unlock()
+	d := ds.byPort[p]
 	return d != nil && d.persist
 }
 
@@ -55,25 +64,30 @@ func (ss *session) doDevice(body []byte, fds []int) ([]byte, error) {
 	if ss.bound == nil {
 		return nil, fmt.Errorf("device ports need a bound socket (a manager): %w", syscall.EACCES)
 	}
-	st, err := ss.statBound()
+	nf := netFileOf(ss.bound)
+	r, err := nf.rights(ss.cred)
 	if err != nil {
 		return nil, err
 	}
-	if _, _, x := access(st, ss.cred); !x {
-		return nil, fmt.Errorf("device ports need x on the network: %w", syscall.EACCES)
+	if !r.X {
+		return nil, fmt.Errorf("device ports need x on the network; you have %s: %w", r, syscall.EACCES)
 	}
 	key := devKey{ss.bound, name}
+	ds := &ss.srv.devices
 	switch {
 	case flags&wire.DevJoin != 0:
 		if len(fds) != 0 {
 			return nil, syscall.EINVAL
 		}
-		return ss.joinDevice(key)
+		return ds.join(ss, key, nf)
 	case flags&wire.DevClearPersist != 0:
 		if len(fds) != 0 {
 			return nil, syscall.EINVAL
 		}
-		return nil, ss.clearPersist(key)
+		return nil, ds.clearPersist(ss, key, nf)
+	}
+	if !r.R && !r.W {
+		return nil, fmt.Errorf("a device port needs r or w on the network; you have %s: %w", r, syscall.EACCES)
 	}
 	fd, err := oneFD(fds)
 	if err != nil {
@@ -110,32 +124,62 @@ func (ss *session) doDevice(body []byte, fds []int) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	devices.Lock()
-	if devices.byKey[key] != nil {
-		devices.Unlock()
-		ep.Close()
-		return nil, fmt.Errorf("device %s already attached: %w", name, syscall.EADDRINUSE)
-	}
-	port, err := ss.bound.Join(ep, engine.PortOptions{Want: -1, Description: descr, Peer: "device " + ss.cred.String()})
-	if err != nil {
-		devices.Unlock()
+	if err := ss.srv.acct.take(ss.cred.UID, usage{ports: 1}); err != nil {
 		ep.Close()
 		return nil, err
 	}
-	d := &devPort{key: key, port: port, persist: flags&wire.DevPersist != 0, owner: ss}
-	devices.byKey[key], devices.byPort[port] = d, d
-	devices.Unlock()
-	go func() { // forget the port once it has left, whoever closed it
-		<-port.Done()
-		devices.Lock()
-		if devices.byKey[key] == d {
-			delete(devices.byKey, key)
-		}
-		delete(devices.byPort, port)
-		devices.Unlock()
-	}()
-	ss.srv.log.Info("device port", "network", ss.bound.Name(), "port", port.Num(), "device", descr, "persist", d.persist, "by", ss.cred)
+	uid, acct := ss.cred.UID, ss.srv.acct
+	ds.mu.Lock()
+	if ds.byKey[key] != nil {
+		ds.mu.Unlock()
+		ep.Close()
+		acct.give(uid, usage{ports: 1})
+		return nil, fmt.Errorf("device %s already attached: %w", name, syscall.EADDRINUSE)
+	}
+	d := &devPort{key: key, maker: uid, persist: flags&wire.DevPersist != 0, owner: ss}
+	port, err := ss.bound.Join(ep, engine.PortOptions{
+		Want: -1, Description: descr, Peer: "device " + ss.cred.String(),
+		NoRead: !r.R, NoWrite: !r.W,
+		OnLeave: func() { // forget the port once it has left, whoever closed it
+			acct.give(uid, usage{ports: 1})
+			ds.forget(d)
+		},
+	})
+	if err != nil {
+		ds.mu.Unlock()
+		ep.Close()
+		acct.give(uid, usage{ports: 1})
+		return nil, err
+	}
+	// The port's leaving waits for mu, so it sees d complete.
+	d.port = port
+	ds.byKey[key], ds.byPort[port] = d, d
+	ds.mu.Unlock()
+	ss.srv.log.Info("device port", "network", ss.bound.Name(), "port", port.Num(), "device", descr,
+		"sides", r.String()[:2], "persist", d.persist, "by", ss.cred)
 	return wire.U32(uint32(port.Num())), nil
+}
+
+// forget drops the device port d once its port has left.
+func (ds *devices) forget(d *devPort) {
+	ds.mu.Lock()
+	defer ds.mu.Unlock()
+	if ds.byKey[d.key] == d {
+		delete(ds.byKey, d.key)
+	}
+	delete(ds.byPort, d.port)
+}
+
+// mayTake reports whether ss may take over or clear d: its maker's user,
+// the network file's owner and root may.
+func mayTake(ss *session, d *devPort, nf *netFile) error {
+	if ss.cred.UID == 0 || ss.cred.UID == d.maker {
+		return nil
+	}
+	if st, err := nf.stat(); err == nil && st.Uid == ss.cred.UID {
+		return nil
+	}
+	return fmt.Errorf("device %s belongs to uid %d (its maker), the network's owner and root: %w", d.key.name, d.maker, syscall.EPERM)
 }
 
 // checkTap checks that fd is a tap descriptor attached to name.
@@ -168,13 +212,16 @@ func checkPacket(fd int) error {
 	return nil
 }
 
-// joinDevice makes the persistent device port key the session's.
-func (ss *session) joinDevice(key devKey) ([]byte, error) {
-	devices.Lock()
-	defer devices.Unlock()
-	d := devices.byKey[key]
+// join makes the persistent device port key the session's.
+func (ds *devices) join(ss *session, key devKey, nf *netFile) ([]byte, error) {
+	ds.mu.Lock()
+	defer ds.mu.Unlock()
+	d := ds.byKey[key]
 	if d == nil {
 		return nil, fmt.Errorf("no device %s on %s: %w", key.name, key.net.Name(), syscall.ENOENT)
+	}
+	if err := mayTake(ss, d, nf); err != nil {
+		return nil, err
 	}
 	if !d.persist && d.owner != nil && d.owner != ss {
 		return nil, fmt.Errorf("device %s is not persistent: %w", key.name, syscall.EBUSY)
@@ -185,28 +232,32 @@ func (ss *session) joinDevice(key devKey) ([]byte, error) {
 
 // clearPersist makes the device port key go with its session, or now if
 // no session holds it.
-func (ss *session) clearPersist(key devKey) error {
-	devices.Lock()
-	d := devices.byKey[key]
+func (ds *devices) clearPersist(ss *session, key devKey, nf *netFile) error {
+	ds.mu.Lock()
+	d := ds.byKey[key]
 	if d == nil {
-		devices.Unlock()
+		ds.mu.Unlock()
 		return fmt.Errorf("no device %s on %s: %w", key.name, key.net.Name(), syscall.ENOENT)
+	}
+	if err := mayTake(ss, d, nf); err != nil {
+		ds.mu.Unlock()
+		return err
 	}
 	d.persist = false
 	orphan := d.owner == nil
-	devices.Unlock()
+	ds.mu.Unlock()
 	if orphan {
 		d.port.Close()
 	}
 	return nil
 }
 
-// releaseDevices closes the session's device ports, leaving the persistent
-// ones to no one.
-func (ss *session) releaseDevices() {
+// release closes the session's device ports, leaving the persistent ones
+// to no one.
+func (ds *devices) release(ss *session) {
 	var closing []*engine.Port
-	devices.Lock()
-	for _, d := range devices.byKey {
+	ds.mu.Lock()
+	for _, d := range ds.byKey {
 		if d.owner != ss {
 			continue
 		}
@@ -215,7 +266,7 @@ func (ss *session) releaseDevices() {
 			closing = append(closing, d.port)
 		}
 	}
-	devices.Unlock()
+	ds.mu.Unlock()
 	for _, p := range closing {
 		p.Close()
 	}

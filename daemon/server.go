@@ -12,6 +12,8 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -19,6 +21,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ipn-project/ipn/engine"
+	"github.com/ipn-project/ipn/internal/throttle"
+	"github.com/ipn-project/ipn/internal/wire"
 	_ "github.com/ipn-project/ipn/policy/hub" // the built-in policy
 )
 
@@ -29,7 +33,8 @@ type Config struct {
 	// IdleExit, if positive, stops the daemon after it has had no client
 	// for that long.
 	IdleExit time.Duration
-	// Logger receives the daemon's log; slog.Default() if nil.
+	// Logger receives the daemon's log; slog.Default() if nil. Repeated
+	// messages are rate-limited.
 	Logger *slog.Logger
 	// Ready, if set, is called once the control socket accepts clients.
 	Ready func()
@@ -37,7 +42,19 @@ type Config struct {
 	// as a daemon without it does (ENOPROTOOPT): every member uses a
 	// socket.
 	NoFastPath bool
+	// Limits bound each user (zero fields: DefaultLimits).
+	Limits Limits
+	// HelloTimeout is how long a new connection may take to say hello
+	// before it is dropped; DefaultHelloTimeout if zero.
+	HelloTimeout time.Duration
+	// MaxFiles, if positive, sets the daemon's descriptor limit
+	// (RLIMIT_NOFILE); otherwise root's daemon takes as many as the
+	// kernel allows a process.
+	MaxFiles int
 }
+
+// DefaultHelloTimeout is how long a connection may stay silent at first.
+const DefaultHelloTimeout = 10 * time.Second
 
 // ErrRunning reports that another daemon already serves the socket.
 var ErrRunning = errors.New("a daemon is already running")
@@ -48,11 +65,37 @@ type server struct {
 	log    *slog.Logger
 	engine *engine.Engine
 	ln     *net.UnixListener
+	acct   *accounts
+	stop   chan struct{} // closed when the daemon stops
+	// refusing holds a slot per connection being refused with a reason.
+	refusing chan struct{}
 
 	mu       sync.Mutex
 	sessions map[*session]struct{} // guarded by mu
 	idle     *time.Timer           // guarded by mu; nil unless IdleExit
 	wg       sync.WaitGroup
+
+	devices devices
+}
+
+// newServer returns a server with no listener, for Serve and for tests.
+func newServer(cfg Config) *server {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.HelloTimeout <= 0 {
+		cfg.HelloTimeout = DefaultHelloTimeout
+	}
+	return &server{
+		cfg:      cfg,
+		log:      slog.New(throttle.New(cfg.Logger.Handler(), throttle.DefaultBurst, throttle.DefaultEvery)),
+		engine:   engine.New(),
+		acct:     newAccounts(cfg.Limits),
+		stop:     make(chan struct{}),
+		refusing: make(chan struct{}, 64),
+		sessions: make(map[*session]struct{}),
+		devices:  newDevices(),
+	}
 }
 
 // Serve runs a daemon until ctx is done (or it has been idle for
@@ -61,9 +104,7 @@ func Serve(ctx context.Context, cfg Config) error {
 	if cfg.Socket == "" {
 		cfg.Socket = DefaultSocket()
 	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
-	}
+	s := newServer(cfg)
 	lock, err := lockDaemon(cfg.Socket)
 	if err != nil {
 		return err
@@ -73,12 +114,10 @@ func Serve(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	s := &server{
-		cfg:      cfg,
-		log:      cfg.Logger,
-		engine:   engine.New(),
-		ln:       ln,
-		sessions: make(map[*session]struct{}),
+	s.ln = ln
+	if err := setFileLimit(cfg.MaxFiles); err != nil {
+		ln.Close()
+		return err
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -96,6 +135,7 @@ func Serve(ctx context.Context, cfg Config) error {
 	}()
 	<-ctx.Done()
 	s.log.Info("stopping")
+	close(s.stop)
 	// Unlink first so that no new client reaches this daemon.
 	os.Remove(cfg.Socket)
 	ln.Close()
@@ -103,6 +143,11 @@ func Serve(ctx context.Context, cfg Config) error {
 	s.engine.Close()
 	s.mu.Lock()
 	for ss := range s.sessions {
+		// Every network ends: its members may remove its file.
+		if ss.holds.Load() {
+			ss.conn.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+			ss.send(wire.Packet(wire.OpEnded))
+		}
 		ss.conn.Close()
 	}
 	s.mu.Unlock()
@@ -110,49 +155,139 @@ func Serve(ctx context.Context, cfg Config) error {
 	return nil
 }
 
+// setFileLimit sets the descriptor limit to n, or, if n is 0, lets root's
+// daemon open as many descriptors as the kernel allows a process, so that
+// the per-user limits, not the descriptor table, bound what users hold.
+func setFileLimit(n int) error {
+	if n > 0 {
+		if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: uint64(n), Max: uint64(n)}); err != nil {
+			return fmt.Errorf("descriptor limit %d: %w", n, err)
+		}
+		return nil
+	}
+	raiseFileLimit()
+	return nil
+}
+
+// raiseFileLimit raises root's descriptor limit to the kernel's most.
+func raiseFileLimit() {
+	if os.Geteuid() != 0 {
+		return // Go has raised the soft limit to the hard one already
+	}
+	b, err := os.ReadFile("/proc/sys/fs/nr_open")
+	if err != nil {
+		return
+	}
+	n, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil {
+		return
+	}
+	var cur unix.Rlimit
+	if unix.Getrlimit(unix.RLIMIT_NOFILE, &cur) == nil && cur.Max >= n {
+		return
+	}
+	unix.Setrlimit(unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: n, Max: n})
+}
+
+// acceptLoop accepts clients until the listener is closed. Other errors,
+// such as EMFILE and ENFILE when descriptors run out, are waited out with a
+// growing pause: they never end the loop.
 func (s *server) acceptLoop() {
+	var pause time.Duration
 	for {
 		conn, err := s.ln.AcceptUnix()
 		if err != nil {
-			if !errors.Is(err, net.ErrClosed) {
-				s.log.Error("accept", "err", err)
+			if errors.Is(err, net.ErrClosed) {
+				return
 			}
-			return
-		}
-		c, err := peerCred(conn)
-		if err != nil {
-			s.log.Warn("refusing client", "err", err)
-			conn.Close()
+			pause = min(max(2*pause, 5*time.Millisecond), time.Second)
+			s.log.Warn("accept failed; retrying", "err", err, "pause", pause)
+			t := time.NewTimer(pause)
+			select {
+			case <-t.C:
+			case <-s.stop:
+				t.Stop()
+				return
+			}
 			continue
 		}
-		ss := &session{srv: s, conn: conn, cred: c}
+		pause = 0
+		s.admit(conn)
+	}
+}
+
+// admit starts a session for a new connection, or refuses it (with a
+// reply that says why) if its user has too many.
+func (s *server) admit(conn *net.UnixConn) {
+	c, err := peerCred(conn)
+	if err == nil && os.Geteuid() != 0 && c.UID != uint32(os.Geteuid()) {
+		err = fmt.Errorf("this daemon serves uid %d only: %w", os.Geteuid(), syscall.EACCES)
+	}
+	if err == nil {
+		err = s.acct.take(c.UID, usage{conns: 1})
+	}
+	if err != nil {
+		s.log.Warn("refusing client", "client", c, "err", err)
+		select {
+		case s.refusing <- struct{}{}:
+			s.wg.Add(1)
+			go func() {
+				defer s.wg.Done()
+				refuse(conn, err)
+				<-s.refusing
+			}()
+		default:
+			conn.Close() // too many at once to say why
+		}
+		return
+	}
+	ss := &session{srv: s, conn: conn, cred: c}
+	s.mu.Lock()
+	s.sessions[ss] = struct{}{}
+	if s.idle != nil {
+		s.idle.Stop()
+	}
+	s.mu.Unlock()
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		ss.serve()
+		s.acct.give(c.UID, usage{conns: 1})
 		s.mu.Lock()
-		s.sessions[ss] = struct{}{}
-		if s.idle != nil {
-			s.idle.Stop()
+		delete(s.sessions, ss)
+		if s.idle != nil && len(s.sessions) == 0 {
+			s.idle.Reset(s.cfg.IdleExit)
 		}
 		s.mu.Unlock()
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			ss.serve()
-			s.mu.Lock()
-			delete(s.sessions, ss)
-			if s.idle != nil && len(s.sessions) == 0 {
-				s.idle.Reset(s.cfg.IdleExit)
-			}
-			s.mu.Unlock()
-		}()
+	}()
+}
+
+// refuse answers the first request on conn with err and closes it once
+// the client has read the answer (or after a second): closed with the
+// request unread, the connection would be reset before the answer is read.
+func refuse(conn *net.UnixConn, err error) {
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(time.Second))
+	if _, _, rerr := wire.Recv(conn, make([]byte, 512)); rerr != nil {
+		return
+	}
+	if wire.Send(conn, wire.Reply(wire.OpHello, err)) != nil {
+		return
+	}
+	conn.CloseWrite()
+	for {
+		if _, _, rerr := wire.Recv(conn, make([]byte, 512)); rerr != nil {
+			return
+		}
 	}
 }
 
 // lockDaemon takes the lock that one daemon per socket holds while it runs.
 func lockDaemon(socket string) (*os.File, error) {
-	dir := filepath.Dir(socket)
-	if err := os.MkdirAll(dir, dirMode()); err != nil {
-		return nil, fmt.Errorf("daemon socket directory: %w", err)
+	if err := makeDir(filepath.Dir(socket)); err != nil {
+		return nil, err
 	}
-	f, err := os.OpenFile(socket+".lock", os.O_RDWR|os.O_CREATE, 0o600)
+	f, err := openBeside(socket+".lock", os.O_RDWR)
 	if err != nil {
 		return nil, fmt.Errorf("daemon lock: %w", err)
 	}
@@ -164,15 +299,6 @@ func lockDaemon(socket string) (*os.File, error) {
 		return nil, fmt.Errorf("daemon lock: %w", err)
 	}
 	return f, nil
-}
-
-// dirMode is the mode of a socket directory the daemon makes: open to all
-// for root's system daemon, private to the user otherwise.
-func dirMode() os.FileMode {
-	if os.Geteuid() == 0 {
-		return 0o755
-	}
-	return 0o700
 }
 
 // listen opens the control socket, replacing a stale file left by a daemon
@@ -196,39 +322,7 @@ func listen(path string) (*net.UnixListener, error) {
 	return ln, nil
 }
 
-// fileID identifies a network file by device and inode.
-type fileID struct {
-	dev, ino uint64
-}
-
-// statFD returns the identity and status of the file behind an O_PATH fd,
-// which must be a socket.
-func statFD(fd int) (fileID, *unix.Stat_t, error) {
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		return fileID{}, nil, err
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
-		return fileID{}, nil, fmt.Errorf("not a socket: %w", syscall.ECONNREFUSED)
-	}
-	return fileID{uint64(st.Dev), st.Ino}, &st, nil
-}
-
-// unlinkIf removes path if it still names the file id. The check and the
-// removal happen in one directory opened without following a final
-// symlink, so a renamed directory cannot redirect the removal.
-func unlinkIf(path string, id fileID) {
-	dir, err := unix.Open(filepath.Dir(path), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return
-	}
-	defer unix.Close(dir)
-	base := filepath.Base(path)
-	var st unix.Stat_t
-	if err := unix.Fstatat(dir, base, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-		return
-	}
-	if (fileID{uint64(st.Dev), st.Ino}) == id {
-		unix.Unlinkat(dir, base, 0)
-	}
+// netFileOf returns the file of network n, which the daemon made.
+func netFileOf(n *engine.Network) *netFile {
+	return n.Config().Data.(*netFile)
 }

@@ -1,14 +1,16 @@
 package daemon
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"os"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"golang.org/x/sys/unix"
 
@@ -16,6 +18,7 @@ import (
 	"github.com/ipn-project/ipn/endpoint/seqpacket"
 	"github.com/ipn-project/ipn/endpoint/shm"
 	"github.com/ipn-project/ipn/engine"
+	"github.com/ipn-project/ipn/internal/shmring"
 	"github.com/ipn-project/ipn/internal/wire"
 	"github.com/ipn-project/ipn/policy"
 )
@@ -28,6 +31,9 @@ type session struct {
 	cred cred
 
 	wmu sync.Mutex // serializes writes on conn (replies and OOB events)
+	// holds is set once the session is bound or connected: its network
+	// ends if the daemon stops.
+	holds atomic.Bool
 
 	// The fields below belong to the serve goroutine.
 	hello     bool
@@ -37,13 +43,12 @@ type session struct {
 	shutRead  bool
 	shutWrite bool
 	bound     *engine.Network // held reference when bound (manager)
-	boundID   fileID
-	boundFD   int // O_PATH descriptor of the bound network file, or -1
 	port      *engine.Port
-	data      *net.UnixConn // daemon's end of the data socket, or nil
-	wantFast  bool          // the client asked for the fast path
-	fast      *shm.Endpoint // the port's rings on the fast path, or nil
-	vde       []*vdeServer  // VDE switches serving the bound network
+	data      *net.UnixConn        // daemon's end of the data socket, or nil
+	wantFast  bool                 // the client asked for the fast path
+	fast      *shm.Endpoint        // the port's rings on the fast path, or nil
+	vde       map[int]*engine.Port // ports of VDE clients this session serves
+	listing   []byte               // the listing being read (OpList)
 }
 
 // serve answers the client's requests until it closes the connection or
@@ -51,24 +56,32 @@ type session struct {
 func (ss *session) serve() {
 	defer ss.close()
 	ss.portOpts.Want = -1
-	ss.boundFD = -1
 	buf := make([]byte, wire.HeaderLen+engine.MaxMTU+64)
+	ss.conn.SetReadDeadline(time.Now().Add(ss.srv.cfg.HelloTimeout))
 	for {
 		pkt, fds, err := wire.Recv(ss.conn, buf)
 		if err != nil {
-			if !wire.IsEOF(err) && !errors.Is(err, net.ErrClosed) {
+			switch {
+			case errors.Is(err, os.ErrDeadlineExceeded):
+				ss.srv.log.Warn("dropping client that did not say hello", "client", ss.cred, "after", ss.srv.cfg.HelloTimeout)
+			case !wire.IsEOF(err) && !errors.Is(err, net.ErrClosed):
 				ss.srv.log.Warn("dropping client", "client", ss.cred, "err", err)
 			}
 			return
 		}
+
 		op, body, err := wire.Split(pkt)
 		if err != nil {
 			closeFDs(fds)
 			ss.srv.log.Warn("dropping client", "client", ss.cred, "err", err)
 			return
 		}
+		wasHello := ss.hello
 		reply, rfds := ss.handle(op, body, fds)
 		closeFDs(fds)
+		if ss.hello && !wasHello {
+			ss.conn.SetReadDeadline(time.Time{})
+		}
 		sendErr := ss.send(reply, rfds...)
 		closeFDs(rfds)
 		if sendErr != nil {
@@ -94,16 +107,27 @@ func (ss *session) sendOOB(m []byte) error {
 const drainTimeout = 2 * time.Second
 
 func (ss *session) close() {
-	ss.release()
+	if ended := ss.release(); ended {
+		// The client may now remove the network's file.
+		ss.conn.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+		ss.send(wire.Packet(wire.OpEnded))
+	}
 	ss.conn.Close()
 }
 
-// release gives up the session's port and bound network.
-func (ss *session) release() {
-	for _, v := range ss.vde {
-		v.stop()
+// release gives up the session's ports and bound network, and reports
+// whether that ended the network.
+func (ss *session) release() (ended bool) {
+	var n *engine.Network
+	if ss.port != nil {
+		n = ss.port.Network()
+	} else if ss.bound != nil {
+		n = ss.bound
 	}
-	ss.releaseDevices()
+	for _, p := range ss.vde {
+		p.Close()
+	}
+	ss.srv.devices.release(ss)
 	if ss.port != nil {
 		// Messages the client wrote before it went are in the data
 		// socket or its ring: let the port's reader take them, up to
@@ -121,8 +145,8 @@ func (ss *session) release() {
 	}
 	if ss.bound != nil {
 		ss.bound.Release()
-		unix.Close(ss.boundFD)
 	}
+	return n != nil && !ss.srv.engine.Live(n.Key())
 }
 
 func closeFDs(fds []int) {
@@ -147,21 +171,23 @@ func (ss *session) handle(op uint16, body []byte, fds []int) (reply []byte, rfds
 	case wire.OpGetOpt:
 		res, err = ss.doGetOpt(body)
 	case wire.OpBind:
-		err = ss.doBind(string(body), fds)
+		err = ss.doBind(fds)
 	case wire.OpConnect:
-		res, rfds, err = ss.doConnect(string(body), fds)
+		res, rfds, err = ss.doConnect(fds)
 	case wire.OpShutdown:
 		err = ss.doShutdown(body)
 	case wire.OpSendOOB:
 		err = ss.doSendOOB(body)
 	case wire.OpList:
-		res, err = ss.doList(string(body))
+		res, err = ss.doList(body, fds)
 	case wire.OpPolicy:
 		res, err = ss.doPolicy(body, fds)
-	case wire.OpServeVDE:
-		err = ss.doServeVDE(string(body), fds)
 	case wire.OpAttachDevice:
 		res, err = ss.doDevice(body, fds)
+	case wire.OpVDEJoin:
+		res, err = ss.doVDEJoin(body, fds)
+	case wire.OpVDELeave:
+		err = ss.doVDELeave(body)
 	default:
 		err = fmt.Errorf("unknown op %d: %w", op, syscall.EINVAL)
 	}
@@ -202,7 +228,7 @@ func (ss *session) doSetOpt(body []byte) error {
 		if len(val) > engine.MaxDescription {
 			return syscall.EINVAL
 		}
-		ss.portOpts.Description = string(val)
+		ss.portOpts.Description = printable(val)
 		return nil
 	}
 	v, err := wire.GetU32(val)
@@ -214,7 +240,7 @@ func (ss *session) doSetOpt(body []byte) error {
 		if ss.bound == nil {
 			return fmt.Errorf("not bound (managing needs bind): %w", syscall.EACCES)
 		}
-		return ss.bound.ChangeNumPorts(int(v))
+		return ss.changeNumPorts(int(v))
 	case wire.OptPort, wire.OptHandleOOB, wire.OptWantOOBNumNode, wire.OptFastPath:
 		if ss.port != nil {
 			return syscall.EISCONN
@@ -322,7 +348,10 @@ func oneFD(fds []int) (int, error) {
 	return fds[0], nil
 }
 
-func (ss *session) doBind(path string, fds []int) error {
+// doBind joins the live network on the file passed as a manager, or makes
+// one on it. The network's name is the path the kernel gives the file, not
+// what the client says.
+func (ss *session) doBind(fds []int) error {
 	if ss.bound != nil || ss.port != nil {
 		return syscall.EINVAL
 	}
@@ -330,95 +359,148 @@ func (ss *session) doBind(path string, fds []int) error {
 	if err != nil {
 		return err
 	}
-	id, st, err := statFD(fd)
+	id, st, err := statNetFile(fd)
 	if err != nil {
 		return err
 	}
-	keep, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
-	if err != nil {
-		return err
-	}
-	if err := ss.bind(path, id, st); err != nil {
-		unix.Close(keep)
-		return err
-	}
-	ss.boundFD = keep
-	return nil
-}
-
-// bind joins the live network on file id as a manager, or makes one.
-func (ss *session) bind(path string, id fileID, st *unix.Stat_t) error {
 	eng := ss.srv.engine
-	for attempt := 0; attempt < 3; attempt++ {
+	for range 3 {
 		n, err := eng.Acquire(id)
 		if err == nil {
-			if err := ss.checkManager(n, st); err != nil {
+			if err := ss.checkManager(n); err != nil {
 				n.Release()
 				return err
 			}
-			ss.bound, ss.boundID = n, id
+			ss.bound = n
+			ss.holds.Store(true)
 			return nil
 		}
-		// No live network: the file's owner (or root) makes one on it.
-		if ss.cred.uid != 0 && ss.cred.uid != st.Uid {
-			return fmt.Errorf("no network at %s: %w", path, syscall.ECONNREFUSED)
-		}
-		cfg := ss.netCfg
-		cfg.Name = path
-		cfg.Proto = ss.proto
-		cfg.OnDelete = func() { unlinkIf(path, id) }
-		n, err = eng.Create(id, cfg)
+		n, err = ss.create(fd, id, st)
 		if errors.Is(err, syscall.EEXIST) {
 			continue // someone made it first; join theirs
 		}
 		if err != nil {
 			return err
 		}
-		ss.srv.log.Info("network created", "path", path, "proto", n.Config().Proto, "by", ss.cred)
-		ss.bound, ss.boundID = n, id
+		ss.bound = n
+		ss.holds.Store(true)
 		return nil
 	}
 	return syscall.EAGAIN
 }
 
+// create makes a network on the file behind fd, which has no live network:
+// the file's owner (or root) may.
+func (ss *session) create(fd int, id fileID, st *unix.Stat_t) (*engine.Network, error) {
+	if ss.cred.UID != 0 && ss.cred.UID != st.Uid {
+		return nil, fmt.Errorf("no network on this file, and only its owner (uid %d) may make one: %w", st.Uid, syscall.ECONNREFUSED)
+	}
+	nf, err := pin(fd, id)
+	if err != nil {
+		return nil, err
+	}
+	path := nf.path()
+	if path == "" {
+		nf.close()
+		return nil, fmt.Errorf("the network file has no path (removed?): %w", syscall.ENOENT)
+	}
+	cfg, err := ss.netCfg.WithDefaults()
+	if err != nil {
+		nf.close()
+		return nil, err
+	}
+	cfg.Name, cfg.Proto, cfg.Data = path, ss.proto, nf
+	if cfg.Proto == policy.Any {
+		cfg.Proto = policy.Broadcast
+	}
+	nf.creator, nf.memory = ss.cred.UID, netMemory(cfg)
+	charge := usage{networks: 1, memory: nf.memory}
+	if err := ss.srv.acct.take(nf.creator, charge); err != nil {
+		nf.close()
+		return nil, err
+	}
+	acct := ss.srv.acct
+	cfg.OnDelete = func() {
+		nf.mu.Lock()
+		acct.give(nf.creator, usage{networks: 1, memory: nf.memory})
+		nf.mu.Unlock()
+		nf.close()
+	}
+	n, err := ss.srv.engine.Create(id, cfg)
+	if err != nil {
+		acct.give(nf.creator, charge)
+		nf.close()
+		return nil, err
+	}
+	ss.srv.log.Info("network created", "path", path, "proto", n.Config().Proto, "by", ss.cred)
+	return n, nil
+}
+
 // checkManager checks that the session may bind to the existing network n.
-func (ss *session) checkManager(n *engine.Network, st *unix.Stat_t) error {
+func (ss *session) checkManager(n *engine.Network) error {
 	cfg := n.Config()
 	if ss.netCfg.Flags&engine.Excl != 0 || cfg.Flags&engine.Excl != 0 {
 		return fmt.Errorf("exclusive network: %w", syscall.EEXIST)
 	}
 	if ss.proto != policy.Any && ss.proto != cfg.Proto {
-		return fmt.Errorf("network uses %s, socket %s: %w", cfg.Proto, ss.proto, syscall.EPROTO)
+		return fmt.Errorf("the network's policy is %s, the socket's %s: %w", cfg.Proto, ss.proto, syscall.EPROTO)
 	}
-	if _, _, x := access(st, ss.cred); !x {
-		return fmt.Errorf("managing needs x: %w", syscall.EACCES)
+	r, err := netFileOf(n).rights(ss.cred)
+	if err != nil {
+		return err
+	}
+	if !r.X {
+		return fmt.Errorf("managing needs x on the network; you have %s: %w", r, syscall.EACCES)
 	}
 	return nil
 }
 
-func (ss *session) doConnect(path string, fds []int) (reply []byte, rfds []int, err error) {
+// changeNumPorts resizes the bound network, charging its maker for the
+// memory the new size may hold.
+func (ss *session) changeNumPorts(num int) error {
+	n := ss.bound
+	nf := netFileOf(n)
+	nf.mu.Lock()
+	defer nf.mu.Unlock()
+	cfg := n.Config()
+	cfg.NumPorts = num
+	cost := netMemory(cfg)
+	if cost > nf.memory {
+		if err := ss.srv.acct.take(nf.creator, usage{memory: cost - nf.memory}); err != nil {
+			return err
+		}
+	}
+	if err := n.ChangeNumPorts(num); err != nil {
+		if cost > nf.memory {
+			ss.srv.acct.give(nf.creator, usage{memory: cost - nf.memory})
+		}
+		return err
+	}
+	if cost < nf.memory {
+		ss.srv.acct.give(nf.creator, usage{memory: nf.memory - cost})
+	}
+	nf.memory = cost
+	return nil
+}
+
+func (ss *session) doConnect(fds []int) (reply []byte, rfds []int, err error) {
 	if ss.port != nil {
 		return nil, nil, syscall.EISCONN
 	}
 	var n *engine.Network
-	var st *unix.Stat_t
 	switch {
 	case len(fds) == 0 && ss.bound != nil:
-		if st, err = ss.statBound(); err != nil {
-			return nil, nil, err
-		}
 		n = ss.bound
 	case len(fds) == 1:
-		id, s, err := statFD(fds[0])
+		id, _, err := statNetFile(fds[0])
 		if err != nil {
 			return nil, nil, err
 		}
-		if ss.bound != nil && id != ss.boundID {
+		if ss.bound != nil && ss.bound.Key() != id {
 			return nil, nil, fmt.Errorf("bound to another network: %w", syscall.EINVAL)
 		}
-		st = s
 		if n, err = ss.srv.engine.Acquire(id); err != nil {
-			return nil, nil, fmt.Errorf("no network at %s: %w", path, err)
+			return nil, nil, fmt.Errorf("no network on this file: %w", err)
 		}
 		defer n.Release() // the port takes its own reference
 	default:
@@ -426,24 +508,48 @@ func (ss *session) doConnect(path string, fds []int) (reply []byte, rfds []int, 
 	}
 	cfg := n.Config()
 	if ss.proto != policy.Any && ss.proto != cfg.Proto {
-		return nil, nil, fmt.Errorf("network uses %s, socket %s: %w", cfg.Proto, ss.proto, syscall.EPROTO)
+		return nil, nil, fmt.Errorf("the network's policy is %s, the socket's %s: %w", cfg.Proto, ss.proto, syscall.EPROTO)
 	}
-	r, w, _ := access(st, ss.cred)
-	if !r && !w {
+	// Rights are read again at each connect, so a chmod since bind counts.
+	rights, err := netFileOf(n).rights(ss.cred)
+	if err != nil {
+		return nil, nil, err
+	}
+	if !rights.R && !rights.W {
 		return nil, nil, fmt.Errorf("no r nor w on %s: %w", cfg.Name, syscall.EACCES)
 	}
-	canRead, canWrite := r && !ss.shutRead, w && !ss.shutWrite
+	canRead, canWrite := rights.R && !ss.shutRead, rights.W && !ss.shutWrite
+	if err := ss.srv.acct.take(ss.cred.UID, usage{ports: 1}); err != nil {
+		return nil, nil, err
+	}
+	held := usage{ports: 1}
+	defer func() {
+		if err != nil {
+			ss.srv.acct.give(ss.cred.UID, held)
+		}
+	}()
 
 	opts := ss.portOpts
 	opts.NoRead, opts.NoWrite = !canRead, !canWrite
 	opts.Peer = ss.cred.String()
 	var ep endpoint.Endpoint
 	if ss.wantFast {
-		// The rings, if they can be made; else the data socket.
-		fast, ferr := shm.New(cfg.MTU, cfg.Flags&engine.Lossless != 0, ss.sendOOB)
+		// The rings, if they can be made and the user has room for them;
+		// else the data socket.
+		ring := int64(shmring.LayoutFor(cfg.MTU).Bytes())
+		ferr := ss.srv.acct.take(ss.cred.UID, usage{shm: ring})
+		var fast *shm.Endpoint
 		if ferr == nil {
-			if rfds, ferr = fast.DupFDs(); ferr != nil {
-				fast.Close()
+			held.shm = ring
+			fast, ferr = shm.New(cfg.MTU, cfg.Flags&engine.Lossless != 0, ss.sendOOB)
+			if ferr == nil {
+				if rfds, ferr = fast.DupFDs(); ferr != nil {
+					fast.Close()
+				}
+			}
+			if ferr != nil {
+				ss.srv.acct.give(ss.cred.UID, usage{shm: ring})
+				held.shm = 0
 			}
 		}
 		if ferr != nil {
@@ -471,6 +577,8 @@ func (ss *session) doConnect(path string, fds []int) (reply []byte, rfds []int, 
 			ep = seqpacket.Lossy{Endpoint: sp}
 		}
 	}
+	uid, acct, charge := ss.cred.UID, ss.srv.acct, held
+	opts.OnLeave = func() { acct.give(uid, charge) }
 	port, err := n.Join(ep, opts)
 	if err != nil {
 		ep.Close()
@@ -479,22 +587,13 @@ func (ss *session) doConnect(path string, fds []int) (reply []byte, rfds []int, 
 		return nil, nil, err
 	}
 	ss.port = port
+	ss.holds.Store(true)
 	ss.applyShutdown(!canRead, !canWrite)
 	rep := wire.ConnectReply{
 		Port: uint32(port.Num()), MTU: uint32(cfg.MTU), Proto: uint16(cfg.Proto),
 		CanRead: canRead, CanWrite: canWrite,
 	}
 	return rep.Encode(), rfds, nil
-}
-
-// statBound returns the status of the bound network file, read again so
-// that a chmod since bind takes effect.
-func (ss *session) statBound() (*unix.Stat_t, error) {
-	var st unix.Stat_t
-	if err := unix.Fstat(ss.boundFD, &st); err != nil {
-		return nil, fmt.Errorf("network file %s: %w", ss.bound.Name(), err)
-	}
-	return &st, nil
 }
 
 // applyShutdown closes the data socket's directions that the node may no
@@ -549,34 +648,6 @@ func (ss *session) doSendOOB(body []byte) error {
 	return nil
 }
 
-// doServeVDE makes the listening socket passed, DIR/ctl, a VDE switch
-// whose clients become ports of the bound network, until the session ends.
-func (ss *session) doServeVDE(dir string, fds []int) error {
-	if ss.bound == nil {
-		return fmt.Errorf("%w: %w", errNotBound, syscall.EACCES)
-	}
-	fd, err := oneFD(fds)
-	if err != nil {
-		return err
-	}
-	keep, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
-	if err != nil {
-		return err
-	}
-	n, err := ss.srv.engine.Acquire(ss.boundID)
-	if err != nil {
-		unix.Close(keep)
-		return err
-	}
-	v, err := serveVDE(n, dir, keep, ss.srv.log)
-	if err != nil {
-		n.Release()
-		return err
-	}
-	ss.vde = append(ss.vde, v)
-	return nil
-}
-
 // doPolicy reads (with r or x) or changes (with x) a setting of the policy
 // of the network whose file descriptor comes with the request.
 func (ss *session) doPolicy(body []byte, fds []int) ([]byte, error) {
@@ -588,79 +659,46 @@ func (ss *session) doPolicy(body []byte, fds []int) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	id, st, err := statFD(fd)
+	id, _, err := statNetFile(fd)
 	if err != nil {
 		return nil, err
 	}
 	n, err := ss.srv.engine.Acquire(id)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("no network on this file: %w", err)
 	}
 	defer n.Release()
-	r, _, x := access(st, ss.cred)
+	r, err := netFileOf(n).rights(ss.cred)
+	if err != nil {
+		return nil, err
+	}
 	if set {
-		if !x {
-			return nil, fmt.Errorf("managing needs x: %w", syscall.EACCES)
+		if !r.X {
+			return nil, fmt.Errorf("managing needs x on the network; you have %s: %w", r, syscall.EACCES)
 		}
 		ss.srv.log.Info("policy option", "path", n.Name(), "name", name, "value", value, "by", ss.cred)
 		return nil, n.SetPolicyOption(name, value)
 	}
-	if !r && !x {
-		return nil, fmt.Errorf("reading needs r or x: %w", syscall.EACCES)
+	if !r.R && !r.X {
+		return nil, fmt.Errorf("reading needs r or x on the network; you have %s: %w", r, syscall.EACCES)
 	}
 	v, err := n.PolicyOption(name)
 	return []byte(v), err
 }
 
-func (ss *session) doList(path string) ([]byte, error) {
-	var list []wire.NetInfo
-	for _, n := range ss.srv.engine.Networks() {
-		if path != "" && n.Name() != path {
-			continue
+// printable returns b as a string of at most engine.MaxDescription bytes
+// with its control characters (and bytes that are not UTF-8) replaced, so
+// that what a client names cannot drive the terminal of whoever lists it.
+func printable(b []byte) string {
+	var out strings.Builder
+	for _, r := range string(b) {
+		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) || r == utf8.RuneError {
+			r = '?'
 		}
-		list = append(list, netInfo(n))
-	}
-	if path != "" && len(list) == 0 {
-		return nil, fmt.Errorf("no network at %s: %w", path, syscall.ENOENT)
-	}
-	return json.Marshal(list)
-}
-
-func netInfo(n *engine.Network) wire.NetInfo {
-	cfg := n.Config()
-	info := wire.NetInfo{
-		Path: cfg.Name, Proto: cfg.Proto.String(), Tag: uint16(cfg.Proto),
-		MTU: cfg.MTU, NumPorts: cfg.NumPorts, PoolSize: cfg.PoolSize,
-		Flags: flagNames(cfg.Flags),
-	}
-	var st unix.Stat_t
-	if unix.Lstat(cfg.Name, &st) == nil {
-		info.UID, info.GID, info.Mode = st.Uid, st.Gid, st.Mode&0o7777
-	}
-	info.Readers, info.Writers = n.Counts()
-	for _, p := range n.Ports() {
-		s := p.Stats()
-		o := p.Options()
-		info.PortsInfo = append(info.PortsInfo, wire.PortInfo{
-			Port: p.Num(), Descr: o.Description, Peer: o.Peer,
-			Read: p.CanRead(), Write: p.CanWrite(),
-			MsgsIn: s.MsgsIn, BytesIn: s.BytesIn, MsgsOut: s.MsgsOut, BytesOut: s.BytesOut,
-			Drops: s.Drops, Errors: s.Errors,
-			Policy: n.DescribePort(p.Num()), Persist: devicePersist(p),
-		})
-	}
-	return info
-}
-
-func flagNames(f engine.Flags) []string {
-	var names []string
-	for _, x := range []struct {
-		f    engine.Flags
-		name string
-	}{{engine.Lossless, "lossless"}, {engine.Excl, "excl"}, {engine.FlexMTU, "flexmtu"}} {
-		if f&x.f != 0 {
-			names = append(names, x.name)
+		if out.Len()+utf8.RuneLen(r) > engine.MaxDescription {
+			break
 		}
+		out.WriteRune(r)
 	}
-	return names
+	return out.String()
 }

@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"testing"
 
-	"github.com/ipn-project/ipn/engine"
 	"github.com/ipn-project/ipn/internal/wire"
 )
 
@@ -18,8 +17,8 @@ func FuzzHandle(f *testing.F) {
 	f.Add([]byte{1, 0, 1, 0, 0, 0, 6, 0, 3, 0, 0, 0, 8, 0})
 	f.Add([]byte{1, 0, 1, 0, 0, 0, 5, 0, 7, 0, 0, 0, 'x'})
 	f.Fuzz(func(t *testing.T, stream []byte) {
-		srv := &server{engine: engine.New(), log: slog.New(slog.NewTextHandler(io.Discard, nil))}
-		ss := &session{srv: srv, boundFD: -1}
+		srv := newServer(Config{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		ss := &session{srv: srv}
 		ss.portOpts.Want = -1
 		defer ss.release()
 		// The stream is a sequence of requests: u16 op, u16 length, body.

@@ -37,26 +37,61 @@ const startTimeout = 10 * time.Second
 // user's. If none answers, it starts one (unless $IPN_NO_AUTOSTART=1) by
 // re-executing the current program, so any program using the library works
 // on a machine where nothing was set up; racing callers start only one.
+//
+// Before anything is sent, the daemon must prove who it is: the process on
+// the other end (SO_PEERCRED) must be root or the caller's own user, and the
+// user's socket directory must be the user's own and not writable by
+// others; otherwise Dial fails with EACCES or EPERM and says why.
 func Dial() (*net.UnixConn, error) {
 	if p := os.Getenv(SocketEnv); p != "" {
-		return dialOrStart(p)
+		return dialOrStart(p, false)
 	}
 	if os.Geteuid() != 0 {
 		if c, err := dial(SystemSocket); err == nil {
 			return c, nil
+		} else if errors.Is(err, ErrNotDaemon) {
+			return nil, err
+		}
+		return dialOrStart(UserSocket(), true)
+	}
+	return dialOrStart(SystemSocket, false)
+}
+
+// ErrNotDaemon reports a control socket served by a process that is
+// neither root nor the caller's user: not a daemon to trust.
+var ErrNotDaemon = errors.New("not a daemon to trust")
+
+// dial connects to the control socket at path and checks who serves it.
+func dial(path string) (*net.UnixConn, error) {
+	c, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: path, Net: "unixpacket"})
+	if err != nil {
+		return nil, err
+	}
+	peer, err := peerCred(c)
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("ipn daemon at %s: %w", path, err)
+	}
+	if me := uint32(os.Geteuid()); !trusted(peer.UID) {
+		c.Close()
+		return nil, fmt.Errorf("%w: the process serving %s (pid %d) runs as uid %d, neither root nor you (uid %d); refusing to talk to it: %w",
+			ErrNotDaemon, path, peer.pid, peer.UID, me, syscall.EACCES)
+	}
+	return c, nil
+}
+
+// dialOrStart dials path, starting a daemon there if none answers. The
+// user's own socket directory (own) must be the user's, and no one else's
+// to change: else whoever answers there could be another user's.
+func dialOrStart(path string, own bool) (*net.UnixConn, error) {
+	if own {
+		if err := checkDir(filepath.Dir(path), true); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, err
 		}
 	}
-	return dialOrStart(DefaultSocket())
-}
-
-func dial(path string) (*net.UnixConn, error) {
-	return net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: path, Net: "unixpacket"})
-}
-
-func dialOrStart(path string) (*net.UnixConn, error) {
 	c, err := dial(path)
-	if err == nil {
-		return c, nil
+	if err == nil || errors.Is(err, ErrNotDaemon) {
+		return c, err
 	}
 	if os.Getenv(NoAutostartEnv) == "1" {
 		return nil, fmt.Errorf("ipn daemon at %s: %w", path, err)
@@ -84,10 +119,10 @@ func Start(socket string) error {
 // start runs a daemon on socket and waits until it serves. A lock makes
 // racing starters take turns; the later ones find the daemon running.
 func start(socket string) error {
-	if err := os.MkdirAll(filepath.Dir(socket), dirMode()); err != nil {
+	if err := makeDir(filepath.Dir(socket)); err != nil {
 		return fmt.Errorf("start ipn daemon: %w", err)
 	}
-	lock, err := os.OpenFile(socket+".start", os.O_RDWR|os.O_CREATE, 0o600)
+	lock, err := openBeside(socket+".start", os.O_RDWR)
 	if err != nil {
 		return fmt.Errorf("start ipn daemon: %w", err)
 	}
@@ -98,13 +133,15 @@ func start(socket string) error {
 	if c, err := dial(socket); err == nil {
 		c.Close()
 		return nil
+	} else if errors.Is(err, ErrNotDaemon) {
+		return err
 	}
 	exe, err := os.Executable()
 	if err != nil {
 		return fmt.Errorf("start ipn daemon: %w", err)
 	}
 	logPath := socket + ".log"
-	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	logf, err := openBeside(logPath, os.O_WRONLY|os.O_APPEND)
 	if err != nil {
 		return fmt.Errorf("start ipn daemon: %w", err)
 	}

@@ -4,22 +4,27 @@
 //
 // # Names
 //
-// A network's file is named by its path without the leading '/' and with
-// every other '/' replaced by '_': /tmp/chat is "tmp_chat". When two paths
-// give the same name (/tmp/a_b and /tmp/a/b), the one first in sorted order
-// wins and the other is not shown.
+// A network's file is named by its path without the leading '/', with
+// every other '/' written '_', and '_' and '%' written "%5F" and "%25":
+// /tmp/chat is "tmp_chat", /tmp/a_b is "tmp_a%5Fb" and /tmp/a/b is
+// "tmp_a_b". Names are unique and Path turns one back into its path.
 //
 // # Access
 //
-// A file's owner, group and mode are the network file's. open(2) is checked
-// against them with the caller's user, group and supplementary groups, as
-// the daemon checks a process that joins: the owner's bits, else the
-// group's bits if the caller's group or one of its supplementary groups is
-// the file's, else the others' bits; root may read and write anything.
-// O_RDONLY needs r, O_WRONLY w, O_RDWR both; otherwise open fails with
-// EACCES. The file system's process then joins the network on the
-// caller's behalf: a read-only open is a receive-only node, a write-only
-// open a send-only node, and close(2) leaves the network.
+// A caller sees, and may open, only the networks whose file it can reach
+// by its path. open(2) resolves the network's path with the caller's
+// credentials (user, group, supplementary groups), as the caller's own
+// open would, once, and asks the kernel, on that very file, for the rights
+// the caller has (mode bits and ACLs): O_RDONLY needs r, O_WRONLY w,
+// O_RDWR both; otherwise open fails with EACCES. The file system's process
+// then joins the network of that file on the caller's behalf (its own
+// rights bound the caller's): a read-only open is a receive-only node, a
+// write-only open a send-only node, and close(2) leaves the network. A
+// file's owner, group and mode are the network file's. One user may hold
+// at most MaxOpenPerUser files open.
+//
+// Only a file system mounted by root serves other users (each with its
+// own rights); one mounted by a user serves that user alone.
 //
 // # Reading and writing
 //
@@ -67,6 +72,7 @@ import (
 
 	"bazil.org/fuse"
 	fusefs "bazil.org/fuse/fs"
+	"golang.org/x/sys/unix"
 
 	"github.com/ipn-project/ipn"
 	"github.com/ipn-project/ipn/internal/perm"
@@ -78,8 +84,57 @@ var ErrNoFUSE = errors.New("FUSE is not available: install fuse3 / load the fuse
 
 // Name returns the name of the file of the network at path.
 func Name(path string) string {
-	return strings.ReplaceAll(strings.TrimPrefix(filepath.Clean(path), "/"), "/", "_")
+	p := strings.TrimPrefix(filepath.Clean(path), "/")
+	var b strings.Builder
+	for i := 0; i < len(p); i++ {
+		switch c := p[i]; c {
+		case '/':
+			b.WriteByte('_')
+		case '_', '%':
+			fmt.Fprintf(&b, "%%%02X", c)
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
 }
+
+// Path returns the network path a file name stands for (Name's inverse),
+// or false if name is not one Name makes.
+func Path(name string) (string, bool) {
+	var b strings.Builder
+	b.WriteByte('/')
+	for i := 0; i < len(name); i++ {
+		switch c := name[i]; c {
+		case '_':
+			b.WriteByte('/')
+		case '%':
+			if i+2 >= len(name) {
+				return "", false
+			}
+			switch name[i+1 : i+3] {
+			case "5F":
+				b.WriteByte('_')
+			case "25":
+				b.WriteByte('%')
+			default:
+				return "", false
+			}
+			i += 2
+		default:
+			b.WriteByte(c)
+		}
+	}
+	p := b.String()
+	if Name(p) != name {
+		return "", false
+	}
+	return p, true
+}
+
+// MaxOpenPerUser is the most files one user may hold open in a file
+// system; more opens fail with EMFILE.
+const MaxOpenPerUser = 256
 
 // listCache is how long the daemon's list of networks is reused, so that
 // `ls -l` (a readdir and a lookup per file) asks the daemon once.
@@ -102,6 +157,7 @@ type FS struct {
 	cacheAt time.Time
 	nodes   map[string]*netNode // by network path: one Node per file
 	open    map[*handle]struct{}
+	perUser map[uint32]int // open files by user
 	closed  bool
 	server  *fusefs.Server // for poll wakeups; set by Mount
 }
@@ -111,7 +167,7 @@ var _ fusefs.FS = (*FS)(nil)
 // New returns a file system showing the networks at paths, or every
 // network the daemon serves if there are none.
 func New(paths []string) (*FS, error) {
-	f := &FS{open: map[*handle]struct{}{}, nodes: map[string]*netNode{}}
+	f := &FS{open: map[*handle]struct{}{}, nodes: map[string]*netNode{}, perUser: map[uint32]int{}}
 	for _, p := range paths {
 		abs, err := filepath.Abs(p)
 		if err != nil {
@@ -128,7 +184,8 @@ func (f *FS) Root() (fusefs.Node, error) { return f.root, nil }
 
 // entry is a network shown as a file.
 type entry struct {
-	name, path string
+	name string
+	info ipn.NetInfo
 }
 
 // entries returns the networks to show, sorted by name.
@@ -142,37 +199,53 @@ func (f *FS) entries() ([]entry, error) {
 	if err != nil {
 		return nil, toErrno(err)
 	}
-	paths := make([]string, 0, len(list))
-	for _, n := range list {
-		if f.nets == nil || slices.Contains(f.nets, n.Path) {
-			paths = append(paths, n.Path)
-		}
-	}
-	sort.Strings(paths)
-	seen := map[string]bool{}
 	es := []entry{}
-	for _, p := range paths {
-		name := Name(p)
-		if name == "" || name == "." || seen[name] {
+	for _, n := range list {
+		if f.nets != nil && !slices.Contains(f.nets, n.Path) || !strings.HasPrefix(n.Path, "/") {
 			continue
 		}
-		seen[name] = true
-		es = append(es, entry{name: name, path: p})
+		name := Name(n.Path)
+		if name == "" || name == "." || len(name) > 255 {
+			continue // no file name can hold it
+		}
+		es = append(es, entry{name: name, info: n})
 	}
 	sort.Slice(es, func(i, j int) bool { return es[i].name < es[j].name })
 	f.cached, f.cacheAt = es, time.Now()
 	return es, nil
 }
 
+// lookup returns the entry named name if the caller can reach its network
+// by its path.
+func (f *FS) lookup(name string, c perm.Cred) (entry, error) {
+	es, err := f.entries()
+	if err != nil {
+		return entry{}, err
+	}
+	i := sort.Search(len(es), func(i int) bool { return es[i].name >= name })
+	if i == len(es) || es[i].name != name || !reaches(c, es[i].info) {
+		return entry{}, syscall.ENOENT
+	}
+	return es[i], nil
+}
+
+// reaches reports whether c can reach the network file of info by its
+// path: the lookup, with c's credentials, finds that very file.
+func reaches(c perm.Cred, info ipn.NetInfo) bool {
+	st, err := perm.Stat(c, info.Path)
+	return err == nil && uint64(st.Dev) == info.Dev && st.Ino == info.Ino
+}
+
 // node returns the file of the network at path, the same each time.
-func (f *FS) node(path string) *netNode {
+func (f *FS) node(e entry) *netNode {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	n := f.nodes[path]
+	n := f.nodes[e.info.Path]
 	if n == nil {
-		n = &netNode{fs: f, path: path}
-		f.nodes[path] = n
+		n = &netNode{fs: f, path: e.info.Path}
+		f.nodes[e.info.Path] = n
 	}
+	n.info = e.info
 	return n
 }
 
@@ -202,6 +275,17 @@ func inoOf(path string) uint64 {
 	return ino
 }
 
+// callerOf returns the credentials of the process behind a request: its
+// user and group, and the supplementary groups of the process (which is
+// waiting for the answer, so its pid is its own).
+func callerOf(h *fuse.Header) perm.Cred {
+	c := perm.Cred{UID: h.Uid, GID: h.Gid}
+	if h.Uid != 0 {
+		c.Groups = procGroups(h.Pid)
+	}
+	return c
+}
+
 // dirNode is the root directory.
 type dirNode struct {
 	fs *FS
@@ -210,7 +294,7 @@ type dirNode struct {
 var (
 	_ fusefs.Node                = (*dirNode)(nil)
 	_ fusefs.NodeRequestLookuper = (*dirNode)(nil)
-	_ fusefs.HandleReadDirAller  = (*dirNode)(nil)
+	_ fusefs.NodeOpener          = (*dirNode)(nil)
 )
 
 func (d *dirNode) Attr(ctx context.Context, attr *fuse.Attr) error {
@@ -221,59 +305,53 @@ func (d *dirNode) Attr(ctx context.Context, attr *fuse.Attr) error {
 	return nil
 }
 
+// Lookup finds a network the caller can reach. Names are not cached by the
+// kernel (EntryValid 0), so that each caller's lookup is its own.
 func (d *dirNode) Lookup(ctx context.Context, req *fuse.LookupRequest, resp *fuse.LookupResponse) (fusefs.Node, error) {
-	es, err := d.fs.entries()
+	e, err := d.fs.lookup(req.Name, callerOf(&req.Header))
 	if err != nil {
 		return nil, err
 	}
-	for _, e := range es {
-		if e.name != req.Name {
-			continue
-		}
-		if err := statAttr(e.path, &resp.Attr); err != nil {
-			return nil, err
-		}
-		resp.EntryValid = attrValid
-		return d.fs.node(e.path), nil
-	}
-	return nil, syscall.ENOENT
+	n := d.fs.node(e)
+	n.attr(&resp.Attr)
+	resp.EntryValid = 0
+	return n, nil
 }
 
-func (d *dirNode) ReadDirAll(ctx context.Context) ([]fuse.Dirent, error) {
+// Open opens the directory for the caller, who will list what it can
+// reach.
+func (d *dirNode) Open(ctx context.Context, req *fuse.OpenRequest, resp *fuse.OpenResponse) (fusefs.Handle, error) {
+	resp.Flags |= fuse.OpenDirectIO
+	return &dirHandle{fs: d.fs, caller: callerOf(&req.Header)}, nil
+}
+
+// dirHandle is the directory opened by one caller.
+type dirHandle struct {
+	fs     *FS
+	caller perm.Cred
+}
+
+var _ fusefs.HandleReadDirAller = (*dirHandle)(nil)
+
+func (d *dirHandle) ReadDirAll(ctx context.Context) ([]fuse.Dirent, error) {
 	es, err := d.fs.entries()
 	if err != nil {
 		return nil, err
 	}
 	list := make([]fuse.Dirent, 0, len(es))
 	for _, e := range es {
-		list = append(list, fuse.Dirent{Name: e.name, Type: fuse.DT_File, Inode: inoOf(e.path)})
+		if reaches(d.caller, e.info) {
+			list = append(list, fuse.Dirent{Name: e.name, Type: fuse.DT_File, Inode: inoOf(e.info.Path)})
+		}
 	}
 	return list, nil
-}
-
-// statAttr fills attr with the owner, group, mode and times of the network
-// file at path, as a regular file of size 0.
-func statAttr(path string, attr *fuse.Attr) error {
-	var st syscall.Stat_t
-	if err := syscall.Stat(path, &st); err != nil {
-		return toErrno(err)
-	}
-	attr.Inode = inoOf(path)
-	attr.Mode = os.FileMode(st.Mode & 0o777)
-	attr.Uid, attr.Gid = st.Uid, st.Gid
-	attr.Nlink = 1
-	attr.Size = 0
-	attr.Atime = time.Unix(st.Atim.Sec, st.Atim.Nsec)
-	attr.Mtime = time.Unix(st.Mtim.Sec, st.Mtim.Nsec)
-	attr.Ctime = time.Unix(st.Ctim.Sec, st.Ctim.Nsec)
-	attr.Valid = attrValid
-	return nil
 }
 
 // netNode is a network's file.
 type netNode struct {
 	fs   *FS
 	path string
+	info ipn.NetInfo // guarded by fs.mu; as last listed
 }
 
 var (
@@ -283,8 +361,31 @@ var (
 	_ fusefs.NodeOpener    = (*netNode)(nil)
 )
 
+// Attr answers the network file's owner, group and mode, as the daemon
+// lists them, as a file of size 0.
 func (n *netNode) Attr(ctx context.Context, attr *fuse.Attr) error {
-	return statAttr(n.path, attr)
+	if es, err := n.fs.entries(); err == nil {
+		for _, e := range es {
+			if e.info.Path == n.path {
+				n.fs.node(e)
+				break
+			}
+		}
+	}
+	n.attr(attr)
+	return nil
+}
+
+func (n *netNode) attr(attr *fuse.Attr) {
+	n.fs.mu.Lock()
+	info := n.info
+	n.fs.mu.Unlock()
+	attr.Inode = inoOf(n.path)
+	attr.Mode = os.FileMode(info.Mode & 0o777)
+	attr.Uid, attr.Gid = info.UID, info.GID
+	attr.Nlink = 1
+	attr.Size = 0
+	attr.Valid = attrValid
 }
 
 // Setattr accepts truncation (of O_TRUNC: `echo hi > file`) and times, as
@@ -299,37 +400,40 @@ func (n *netNode) Setattr(ctx context.Context, req *fuse.SetattrRequest, resp *f
 
 // Access answers access(2) with the rights open checks.
 func (n *netNode) Access(ctx context.Context, req *fuse.AccessRequest) error {
-	r, w, err := n.rights(&req.Header)
+	fd, r, err := n.resolve(callerOf(&req.Header))
 	if err != nil {
 		return err
 	}
-	if req.Mask&4 != 0 && !r || req.Mask&2 != 0 && !w || req.Mask&1 != 0 {
+	fd.Close()
+	if req.Mask&4 != 0 && !r.R || req.Mask&2 != 0 && !r.W || req.Mask&1 != 0 {
 		return syscall.EACCES
 	}
 	return nil
 }
 
-// rights returns whether the caller of the request may read and write the
-// network.
-func (n *netNode) rights(caller *fuse.Header) (r, w bool, err error) {
-	var st syscall.Stat_t
-	if err := syscall.Stat(n.path, &st); err != nil {
-		return false, false, toErrno(err)
+// resolve opens the network's file as the caller would (O_PATH, with the
+// caller's credentials), checks that it is still this network's, and
+// returns it with the caller's rights on it.
+func (n *netNode) resolve(c perm.Cred) (*os.File, perm.Rights, error) {
+	n.fs.mu.Lock()
+	info := n.info
+	n.fs.mu.Unlock()
+	fd, err := perm.Open(c, n.path, unix.O_PATH)
+	if err != nil {
+		return nil, perm.Rights{}, toErrno(err)
 	}
-	var groups []uint32
-	if caller.Uid != 0 && caller.Uid != st.Uid && caller.Gid != st.Gid {
-		groups = procGroups(caller.Pid)
+	f := os.NewFile(uintptr(fd), n.path)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil || uint64(st.Dev) != info.Dev || st.Ino != info.Ino {
+		f.Close()
+		return nil, perm.Rights{}, syscall.ENOENT // another file now: not this network
 	}
-	r, w = access(st.Uid, st.Gid, st.Mode, caller.Uid, caller.Gid, groups)
-	return r, w, nil
-}
-
-// access returns the read and write rights of user uid (group gid,
-// supplementary groups) on a file with owner fuid, group fgid and mode, as
-// the daemon grants them.
-func access(fuid, fgid, mode, uid, gid uint32, groups []uint32) (r, w bool) {
-	r, w, _ = perm.Rights(fuid, fgid, mode, uid, gid, groups)
-	return r, w
+	r, err := perm.Of(fd, c)
+	if err != nil {
+		f.Close()
+		return nil, perm.Rights{}, toErrno(err)
+	}
+	return f, r, nil
 }
 
 // procGroups returns the supplementary groups of process pid, from the
@@ -369,21 +473,39 @@ func (n *netNode) Open(ctx context.Context, req *fuse.OpenRequest, resp *fuse.Op
 	default:
 		return nil, syscall.EINVAL
 	}
-	r, w, err := n.rights(&req.Header)
+	c := callerOf(&req.Header)
+	// One lookup, as the caller; the check and the join are on the file
+	// it found.
+	file, r, err := n.resolve(c)
 	if err != nil {
 		return nil, err
 	}
-	if wantR && !r || wantW && !w {
+	defer file.Close()
+	if wantR && !r.R || wantW && !r.W {
 		return nil, syscall.EACCES
+	}
+	n.fs.mu.Lock()
+	if n.fs.perUser[c.UID] >= MaxOpenPerUser {
+		n.fs.mu.Unlock()
+		return nil, syscall.EMFILE
+	}
+	n.fs.perUser[c.UID]++
+	n.fs.mu.Unlock()
+	h := &handle{s: nil, fs: n.fs, uid: c.UID, write: wantW, quit: make(chan struct{})}
+	fail := func(err error) (fusefs.Handle, error) {
+		if h.s != nil {
+			h.s.Close()
+		}
+		n.fs.mu.Lock()
+		n.fs.perUser[c.UID]--
+		n.fs.mu.Unlock()
+		return nil, toErrno(err)
 	}
 	s, err := ipn.NewSocket(ipn.Any)
 	if err != nil {
-		return nil, toErrno(err)
+		return fail(err)
 	}
-	fail := func(err error) (fusefs.Handle, error) {
-		s.Close()
-		return nil, toErrno(err)
-	}
+	h.s = s
 	if !wantW {
 		if err := s.Shutdown(ipn.ShutWrite); err != nil {
 			return fail(err)
@@ -394,10 +516,10 @@ func (n *netNode) Open(ctx context.Context, req *fuse.OpenRequest, resp *fuse.Op
 			return fail(err)
 		}
 	}
-	if err := s.SetDescription("devfs"); err != nil {
+	if err := s.SetDescription(fmt.Sprintf("devfs uid %d", c.UID)); err != nil {
 		return fail(err)
 	}
-	if err := s.Connect(n.path); err != nil {
+	if err := s.ConnectFile(file); err != nil {
 		return fail(err)
 	}
 	// The mount's own rights on the network bound the caller's.
@@ -408,7 +530,6 @@ func (n *netNode) Open(ctx context.Context, req *fuse.OpenRequest, resp *fuse.Op
 	if err != nil || mtu < 1 {
 		mtu = 65536
 	}
-	h := &handle{s: s, fs: n.fs, write: wantW, quit: make(chan struct{})}
 	n.fs.mu.Lock()
 	if n.fs.closed {
 		n.fs.mu.Unlock()
@@ -433,7 +554,8 @@ func (n *netNode) Open(ctx context.Context, req *fuse.OpenRequest, resp *fuse.Op
 type handle struct {
 	s     *ipn.Socket
 	fs    *FS
-	write bool // opened for writing
+	uid   uint32 // the user who opened it
+	write bool   // opened for writing
 
 	// Of a file opened for reading: messages received ahead, each with
 	// its newline; eof is closed when receiving has ended (after the last
@@ -582,6 +704,9 @@ func (h *handle) Poll(ctx context.Context, req *fuse.PollRequest, resp *fuse.Pol
 func (h *handle) Release(ctx context.Context, req *fuse.ReleaseRequest) error {
 	h.fs.mu.Lock()
 	delete(h.fs.open, h)
+	if h.fs.perUser[h.uid]--; h.fs.perUser[h.uid] <= 0 {
+		delete(h.fs.perUser, h.uid)
+	}
 	h.fs.mu.Unlock()
 	h.mu.Lock()
 	h.released = true
@@ -618,26 +743,10 @@ type Server struct {
 	err  error         // of serving, once done is closed
 }
 
-// allowOther reports whether a user other than root may mount with
-// allow_other: /etc/fuse.conf has user_allow_other.
-func allowOther() bool {
-	b, err := os.ReadFile("/etc/fuse.conf")
-	if err != nil {
-		return false
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if strings.TrimSpace(l) == "user_allow_other" {
-			return true
-		}
-	}
-	return false
-}
-
-// Mount mounts fsys at dir through fusermount3 (Debian's fuse3). As root,
-// or when /etc/fuse.conf has user_allow_other, it lets every user in
-// (each open is checked as described in the package documentation);
-// otherwise only the caller gets in. It fails with ErrNoFUSE (wrapped)
-// when FUSE or fusermount3 is missing.
+// Mount mounts fsys at dir through fusermount3 (Debian's fuse3). As root
+// it lets every user in (each lookup and open is the user's own, as the
+// package documentation says); otherwise only the caller gets in. It fails
+// with ErrNoFUSE (wrapped) when FUSE or fusermount3 is missing.
 func Mount(dir string, fsys *FS, debug bool) (*Server, error) {
 	if _, err := os.Stat("/dev/fuse"); err != nil {
 		return nil, fmt.Errorf("%w (%v)", ErrNoFUSE, err)
@@ -646,7 +755,7 @@ func Mount(dir string, fsys *FS, debug bool) (*Server, error) {
 		return nil, fmt.Errorf("%w (%v)", ErrNoFUSE, err)
 	}
 	opts := []fuse.MountOption{fuse.FSName("ipn"), fuse.Subtype("ipn")}
-	if os.Geteuid() == 0 || allowOther() {
+	if os.Geteuid() == 0 {
 		opts = append(opts, fuse.AllowOther())
 	}
 	conn, err := fuse.Mount(dir, opts...)

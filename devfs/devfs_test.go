@@ -7,31 +7,45 @@ func TestName(t *testing.T) {
 		"/tmp/chat":    "tmp_chat",
 		"/a/b/c":       "a_b_c",
 		"/tmp//x/../y": "tmp_y",
+		"/a/x_y":       "a_x%5Fy",
+		"/a/x/y":       "a_x_y",
+		"/a/x%y":       "a_x%25y",
+		"/a_/b":        "a%5F_b",
+		"/a/_b":        "a_%5Fb",
 	} {
 		if got := Name(path); got != want {
 			t.Errorf("Name(%q) = %q, want %q", path, got, want)
 		}
+		if p, ok := Path(want); !ok || Name(p) != want {
+			t.Errorf("Path(%q) = %q %v, not a path that Name makes %q", want, p, ok, want)
+		}
 	}
 }
 
-func TestAccess(t *testing.T) {
-	cases := []struct {
-		mode, uid, gid uint32
-		groups         []uint32
-		r, w           bool
-	}{
-		{0o700, 0, 0, nil, true, true},             // root
-		{0o600, 10, 99, nil, true, true},           // owner
-		{0o060, 10, 99, nil, false, false},         // owner bits win over group's
-		{0o040, 11, 20, nil, true, false},          // group
-		{0o020, 11, 99, []uint32{20}, false, true}, // supplementary group
-		{0o704, 11, 99, nil, true, false},          // other
-		{0o702, 11, 99, []uint32{5}, false, true},
-	}
-	for _, c := range cases {
-		r, w := access(10, 20, c.mode, c.uid, c.gid, c.groups)
-		if r != c.r || w != c.w {
-			t.Errorf("mode %o uid %d gid %d groups %v: r=%v w=%v, want %v %v", c.mode, c.uid, c.gid, c.groups, r, w, c.r, c.w)
+func TestPathRefusesOtherNames(t *testing.T) {
+	for _, name := range []string{"a__b", "a%5f", "a%2F", "a%", "a%5", "_a", "a_", "a%41"} {
+		if p, ok := Path(name); ok {
+			t.Errorf("Path(%q) = %q, want no path", name, p)
 		}
 	}
+}
+
+// FuzzName checks that names are unique and reversible: Path undoes Name,
+// and a name Path accepts is the Name of its path.
+func FuzzName(f *testing.F) {
+	for _, s := range []string{"/tmp/chat", "/a/x_y", "/a/x/y", "/%5F", "a__b", "a%5Fb"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if len(s) > 0 && s[0] == '/' {
+			name := Name(s)
+			p, ok := Path(name)
+			if name != "" && name != "." && (!ok || Name(p) != name) {
+				t.Fatalf("Name(%q) = %q; Path gives %q %v", s, name, p, ok)
+			}
+		}
+		if p, ok := Path(s); ok && Name(p) != s {
+			t.Fatalf("Path(%q) = %q, whose Name is %q", s, p, Name(p))
+		}
+	})
 }

@@ -60,7 +60,7 @@ Examples:
 	f.StringVarP(&o.proto, "proto", "p", "any", "delivery policy: any (the network's), "+strings.Join(ipn.ProtocolNames(), ", "))
 	f.BoolVarP(&o.recvOnly, "recv-only", "r", false, "only receive (shut down the send side)")
 	f.BoolVarP(&o.sendOnly, "send-only", "s", false, "only send (shut down the receive side)")
-	f.StringVar(&o.mode, "mode", "0777", "with --bind, permission bits of a new network file (octal, less umask)")
+	f.StringVar(&o.mode, "mode", fmt.Sprintf("%#o", ipn.DefaultMode), "with --bind, permission bits of a new network file (octal, less umask; x is managing)")
 	f.IntVar(&o.ports, "ports", 0, fmt.Sprintf("with --bind, number of ports (default %d)", ipn.DefaultNumNodes))
 	f.IntVar(&o.mtu, "mtu", 0, fmt.Sprintf("with --bind, largest message in bytes (default %d)", ipn.DefaultMTU))
 	f.IntVar(&o.pool, "pool", 0, fmt.Sprintf("with --bind, message pool size (default %d)", ipn.DefaultPoolSize))

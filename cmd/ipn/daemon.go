@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ipn-project/ipn/daemon"
+	"github.com/ipn-project/ipn/internal/outfile"
 )
 
 func daemonCmd() *cobra.Command {
@@ -22,6 +23,11 @@ func daemonCmd() *cobra.Command {
 		idle       time.Duration
 		cpuprofile string
 		noFast     bool
+		limits     daemon.Limits
+		shmMiB     int64
+		memMiB     int64
+		hello      time.Duration
+		maxFiles   int
 	)
 	cmd := &cobra.Command{
 		Use:   "daemon",
@@ -32,7 +38,10 @@ Run by root it serves every user at ` + daemon.SystemSocket + `; run by a user i
 serves that user at ` + "$XDG_RUNTIME_DIR/ipn/ipn.sock (or /tmp/ipn-UID/ipn.sock)" + `.
 $IPN_SOCKET overrides the place. Programs start a daemon by themselves when
 none answers, so this command is for running one as a service.
-SIGTERM or SIGINT stops it, closing every port.`,
+SIGTERM or SIGINT stops it, closing every port.
+
+Each user but root is limited (--max-*), so that no user can exhaust the
+daemon for the others; a request over a limit fails and names it.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if socket == "" {
@@ -48,7 +57,7 @@ SIGTERM or SIGINT stops it, closing every port.`,
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
 			if cpuprofile != "" {
-				f, err := os.Create(cpuprofile)
+				f, err := outfile.Create(cpuprofile)
 				if err != nil {
 					return err
 				}
@@ -58,11 +67,24 @@ SIGTERM or SIGINT stops it, closing every port.`,
 				}
 				defer pprof.StopCPUProfile()
 			}
+			limits.Shm, limits.Memory = shmMiB<<20, memMiB<<20
+			for name, v := range map[string]int64{"--max-networks": int64(limits.Networks), "--max-ports": int64(limits.Ports),
+				"--max-conns": int64(limits.Conns), "--max-shm": shmMiB, "--max-memory": memMiB} {
+				if v < 1 {
+					return fmt.Errorf("%s %d: want at least 1", name, v)
+				}
+			}
+			if hello <= 0 {
+				return fmt.Errorf("--hello-timeout %v: want a positive duration", hello)
+			}
 			return daemon.Serve(ctx, daemon.Config{
-				Socket:     socket,
-				IdleExit:   idle,
-				Logger:     slog.New(slog.NewTextHandler(os.Stderr, nil)),
-				NoFastPath: noFast,
+				Socket:       socket,
+				IdleExit:     idle,
+				Logger:       slog.New(slog.NewTextHandler(os.Stderr, nil)),
+				NoFastPath:   noFast,
+				Limits:       limits,
+				HelloTimeout: hello,
+				MaxFiles:     maxFiles,
 			})
 		},
 	}
@@ -71,5 +93,13 @@ SIGTERM or SIGINT stops it, closing every port.`,
 	cmd.Flags().StringVar(&cpuprofile, "cpuprofile", "", "with --foreground, write a CPU profile (go tool pprof) here when stopped")
 	cmd.Flags().BoolVar(&noFast, "no-fast-path", false, "with --foreground, give every member a socket, not shared-memory rings")
 	cmd.Flags().DurationVar(&idle, "idle-exit", 0, "with --foreground, exit after this long without clients (0: never)")
+	d := daemon.DefaultLimits
+	cmd.Flags().IntVar(&limits.Networks, "max-networks", d.Networks, "with --foreground, most networks a user may have")
+	cmd.Flags().IntVar(&limits.Ports, "max-ports", d.Ports, "with --foreground, most ports a user's requests may hold")
+	cmd.Flags().IntVar(&limits.Conns, "max-conns", d.Conns, "with --foreground, most connections a user may have to the daemon")
+	cmd.Flags().Int64Var(&shmMiB, "max-shm", d.Shm>>20, "with --foreground, MiB of fast-path rings a user's members may have (then sockets)")
+	cmd.Flags().Int64Var(&memMiB, "max-memory", d.Memory>>20, "with --foreground, MiB of messages a user's networks may hold")
+	cmd.Flags().DurationVar(&hello, "hello-timeout", daemon.DefaultHelloTimeout, "with --foreground, how long a new connection may stay silent")
+	cmd.Flags().IntVar(&maxFiles, "max-files", 0, "with --foreground, the daemon's descriptor limit (0: root takes the kernel's most)")
 	return cmd
 }

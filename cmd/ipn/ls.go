@@ -21,11 +21,13 @@ func lsCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "ls [PATH]",
 		Short: "List networks, their ports and counters",
-		Long: `List the networks the daemon serves (or just the one at PATH): protocol,
-owner, mode, ports in use out of the total, readers, writers, and for each
-port its description, who is behind it, and counters of messages and bytes
-in (sent by the node) and out (delivered to it), drops and errors. A
-device port (tap, grab) that outlives its session is marked PERSIST.`,
+		Long: `List the networks you can see (or just the one at PATH): those whose file
+you can reach by its path. For each: protocol, owner, mode, ports in use
+out of the total, readers, writers, and for each port its description,
+who is behind it (shown to the network's managers, who have x, and root
+only), and counters of messages and bytes in (sent by the node) and out
+(delivered to it), drops and errors. A device port (tap, grab) that
+outlives its session is marked PERSIST.`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			path := ""
@@ -78,9 +80,12 @@ func printNets(out io.Writer, nets []ipn.NetInfo) {
 		w = tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(w, "  PORT\tSIDES\tDESCR\tPEER\tMSGS-IN\tBYTES-IN\tMSGS-OUT\tBYTES-OUT\tDROPS\tERRORS\tPOLICY")
 		for _, p := range n.PortsInfo {
-			descr, pol := p.Descr, p.Policy
+			descr, pol, peer := p.Descr, p.Policy, p.Peer
 			if descr == "" {
 				descr = "-"
+			}
+			if peer == "" {
+				peer = "-"
 			}
 			if p.Persist {
 				descr += " PERSIST"
@@ -89,7 +94,7 @@ func printNets(out io.Writer, nets []ipn.NetInfo) {
 				pol = "-"
 			}
 			fmt.Fprintf(w, "  %d\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\n",
-				p.Port, sides(p.Read, p.Write), descr, p.Peer,
+				p.Port, sides(p.Read, p.Write), descr, peer,
 				p.MsgsIn, p.BytesIn, p.MsgsOut, p.BytesOut, p.Drops, p.Errors, pol)
 		}
 		w.Flush()

@@ -72,7 +72,8 @@ func LayoutFor(mtu int) Layout {
 // MaxMsg is the longest message a slot holds.
 func (l Layout) MaxMsg() int { return l.SlotSize - 4 }
 
-func (l Layout) size() int {
+// Bytes is the size of a region of this layout: its header and both rings.
+func (l Layout) Bytes() int {
 	return headerSize + 2*l.Slots*l.SlotSize
 }
 
@@ -97,7 +98,7 @@ func Create(l Layout) (*Region, error) {
 	if err != nil {
 		return nil, fmt.Errorf("memfd_create: %w", err)
 	}
-	if err := unix.Ftruncate(fd, int64(l.size())); err != nil {
+	if err := unix.Ftruncate(fd, int64(l.Bytes())); err != nil {
 		unix.Close(fd)
 		return nil, fmt.Errorf("size ring memory: %w", err)
 	}
@@ -107,7 +108,7 @@ func Create(l Layout) (*Region, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("seal ring memory: %w", err)
 	}
-	mem, err := unix.Mmap(fd, 0, l.size(), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	mem, err := unix.Mmap(fd, 0, l.Bytes(), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
 		unix.Close(fd)
 		return nil, fmt.Errorf("map ring memory: %w", err)
@@ -140,7 +141,7 @@ func Map(fd int) (*Region, error) {
 	r := &Region{mem: mem, fd: fd}
 	r.layout = Layout{Slots: int(r.u32(8).Load()), SlotSize: int(r.u32(12).Load())}
 	if r.u32(0).Load() != magic || r.u32(4).Load() != version || !r.layout.valid() ||
-		r.layout.size() != len(mem) {
+		r.layout.Bytes() != len(mem) {
 		r.Close()
 		return nil, fmt.Errorf("ring memory header: %w", syscall.EPROTO)
 	}

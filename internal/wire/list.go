@@ -8,6 +8,8 @@ type NetInfo struct {
 	UID       uint32     `json:"uid"`
 	GID       uint32     `json:"gid"`
 	Mode      uint32     `json:"mode"` // permission bits of the network file
+	Dev       uint64     `json:"dev"`  // the network file's device and inode
+	Ino       uint64     `json:"ino"`
 	MTU       int        `json:"mtu"`
 	NumPorts  int        `json:"ports"`
 	PoolSize  int        `json:"pool"`
@@ -21,7 +23,7 @@ type NetInfo struct {
 type PortInfo struct {
 	Port     int    `json:"port"`
 	Descr    string `json:"descr,omitempty"`
-	Peer     string `json:"peer,omitempty"`
+	Peer     string `json:"peer,omitempty"` // shown to managers and root only
 	Read     bool   `json:"read"`
 	Write    bool   `json:"write"`
 	MsgsIn   uint64 `json:"msgs_in"`

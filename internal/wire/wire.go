@@ -7,7 +7,8 @@
 // carries the request's op with ReplyBit set and starts with an int32 errno
 // (0 on success). Events (out-of-band messages) use OpOOB and may arrive at
 // any time. Connect's reply passes, with SCM_RIGHTS, the data socket: a
-// SOCK_SEQPACKET socket where one packet is one message.
+// SOCK_SEQPACKET socket where one packet is one message. A failed request's
+// reply carries, after the errno, a text that says why (Error).
 package wire
 
 import (
@@ -26,27 +27,59 @@ const Version = 1
 
 // Ops of the control protocol.
 const (
-	OpHello    uint16 = 1  // u16 version, u16 protocol tag
-	OpSetOpt   uint16 = 2  // u32 option, value
-	OpGetOpt   uint16 = 3  // u32 option; reply: value
-	OpBind     uint16 = 4  // path; SCM_RIGHTS: O_PATH fd of the network file
-	OpConnect  uint16 = 5  // path; SCM_RIGHTS: O_PATH fd unless bound; reply: ConnectReply + data fd (or FastPathFDs)
-	OpShutdown uint16 = 6  // u32 how: ShutRead|ShutWrite
-	OpSendOOB  uint16 = 7  // message, sent out of band
-	OpList     uint16 = 8  // optional path; reply: JSON []NetInfo
-	OpPolicy   uint16 = 9  // u8 set, u8 name length, name, value; SCM_RIGHTS: O_PATH fd of the network file; reply: value
-	OpServeVDE uint16 = 10 // VDE directory path; SCM_RIGHTS: listening SOCK_STREAM socket of DIR/ctl (bound sessions)
+	OpHello    uint16 = 1 // u16 version, u16 protocol tag
+	OpSetOpt   uint16 = 2 // u32 option, value
+	OpGetOpt   uint16 = 3 // u32 option; reply: value
+	OpBind     uint16 = 4 // path; SCM_RIGHTS: O_PATH fd of the network file
+	OpConnect  uint16 = 5 // path; SCM_RIGHTS: O_PATH fd unless bound; reply: ConnectReply + data fd (or FastPathFDs)
+	OpShutdown uint16 = 6 // u32 how: ShutRead|ShutWrite
+	OpSendOOB  uint16 = 7 // message, sent out of band
+	// OpList: u32 offset into the listing; SCM_RIGHTS: optionally the O_PATH
+	// fd of one network file. Reply: u32 total length, then the listing's
+	// bytes (JSON []NetInfo) from offset on, as many as fit one packet.
+	// Offset 0 makes a new listing; later offsets read the same one.
+	OpList   uint16 = 8
+	OpPolicy uint16 = 9 // u8 set, u8 name length, name, value; SCM_RIGHTS: O_PATH fd of the network file; reply: value
 	// OpAttachDevice: u8 kind, u8 flags, device name (bound sessions).
 	// With SCM_RIGHTS the tap or packet socket to attach (reply: u32 port);
 	// without, DevJoin or DevClearPersist act on a persistent device port.
 	OpAttachDevice uint16 = 11
+	// OpVDEJoin makes a VDE client a port of the bound network (the
+	// session serves VDE for it): body i32 port wanted (-1: any), then the
+	// description; SCM_RIGHTS: the client's control stream (an accepted
+	// SOCK_STREAM connection, whose SO_PEERCRED names the client) and the
+	// switch's datagram socket, connected to the client's. Reply: u32 port.
+	OpVDEJoin uint16 = 12
+	// OpVDELeave: u32 port; ends a port made by this session's OpVDEJoin.
+	OpVDELeave uint16 = 13
 
-	OpOOB    uint16 = 0x4000 // event: an out-of-band message for this node
+	OpOOB uint16 = 0x4000 // event: an out-of-band message for this node
+	// OpEnded is the last event of a session whose leaving ended its
+	// network: the client may remove the network's file.
+	OpEnded  uint16 = 0x4001
 	ReplyBit uint16 = 0x8000
 )
 
-// EncodePolicy encodes an OpPolicy body: set (else get), name and value.
+// ListChunk is the most listing bytes one OpList reply carries.
+const ListChunk = 32 << 10
+
+// EncodeVDEJoin encodes an OpVDEJoin body.
+func EncodeVDEJoin(want int, descr string) []byte {
+	return append(binary.LittleEndian.AppendUint32(nil, uint32(int32(want))), descr...)
+}
+
+// DecodeVDEJoin parses an OpVDEJoin body.
+func DecodeVDEJoin(b []byte) (want int, descr string, err error) {
+	if len(b) < 4 {
+		return 0, "", fmt.Errorf("%w: vde join request", ErrMalformed)
+	}
+	return int(int32(binary.LittleEndian.Uint32(b))), string(b[4:]), nil
+}
+
+// EncodePolicy encodes an OpPolicy body: set (else get), name (at most
+// 255 bytes; longer ones are cut) and value.
 func EncodePolicy(set bool, name, value string) []byte {
+	name = name[:min(len(name), 255)]
 	b := []byte{0, byte(len(name))}
 	if set {
 		b[0] = 1
@@ -145,12 +178,37 @@ func Packet(op uint16, parts ...[]byte) []byte {
 	return b
 }
 
-// Reply builds a reply to op with errno err (nil for success) and body.
+// Reply builds a reply to op with errno err (nil for success) and body; a
+// failure's body is the error's text.
 func Reply(op uint16, err error, body ...[]byte) []byte {
 	var e [4]byte
 	binary.LittleEndian.PutUint32(e[:], uint32(Errno(err)))
+	if err != nil {
+		msg := err.Error()
+		body = [][]byte{[]byte(msg[:min(len(msg), maxErrorText)])}
+	}
 	return Packet(op|ReplyBit, append([][]byte{e[:]}, body...)...)
 }
+
+// maxErrorText bounds the text of a failed reply.
+const maxErrorText = 1024
+
+// Error is a request the daemon refused: its errno, and its text, which
+// says why (and names the errno).
+type Error struct {
+	Errno syscall.Errno
+	Text  string
+}
+
+func (e *Error) Error() string {
+	if e.Text == "" {
+		return e.Errno.Error()
+	}
+	return e.Text
+}
+
+// Unwrap returns the errno, so that errors.Is(err, syscall.EACCES) works.
+func (e *Error) Unwrap() error { return e.Errno }
 
 // Errno returns the errno to send for err: 0 for nil, the wrapped
 // syscall.Errno, or EINVAL.
@@ -159,10 +217,10 @@ func Errno(err error) syscall.Errno {
 		return 0
 	}
 	var errno syscall.Errno
-	if errors.As(err, &errno) {
+	if errors.As(err, &errno) && errno != 0 {
 		return errno
 	}
-	return syscall.EINVAL
+	return syscall.EINVAL // a failure is never sent as a success
 }
 
 // Split returns a packet's op and body.
@@ -174,13 +232,13 @@ func Split(pkt []byte) (op uint16, body []byte, err error) {
 }
 
 // SplitReply returns a reply's body after the errno, and the errno as an
-// error (nil on success).
+// *Error (nil on success) with the reply's text.
 func SplitReply(body []byte) ([]byte, error) {
 	if len(body) < 4 {
 		return nil, fmt.Errorf("%w: short reply", ErrMalformed)
 	}
 	if e := syscall.Errno(binary.LittleEndian.Uint32(body)); e != 0 {
-		return body[4:], e
+		return nil, &Error{Errno: e, Text: string(body[4:])}
 	}
 	return body[4:], nil
 }

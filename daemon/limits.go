@@ -1,0 +1,139 @@
+package daemon
+
+import (
+	"fmt"
+	"sync"
+	"syscall"
+
+	"github.com/ipn-project/ipn/engine"
+)
+
+// Limits bound what one user may hold in the daemon, so that no user can
+// exhaust it for the others. Root is not limited. A request over a limit
+// fails with EDQUOT (networks, memory) or EAGAIN (connections, ports) and
+// says which limit; over the shared-memory limit a member gets a socket
+// instead of rings.
+type Limits struct {
+	Networks int   // networks the user made and that live
+	Ports    int   // ports the user's requests made: members, VDE clients, devices
+	Conns    int   // control connections open
+	Shm      int64 // bytes of fast-path rings of the user's members
+	// Memory bounds the message memory of the user's networks: for each,
+	// MTU times the messages it may hold (the pool, per receiving port
+	// when lossy), plus 1 KiB and the queue slots per port.
+	Memory int64
+}
+
+// DefaultLimits are the limits of a daemon whose Config sets none.
+var DefaultLimits = Limits{
+	Networks: 128,
+	Ports:    1024,
+	Conns:    512,
+	Shm:      256 << 20,
+	Memory:   1 << 30,
+}
+
+// withDefaults returns l with zero fields from DefaultLimits.
+func (l Limits) withDefaults() Limits {
+	d := DefaultLimits
+	if l.Networks != 0 {
+		d.Networks = l.Networks
+	}
+	if l.Ports != 0 {
+		d.Ports = l.Ports
+	}
+	if l.Conns != 0 {
+		d.Conns = l.Conns
+	}
+	if l.Shm != 0 {
+		d.Shm = l.Shm
+	}
+	if l.Memory != 0 {
+		d.Memory = l.Memory
+	}
+	return d
+}
+
+// usage is what one user holds, or a change of it.
+type usage struct {
+	networks, ports, conns int
+	shm, memory            int64
+}
+
+// accounts tracks every user's usage against the limits.
+type accounts struct {
+	lim Limits
+	mu  sync.Mutex
+	by  map[uint32]*usage // guarded by mu; users holding something
+}
+
+func newAccounts(l Limits) *accounts {
+	return &accounts{lim: l.withDefaults(), by: make(map[uint32]*usage)}
+}
+
+// take adds d to uid's usage, or fails, adding nothing, if that would pass
+// a limit.
+func (a *accounts) take(uid uint32, d usage) error {
+	if uid == 0 {
+		return nil
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	u := a.by[uid]
+	if u == nil {
+		u = &usage{}
+	}
+	l := a.lim
+	switch {
+	case d.networks > 0 && u.networks+d.networks > l.Networks:
+		return fmt.Errorf("uid %d has %d networks, the most a user may have (ipn daemon --max-networks): %w", uid, u.networks, syscall.EDQUOT)
+	case d.ports > 0 && u.ports+d.ports > l.Ports:
+		return fmt.Errorf("uid %d holds %d ports, the most a user may hold (ipn daemon --max-ports): %w", uid, u.ports, syscall.EAGAIN)
+	case d.conns > 0 && u.conns+d.conns > l.Conns:
+		return fmt.Errorf("uid %d has %d connections to the daemon, the most a user may have (ipn daemon --max-conns): %w", uid, u.conns, syscall.EAGAIN)
+	case d.shm > 0 && u.shm+d.shm > l.Shm:
+		return fmt.Errorf("uid %d has %d MiB of fast-path rings, the limit is %d MiB (ipn daemon --max-shm): %w", uid, u.shm>>20, l.Shm>>20, syscall.EDQUOT)
+	case d.memory > 0 && u.memory+d.memory > l.Memory:
+		return fmt.Errorf("a network that may hold %d MiB of messages; uid %d has %d MiB of %d MiB (ipn daemon --max-memory; a smaller MTU, pool or number of ports needs less): %w",
+			d.memory>>20, uid, u.memory>>20, l.Memory>>20, syscall.EDQUOT)
+	}
+	u.networks += d.networks
+	u.ports += d.ports
+	u.conns += d.conns
+	u.shm += d.shm
+	u.memory += d.memory
+	a.by[uid] = u
+	return nil
+}
+
+// give takes d back from uid's usage.
+func (a *accounts) give(uid uint32, d usage) {
+	if uid == 0 {
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	u := a.by[uid]
+	if u == nil {
+		return
+	}
+	u.networks -= d.networks
+	u.ports -= d.ports
+	u.conns -= d.conns
+	u.shm -= d.shm
+	u.memory -= d.memory
+	if *u == (usage{}) {
+		delete(a.by, uid)
+	}
+}
+
+// netMemory is the message memory a network of cfg may hold (see
+// Limits.Memory).
+func netMemory(cfg engine.Config) int64 {
+	msgs := int64(cfg.PoolSize)
+	if cfg.Flags&engine.Lossless == 0 {
+		msgs *= int64(cfg.NumPorts) // a queue of PoolSize messages per receiver
+	}
+	perPort := int64(1024 + 16*cfg.PoolSize)
+	return msgs*int64(cfg.MTU) + int64(cfg.NumPorts)*perPort
+}

@@ -1,0 +1,118 @@
+package daemon
+
+import (
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+	"syscall"
+
+	"github.com/ipn-project/ipn/engine"
+	"github.com/ipn-project/ipn/internal/wire"
+)
+
+// doList answers OpList: the networks the client can see (a file it can
+// reach by its path, or the one whose descriptor it passed), in pieces of
+// one packet each. Offset 0 makes the listing; the next requests read on.
+func (ss *session) doList(body []byte, fds []int) ([]byte, error) {
+	off, err := wire.GetU32(body)
+	if err != nil {
+		return nil, err
+	}
+	if off == 0 {
+		var only *fileID
+		if len(fds) > 0 {
+			id, _, err := statNetFile(fds[0])
+			if err != nil {
+				return nil, err
+			}
+			only = &id
+		}
+		list, err := ss.list(only)
+		if err != nil {
+			return nil, err
+		}
+		if ss.listing, err = json.Marshal(list); err != nil {
+			return nil, err
+		}
+	}
+	if ss.listing == nil || int64(off) > int64(len(ss.listing)) {
+		return nil, fmt.Errorf("listing offset %d past its end: %w", off, syscall.EINVAL)
+	}
+	end := min(int(off)+wire.ListChunk, len(ss.listing))
+	reply := append(wire.U32(uint32(len(ss.listing))), ss.listing[off:end]...)
+	if end == len(ss.listing) {
+		ss.listing = nil
+	}
+	return reply, nil
+}
+
+// list returns what the session's user may see of the networks (of the one
+// with file id only, if not nil), sorted by path.
+func (ss *session) list(only *fileID) ([]wire.NetInfo, error) {
+	list := []wire.NetInfo{}
+	for _, n := range ss.srv.engine.Networks() {
+		nf := netFileOf(n)
+		if only != nil {
+			if nf.id != *only {
+				continue
+			}
+		} else if !nf.visibleTo(ss.cred) {
+			continue
+		}
+		r, err := nf.rights(ss.cred)
+		manager := err == nil && r.X || ss.cred.UID == 0
+		list = append(list, netInfo(n, nf, manager, &ss.srv.devices))
+	}
+	if only != nil && len(list) == 0 {
+		return nil, fmt.Errorf("no network on this file: %w", syscall.ENOENT)
+	}
+	slices.SortFunc(list, func(a, b wire.NetInfo) int { return strings.Compare(a.Path, b.Path) })
+	return list, nil
+}
+
+// netInfo describes n; the peers of its ports are shown to managers only.
+func netInfo(n *engine.Network, nf *netFile, manager bool, devs *devices) wire.NetInfo {
+	cfg := n.Config()
+	info := wire.NetInfo{
+		Path: nf.path(), Proto: cfg.Proto.String(), Tag: uint16(cfg.Proto),
+		MTU: cfg.MTU, NumPorts: cfg.NumPorts, PoolSize: cfg.PoolSize,
+		Flags: flagNames(cfg.Flags), Dev: nf.id.dev, Ino: nf.id.ino,
+	}
+	if info.Path == "" {
+		info.Path = cfg.Name + " (removed)"
+	}
+	if st, err := nf.stat(); err == nil {
+		info.UID, info.GID, info.Mode = st.Uid, st.Gid, st.Mode&0o7777
+	}
+	info.Readers, info.Writers = n.Counts()
+	for _, p := range n.Ports() {
+		s := p.Stats()
+		o := p.Options()
+		pi := wire.PortInfo{
+			Port: p.Num(), Descr: o.Description,
+			Read: p.CanRead(), Write: p.CanWrite(),
+			MsgsIn: s.MsgsIn, BytesIn: s.BytesIn, MsgsOut: s.MsgsOut, BytesOut: s.BytesOut,
+			Drops: s.Drops, Errors: s.Errors,
+			Policy: n.DescribePort(p.Num()), Persist: devs.persistent(p),
+		}
+		if manager {
+			pi.Peer = o.Peer
+		}
+		info.PortsInfo = append(info.PortsInfo, pi)
+	}
+	return info
+}
+
+func flagNames(f engine.Flags) []string {
+	var names []string
+	for _, x := range []struct {
+		f    engine.Flags
+		name string
+	}{{engine.Lossless, "lossless"}, {engine.Excl, "excl"}, {engine.FlexMTU, "flexmtu"}} {
+		if f&x.f != 0 {
+			names = append(names, x.name)
+		}
+	}
+	return names
+}

@@ -1,0 +1,115 @@
+package daemon
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ipn-project/ipn/internal/perm"
+)
+
+// fileID identifies a network file by device and inode.
+type fileID struct {
+	dev, ino uint64
+}
+
+func idOf(st *unix.Stat_t) fileID { return fileID{uint64(st.Dev), st.Ino} }
+
+// netFile is a network's file, held open (an O_PATH descriptor) by the
+// daemon for the network's whole life: its inode cannot be freed and given
+// to another file while the network lives, so the network is that file's,
+// and no other's, from its first bind to its end.
+type netFile struct {
+	fd      int
+	id      fileID
+	creator uint32 // the user charged for the network
+
+	mu     sync.Mutex
+	memory int64 // guarded by mu; the message memory charged (netMemory)
+}
+
+// statNetFile checks that fd is a descriptor of a network file, an inode of
+// type socket in a file system (not a socket itself, as a socketpair's end
+// would be), and returns its identity and status.
+func statNetFile(fd int) (fileID, *unix.Stat_t, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fileID{}, nil, fmt.Errorf("network file: %w", err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		return fileID{}, nil, fmt.Errorf("not a socket file: %w", syscall.ECONNREFUSED)
+	}
+	var sfs unix.Statfs_t
+	if err := unix.Fstatfs(fd, &sfs); err != nil {
+		return fileID{}, nil, fmt.Errorf("network file: %w", err)
+	}
+	if sfs.Type == unix.SOCKFS_MAGIC {
+		return fileID{}, nil, fmt.Errorf("a socket, not a socket file in a file system: %w", syscall.EINVAL)
+	}
+	return idOf(&st), &st, nil
+}
+
+// pin returns a netFile holding its own descriptor of the file behind fd,
+// which statNetFile accepted.
+func pin(fd int, id fileID) (*netFile, error) {
+	keep, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("network file: %w", err)
+	}
+	return &netFile{fd: keep, id: id}, nil
+}
+
+// close gives the file up, once the network has ended.
+func (f *netFile) close() { unix.Close(f.fd) }
+
+// path returns the file's path now, as the kernel names the descriptor in
+// the daemon's mount namespace, or "" if the file has been removed.
+func (f *netFile) path() string {
+	p, err := readlinkFD(f.fd)
+	if err != nil || !strings.HasPrefix(p, "/") || strings.HasSuffix(p, " (deleted)") {
+		return ""
+	}
+	return p
+}
+
+// stat returns the file's status now (owner and mode may have changed).
+func (f *netFile) stat() (*unix.Stat_t, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(f.fd, &st); err != nil {
+		return nil, fmt.Errorf("network file: %w", err)
+	}
+	return &st, nil
+}
+
+// rights returns what c may do with the network, as the kernel decides on
+// the file.
+func (f *netFile) rights(c cred) (perm.Rights, error) {
+	return perm.Of(f.fd, c.Cred)
+}
+
+// visibleTo reports whether c can reach the file by its path now: the
+// lookup, done with c's credentials, finds this very file.
+func (f *netFile) visibleTo(c cred) bool {
+	if c.UID == 0 {
+		return true
+	}
+	p := f.path()
+	if p == "" {
+		return false
+	}
+	st, err := perm.Stat(c.Cred, p)
+	return err == nil && idOf(&st) == f.id
+}
+
+func readlinkFD(fd int) (string, error) {
+	buf := make([]byte, unix.PathMax)
+	n, err := unix.Readlink("/proc/self/fd/"+strconv.Itoa(fd), buf)
+	if err != nil {
+		return "", err
+	}
+	return string(buf[:n]), nil
+}
