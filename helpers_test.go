@@ -39,6 +39,27 @@ func runHelper(name string, args []string) int {
 		err = helpFrames(args[0])
 	case "tcp":
 		err = helpTCP(args)
+	case "legit":
+		err = helpLegit(args[0])
+	case "inodes":
+		err = helpInodes(args[0], args[1], args[2])
+	case "fakedaemon":
+		err = helpFakeDaemon(args[0])
+	case "limits":
+		err = helpLimits(args[0])
+	case "mkswitch":
+		err = helpMkSwitch(args[0])
+	case "garbage":
+		err = helpGarbage(args[0], args[1])
+	case "swapper":
+		err = helpSwapper(args[0], args[1], args[2])
+	case "vderaw":
+		err = helpVDERaw(args[0], args[1])
+	case "devswap":
+		err = helpDevSwap(args[0], args[1], args[2], args[3])
+	case "conns":
+		n, _ := strconv.Atoi(args[1])
+		err = helpConns(args[0], n)
 	default:
 		err = fmt.Errorf("unknown helper %q", name)
 	}

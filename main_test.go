@@ -55,6 +55,7 @@ func run(m *testing.M) int {
 		return 1
 	}
 	code := m.Run()
+	removeUsers()
 	if err := stop(); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
