@@ -45,6 +45,15 @@ func New(r io.Reader, w io.Writer) *Endpoint {
 // ErrFraming reports a stream that does not follow the encapsulation.
 var ErrFraming = errors.New("stream: bad framing")
 
+// insideFrame describes a read that failed in the middle of a frame: the
+// stream's end there is bad framing; another error is the reader's own.
+func insideFrame(err error) error {
+	if err == io.EOF || err == io.ErrUnexpectedEOF {
+		return fmt.Errorf("%w: stream ended inside a frame", ErrFraming)
+	}
+	return fmt.Errorf("stream: inside a frame: %w", err)
+}
+
 // Read implements endpoint.Endpoint.Read: one frame per call, then more
 // while they are already buffered.
 func (e *Endpoint) Read(bufs [][]byte, sizes []int) (int, error) {
@@ -66,14 +75,14 @@ func (e *Endpoint) Read(bufs [][]byte, sizes []int) (int, error) {
 		size := int(binary.BigEndian.Uint16(hdr[:]))
 		if size > len(bufs[n]) {
 			if _, err := e.r.Discard(size); err != nil {
-				return n, fmt.Errorf("%w: stream ended inside a frame", ErrFraming)
+				return n, insideFrame(err)
 			}
 			sizes[n] = len(bufs[n]) + 1 // too long for the buffer
 			n++
 			continue
 		}
 		if _, err := io.ReadFull(e.r, bufs[n][:size]); err != nil {
-			return n, fmt.Errorf("%w: stream ended inside a frame", ErrFraming)
+			return n, insideFrame(err)
 		}
 		sizes[n] = size
 		n++

@@ -41,9 +41,12 @@ const (
 // AnyPort asks for any free port.
 const AnyPort = -1
 
+// MaxPort is the highest port number a request can carry.
+const MaxPort = 1<<24 - 1
+
 // Request is a client's join request.
 type Request struct {
-	Port  int    // the port wanted, or AnyPort
+	Port  int    // the port wanted (0..MaxPort), or AnyPort; others ask for any
 	Path  string // the client's data socket
 	Descr string // at most MaxDescr bytes are sent
 }
@@ -57,7 +60,7 @@ func (r Request) Encode() []byte {
 	switch {
 	case r.Port == 0:
 		typ = typeNewPort0
-	case r.Port > 0:
+	case r.Port > 0 && r.Port <= MaxPort:
 		typ |= uint32(r.Port) << 8
 	}
 	d := r.Descr[:min(len(r.Descr), MaxDescr)]

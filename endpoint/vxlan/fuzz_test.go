@@ -1,0 +1,273 @@
+package vxlan_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/ipn-project/ipn/endpoint/vxlan"
+)
+
+// FuzzParseHeader parses any bytes as a VXLAN header: it is accepted when
+// and only when there are 8 bytes and the flags byte is exactly the I
+// flag, the VNI is bytes 4-6 big-endian (reserved bytes ignored), and
+// PutHeader writes back the same flags and VNI with zero reserved bytes.
+// Any VNI PutHeader writes parses back, cut to 24 bits.
+func FuzzParseHeader(f *testing.F) {
+	hdr := func(vni uint32) []byte {
+		b := make([]byte, vxlan.HeaderLen)
+		vxlan.PutHeader(b, vni)
+		return b
+	}
+	f.Add(hdr(1), uint32(1))
+	f.Add(hdr(vxlan.MaxVNI), uint32(vxlan.MaxVNI))
+	f.Add(append(hdr(0x123456), "an ethernet frame"...), uint32(0x123456))
+	f.Add([]byte{0x08, 0xff, 0xff, 0xff, 0, 0, 7, 0xff}, uint32(7)) // reserved bytes set
+	f.Add([]byte{0x0c, 0, 0, 0, 0, 0, 1, 0}, uint32(1))             // GPE
+	f.Add([]byte{0x88, 0, 0, 0, 0, 0, 1, 0}, uint32(1<<24|1))       // GBP; a VNI past 24 bits
+	f.Add([]byte{0x08, 0, 0, 0, 0, 0, 1}, uint32(0))
+	f.Add([]byte{}, uint32(0xffffffff))
+
+	f.Fuzz(func(t *testing.T, b []byte, vni uint32) {
+		in := bytes.Clone(b)
+		got, ok := vxlan.ParseHeader(b)
+		if !bytes.Equal(in, b) {
+			t.Fatal("ParseHeader modified its input")
+		}
+		if want := len(b) >= vxlan.HeaderLen && b[0] == vxlan.FlagVNI; ok != want {
+			t.Fatalf("%x: ok %v, want %v", b, ok, want)
+		}
+		if !ok {
+			if got != 0 {
+				t.Fatalf("refused %x, yet VNI %d", b, got)
+			}
+		} else {
+			if got > vxlan.MaxVNI || got != uint32(b[4])<<16|uint32(b[5])<<8|uint32(b[6]) {
+				t.Fatalf("%x: VNI %#x", b, got)
+			}
+			re := make([]byte, vxlan.HeaderLen)
+			vxlan.PutHeader(re, got)
+			if want := []byte{vxlan.FlagVNI, 0, 0, 0, b[4], b[5], b[6], 0}; !bytes.Equal(re, want) {
+				t.Fatalf("PutHeader(%#x) = %x, want %x", got, re, want)
+			}
+		}
+		h := make([]byte, vxlan.HeaderLen+1)
+		h[vxlan.HeaderLen] = 0xee
+		vxlan.PutHeader(h, vni)
+		if h[vxlan.HeaderLen] != 0xee {
+			t.Fatal("PutHeader wrote past the header")
+		}
+		if v, ok := vxlan.ParseHeader(h); !ok || v != vni&vxlan.MaxVNI || h[1]|h[2]|h[3]|h[7] != 0 {
+			t.Fatalf("PutHeader(%#x) = %x parses to %#x, %v", vni, h[:vxlan.HeaderLen], v, ok)
+		}
+	})
+}
+
+// fzVNI is the VNI of the endpoint FuzzDecap feeds: bytes that differ, so
+// that a wrong byte order shows.
+const fzVNI = 0x123456
+
+// fzUnpack splits an input into datagrams: each a big-endian u16 length
+// (cut to 9000) and its bytes, at most 8 of them.
+func fzUnpack(b []byte) [][]byte {
+	var ds [][]byte
+	for len(b) >= 2 && len(ds) < 8 {
+		n := min(int(binary.BigEndian.Uint16(b)), 9000, len(b)-2)
+		ds = append(ds, b[2:2+n])
+		b = b[2+n:]
+	}
+	return ds
+}
+
+// fzPack is fzUnpack's inverse, for seeds.
+func fzPack(ds ...[]byte) []byte {
+	var b []byte
+	for _, d := range ds {
+		b = binary.BigEndian.AppendUint16(b, uint16(len(d)))
+		b = append(b, d...)
+	}
+	return b
+}
+
+// fzDatagram is a VXLAN datagram: a header with flags and vni, then frame.
+func fzDatagram(flags byte, vni uint32, frame []byte) []byte {
+	return append([]byte{flags, 0, 0, 0, byte(vni >> 16), byte(vni >> 8), byte(vni), 0}, frame...)
+}
+
+// fzEther is an Ethernet frame from MAC 02:00:00:00:00:src with payload.
+func fzEther(src byte, payload string) []byte {
+	return append([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 2, 0, 0, 0, 0, src, 0x88, 0xb5}, payload...)
+}
+
+// fzTunnel is a unicast endpoint on 127.0.0.1:port whose peer is
+// 127.0.0.2:port, with a socket that is that peer and one that is a
+// stranger (127.0.0.3, same port).
+type fzTunnel struct {
+	e        *vxlan.Endpoint
+	peer     *net.UDPConn
+	stranger *net.UDPConn
+	to       netip.AddrPort
+	seq      uint64
+}
+
+func fzOpenTunnel(f *testing.F) *fzTunnel {
+	var lastErr error
+	for try := 0; try < 20; try++ {
+		tu, err := fzTryTunnel()
+		if err == nil {
+			f.Cleanup(func() {
+				tu.e.Close()
+				tu.peer.Close()
+				tu.stranger.Close()
+			})
+			return tu
+		}
+		lastErr = err
+	}
+	f.Fatalf("no port for a loopback tunnel: %v", lastErr)
+	return nil
+}
+
+// fzTryTunnel binds the peer's socket on a free port, then the stranger
+// and the endpoint on the same port.
+func fzTryTunnel() (*fzTunnel, error) {
+	peer, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 2)})
+	if err != nil {
+		return nil, err
+	}
+	port := peer.LocalAddr().(*net.UDPAddr).Port
+	stranger, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 3), Port: port})
+	if err != nil {
+		peer.Close()
+		return nil, err
+	}
+	spec := fmt.Sprintf("127.0.0.2:%d/vni=%d/local=127.0.0.1", port, fzVNI)
+	ep, err := vxlan.Open(context.Background(), spec)
+	if err != nil {
+		peer.Close()
+		stranger.Close()
+		return nil, err
+	}
+	return &fzTunnel{
+		e: ep.(*vxlan.Endpoint), peer: peer, stranger: stranger,
+		to: netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(port)),
+	}, nil
+}
+
+// fzRead is a frame as Read reports it.
+type fzRead struct {
+	size int
+	data []byte
+}
+
+// FuzzDecap sends up to 8 datagrams of any bytes to a unicast endpoint on
+// loopback, from its peer or from a stranger, then a marker frame from the
+// peer, and reads with any number and size of buffers until the marker.
+// The frames read are exactly, in order, those of the peer's datagrams
+// whose flags are the I flag alone, whose VNI is the endpoint's and that
+// carry at least an Ethernet header: each the datagram minus its header,
+// or, when longer than the buffer, its first bytes and the size one past
+// the buffer. Nothing from the stranger and nothing after the marker.
+func FuzzDecap(f *testing.F) {
+	good := fzDatagram(vxlan.FlagVNI, fzVNI, fzEther(1, "hello"))
+	f.Add(fzPack(good), uint8(0), uint16(1514), uint8(16))
+	f.Add(fzPack(good, good, good), uint8(0b010), uint16(1514), uint8(2)) // the middle one from the stranger
+	f.Add(fzPack(
+		fzDatagram(vxlan.FlagVNI, 0x563412, fzEther(2, "byte-swapped vni")),
+		fzDatagram(vxlan.FlagVNI, fzVNI+1, fzEther(3, "other vni")),
+		fzDatagram(0x0c, fzVNI, fzEther(4, "gpe flags")),
+		fzDatagram(0x88, fzVNI, fzEther(5, "gbp flags")),
+		append([]byte{vxlan.FlagVNI, 1, 2, 3, 0x12, 0x34, 0x56, 4}, fzEther(6, "reserved bytes set")...),
+		fzDatagram(vxlan.FlagVNI, fzVNI, fzEther(7, "")[:13]), // a runt
+		fzDatagram(vxlan.FlagVNI, fzVNI, fzEther(8, "")),      // a bare header: accepted
+	), uint8(0), uint16(1514), uint8(16))
+	f.Add(fzPack(good, good[:7], []byte{}, good[:8]), uint8(0), uint16(64), uint8(16)) // short datagrams after a good one
+	f.Add(fzPack(fzDatagram(vxlan.FlagVNI, fzVNI, fzEther(9, string(bytes.Repeat([]byte("j"), 8900))))), uint8(0), uint16(1514), uint8(1))
+	f.Add(fzPack(good, good, good, good), uint8(0), uint16(14), uint8(3)) // truncated into 14-byte buffers
+
+	tu := fzOpenTunnel(f)
+	bufs := make([][]byte, vxlan.BatchSize)
+	for i := range bufs {
+		bufs[i] = make([]byte, 1<<16)
+	}
+
+	f.Fuzz(func(t *testing.T, packed []byte, strangers uint8, bufLen uint16, nbufs uint8) {
+		ds := fzUnpack(packed)
+		size := max(int(bufLen), vxlan.EthHeaderLen)
+		nb := int(nbufs%vxlan.BatchSize) + 1
+		var want []fzRead
+		for i, d := range ds {
+			from := tu.peer
+			if strangers&(1<<i) != 0 {
+				from = tu.stranger
+			}
+			if _, err := from.WriteToUDPAddrPort(d, tu.to); err != nil {
+				t.Fatal(err)
+			}
+			vni, ok := vxlan.ParseHeader(d)
+			if from == tu.stranger || !ok || vni != fzVNI || len(d)-vxlan.HeaderLen < vxlan.EthHeaderLen {
+				continue
+			}
+			fr := d[vxlan.HeaderLen:]
+			if len(fr) > size {
+				want = append(want, fzRead{size + 1, fr[:size]})
+			} else {
+				want = append(want, fzRead{len(fr), fr})
+			}
+		}
+		// The marker: 14 bytes that carry a number no input has.
+		tu.seq++
+		marker := make([]byte, vxlan.EthHeaderLen)
+		binary.BigEndian.PutUint64(marker, tu.seq)
+		copy(marker[8:], []byte{0xfe, 0xed, 0xfa, 0xce, 0x88, 0xb5})
+		if _, err := tu.peer.WriteToUDPAddrPort(fzDatagram(vxlan.FlagVNI, fzVNI, marker), tu.to); err != nil {
+			t.Fatal(err)
+		}
+
+		watchdog := time.AfterFunc(10*time.Second, func() { tu.e.Close() })
+		defer watchdog.Stop()
+		var got []fzRead
+		sizes := make([]int, nb)
+		rbufs := make([][]byte, nb)
+		for i := range rbufs {
+			rbufs[i] = bufs[i][:size]
+		}
+		for done := false; !done; {
+			n, err := tu.e.Read(rbufs, sizes)
+			if err != nil {
+				t.Fatalf("Read after %d frames, the marker not seen: %v", len(got), err)
+			}
+			if n < 1 || n > nb {
+				t.Fatalf("Read returned %d frames into %d buffers", n, nb)
+			}
+			for i := 0; i < n; i++ {
+				s := sizes[i]
+				if s < vxlan.EthHeaderLen || s > size+1 {
+					t.Fatalf("frame of size %d in a buffer of %d", s, size)
+				}
+				fr := rbufs[i][:min(s, size)]
+				if done {
+					t.Fatalf("frame %x after the marker", fr)
+				}
+				if bytes.Equal(fr, marker) {
+					done = true
+					continue
+				}
+				got = append(got, fzRead{s, bytes.Clone(fr)})
+			}
+		}
+		if len(got) != len(want) {
+			t.Fatalf("read %d frames, want %d", len(got), len(want))
+		}
+		for i := range want {
+			if got[i].size != want[i].size || !bytes.Equal(got[i].data, want[i].data) {
+				t.Fatalf("frame %d: size %d %x, want size %d %x", i, got[i].size, got[i].data, want[i].size, want[i].data)
+			}
+		}
+	})
+}
