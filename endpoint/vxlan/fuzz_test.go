@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ipn-project/ipn/endpoint/vxlan"
+	"github.com/ipn-project/ipn/internal/frametest"
 )
 
 // FuzzParseHeader parses any bytes as a VXLAN header: it is accepted when
@@ -159,12 +160,6 @@ func fzTryTunnel() (*fzTunnel, error) {
 	}, nil
 }
 
-// fzRead is a frame as Read reports it.
-type fzRead struct {
-	size int
-	data []byte
-}
-
 // FuzzDecap sends up to 8 datagrams of any bytes to a unicast endpoint on
 // loopback, from its peer or from a stranger, then a marker frame from the
 // peer, and reads with any number and size of buffers until the marker.
@@ -200,7 +195,7 @@ func FuzzDecap(f *testing.F) {
 		ds := fzUnpack(packed)
 		size := max(int(bufLen), vxlan.EthHeaderLen)
 		nb := int(nbufs%vxlan.BatchSize) + 1
-		var want []fzRead
+		var want []frametest.Frame
 		for i, d := range ds {
 			from := tu.peer
 			if strangers&(1<<i) != 0 {
@@ -215,9 +210,9 @@ func FuzzDecap(f *testing.F) {
 			}
 			fr := d[vxlan.HeaderLen:]
 			if len(fr) > size {
-				want = append(want, fzRead{size + 1, fr[:size]})
+				want = append(want, frametest.Frame{Size: size + 1, Data: fr[:size]})
 			} else {
-				want = append(want, fzRead{len(fr), fr})
+				want = append(want, frametest.Frame{Size: len(fr), Data: fr})
 			}
 		}
 		// The marker: 14 bytes that carry a number no input has.
@@ -231,43 +226,10 @@ func FuzzDecap(f *testing.F) {
 
 		watchdog := time.AfterFunc(10*time.Second, func() { tu.e.Close() })
 		defer watchdog.Stop()
-		var got []fzRead
-		sizes := make([]int, nb)
 		rbufs := make([][]byte, nb)
 		for i := range rbufs {
 			rbufs[i] = bufs[i][:size]
 		}
-		for done := false; !done; {
-			n, err := tu.e.Read(rbufs, sizes)
-			if err != nil {
-				t.Fatalf("Read after %d frames, the marker not seen: %v", len(got), err)
-			}
-			if n < 1 || n > nb {
-				t.Fatalf("Read returned %d frames into %d buffers", n, nb)
-			}
-			for i := 0; i < n; i++ {
-				s := sizes[i]
-				if s < vxlan.EthHeaderLen || s > size+1 {
-					t.Fatalf("frame of size %d in a buffer of %d", s, size)
-				}
-				fr := rbufs[i][:min(s, size)]
-				if done {
-					t.Fatalf("frame %x after the marker", fr)
-				}
-				if bytes.Equal(fr, marker) {
-					done = true
-					continue
-				}
-				got = append(got, fzRead{s, bytes.Clone(fr)})
-			}
-		}
-		if len(got) != len(want) {
-			t.Fatalf("read %d frames, want %d", len(got), len(want))
-		}
-		for i := range want {
-			if got[i].size != want[i].size || !bytes.Equal(got[i].data, want[i].data) {
-				t.Fatalf("frame %d: size %d %x, want size %d %x", i, got[i].size, got[i].data, want[i].size, want[i].data)
-			}
-		}
+		frametest.Expect(t, frametest.ReadUntil(t, tu.e, rbufs, size, vxlan.EthHeaderLen, marker), want)
 	})
 }

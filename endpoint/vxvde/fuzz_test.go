@@ -14,6 +14,7 @@ import (
 
 	"github.com/ipn-project/ipn/endpoint/vxlan"
 	"github.com/ipn-project/ipn/endpoint/vxvde"
+	"github.com/ipn-project/ipn/internal/frametest"
 )
 
 // fzVNI is the VNI of the member FuzzReceive feeds: bytes that differ, so
@@ -113,12 +114,6 @@ func fzOpenSwitch(f *testing.F) *fzSwitch {
 	}
 }
 
-// fzRead is a frame as Read reports it.
-type fzRead struct {
-	size int
-	data []byte
-}
-
 // FuzzReceive sends up to 8 datagrams of any bytes to a member, to its
 // group or to its unicast socket, from another member, then a marker
 // frame, and reads with any number and size of buffers until the marker.
@@ -169,7 +164,7 @@ func FuzzReceive(f *testing.F) {
 		size := max(int(bufLen), vxlan.EthHeaderLen)
 		nb := int(nbufs%vxvde.BatchSize) + 1
 
-		var want []fzRead
+		var want []frametest.Frame
 		learnt := map[[6]byte]bool{[6]byte(fzMarkerMAC): true}
 		for _, d := range ds {
 			if _, err := sw.other.WriteToUDPAddrPort(d, to); err != nil {
@@ -188,9 +183,9 @@ func FuzzReceive(f *testing.F) {
 					learnt[[6]byte(fr[6:12])] = true
 				}
 				if len(fr) > size {
-					want = append(want, fzRead{size + 1, fr[:size]})
+					want = append(want, frametest.Frame{Size: size + 1, Data: fr[:size]})
 				} else {
-					want = append(want, fzRead{len(fr), fr})
+					want = append(want, frametest.Frame{Size: len(fr), Data: fr})
 				}
 			}
 		}
@@ -210,40 +205,7 @@ func FuzzReceive(f *testing.F) {
 		for i := range rbufs {
 			rbufs[i] = bufs[i][:size]
 		}
-		sizes := make([]int, nb)
-		var got []fzRead
-		for done := false; !done; {
-			n, err := sw.e.Read(rbufs, sizes)
-			if err != nil {
-				t.Fatalf("Read after %d frames, the marker not seen: %v", len(got), err)
-			}
-			if n < 1 || n > nb {
-				t.Fatalf("Read returned %d frames into %d buffers", n, nb)
-			}
-			for i := 0; i < n; i++ {
-				s := sizes[i]
-				if s < vxlan.EthHeaderLen || s > size+1 {
-					t.Fatalf("frame of size %d in a buffer of %d", s, size)
-				}
-				fr := rbufs[i][:min(s, size)]
-				if done {
-					t.Fatalf("frame %x after the marker", fr)
-				}
-				if bytes.Equal(fr, marker) {
-					done = true
-					continue
-				}
-				got = append(got, fzRead{s, bytes.Clone(fr)})
-			}
-		}
-		if len(got) != len(want) {
-			t.Fatalf("read %d frames, want %d", len(got), len(want))
-		}
-		for i := range want {
-			if got[i].size != want[i].size || !bytes.Equal(got[i].data, want[i].data) {
-				t.Fatalf("frame %d: size %d %x, want size %d %x", i, got[i].size, got[i].data, want[i].size, want[i].data)
-			}
-		}
+		frametest.Expect(t, frametest.ReadUntil(t, sw.e, rbufs, size, vxlan.EthHeaderLen, marker), want)
 		// The marker was queued after every datagram before it on the same
 		// socket: what they taught the member is in its table now.
 		for m, l := range learnt {
