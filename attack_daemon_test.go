@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ipn-project/ipn"
+	"github.com/ipn-project/ipn/daemon"
 	"github.com/ipn-project/ipn/internal/wire"
 )
 
@@ -105,7 +106,12 @@ func TestAttackFakeUserDaemon(t *testing.T) {
 			fake.expect("listening", waitProcs)
 			env := []string{"IPN_SOCKET=", "XDG_RUNTIME_DIR=", "TMPDIR=" + tmp, "IPN_NO_AUTOSTART=1"}
 			net := filepath.Join(userDir(t, a, 0o700), "chat")
-			out, err := runAs(t, &a, env, ipnCommand(t), "cat", "--bind", net)
+			// In a mount namespace where /run/ipn is empty: no system
+			// daemon answers, as on a machine without one.
+			os.MkdirAll(filepath.Dir(daemon.SystemSocket), 0o755)
+			out, err := runAs(t, nil, env, "unshare", "-m", "sh", "-c",
+				fmt.Sprintf("mount -t tmpfs tmpfs %s && exec setpriv --reuid=%d --regid=%d --clear-groups %s cat --bind %s",
+					filepath.Dir(daemon.SystemSocket), a.uid, a.gid, ipnCommand(t), net))
 			if err == nil || !strings.Contains(out, c.want) {
 				t.Fatalf("alice's ipn cat --bind: %v, output %q; want a failure saying %q", err, out, c.want)
 			}
