@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -265,4 +266,45 @@ func TestAttackVDEClientsOfOtherUsers(t *testing.T) {
 			}
 		})
 	}
+}
+
+// mallory opens more connections to a switch's control socket than it
+// serves joins at once, and says nothing: each user's joins in progress
+// are bounded, so a client of another user still gets in (without the
+// bound, hers would hold every slot and its connection be refused).
+func TestAttackVDESilentClients(t *testing.T) {
+	_, m := realUsers(t)
+	path, dir, _ := vdeSrvNet(t)
+	h := helper(t, m.cred(), "silent", filepath.Join(dir, "ctl"), "80")
+	h.expect("held ", waitProcs)
+	p := vdeSrvStart(t, nil, "vde://"+dir)
+	waitFor(t, waitProcs, "vde_plug to join beside mallory's silent connections", func() bool {
+		select {
+		case <-p.done:
+			t.Fatalf("vde_plug was refused: %s", p.stderr.String())
+		default:
+		}
+		_, ports := readersOf(path)
+		return ports == 2
+	})
+}
+
+// helpSilent connects n times to the stream socket at path, says nothing,
+// and holds the connections until stdin closes.
+func helpSilent(path, nS string) error {
+	n, _ := strconv.Atoi(nS)
+	var held []net.Conn
+	for range n {
+		c, err := net.Dial("unix", path)
+		if err != nil {
+			break
+		}
+		held = append(held, c)
+	}
+	fmt.Printf("held %d\n", len(held))
+	waitStdin()
+	for _, c := range held {
+		c.Close()
+	}
+	return nil
 }

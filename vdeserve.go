@@ -77,10 +77,13 @@ func (s *Socket) ServeVDEWith(dir string, opts VDEOptions) error {
 	return nil
 }
 
-// vdeHandshakes bounds the VDE clients whose requests are awaited at once;
-// vdeRequestTimeout how long one may take.
+// vdeHandshakes bounds the VDE clients whose requests are awaited at once,
+// vdeUserHandshakes those of one user (so that no user's silent
+// connections keep the others out), vdeRequestTimeout how long one may
+// take.
 const (
 	vdeHandshakes     = 64
+	vdeUserHandshakes = 8
 	vdeRequestTimeout = 5 * time.Second
 )
 
@@ -95,11 +98,12 @@ type vdeServer struct {
 	ln    *net.UnixListener
 	ctl   fileID // DIR/ctl as made here
 	log   *slog.Logger
-	slots chan struct{} // one per handshake in progress
 
-	mu      sync.Mutex
-	clients map[*vdeClient]struct{} // guarded by mu
-	stopped bool                    // guarded by mu
+	mu       sync.Mutex
+	clients  map[*vdeClient]struct{} // guarded by mu
+	stopped  bool                    // guarded by mu
+	joining  map[uint32]int          // guarded by mu; handshakes in progress by user
+	njoining int                     // guarded by mu
 	wg      sync.WaitGroup
 }
 
@@ -149,8 +153,8 @@ func newVDEServer(s *Socket, dir, netPath string, opts VDEOptions) (*vdeServer, 
 	if err != nil {
 		return nil, err
 	}
-	v := &vdeServer{s: s, dir: dir, dirfd: dirfd, log: opts.Log, slots: make(chan struct{}, vdeHandshakes),
-		clients: make(map[*vdeClient]struct{})}
+	v := &vdeServer{s: s, dir: dir, dirfd: dirfd, log: opts.Log,
+		clients: make(map[*vdeClient]struct{}), joining: make(map[uint32]int)}
 	if v.log == nil {
 		v.log = slog.Default()
 	}
@@ -296,36 +300,56 @@ func (v *vdeServer) accept() {
 			continue
 		}
 		pause = 0
-		select {
-		case v.slots <- struct{}{}:
-		default:
-			v.log.Warn("vde: too many clients joining at once; refusing one", "dir", v.dir)
-			c.Close()
-			continue
-		}
+		uid, ok := peerUID(c)
 		v.mu.Lock()
-		stopped := v.stopped
-		if !stopped {
+		stopped, busy := v.stopped, !ok || v.njoining >= vdeHandshakes || v.joining[uid] >= vdeUserHandshakes
+		if !stopped && !busy {
+			v.joining[uid]++
+			v.njoining++
 			v.wg.Add(1)
 		}
 		v.mu.Unlock()
-		if stopped {
+		switch {
+		case stopped:
 			c.Close()
 			return
+		case busy:
+			v.log.Warn("vde: too many clients joining at once; refusing one", "dir", v.dir, "uid", uid)
+			c.Close()
+			continue
 		}
 		go func() {
 			defer v.wg.Done()
-			v.serve(c)
+			v.serve(c, uid)
 		}()
 	}
 }
 
+// peerUID returns the user of the process that connected c.
+func peerUID(c *net.UnixConn) (uint32, bool) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return 0, false
+	}
+	var uc *unix.Ucred
+	raw.Control(func(fd uintptr) { uc, err = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) })
+	if err != nil {
+		return 0, false
+	}
+	return uc.Uid, true
+}
+
 // serve runs one client's handshake, then holds its port until its
 // control stream closes.
-func (v *vdeServer) serve(ctl *net.UnixConn) {
+func (v *vdeServer) serve(ctl *net.UnixConn, uid uint32) {
 	defer ctl.Close()
 	cl, err := v.join(ctl)
-	<-v.slots
+	v.mu.Lock()
+	if v.joining[uid]--; v.joining[uid] == 0 {
+		delete(v.joining, uid)
+	}
+	v.njoining--
+	v.mu.Unlock()
 	if err != nil {
 		v.log.Warn("vde: client refused", "dir", v.dir, "err", err)
 		return
