@@ -50,6 +50,17 @@ type DirectWriter interface {
 	WriteDirect(msg []byte) bool
 }
 
+// TryDirectWriter is implemented by DirectWriters that wait for room in a
+// lossless network (the fast path's rings). The engine tries them inline,
+// and queues for the port's own writer what does not fit now: a sender
+// never waits inline for a receiver, so it can always leave.
+type TryDirectWriter interface {
+	// TryWriteDirect delivers msg now if there is room, and reports
+	// whether it did. It may be called from several goroutines at once.
+	// It does not retain msg.
+	TryWriteDirect(msg []byte) bool
+}
+
 // StuckDrops is how many drops in a row, with the reader taking nothing,
 // make a Yielder take the reader for one that reads no more.
 const StuckDrops = 4096

@@ -190,6 +190,7 @@ func (n *Network) Join(ep endpoint.Endpoint, opts PortOptions) (*Port, error) {
 	}
 	p.oobw, _ = ep.(endpoint.OOBWriter)
 	p.dw, _ = ep.(endpoint.DirectWriter)
+	p.tw, _ = ep.(endpoint.TryDirectWriter)
 	p.canRead.Store(!opts.NoRead)
 	p.canWrite.Store(!opts.NoWrite)
 
@@ -324,16 +325,25 @@ func (n *Network) deliver(m *msg, dst *policy.PortSet, v *view) {
 		port := v.ports[p]
 		var ok bool
 		switch {
-		case port.dw != nil && !m.oob && port.q.idle():
-			// Inline, unless messages queued before (out-of-band
-			// notices, emitted ones) must reach the node first.
-			port.writeDirect(m.bytes())
-			ok = false // delivered or dropped, and counted: no reference kept
 		case m.oob:
 			ok = port.q.pushOOB(m)
 			if !ok {
 				port.drops.Add(1)
 			}
+		case n.tokens != nil && port.tw != nil:
+			// Lossless, to a writer that would wait for room: inline if
+			// there is room now; else the port's writer waits for it,
+			// not the sender, which may leave meanwhile.
+			if port.q.idle() && port.tryWriteDirect(m.bytes()) {
+				ok = false // delivered: no reference kept
+			} else if ok = port.q.push(m); !ok {
+				port.drops.Add(1)
+			}
+		case port.dw != nil && port.q.idle():
+			// Inline, unless messages queued before (out-of-band
+			// notices, emitted ones) must reach the node first.
+			port.writeDirect(m.bytes())
+			ok = false // delivered or dropped, and counted: no reference kept
 		default:
 			ok = port.q.push(m)
 			if !ok {

@@ -15,8 +15,9 @@ type Port struct {
 	net   *Network
 	num   int
 	ep    endpoint.Endpoint
-	oobw  endpoint.OOBWriter    // nil if ep takes no out-of-band messages
-	dw    endpoint.DirectWriter // non-nil: ordinary messages bypass the queue
+	oobw  endpoint.OOBWriter       // nil if ep takes no out-of-band messages
+	dw    endpoint.DirectWriter    // non-nil: ordinary messages bypass the queue
+	tw    endpoint.TryDirectWriter // non-nil: in a lossless network, tried inline
 	opts  PortOptions
 	q     *queue
 	class int // buffer size class for reads
@@ -153,6 +154,16 @@ func (p *Port) writeDirect(m []byte) {
 	} else {
 		p.drops.Add(1)
 	}
+}
+
+// tryWriteDirect delivers m inline if the port's endpoint has room now.
+func (p *Port) tryWriteDirect(m []byte) bool {
+	if !p.tw.TryWriteDirect(m) {
+		return false
+	}
+	p.msgsOut.Add(1)
+	p.bytesOut.Add(uint64(len(m)))
+	return true
 }
 
 // Stats returns the port's counters.

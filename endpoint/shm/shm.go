@@ -46,9 +46,10 @@ type Endpoint struct {
 }
 
 var (
-	_ endpoint.Endpoint     = (*Endpoint)(nil)
-	_ endpoint.DirectWriter = (*Endpoint)(nil)
-	_ endpoint.OOBWriter    = (*Endpoint)(nil)
+	_ endpoint.Endpoint        = (*Endpoint)(nil)
+	_ endpoint.DirectWriter    = (*Endpoint)(nil)
+	_ endpoint.TryDirectWriter = (*Endpoint)(nil)
+	_ endpoint.OOBWriter       = (*Endpoint)(nil)
 )
 
 // New makes the rings for messages of up to mtu bytes. In a lossless
@@ -186,6 +187,25 @@ func (e *Endpoint) WriteDirect(msg []byte) bool {
 		e.outData.Wake()
 	}
 	return true
+}
+
+// TryWriteDirect implements endpoint.TryDirectWriter: it copies msg into
+// the member's ring if it has room now.
+func (e *Endpoint) TryWriteDirect(msg []byte) bool {
+	e.wmu.Lock()
+	defer e.wmu.Unlock()
+	if e.closed.Load() {
+		return false
+	}
+	ok, err := e.out.Push(msg)
+	if err != nil {
+		e.corrupt()
+		return false
+	}
+	if ok && e.out.ConsumerWaiting() {
+		e.outData.Wake()
+	}
+	return ok
 }
 
 // starved is called, under wmu, when a lossy message finds the member's
