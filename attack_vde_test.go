@@ -308,3 +308,110 @@ func helpSilent(path, nS string) error {
 	}
 	return nil
 }
+
+// mallory connects a datagram socket of her own to a socket of root's
+// that trusts the credentials datagrams carry (SO_PASSCRED), and has the
+// daemon make it a VDE port of her network: the daemon's datagrams then
+// carry her credentials, not root's, as if she had sent them herself.
+func TestAttackVDEDeputy(t *testing.T) {
+	_, m := realUsers(t)
+	victim := filepath.Join(shortDir(t), "trusts-root.sock")
+	v, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: victim, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	os.Chmod(victim, 0o666)
+	raw, _ := v.SyscallConn()
+	raw.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PASSCRED, 1) })
+	h := helper(t, m.cred(), "deputy", userDir(t, m, 0o755), victim)
+	if got := h.line(waitProcs); got != "sent" {
+		t.Fatalf("mallory: %q; stderr %s", got, h.stderr())
+	}
+	v.SetReadDeadline(time.Now().Add(waitProcs))
+	buf, oob := make([]byte, 2048), make([]byte, unix.CmsgSpace(unix.SizeofUcred))
+	for {
+		n, oobn, _, _, err := v.ReadMsgUnix(buf, oob)
+		if err != nil {
+			t.Fatalf("the victim socket got nothing: %v", err)
+		}
+		msgs, _ := unix.ParseSocketControlMessage(oob[:oobn])
+		if len(msgs) != 1 {
+			t.Fatalf("no credentials with %q", buf[:n])
+		}
+		uc, err := unix.ParseUnixCredentials(&msgs[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if uc.Uid != m.uid {
+			t.Fatalf("a datagram from the daemon carries uid %d (pid %d), not mallory's %d: %q", uc.Uid, uc.Pid, m.uid, buf[:n])
+		}
+		if bytes.Contains(buf[:n], []byte("through the daemon")) {
+			return
+		}
+	}
+}
+
+// helpDeputy speaks the protocol by hand: it binds a network in dir, makes
+// a VDE port of a datagram socket connected to target with a socket pair
+// for the client's stream, connects, and sends a message into the network.
+func helpDeputy(dir, target string) error {
+	c, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: os.Getenv("IPN_SOCKET"), Net: "unixpacket"})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	ask := func(op uint16, body []byte, fds ...int) ([]byte, []int, error) {
+		if err := wire.Send(c, wire.Packet(op, body), fds...); err != nil {
+			return nil, nil, err
+		}
+		pkt, rfds, err := wire.Recv(c, make([]byte, 70000))
+		if err != nil {
+			return nil, nil, err
+		}
+		_, b, err := wire.Split(pkt)
+		if err != nil {
+			return nil, nil, err
+		}
+		b, err = wire.SplitReply(b)
+		return b, rfds, err
+	}
+	if _, _, err := ask(wire.OpHello, []byte{byte(wire.Version), 0, 0, 0}); err != nil {
+		return err
+	}
+	path := filepath.Join(dir, "net")
+	if err := unix.Mknod(path, unix.S_IFSOCK|0o700, 0); err != nil {
+		return err
+	}
+	fd, err := unix.Open(path, unix.O_PATH|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	if _, _, err := ask(wire.OpBind, []byte(path), fd); err != nil {
+		return fmt.Errorf("bind: %w", err)
+	}
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	d, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	if err := unix.Connect(d, &unix.SockaddrUnix{Name: target}); err != nil {
+		return err
+	}
+	if _, _, err := ask(wire.OpVDEJoin, wire.EncodeVDEJoin(-1, "deputy"), pair[0], d); err != nil {
+		return fmt.Errorf("vde join: %w", err)
+	}
+	_, rfds, err := ask(wire.OpConnect, []byte(path))
+	if err != nil || len(rfds) != 1 {
+		return fmt.Errorf("connect: %v, %d fds", err, len(rfds))
+	}
+	if _, err := unix.Write(rfds[0], []byte("hello, through the daemon")); err != nil {
+		return err
+	}
+	fmt.Println("sent")
+	waitStdin()
+	return nil
+}

@@ -55,6 +55,8 @@ func runHelper(name string, args []string) int {
 		err = helpSwapper(args[0], args[1], args[2])
 	case "vderaw":
 		err = helpVDERaw(args[0], args[1])
+	case "deputy":
+		err = helpDeputy(args[0], args[1])
 	case "silent":
 		err = helpSilent(args[0], args[1])
 	case "devswap":

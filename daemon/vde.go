@@ -81,7 +81,9 @@ func (ss *session) doVDEJoin(body []byte, fds []int) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	ep, err := vde.New(fc.(*net.UnixConn))
+	// The datagrams go out with the serving user's credentials, not root's:
+	// the session chose where the socket is connected.
+	ep, err := vde.New(fc.(*net.UnixConn), &unix.Ucred{Pid: int32(os.Getpid()), Uid: ss.cred.UID, Gid: ss.cred.GID})
 	if err != nil {
 		fc.Close()
 		return nil, err

@@ -20,6 +20,7 @@ type Endpoint struct {
 	conn *net.UnixConn
 	rawc syscall.RawConn
 	one  *sockio.OneWriter // for WriteDirect
+	oob  []byte            // the credentials each datagram carries, or nil
 	once sync.Once
 	err  error
 }
@@ -30,12 +31,21 @@ var (
 )
 
 // New returns an endpoint on conn, a connected SOCK_DGRAM socket it owns.
-func New(conn *net.UnixConn) (*Endpoint, error) {
+// If sender is not nil, every datagram carries those credentials
+// (SCM_CREDENTIALS, which needs root to set for another user): a receiver
+// that asks (SO_PASSCRED) then sees the user the port serves, not the
+// process that writes, whoever connected the socket.
+func New(conn *net.UnixConn, sender *unix.Ucred) (*Endpoint, error) {
 	raw, err := conn.SyscallConn()
 	if err != nil {
 		return nil, err
 	}
-	return &Endpoint{conn: conn, rawc: raw, one: sockio.NewOneWriter(raw)}, nil
+	e := &Endpoint{conn: conn, rawc: raw, one: sockio.NewOneWriter(raw)}
+	if sender != nil {
+		e.oob = unix.UnixCredentials(sender)
+		e.one.SetControl(e.oob)
+	}
+	return e, nil
 }
 
 // Read implements endpoint.Endpoint.Read: the datagrams queued, at least
@@ -48,7 +58,7 @@ func (e *Endpoint) Read(bufs [][]byte, sizes []int) (int, error) {
 // client's socket has no room for is dropped (and not counted in n), as
 // vde_switch does; an error means the client is gone.
 func (e *Endpoint) Write(msgs [][]byte) (int, error) {
-	return sockio.WriteEach(e.rawc, msgs, func(err error) bool {
+	return sockio.WriteEachWith(e.rawc, msgs, e.oob, func(err error) bool {
 		return !errors.Is(err, unix.EAGAIN) && !errors.Is(err, unix.ENOBUFS)
 	})
 }

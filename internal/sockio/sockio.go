@@ -36,11 +36,17 @@ var readers = sync.Pool{New: func() any { return NewReader(nil, false) }}
 // itself is gone, which ends the batch with that error. It returns how many
 // messages were written.
 func WriteEach(raw syscall.RawConn, msgs [][]byte, gone func(error) bool) (int, error) {
+	return WriteEachWith(raw, msgs, nil, gone)
+}
+
+// WriteEachWith is WriteEach with the control message oob (nil for none)
+// sent with each message, such as the credentials a datagram carries.
+func WriteEachWith(raw syscall.RawConn, msgs [][]byte, oob []byte, gone func(error) bool) (int, error) {
 	sent := 0
 	var werr error
 	err := raw.Write(func(fd uintptr) bool {
 		for _, m := range msgs {
-			_, err := unix.Write(int(fd), m)
+			err := sendMsg(int(fd), m, oob)
 			if err == nil {
 				sent++
 			} else if gone(err) {
@@ -54,6 +60,17 @@ func WriteEach(raw syscall.RawConn, msgs [][]byte, gone func(error) bool) (int, 
 		err = werr
 	}
 	return sent, err
+}
+
+// sendMsg writes m to fd in one system call, with the control message oob if
+// it is not nil.
+func sendMsg(fd int, m, oob []byte) error {
+	if oob == nil {
+		_, err := unix.Write(fd, m)
+		return err
+	}
+	_, err := unix.SendmsgN(fd, m, oob, nil, 0)
+	return err
 }
 
 // ReadEach waits until raw's descriptor is readable, then calls read for
@@ -109,6 +126,7 @@ type OneWriter struct {
 	sent  bool             // guarded by mu
 	full  bool             // guarded by mu: the last write found the buffer full
 	yield endpoint.Yielder // guarded by mu
+	oob   []byte           // sent with each message; set before use
 	fn    func(fd uintptr) bool
 }
 
@@ -119,8 +137,12 @@ func NewOneWriter(raw syscall.RawConn) *OneWriter {
 	return w
 }
 
+// SetControl makes w send the control message oob with each message (the
+// credentials a datagram carries, say); call it before the first Write.
+func (w *OneWriter) SetControl(oob []byte) { w.oob = oob }
+
 func (w *OneWriter) write(fd uintptr) bool {
-	_, err := unix.Write(int(fd), w.m)
+	err := sendMsg(int(fd), w.m, w.oob)
 	w.sent, w.full = err == nil, err == unix.EAGAIN
 	return true
 }
