@@ -548,3 +548,59 @@ func TestAttackDumpWritesNoLink(t *testing.T) {
 		t.Fatalf("the link's target now holds %q", b)
 	}
 }
+
+// In a lossless network, a receiver that never reads its ring (r is all
+// it needs) holds the senders up, as lossless delivery must; but a sender
+// that gives up and leaves is gone for good, its connection given back.
+func TestAttackLosslessStuckReader(t *testing.T) {
+	a, m := realUsers(t)
+	sock, _ := ownDaemon(t, "--max-conns", "2")
+	env := []string{"IPN_SOCKET=" + sock}
+	path := filepath.Join(userDir(t, a, 0o755), "ll")
+	b := start(t, a.cred(), append(env, helperEnv+"=bindlossless"), helperBin, path)
+	b.expect("ok", waitProcs)
+	idle := start(t, m.cred(), append(env, helperEnv+"=idle"), helperBin, path)
+	idle.expect("ready ", waitProcs)
+	for i := range 4 { // her binder holds one of her 2 connections: a leak shows at the next round
+		h := start(t, a.cred(), append(env, helperEnv+"=sendclose"), helperBin, path)
+		if got := h.expect("closed", 30*time.Second); got != "closed" {
+			t.Fatalf("round %d: %q", i, got)
+		}
+		if err := h.wait(waitProcs); err != nil {
+			t.Fatalf("round %d: %v %s", i, err, h.stderr())
+		}
+	}
+}
+
+// helpBindLossless makes a lossless network (pool 8, mode 0744) at path and
+// holds it until stdin closes.
+func helpBindLossless(path string) error {
+	s, err := ipn.NewSocket(ipn.Hub)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	s.SetFlags(ipn.Lossless)
+	s.SetMode(0o744)
+	if err := s.Bind(path); err != nil {
+		return err
+	}
+	fmt.Println("ok")
+	waitStdin()
+	return nil
+}
+
+// helpSendClose joins path and sends until a send fails (the network is
+// full: a short write deadline), then leaves.
+func helpSendClose(path string) error {
+	s, err := join(path, ipn.ShutRead)
+	if err != nil {
+		return err
+	}
+	s.SetWriteDeadline(time.Now().Add(300 * time.Millisecond))
+	for s.Send([]byte("lossless")) == nil {
+	}
+	s.Close()
+	fmt.Println("closed")
+	return nil
+}

@@ -55,6 +55,10 @@ func runHelper(name string, args []string) int {
 		err = helpSwapper(args[0], args[1], args[2])
 	case "vderaw":
 		err = helpVDERaw(args[0], args[1])
+	case "bindlossless":
+		err = helpBindLossless(args[0])
+	case "sendclose":
+		err = helpSendClose(args[0])
 	case "deputy":
 		err = helpDeputy(args[0], args[1])
 	case "silent":
@@ -237,7 +241,7 @@ func helpIdle(path string) error {
 		return err
 	}
 	defer s.Close()
-	fmt.Printf("ready port=%d\n", s.Port())
+	fmt.Printf("ready port=%d fast=%v\n", s.Port(), s.FastPath())
 	select {}
 }
 
