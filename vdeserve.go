@@ -104,7 +104,7 @@ type vdeServer struct {
 	stopped  bool                    // guarded by mu
 	joining  map[uint32]int          // guarded by mu; handshakes in progress by user
 	njoining int                     // guarded by mu
-	wg      sync.WaitGroup
+	wg       sync.WaitGroup
 }
 
 // vdeClient is one VDE port: its client's control stream, the port, and
