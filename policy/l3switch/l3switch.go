@@ -28,6 +28,16 @@
 // and expires after the "expire" option (default 120 s); expired entries
 // are ignored and swept. A port's entries are flushed when it leaves.
 //
+// Each table (IP addresses, MACs) holds at most "hashsize" entries (4096
+// by default). As in the Ethernet switch (package vdeswitch), a full table
+// first drops its expired entries, in a sweep done at most once a second
+// and only if an entry may have expired; if it is still full, a new
+// address is not learnt (frames to it are switched as if it were unknown)
+// until entries expire or their port leaves. Known addresses are still
+// refreshed and moved. So a member that forges source addresses grows
+// neither table past hashsize nor evicts hosts that are still sending, and
+// each of its frames costs O(1).
+//
 // # Forwarding
 //
 // A frame shorter than 14 bytes is invalid (an error of the sending port).
@@ -68,6 +78,10 @@
 //   - "expire": the age after which entries expire, a Go duration ("30s")
 //     in 100ms..24h (MinExpire..MaxExpire); SetOption changes it, Option reads
 //     it.
+//   - "hashsize": the most entries of each table, 1..1048576
+//     (MinHashSize..MaxHashSize), 4096 by default; SetOption changes it,
+//     Option reads it. Lowering it drops no entry: a table above the size
+//     learns no new address until it is below it.
 //   - "ips": read only, the learnt IP addresses as a JSON list of
 //     {"ip", "mac", "port", "age_seconds"}, sorted by address.
 //   - "macs": read only, the learnt MAC addresses as a JSON list of
@@ -81,6 +95,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -92,16 +107,29 @@ import (
 // Name is the name the policy registers under.
 const Name = "l3switch"
 
-// DefaultExpire is the default age after which learnt entries expire.
-const DefaultExpire = 120 * time.Second
+// Defaults of a new switch.
+const (
+	// DefaultExpire is the default age after which learnt entries expire.
+	DefaultExpire = 120 * time.Second
+	// DefaultHashSize is the default number of entries of each table.
+	DefaultHashSize = 4096
+)
 
-// Bounds of the "expire" option; SetOption refuses values outside them.
+// Bounds of the options; SetOption refuses values outside them.
 const (
 	// MinExpire is the shortest age of learnt entries.
 	MinExpire = 100 * time.Millisecond
 	// MaxExpire is the longest age of learnt entries.
 	MaxExpire = 24 * time.Hour
+	// MinHashSize is the smallest table, in entries.
+	MinHashSize = 1
+	// MaxHashSize is the largest table, in entries.
+	MaxHashSize = 1 << 20
 )
+
+// sweepEvery is the shortest time between two sweeps that make room in a
+// full table.
+const sweepEvery = time.Second
 
 func init() {
 	policy.MustRegister(policy.VDESwitchL3, Name, New)
@@ -139,23 +167,32 @@ type Switch struct {
 
 	mu        sync.Mutex
 	expire    time.Duration
+	hashSize  int            // most entries of each table
 	connected policy.PortSet // ports between PostNewPort and DeletePort
 	ips       map[netip.Addr]ipEntry
 	macs      map[mac]macEntry
-	lastSweep time.Time
-	scratch   []*scratch // by source port
+	// lastSweep is when the tables were last swept; no entry expires
+	// before nextExpiry.
+	lastSweep  time.Time
+	nextExpiry time.Time
+	sweeps     int        // sweeps done, for tests
+	scratch    []*scratch // by source port
 }
 
-var _ policy.Policy = (*Switch)(nil)
+var (
+	_ policy.Policy        = (*Switch)(nil)
+	_ policy.PortDescriber = (*Switch)(nil)
+)
 
 // New returns a layer-3 switch for net; it implements policy.Factory.
 func New(net policy.Network) (policy.Policy, error) {
 	return &Switch{
-		net:    net,
-		now:    time.Now,
-		expire: DefaultExpire,
-		ips:    make(map[netip.Addr]ipEntry),
-		macs:   make(map[mac]macEntry),
+		net:      net,
+		now:      time.Now,
+		expire:   DefaultExpire,
+		hashSize: DefaultHashSize,
+		ips:      make(map[netip.Addr]ipEntry),
+		macs:     make(map[mac]macEntry),
 	}, nil
 }
 
@@ -195,10 +232,14 @@ func (s *Switch) Close() {
 	s.scratch = nil
 }
 
-// SetOption implements policy.Policy.SetOption: "expire", a duration in
-// MinExpire..MaxExpire (100ms..24h). A value out of range or not a duration
-// is refused with an error that wraps EINVAL, as is setting a read-only
-// option.
+// SetOption implements policy.Policy.SetOption. Settings, with their
+// ranges (the constants above):
+//
+//	expire DURATION   age of learnt entries (e.g. 120s), 100ms..24h
+//	hashsize N        most entries of each table (IPs, MACs), 1..1048576
+//
+// A value out of range, or not a number or duration, is refused with an
+// error that wraps EINVAL, as is setting a read-only option.
 func (s *Switch) SetOption(name, value string) error {
 	switch name {
 	case "expire":
@@ -208,6 +249,17 @@ func (s *Switch) SetOption(name, value string) error {
 		}
 		s.mu.Lock()
 		s.expire = d
+		// Entries may have expired under the new age: sweep when next due.
+		s.lastSweep, s.nextExpiry = time.Time{}, time.Time{}
+		s.mu.Unlock()
+		return nil
+	case "hashsize":
+		n, err := strconv.Atoi(value)
+		if err != nil || n < MinHashSize || n > MaxHashSize {
+			return fmt.Errorf("option hashsize %q: want %d..%d: %w", value, MinHashSize, MaxHashSize, syscall.EINVAL)
+		}
+		s.mu.Lock()
+		s.hashSize = n
 		s.mu.Unlock()
 		return nil
 	case "ips", "macs":
@@ -231,7 +283,8 @@ type MACInfo struct {
 	AgeSeconds float64 `json:"age_seconds"`
 }
 
-// Option implements policy.Policy.Option: "expire", "ips", "macs".
+// Option implements policy.Policy.Option: "expire", "hashsize", "ips",
+// "macs".
 func (s *Switch) Option(name string) (string, error) {
 	var v any
 	switch name {
@@ -240,6 +293,11 @@ func (s *Switch) Option(name string) (string, error) {
 		d := s.expire
 		s.mu.Unlock()
 		return d.String(), nil
+	case "hashsize":
+		s.mu.Lock()
+		n := s.hashSize
+		s.mu.Unlock()
+		return strconv.Itoa(n), nil
 	case "ips":
 		v = s.IPs()
 	case "macs":
@@ -252,7 +310,11 @@ func (s *Switch) Option(name string) (string, error) {
 }
 
 // IPs returns the live IP entries, sorted by address.
-func (s *Switch) IPs() []IPInfo {
+func (s *Switch) IPs() []IPInfo { return s.ipsOf(-1) }
+
+// ipsOf returns the live IP entries of port, or of every port if port < 0,
+// sorted by address. It holds s.mu only to copy them.
+func (s *Switch) ipsOf(port int) []IPInfo {
 	s.mu.Lock()
 	now := s.now()
 	type kv struct {
@@ -261,7 +323,7 @@ func (s *Switch) IPs() []IPInfo {
 	}
 	var all []kv
 	for a, e := range s.ips {
-		if s.live(e.seen, now) {
+		if s.live(e.seen, now) && (port < 0 || e.port == port) {
 			all = append(all, kv{a, e})
 		}
 	}
@@ -297,13 +359,12 @@ func (s *Switch) MACs() []MACInfo {
 	return out
 }
 
-// DescribePort returns the IP addresses learnt on port, for listings.
+// DescribePort implements policy.PortDescriber: the IP addresses learnt on
+// port, sorted.
 func (s *Switch) DescribePort(port int) string {
 	var addrs []string
-	for _, e := range s.IPs() {
-		if e.Port == port {
-			addrs = append(addrs, e.IP)
-		}
+	for _, e := range s.ipsOf(port) {
+		addrs = append(addrs, e.IP)
 	}
 	return strings.Join(addrs, " ")
 }
@@ -318,17 +379,43 @@ func (s *Switch) sweep(now time.Time) {
 	if now.Sub(s.lastSweep) < s.expire {
 		return
 	}
+	s.sweepNow(now)
+}
+
+// makeRoom drops expired entries to make room in a full table, if an entry
+// may have expired and the last sweep is sweepEvery old; otherwise it costs
+// O(1). Caller holds s.mu.
+func (s *Switch) makeRoom(now time.Time) {
+	if now.Sub(s.lastSweep) < sweepEvery {
+		return
+	}
+	s.sweepNow(now)
+}
+
+// sweepNow drops expired entries if one may have expired, and notes when
+// the oldest of the others expires. Caller holds s.mu.
+func (s *Switch) sweepNow(now time.Time) {
+	if now.Before(s.nextExpiry) {
+		return
+	}
+	s.sweeps++
 	s.lastSweep = now
+	oldest := now
 	for a, e := range s.ips {
 		if !s.live(e.seen, now) {
 			delete(s.ips, a)
+		} else if e.seen.Before(oldest) {
+			oldest = e.seen
 		}
 	}
 	for m, e := range s.macs {
 		if !s.live(e.seen, now) {
 			delete(s.macs, m)
+		} else if e.seen.Before(oldest) {
+			oldest = e.seen
 		}
 	}
+	s.nextExpiry = oldest.Add(s.expire)
 }
 
 // lookupIP returns the live entry of a. Caller holds s.mu.
@@ -351,18 +438,34 @@ func (s *Switch) lookupMAC(m mac, now time.Time) (macEntry, bool) {
 	return e, ok
 }
 
-// learnMAC records that m is behind port. Caller holds s.mu.
+// learnMAC records that m is behind port, unless m is new and the table
+// full. Caller holds s.mu.
 func (s *Switch) learnMAC(m mac, port int, now time.Time) {
 	if !unicastMAC(m) {
 		return
 	}
+	if len(s.macs) >= s.hashSize {
+		if _, ok := s.macs[m]; !ok {
+			if s.makeRoom(now); len(s.macs) >= s.hashSize {
+				return
+			}
+		}
+	}
 	s.macs[m] = macEntry{port, now}
 }
 
-// learnIP records that a is behind port with MAC m. Caller holds s.mu.
+// learnIP records that a is behind port with MAC m, unless a is new and
+// the table full. Caller holds s.mu.
 func (s *Switch) learnIP(a netip.Addr, m mac, port int, now time.Time) {
 	if !unicastMAC(m) || !learnable(a) {
 		return
+	}
+	if len(s.ips) >= s.hashSize {
+		if _, ok := s.ips[a]; !ok {
+			if s.makeRoom(now); len(s.ips) >= s.hashSize {
+				return
+			}
+		}
 	}
 	s.ips[a] = ipEntry{port, m, now}
 }

@@ -8,7 +8,13 @@
 // port of the VLAN. A frame never goes back to its source port; frames
 // shorter than an Ethernet header are errors. Entries expire (Expire, 120 s
 // by default) and a port's entries are flushed when it leaves. The table is
-// a hash map (O(1) lookups) of at most HashSize entries.
+// a hash map (O(1) lookups) of at most HashSize entries. A full table
+// first drops its expired entries, in a sweep done at most once a second
+// and only if an entry may have expired; if it is still full, new MACs are
+// not learnt (and frames to them are flooded) until entries expire or
+// their port leaves. So a frame from an unknown MAC costs O(1) however
+// full the table, and a member that forges source MACs cannot evict hosts
+// that are still sending.
 //
 // VLANs follow vde_switch: each port has an untagged VLAN (1 by default; 0
 // for none), where frames come in and go out without a tag, and a set of
@@ -58,6 +64,10 @@ const (
 	DefaultVLAN         = 1
 	DefaultLoopInterval = 2 * time.Second
 )
+
+// sweepEvery is the shortest time between two sweeps of the table for
+// expired entries.
+const sweepEvery = time.Second
 
 // Bounds of the settings; SetOption refuses values outside them.
 const (
@@ -150,6 +160,12 @@ type Switch struct {
 	connected policy.PortSet
 	interval  time.Duration // 0: no loop protection
 	probeSrc  [6]byte
+	// lastSweep is when the table was last swept; no entry expires before
+	// nextExpiry (give or take the frames whose time Route read before a
+	// sweep: it reads the clock before it locks).
+	lastSweep  time.Time
+	nextExpiry time.Time
+	sweeps     int // sweeps done, for tests
 
 	reset chan struct{} // wakes the prober when interval changes
 	stop  chan struct{}
@@ -309,29 +325,40 @@ func (s *Switch) Route(src int, msgs [][]byte, members *policy.PortSet, out []po
 	}
 }
 
-// sweepLocked forgets expired entries.
-func (s *Switch) sweepLocked(now time.Time) {
+// sweepDueLocked forgets expired entries if an entry may have expired
+// and the last sweep is sweepEvery old; otherwise it costs O(1).
+func (s *Switch) sweepDueLocked(now time.Time) {
+	if now.Before(s.nextExpiry) || now.Sub(s.lastSweep) < sweepEvery {
+		return
+	}
+	s.sweeps++
+	s.lastSweep = now
+	oldest := now
 	for k, e := range s.table {
 		if now.Sub(e.seen) >= s.expire {
 			delete(s.table, k)
+		} else if e.seen.Before(oldest) {
+			oldest = e.seen
 		}
 	}
+	s.nextExpiry = oldest.Add(s.expire)
 }
 
 // learnLocked records that k is behind port src. A full table first drops
-// its expired entries; if it is still full, k is not learnt (and frames to
-// it are flooded).
+// its expired entries, if a sweep is due; if it is still full, k is not
+// learnt (and frames to it are flooded).
 func (s *Switch) learnLocked(k key, src int, now time.Time) {
 	e, ok := s.table[k]
 	if !ok && len(s.table) >= s.hashSize {
-		s.sweepLocked(now)
-	}
-	if ok || len(s.table) < s.hashSize {
-		if ok && e.port == src && now.Sub(e.seen) < time.Second {
-			return // fresh enough: spare the map write
+		s.sweepDueLocked(now)
+		if len(s.table) >= s.hashSize {
+			return
 		}
-		s.table[k] = entry{port: src, seen: now}
 	}
+	if ok && e.port == src && now.Sub(e.seen) < time.Second {
+		return // fresh enough: spare the map write
+	}
+	s.table[k] = entry{port: src, seen: now}
 }
 
 // toPortLocked adds port p to the frame's delivery in the form p wants for
@@ -453,7 +480,7 @@ func (s *Switch) probeAll() {
 			c.blocked = false
 		}
 	}
-	s.sweepLocked(now)
+	s.sweepDueLocked(now)
 	s.mu.Unlock()
 	f := make([]byte, probeLen)
 	copy(f, probeDst[:])
@@ -514,6 +541,8 @@ func (s *Switch) SetOption(name, value string) error {
 			return fmt.Errorf("switch option expire %q: want a duration in %v..%v: %w", value, MinExpire, MaxExpire, syscall.EINVAL)
 		}
 		s.expire = d
+		// Entries may have expired under the new age: sweep when next due.
+		s.lastSweep, s.nextExpiry = time.Time{}, time.Time{}
 		return nil
 	case "loop.interval":
 		d, err := time.ParseDuration(value)
@@ -610,6 +639,13 @@ func parseVLAN(s string, zeroOK bool) (uint16, error) {
 // Option implements policy.Policy.Option: "macs", "ports" and "vlans" are
 // JSON tables; "expire", "hashsize" and "loop.interval" the settings.
 func (s *Switch) Option(name string) (string, error) {
+	if name == "macs" {
+		s.mu.Lock()
+		rows := s.macRowsLocked(-1)
+		s.mu.Unlock()
+		b, err := json.Marshal(macEntries(rows))
+		return string(b), err
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var v any
@@ -620,8 +656,6 @@ func (s *Switch) Option(name string) (string, error) {
 		return strconv.Itoa(s.hashSize), nil
 	case "loop.interval":
 		return s.interval.String(), nil
-	case "macs":
-		v = s.macsLocked(-1)
 	case "ports":
 		ports := []PortEntry{}
 		for p := range s.ports {
@@ -638,14 +672,31 @@ func (s *Switch) Option(name string) (string, error) {
 	return string(b), err
 }
 
-// macsLocked lists the live MAC entries, of port p only if p >= 0.
-func (s *Switch) macsLocked(p int) []MACEntry {
+// macRow is a live entry of the table, as listings copy it.
+type macRow struct {
+	key  key
+	port int
+	age  time.Duration
+}
+
+// macRowsLocked returns the live entries, of port p only if p >= 0; the
+// listings format them once they let go of s.mu.
+func (s *Switch) macRowsLocked(p int) []macRow {
 	now := s.now()
-	macs := []MACEntry{}
+	var rows []macRow
 	for k, e := range s.table {
 		if age := now.Sub(e.seen); age < s.expire && (p < 0 || e.port == p) {
-			macs = append(macs, MACEntry{MAC: net.HardwareAddr(k.mac[:]).String(), VLAN: k.vlan, Port: e.port, Age: age.Seconds()})
+			rows = append(rows, macRow{k, e.port, age})
 		}
+	}
+	return rows
+}
+
+// macEntries returns rows as MACEntry, sorted by port and MAC.
+func macEntries(rows []macRow) []MACEntry {
+	macs := make([]MACEntry, 0, len(rows))
+	for _, r := range rows {
+		macs = append(macs, MACEntry{MAC: net.HardwareAddr(r.key.mac[:]).String(), VLAN: r.key.vlan, Port: r.port, Age: r.age.Seconds()})
 	}
 	sort.Slice(macs, func(i, j int) bool {
 		if macs[i].Port != macs[j].Port {
@@ -659,11 +710,13 @@ func (s *Switch) macsLocked(p int) []MACEntry {
 // DescribePort implements policy.PortDescriber: VLANs, block, MACs.
 func (s *Switch) DescribePort(p int) string {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if p >= len(s.ports) {
+		s.mu.Unlock()
 		return ""
 	}
-	c := &s.ports[p]
+	c := s.ports[p]
+	rows := s.macRowsLocked(p)
+	s.mu.Unlock()
 	var b strings.Builder
 	if c.untagged != 0 {
 		fmt.Fprintf(&b, "vlan %d", c.untagged)
@@ -676,7 +729,7 @@ func (s *Switch) DescribePort(p int) string {
 	if c.blocked {
 		b.WriteString(" BLOCKED(loop)")
 	}
-	for i, m := range s.macsLocked(p) {
+	for i, m := range macEntries(rows) {
 		if i == 0 {
 			b.WriteString(" macs")
 		}
