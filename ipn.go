@@ -200,9 +200,19 @@ func policyRequest(path string, set bool, name, value string) (string, error) {
 		return "", &net.OpError{Op: op, Net: "ipn", Addr: Addr(path), Err: err}
 	}
 	defer unix.Close(fd)
-	body, _, err := s.request(wire.OpPolicy, wire.EncodePolicy(set, name, value), fd)
+	if set {
+		_, _, err := s.request(wire.OpPolicy, wire.EncodePolicy(true, name, value), fd)
+		if err != nil {
+			return "", &net.OpError{Op: op, Net: "ipn", Addr: Addr(path), Err: err}
+		}
+		return "", nil
+	}
+	b, err := s.paged(func(off uint32) ([]byte, error) {
+		body, _, err := s.request(wire.OpPolicy, wire.EncodePolicy(false, name, string(wire.U32(off))), fd)
+		return body, err
+	})
 	if err != nil {
 		return "", &net.OpError{Op: op, Net: "ipn", Addr: Addr(path), Err: err}
 	}
-	return string(body), nil
+	return string(b), nil
 }

@@ -6,6 +6,7 @@ import (
 	"syscall"
 
 	"github.com/ipn-project/ipn/engine"
+	"github.com/ipn-project/ipn/policy"
 )
 
 // Limits bound what one user may hold in the daemon, so that no user can
@@ -18,9 +19,9 @@ type Limits struct {
 	Ports    int   // ports the user's requests made: members, VDE clients, devices
 	Conns    int   // control connections open
 	Shm      int64 // bytes of fast-path rings of the user's members
-	// Memory bounds the message memory of the user's networks: for each,
-	// MTU times the messages it may hold (the pool, per receiving port
-	// when lossy), plus 1 KiB and the queue slots per port.
+	// Memory bounds the memory the user's networks may hold (see
+	// memoryOf): their messages in flight and queued, out-of-band ones
+	// included, their ports and their policies' tables.
 	Memory int64
 }
 
@@ -127,13 +128,52 @@ func (a *accounts) give(uid uint32, d usage) {
 	}
 }
 
-// netMemory is the message memory a network of cfg may hold (see
-// Limits.Memory).
+// netMemory is the memory a network of cfg may hold, its policy aside: each
+// port may hold a queue of messages and as many out-of-band ones, each in
+// a buffer of the MTU's size class; a lossless network's queues hold only
+// the messages in flight, at most the pool; and 1 KiB a port.
 func netMemory(cfg engine.Config) int64 {
-	msgs := int64(cfg.PoolSize)
-	if cfg.Flags&engine.Lossless == 0 {
-		msgs *= int64(cfg.NumPorts) // a queue of PoolSize messages per receiver
+	msg, q, ports := int64(engine.MsgBytes(cfg.MTU)), int64(engine.QueueLen(cfg)), int64(cfg.NumPorts)
+	perPort := 1024 + 16*q + q*msg // the slots, and the out-of-band messages
+	held := ports * q * msg        // the ordinary messages queued
+	if cfg.Flags&engine.Lossless != 0 {
+		held = int64(cfg.PoolSize) * msg
 	}
-	perPort := int64(1024 + 16*cfg.PoolSize)
-	return msgs*int64(cfg.MTU) + int64(cfg.NumPorts)*perPort
+	return held + ports*perPort
+}
+
+// memoryOf is what network n may hold now: netMemory and its policy's
+// tables.
+func memoryOf(n *engine.Network) int64 {
+	m := netMemory(n.Config())
+	if s, ok := n.Policy().(policy.Sizer); ok {
+		m += s.Size()
+	}
+	return m
+}
+
+// recharge runs change on network n, then charges its maker for what n
+// may hold now; if that is over the maker's limit, it runs undo (if not
+// nil) and fails with the limit's error.
+func (s *server) recharge(n *engine.Network, change func() error, undo func()) error {
+	nf := netFileOf(n)
+	nf.mu.Lock()
+	defer nf.mu.Unlock()
+	if err := change(); err != nil {
+		return err
+	}
+	cost := memoryOf(n)
+	switch {
+	case cost > nf.memory:
+		if err := s.acct.take(nf.creator, usage{memory: cost - nf.memory}); err != nil {
+			if undo != nil {
+				undo()
+			}
+			return err
+		}
+	case cost < nf.memory:
+		s.acct.give(nf.creator, usage{memory: nf.memory - cost})
+	}
+	nf.memory = cost
+	return nil
 }

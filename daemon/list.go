@@ -12,14 +12,13 @@ import (
 )
 
 // doList answers OpList: the networks the client can see (a file it can
-// reach by its path, or the one whose descriptor it passed), in pieces of
-// one packet each. Offset 0 makes the listing; the next requests read on.
+// reach by its path, or the one whose descriptor it passed), paged.
 func (ss *session) doList(body []byte, fds []int) ([]byte, error) {
 	off, err := wire.GetU32(body)
 	if err != nil {
 		return nil, err
 	}
-	if off == 0 {
+	return ss.page(wire.OpList, off, func() ([]byte, error) {
 		var only *fileID
 		if len(fds) > 0 {
 			id, _, err := statNetFile(fds[0])
@@ -32,19 +31,43 @@ func (ss *session) doList(body []byte, fds []int) ([]byte, error) {
 		if err != nil {
 			return nil, err
 		}
-		if ss.listing, err = json.Marshal(list); err != nil {
+		return json.Marshal(list)
+	})
+}
+
+// page answers a paged request of op: at offset 0 it makes the whole
+// answer with make and keeps it, charged to the user's memory, until read
+// to its end (or another is made); each reply is the answer's total length
+// (u32) and its bytes from off, at most wire.ListChunk of them.
+func (ss *session) page(op uint16, off uint32, make func() ([]byte, error)) ([]byte, error) {
+	if off == 0 {
+		ss.dropPaged()
+		b, err := make()
+		if err != nil {
 			return nil, err
 		}
+		if err := ss.srv.acct.take(ss.cred.UID, usage{memory: int64(len(b))}); err != nil {
+			return nil, err
+		}
+		ss.paged, ss.pagedOp = b, op
 	}
-	if ss.listing == nil || int64(off) > int64(len(ss.listing)) {
-		return nil, fmt.Errorf("listing offset %d past its end: %w", off, syscall.EINVAL)
+	if ss.paged == nil || ss.pagedOp != op || int64(off) > int64(len(ss.paged)) {
+		return nil, fmt.Errorf("offset %d past the end of the answer: %w", off, syscall.EINVAL)
 	}
-	end := min(int(off)+wire.ListChunk, len(ss.listing))
-	reply := append(wire.U32(uint32(len(ss.listing))), ss.listing[off:end]...)
-	if end == len(ss.listing) {
-		ss.listing = nil
+	end := min(int(off)+wire.ListChunk, len(ss.paged))
+	reply := append(wire.U32(uint32(len(ss.paged))), ss.paged[off:end]...)
+	if end == len(ss.paged) {
+		ss.dropPaged()
 	}
 	return reply, nil
+}
+
+// dropPaged forgets the answer being read, and its charge.
+func (ss *session) dropPaged() {
+	if ss.paged != nil {
+		ss.srv.acct.give(ss.cred.UID, usage{memory: int64(len(ss.paged))})
+		ss.paged = nil
+	}
 }
 
 // list returns what the session's user may see of the networks (of the one

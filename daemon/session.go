@@ -48,7 +48,8 @@ type session struct {
 	wantFast  bool                 // the client asked for the fast path
 	fast      *shm.Endpoint        // the port's rings on the fast path, or nil
 	vde       map[int]*engine.Port // ports of VDE clients this session serves
-	listing   []byte               // the listing being read (OpList)
+	paged     []byte               // a paged answer being read (OpList, OpPolicy)
+	pagedOp   uint16               // the op it answers
 }
 
 // serve answers the client's requests until it closes the connection or
@@ -146,6 +147,7 @@ func (ss *session) release() (ended bool) {
 	if ss.bound != nil {
 		ss.bound.Release()
 	}
+	ss.dropPaged()
 	return n != nil && !ss.srv.engine.Live(n.Key())
 }
 
@@ -414,7 +416,7 @@ func (ss *session) create(fd int, id fileID, st *unix.Stat_t) (*engine.Network, 
 		cfg.Proto = policy.Broadcast
 	}
 	nf.creator, nf.memory = ss.cred.UID, netMemory(cfg)
-	charge := usage{networks: 1, memory: nf.memory}
+	charge := usage{networks: 1, memory: nf.memory} // the policy's tables once it exists
 	if err := ss.srv.acct.take(nf.creator, charge); err != nil {
 		nf.close()
 		return nil, err
@@ -430,6 +432,10 @@ func (ss *session) create(fd int, id fileID, st *unix.Stat_t) (*engine.Network, 
 	if err != nil {
 		acct.give(nf.creator, charge)
 		nf.close()
+		return nil, err
+	}
+	if err := ss.srv.recharge(n, func() error { return nil }, nil); err != nil {
+		n.Release() // gives back the charge
 		return nil, err
 	}
 	ss.srv.log.Info("network created", "path", path, "proto", n.Config().Proto, "by", ss.cred)
@@ -455,32 +461,15 @@ func (ss *session) checkManager(n *engine.Network) error {
 	return nil
 }
 
-// changeNumPorts resizes the bound network, charging its maker for the
-// memory the new size may hold.
+// changeNumPorts resizes the bound network, which needs x now (as at
+// bind), charging its maker for the memory the new size may hold.
 func (ss *session) changeNumPorts(num int) error {
 	n := ss.bound
-	nf := netFileOf(n)
-	nf.mu.Lock()
-	defer nf.mu.Unlock()
-	cfg := n.Config()
-	cfg.NumPorts = num
-	cost := netMemory(cfg)
-	if cost > nf.memory {
-		if err := ss.srv.acct.take(nf.creator, usage{memory: cost - nf.memory}); err != nil {
-			return err
-		}
-	}
-	if err := n.ChangeNumPorts(num); err != nil {
-		if cost > nf.memory {
-			ss.srv.acct.give(nf.creator, usage{memory: cost - nf.memory})
-		}
+	if err := ss.checkManager(n); err != nil {
 		return err
 	}
-	if cost < nf.memory {
-		ss.srv.acct.give(nf.creator, usage{memory: nf.memory - cost})
-	}
-	nf.memory = cost
-	return nil
+	old := n.NumPorts()
+	return ss.srv.recharge(n, func() error { return n.ChangeNumPorts(num) }, func() { n.ChangeNumPorts(old) })
 }
 
 func (ss *session) doConnect(fds []int) (reply []byte, rfds []int, err error) {
@@ -676,14 +665,32 @@ func (ss *session) doPolicy(body []byte, fds []int) ([]byte, error) {
 		if !r.X {
 			return nil, fmt.Errorf("managing needs x on the network; you have %s: %w", r, syscall.EACCES)
 		}
-		ss.srv.log.Info("policy option", "path", n.Name(), "name", name, "value", value, "by", ss.cred)
-		return nil, n.SetPolicyOption(name, value)
+		ss.srv.log.Info("policy option", "path", n.Name(), "name", name, "value", value[:min(len(value), 128)], "by", ss.cred)
+		// A setting that lets the policy's tables grow is charged to the
+		// network's maker, and undone if over the limit.
+		old, oerr := n.PolicyOption(name)
+		undo := func() {
+			if oerr == nil {
+				n.SetPolicyOption(name, old)
+			}
+		}
+		return nil, ss.srv.recharge(n, func() error { return n.SetPolicyOption(name, value) }, undo)
 	}
 	if !r.R && !r.X {
 		return nil, fmt.Errorf("reading needs r or x on the network; you have %s: %w", r, syscall.EACCES)
 	}
-	v, err := n.PolicyOption(name)
-	return []byte(v), err
+	// A get's value is the offset into the answer (empty: 0): a table may
+	// be far longer than a packet.
+	var off uint32
+	if value != "" {
+		if off, err = wire.GetU32([]byte(value)); err != nil {
+			return nil, err
+		}
+	}
+	return ss.page(wire.OpPolicy, off, func() ([]byte, error) {
+		v, err := n.PolicyOption(name)
+		return []byte(v), err
+	})
 }
 
 // printable returns b as a string of at most engine.MaxDescription bytes

@@ -3,6 +3,7 @@ package engine
 import (
 	"sync"
 	"sync/atomic"
+	"unsafe"
 )
 
 // msg is one message in flight: a pooled buffer shared by reference among
@@ -61,6 +62,12 @@ func init() {
 		size, class := classSizes[i], i
 		pools[i].New = func() any { return &msg{buf: make([]byte, size), class: class} }
 	}
+}
+
+// MsgBytes is the most memory one message of a network of that MTU holds:
+// its pooled buffer and its bookkeeping.
+func MsgBytes(mtu int) int {
+	return classSizes[classFor(mtu)] + int(unsafe.Sizeof(msg{}))
 }
 
 // classFor returns the size class whose buffers hold n bytes.

@@ -151,6 +151,10 @@ type PortOptions struct {
 	OnLeave func()
 }
 
+// QueueLen is how many messages a port of a network of cfg may hold
+// queued, and as many out-of-band ones besides.
+func QueueLen(cfg Config) int { return queueLen(cfg) }
+
 // queueLen is the capacity of a port's queue: the pool size, or in a
 // lossless network room for every message in flight in both its forms, so
 // that lossless delivery never finds a queue full.

@@ -215,6 +215,13 @@ func FirstFree(want int, used *PortSet, numPorts int) (int, error) {
 	return 0, syscall.EADDRNOTAVAIL
 }
 
+// Sizer is implemented by a policy whose state its settings bound (a MAC
+// table of hashsize entries, say): Size returns the most bytes that state
+// may take, which the daemon charges to the network's maker.
+type Sizer interface {
+	Size() int64
+}
+
 // Base gives a policy no-op membership hooks and FirstFree port numbering;
 // embed it and implement Route.
 type Base struct{}

@@ -232,6 +232,19 @@ func (s *Switch) Close() {
 	s.scratch = nil
 }
 
+// entryBytes is what one entry of a table may take in memory, map overhead
+// included.
+const entryBytes = 160
+
+var _ policy.Sizer = (*Switch)(nil)
+
+// Size implements policy.Sizer: both tables full.
+func (s *Switch) Size() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return 2 * int64(s.hashSize) * entryBytes
+}
+
 // SetOption implements policy.Policy.SetOption. Settings, with their
 // ranges (the constants above):
 //

@@ -46,6 +46,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/ipn-project/ipn/policy"
 )
@@ -515,6 +516,19 @@ type PortEntry struct {
 	Untagged uint16   `json:"vlan"`
 	Tagged   []uint16 `json:"trunk"`
 	Blocked  bool     `json:"blocked"`
+}
+
+// entryBytes is what one entry of a MAC table may take in memory, map
+// overhead included.
+const entryBytes = 128
+
+var _ policy.Sizer = (*Switch)(nil)
+
+// Size implements policy.Sizer: a full MAC table and the ports' settings.
+func (s *Switch) Size() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return int64(s.hashSize)*entryBytes + int64(len(s.ports))*int64(unsafe.Sizeof(portConf{}))
 }
 
 // SetOption implements policy.Policy.SetOption. Settings, with their
