@@ -604,3 +604,56 @@ func helpSendClose(path string) error {
 	fmt.Println("closed")
 	return nil
 }
+
+// mallory flips a directory of hers between her own and alice's private
+// one while alice binds a network through it: what alice's library removes
+// after a refused bind is only the file it made, never one of alice's
+// elsewhere.
+func TestAttackBindRemovesOnlyItsOwnFile(t *testing.T) {
+	a, m := realUsers(t)
+	docs := userDir(t, a, 0o700)
+	precious := filepath.Join(docs, "net")
+	os.WriteFile(precious, []byte("alice's"), 0o600)
+	os.Chown(precious, int(a.uid), int(a.gid))
+	mdir := userDir(t, m, 0o755)
+	open := filepath.Join(mdir, "open")
+	os.Mkdir(open, 0o777)
+	os.Chmod(open, 0o777)
+	os.Chown(open, int(m.uid), int(m.gid))
+	sw := helper(t, m.cred(), "flip", filepath.Join(mdir, "sub"), open, docs, "3s")
+	binds := helper(t, a.cred(), "bindloop", filepath.Join(mdir, "sub", "net"), "300")
+	binds.expect("binds ", 60*time.Second)
+	sw.expect("flipped ", 30*time.Second)
+	if b, err := os.ReadFile(precious); err != nil || string(b) != "alice's" {
+		t.Fatalf("alice's %s after her binds through mallory's directory: %q %v", precious, b, err)
+	}
+}
+
+// helpFlip makes link point to a, then b, and back, for d.
+func helpFlip(link, a, b, dS string) error {
+	d, _ := time.ParseDuration(dS)
+	n := 0
+	for end := time.Now().Add(d); time.Now().Before(end); n++ {
+		for _, to := range []string{a, b} {
+			tmp := link + ".new"
+			os.Remove(tmp)
+			os.Symlink(to, tmp)
+			os.Rename(tmp, link)
+		}
+	}
+	fmt.Printf("flipped %d\n", n)
+	return nil
+}
+
+// helpBindLoop binds path n times, each time with a new socket it closes.
+func helpBindLoop(path, nS string) error {
+	n, _ := strconv.Atoi(nS)
+	for range n {
+		if s, err := ipn.NewSocket(ipn.Hub); err == nil {
+			s.Bind(path)
+			s.Close()
+		}
+	}
+	fmt.Printf("binds %d\n", n)
+	return nil
+}

@@ -59,6 +59,10 @@ func runHelper(name string, args []string) int {
 		err = helpBindLossless(args[0])
 	case "sendclose":
 		err = helpSendClose(args[0])
+	case "flip":
+		err = helpFlip(args[0], args[1], args[2], args[3])
+	case "bindloop":
+		err = helpBindLoop(args[0], args[1])
 	case "deputy":
 		err = helpDeputy(args[0], args[1])
 	case "silent":

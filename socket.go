@@ -437,20 +437,8 @@ func (s *Socket) Bind(path string) error {
 	mode := s.mode
 	s.mu.Unlock()
 
-	// Make the file as the caller, so the kernel checks the directory and
-	// sets owner and mode (less the umask). EEXIST: join what is there.
-	created := true
-	if err := unix.Mknod(abs, unix.S_IFSOCK|uint32(mode.Perm()), 0); err != nil {
-		if !errors.Is(err, syscall.EEXIST) {
-			return &net.OpError{Op: "bind", Net: "ipn", Addr: Addr(abs), Err: err}
-		}
-		created = false
-	}
-	id, err := s.fileRequest(wire.OpBind, abs)
+	id, err := s.bindAt(abs, mode)
 	if err != nil {
-		if created {
-			os.Remove(abs)
-		}
 		return &net.OpError{Op: "bind", Net: "ipn", Addr: Addr(abs), Err: err}
 	}
 	s.mu.Lock()
@@ -459,13 +447,26 @@ func (s *Socket) Bind(path string) error {
 	return nil
 }
 
-// fileID identifies a network file by device and inode.
-type fileID struct{ dev, ino uint64 }
-
-// fileRequest opens the network file at path (O_PATH) and sends op with
-// it, returning the file's identity.
-func (s *Socket) fileRequest(op uint16, path string) (fileID, error) {
-	fd, err := unix.Open(path, unix.O_PATH|unix.O_CLOEXEC, 0)
+// bindAt makes the network file at path, as the caller, so the kernel
+// checks the directory and sets owner and mode (less the umask), or takes
+// the one there (EEXIST), and binds it. It works in the directory opened
+// once: a file it made and that the bind refused is removed only if the
+// directory still holds that very file, whatever was renamed meanwhile.
+func (s *Socket) bindAt(path string, mode os.FileMode) (fileID, error) {
+	dir, err := unix.Open(filepath.Dir(path), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fileID{}, err
+	}
+	defer unix.Close(dir)
+	base := filepath.Base(path)
+	created := true
+	if err := unix.Mknodat(dir, base, unix.S_IFSOCK|uint32(mode.Perm()), 0); err != nil {
+		if !errors.Is(err, syscall.EEXIST) {
+			return fileID{}, err
+		}
+		created = false
+	}
+	fd, err := unix.Openat(dir, base, unix.O_PATH|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fileID{}, err
 	}
@@ -474,10 +475,28 @@ func (s *Socket) fileRequest(op uint16, path string) (fileID, error) {
 	if err := unix.Fstat(fd, &st); err != nil {
 		return fileID{}, err
 	}
-	if _, _, err := s.request(op, []byte(path), fd); err != nil {
+	id := fileID{uint64(st.Dev), st.Ino}
+	if _, _, err := s.request(wire.OpBind, []byte(path), fd); err != nil {
+		if created {
+			unlinkIf(dir, base, id)
+		}
 		return fileID{}, err
 	}
-	return fileID{uint64(st.Dev), st.Ino}, nil
+	return id, nil
+}
+
+// fileID identifies a network file by device and inode.
+type fileID struct{ dev, ino uint64 }
+
+// unlinkIf removes base from the directory dir if it is the socket file id.
+func unlinkIf(dir int, base string, id fileID) {
+	var st unix.Stat_t
+	if unix.Fstatat(dir, base, &st, unix.AT_SYMLINK_NOFOLLOW) != nil {
+		return
+	}
+	if (fileID{uint64(st.Dev), st.Ino}) == id && st.Mode&unix.S_IFMT == unix.S_IFSOCK {
+		unix.Unlinkat(dir, base, 0)
+	}
 }
 
 // removeEnded removes the network file once the network has ended with
@@ -496,14 +515,7 @@ func (s *Socket) removeEnded() {
 		return
 	}
 	defer unix.Close(dir)
-	base := filepath.Base(path)
-	var st unix.Stat_t
-	if unix.Fstatat(dir, base, &st, unix.AT_SYMLINK_NOFOLLOW) != nil {
-		return
-	}
-	if (fileID{uint64(st.Dev), st.Ino}) == id && st.Mode&unix.S_IFMT == unix.S_IFSOCK {
-		unix.Unlinkat(dir, base, 0)
-	}
+	unlinkIf(dir, filepath.Base(path), id)
 }
 
 // Connect joins the network at path, or the bound one if path is "". The
@@ -1127,28 +1139,40 @@ func (s *Socket) list(path string) ([]NetInfo, error) {
 		defer unix.Close(fd)
 		fds = []int{fd}
 	}
-	var all []byte
-	for {
-		body, rfds, err := s.request(wire.OpList, wire.U32(uint32(len(all))), fds...)
+	all, err := s.paged(func(off uint32) ([]byte, error) {
+		body, rfds, err := s.request(wire.OpList, wire.U32(off), fds...)
 		closeFDs(rfds)
 		fds = nil
-		if err == nil && len(body) < 4 {
-			err = fmt.Errorf("%w: list reply", wire.ErrMalformed)
-		}
-		if err != nil {
-			return nil, &net.OpError{Op: "list", Net: "ipn", Addr: Addr(path), Err: err}
-		}
-		total := int(binary.LittleEndian.Uint32(body))
-		all = append(all, body[4:]...)
-		if len(all) >= total || len(body) == 4 {
-			break
-		}
+		return body, err
+	})
+	if err != nil {
+		return nil, &net.OpError{Op: "list", Net: "ipn", Addr: Addr(path), Err: err}
 	}
 	var list []NetInfo
 	if err := json.Unmarshal(all, &list); err != nil {
 		return nil, fmt.Errorf("list: %w", err)
 	}
 	return list, nil
+}
+
+// paged reads an answer the daemon gives in pieces: ask(off) returns the
+// answer's total length (u32) and its bytes from off.
+func (s *Socket) paged(ask func(off uint32) ([]byte, error)) ([]byte, error) {
+	var all []byte
+	for {
+		body, err := ask(uint32(len(all)))
+		if err == nil && len(body) < 4 {
+			err = fmt.Errorf("%w: a paged answer of %d bytes", wire.ErrMalformed, len(body))
+		}
+		if err != nil {
+			return nil, err
+		}
+		total := int(binary.LittleEndian.Uint32(body))
+		all = append(all, body[4:]...)
+		if len(all) >= total || len(body) == 4 {
+			return all, nil
+		}
+	}
 }
 
 // AttachTap makes the Linux tap interface name a port of the bound network
