@@ -242,7 +242,8 @@ func TestAttackResourceLimits(t *testing.T) {
 	h := start(t, m.cred(), []string{helperEnv + "=limits", "IPN_SOCKET=" + sock}, helperBin, dir)
 	for _, want := range []string{
 		"net 0 ok", "net 1 ok", "net 2 ok", "net 3 EDQUOT --max-networks",
-		"big EDQUOT --max-memory",
+		"big EDQUOT --max-memory", "tiny EDQUOT --max-memory",
+		"hashsize EDQUOT --max-memory", "hashsize after 4096",
 		"port 0 ok fast=true", "port 1 ok fast=true", "port 2 ok fast=false", "port 3 ok fast=false", "port 4 EAGAIN --max-ports",
 	} {
 		got := h.line(waitProcs)
@@ -284,7 +285,8 @@ func helpLimits(dir string) error {
 		fmt.Printf("net %d ok\n", i)
 		nets = append(nets, s)
 	}
-	nets[2].Close() // room for one more network, but not a huge one
+	nets[2].Close() // room for one more network (two, later), but not a huge one
+	nets[1].Close()
 	s, err := ipn.NewSocket(ipn.Hub)
 	if err == nil {
 		s.SetMTU(65535)
@@ -292,6 +294,30 @@ func helpLimits(dir string) error {
 		err = s.Bind(filepath.Join(dir, "big"))
 	}
 	fmt.Printf("big %s %v\n", errnoOf(err), err)
+	// A tiny MTU still takes a 2 KiB buffer a message, and a lossless
+	// network's out-of-band queues count too.
+	s, err = ipn.NewSocket(ipn.Hub)
+	if err == nil {
+		s.SetMTU(1)
+		s.SetMsgPoolSize(65536)
+		s.SetFlags(ipn.Lossless)
+		s.SetNumNodes(2)
+		err = s.Bind(filepath.Join(dir, "tiny"))
+	}
+	fmt.Printf("tiny %s %v\n", errnoOf(err), err)
+	// A switch's table is charged for the entries it may hold.
+	sw, err := ipn.NewSocket(ipn.VDESwitch)
+	if err == nil {
+		err = sw.Bind(filepath.Join(dir, "sw"))
+	}
+	if err != nil {
+		return err
+	}
+	err = ipn.SetPolicyOption(filepath.Join(dir, "sw"), "hashsize", "1048576")
+	fmt.Printf("hashsize %s %v\n", errnoOf(err), err)
+	v, err := ipn.PolicyOption(filepath.Join(dir, "sw"), "hashsize")
+	fmt.Printf("hashsize after %s %v\n", v, err)
+	sw.Close()
 	for i := range 5 {
 		p, err := join(filepath.Join(dir, "n0"), 0)
 		if err != nil {
