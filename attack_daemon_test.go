@@ -683,3 +683,54 @@ func helpBindLoop(path, nS string) error {
 	fmt.Printf("binds %d\n", n)
 	return nil
 }
+
+// A path with terminal escapes and a newline: ipn ls prints it quoted, so
+// it can neither drive alice's terminal nor forge a line.
+func TestAttackListingEscapes(t *testing.T) {
+	a, m := realUsers(t)
+	path := filepath.Join(userDir(t, m, 0o755), "x\x1b]0;owned\a\nforged  hub  alice")
+	helper(t, m.cred(), "bindwait", path).expect("ok ", waitProcs)
+	out, err := runAs(t, &a, nil, ipnCommand(t), "ls")
+	if err != nil {
+		t.Fatalf("ipn ls: %v %s", err, out)
+	}
+	if strings.ContainsAny(out, "\x1b\a") || strings.Contains(out, "\nforged") {
+		t.Fatalf("ipn ls printed the escapes or the forged line:\n%q", out)
+	}
+	if !strings.Contains(out, `\x1b]0;owned\a\nforged`) {
+		t.Fatalf("ipn ls does not show the path quoted:\n%s", out)
+	}
+}
+
+// mallory mounts a file system of her own over alice's directory in a
+// mount namespace of hers and makes a network there: the daemon cannot
+// reach that file by the path the kernel names it with, so the network
+// shows with no path rather than as alice's.
+func TestAttackNameFromAnotherMountNamespace(t *testing.T) {
+	a, m := realUsers(t)
+	adir := userDir(t, a, 0o755)
+	bank := filepath.Join(adir, "bank")
+	helper(t, a.cred(), "bindwait", bank).expect("ok ", waitProcs)
+	h := start(t, m.cred(), []string{helperEnv + "=bindwait"}, "unshare", "-Urm", "sh", "-c",
+		fmt.Sprintf("mount -t tmpfs tmpfs %s && exec %s %s", adir, helperBin, bank))
+	h.expect("ok ", waitProcs)
+	nets, err := ipn.List("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	named, elsewhere := 0, 0
+	for _, n := range nets {
+		switch {
+		case n.Path == bank:
+			named++
+			if n.UID != a.uid {
+				t.Fatalf("%s is listed as uid %d's", bank, n.UID)
+			}
+		case strings.HasPrefix(n.Path, "(no path here) ") && strings.HasSuffix(n.Path, bank):
+			elsewhere++
+		}
+	}
+	if named != 1 || elsewhere != 1 {
+		t.Fatalf("%d networks named %s and %d with no path here, want 1 and 1: %+v", named, bank, elsewhere, nets)
+	}
+}

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"fmt"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -93,7 +94,7 @@ func (ss *session) doDevice(body []byte, fds []int) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if len(name) >= unix.IFNAMSIZ {
+	if len(name) >= unix.IFNAMSIZ || printable([]byte(name)) != name || strings.ContainsAny(name, "/ ") {
 		return nil, fmt.Errorf("device name %q: %w", name, syscall.EINVAL)
 	}
 	keep, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)

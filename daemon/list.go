@@ -103,7 +103,9 @@ func netInfo(n *engine.Network, nf *netFile, manager bool, devs *devices) wire.N
 		Flags: flagNames(cfg.Flags), Dev: nf.id.dev, Ino: nf.id.ino,
 	}
 	if info.Path == "" {
-		info.Path = cfg.Name + " (removed)"
+		// Removed, or in another mount namespace: no path of the
+		// daemon's leads there.
+		info.Path = "(no path here) " + cfg.Name
 	}
 	if st, err := nf.stat(); err == nil {
 		info.UID, info.GID, info.Mode = st.Uid, st.Gid, st.Mode&0o7777

@@ -66,9 +66,25 @@ func pin(fd int, id fileID) (*netFile, error) {
 // close gives the file up, once the network has ended.
 func (f *netFile) close() { unix.Close(f.fd) }
 
-// path returns the file's path now, as the kernel names the descriptor in
-// the daemon's mount namespace, or "" if the file has been removed.
+// path returns the file's path now, as the kernel names the descriptor, if
+// that path leads to this very file in the daemon's mount namespace; else
+// "" (the file was removed, or lives in another mount namespace, where the
+// kernel's name for it may be any path of this one).
 func (f *netFile) path() string {
+	p := f.name()
+	if p == "" {
+		return ""
+	}
+	var st unix.Stat_t
+	if unix.Lstat(p, &st) != nil || idOf(&st) != f.id {
+		return ""
+	}
+	return p
+}
+
+// name returns the kernel's name for the file, whether or not it leads
+// there from the daemon's mount namespace ("" if removed): for messages.
+func (f *netFile) name() string {
 	p, err := readlinkFD(f.fd)
 	if err != nil || !strings.HasPrefix(p, "/") || strings.HasSuffix(p, " (deleted)") {
 		return ""

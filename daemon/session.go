@@ -401,7 +401,7 @@ func (ss *session) create(fd int, id fileID, st *unix.Stat_t) (*engine.Network, 
 	if err != nil {
 		return nil, err
 	}
-	path := nf.path()
+	path := nf.name()
 	if path == "" {
 		nf.close()
 		return nil, fmt.Errorf("the network file has no path (removed?): %w", syscall.ENOENT)

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"text/tabwriter"
+	"unicode"
 
 	"github.com/spf13/cobra"
 
@@ -71,7 +72,7 @@ func printNets(out io.Writer, nets []ipn.NetInfo) {
 			flags = "-"
 		}
 		fmt.Fprintf(w, "%s\t%s\t%s\ts%s\t%d/%d\t%d\t%d\t%d\t%d\t%s\n",
-			n.Path, n.Proto, owner(n.UID, n.GID), fs.FileMode(n.Mode).Perm().String()[1:],
+			shown(n.Path), n.Proto, owner(n.UID, n.GID), fs.FileMode(n.Mode).Perm().String()[1:],
 			len(n.PortsInfo), n.NumPorts, n.Readers, n.Writers, n.MTU, n.PoolSize, flags)
 		w.Flush()
 		if len(n.PortsInfo) == 0 {
@@ -94,11 +95,23 @@ func printNets(out io.Writer, nets []ipn.NetInfo) {
 				pol = "-"
 			}
 			fmt.Fprintf(w, "  %d\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\n",
-				p.Port, sides(p.Read, p.Write), descr, peer,
+				p.Port, sides(p.Read, p.Write), shown(descr), peer,
 				p.MsgsIn, p.BytesIn, p.MsgsOut, p.BytesOut, p.Drops, p.Errors, pol)
 		}
 		w.Flush()
 	}
+}
+
+// shown returns s as it may be printed: quoted, with escapes, if it holds
+// anything but printable characters and spaces, so that a name another
+// user chose cannot drive the terminal or forge a line.
+func shown(s string) string {
+	for _, r := range s {
+		if !unicode.IsPrint(r) || r == '\t' {
+			return strconv.Quote(s)
+		}
+	}
+	return s
 }
 
 func sides(r, w bool) string {
