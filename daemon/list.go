@@ -111,7 +111,13 @@ func netInfo(n *engine.Network, nf *netFile, manager bool, devs *devices) wire.N
 		info.UID, info.GID, info.Mode = st.Uid, st.Gid, st.Mode&0o7777
 	}
 	info.Readers, info.Writers = n.Counts()
-	for _, p := range n.Ports() {
+	ports := n.Ports()
+	nums := make([]int, len(ports))
+	for i, p := range ports {
+		nums[i] = p.Num()
+	}
+	descrs := n.DescribePorts(nums) // one pass over the policy's tables
+	for i, p := range ports {
 		s := p.Stats()
 		o := p.Options()
 		pi := wire.PortInfo{
@@ -119,7 +125,7 @@ func netInfo(n *engine.Network, nf *netFile, manager bool, devs *devices) wire.N
 			Read: p.CanRead(), Write: p.CanWrite(),
 			MsgsIn: s.MsgsIn, BytesIn: s.BytesIn, MsgsOut: s.MsgsOut, BytesOut: s.BytesOut,
 			Drops: s.Drops, Errors: s.Errors,
-			Policy: n.DescribePort(p.Num()), Persist: devs.persistent(p),
+			Policy: descrs[i], Persist: devs.persistent(p),
 		}
 		if manager {
 			pi.Peer = o.Peer

@@ -289,6 +289,25 @@ func (n *Network) DescribePort(port int) string {
 	return d.DescribePort(port)
 }
 
+// DescribePorts returns the policy's description of each of ports, in one
+// call when the policy can (policy.PortsDescriber).
+func (n *Network) DescribePorts(ports []int) []string {
+	out := make([]string, len(ports))
+	switch d := n.policy.(type) {
+	case policy.PortsDescriber:
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		copy(out, d.DescribePorts(ports))
+	case policy.PortDescriber:
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		for i, p := range ports {
+			out[i] = d.DescribePort(p)
+		}
+	}
+	return out
+}
+
 // ChangeNumPorts sets the number of ports. Shrinking fails with EADDRINUSE
 // if a port that would go is in use.
 func (n *Network) ChangeNumPorts(num int) error {

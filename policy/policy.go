@@ -106,6 +106,18 @@ type PortDescriber interface {
 	DescribePort(port int) string
 }
 
+// PortsDescriber is implemented by policies that describe many ports at
+// less cost than one at a time (one pass over a table for a listing):
+// DescribePorts returns the description of each of ports, in order. It is
+// called as DescribePort is.
+type PortsDescriber interface {
+	DescribePorts(ports []int) []string
+}
+
+// MaxListed is how many addresses a port's description lists at most; the
+// others are counted.
+const MaxListed = 16
+
 // Reset empties d for reuse, keeping its storage.
 func (d *Delivery) Reset() {
 	d.Ports.Clear()

@@ -374,12 +374,48 @@ func (s *Switch) MACs() []MACInfo {
 
 // DescribePort implements policy.PortDescriber: the IP addresses learnt on
 // port, sorted.
-func (s *Switch) DescribePort(port int) string {
-	var addrs []string
-	for _, e := range s.ipsOf(port) {
-		addrs = append(addrs, e.IP)
+func (s *Switch) DescribePort(port int) string { return s.DescribePorts([]int{port})[0] }
+
+var _ policy.PortsDescriber = (*Switch)(nil)
+
+// DescribePorts implements policy.PortsDescriber: each port's addresses
+// (policy.MaxListed at most, the others counted), in one pass over the
+// table.
+func (s *Switch) DescribePorts(ports []int) []string {
+	want := make(map[int]int, len(ports))
+	for i, p := range ports {
+		want[p] = i
 	}
-	return strings.Join(addrs, " ")
+	addrs := make([][]netip.Addr, len(ports))
+	counts := make([]int, len(ports))
+	s.mu.Lock()
+	now := s.now()
+	for a, e := range s.ips {
+		i, ok := want[e.port]
+		if !ok || !s.live(e.seen, now) {
+			continue
+		}
+		if counts[i]++; len(addrs[i]) < policy.MaxListed {
+			addrs[i] = append(addrs[i], a)
+		}
+	}
+	s.mu.Unlock()
+	out := make([]string, len(ports))
+	for i := range ports {
+		slices.SortFunc(addrs[i], func(x, y netip.Addr) int { return x.Compare(y) })
+		var b strings.Builder
+		for j, a := range addrs[i] {
+			if j > 0 {
+				b.WriteByte(' ')
+			}
+			b.WriteString(a.String())
+		}
+		if more := counts[i] - len(addrs[i]); more > 0 {
+			fmt.Fprintf(&b, " (+%d more)", more)
+		}
+		out[i] = b.String()
+	}
+	return out
 }
 
 // live reports whether an entry seen at seen is still valid at now.

@@ -722,35 +722,69 @@ func macEntries(rows []macRow) []MACEntry {
 }
 
 // DescribePort implements policy.PortDescriber: VLANs, block, MACs.
-func (s *Switch) DescribePort(p int) string {
+func (s *Switch) DescribePort(p int) string { return s.DescribePorts([]int{p})[0] }
+
+var _ policy.PortsDescriber = (*Switch)(nil)
+
+// DescribePorts implements policy.PortsDescriber: one pass over the MAC
+// table for all of ports.
+func (s *Switch) DescribePorts(ports []int) []string {
+	want := make(map[int]int, len(ports)) // port: index in ports
+	for i, p := range ports {
+		want[p] = i
+	}
+	rows := make([][]macRow, len(ports))
+	counts := make([]int, len(ports))
+	confs := make([]portConf, len(ports))
+	valid := make([]bool, len(ports))
 	s.mu.Lock()
-	if p >= len(s.ports) {
-		s.mu.Unlock()
-		return ""
+	now := s.now()
+	for k, e := range s.table {
+		i, ok := want[e.port]
+		if !ok || now.Sub(e.seen) >= s.expire {
+			continue
+		}
+		if counts[i]++; len(rows[i]) < policy.MaxListed {
+			rows[i] = append(rows[i], macRow{k, e.port, now.Sub(e.seen)})
+		}
 	}
-	c := s.ports[p]
-	rows := s.macRowsLocked(p)
+	for i, p := range ports {
+		if p >= 0 && p < len(s.ports) {
+			confs[i], valid[i] = s.ports[p], true
+		}
+	}
 	s.mu.Unlock()
-	var b strings.Builder
-	if c.untagged != 0 {
-		fmt.Fprintf(&b, "vlan %d", c.untagged)
-	} else {
-		b.WriteString("vlan -")
-	}
-	if t := c.tagged.list(); len(t) > 0 {
-		fmt.Fprintf(&b, " trunk %s", strings.Trim(fmt.Sprint(t), "[]"))
-	}
-	if c.blocked {
-		b.WriteString(" BLOCKED(loop)")
-	}
-	for i, m := range macEntries(rows) {
-		if i == 0 {
-			b.WriteString(" macs")
+	out := make([]string, len(ports))
+	for i := range ports {
+		if !valid[i] {
+			continue
 		}
-		fmt.Fprintf(&b, " %s", m.MAC)
-		if m.VLAN != c.untagged {
-			fmt.Fprintf(&b, "@%d", m.VLAN)
+		c := confs[i]
+		var b strings.Builder
+		if c.untagged != 0 {
+			fmt.Fprintf(&b, "vlan %d", c.untagged)
+		} else {
+			b.WriteString("vlan -")
 		}
+		if t := c.tagged.list(); len(t) > 0 {
+			fmt.Fprintf(&b, " trunk %s", strings.Trim(fmt.Sprint(t), "[]"))
+		}
+		if c.blocked {
+			b.WriteString(" BLOCKED(loop)")
+		}
+		for j, m := range macEntries(rows[i]) {
+			if j == 0 {
+				b.WriteString(" macs")
+			}
+			fmt.Fprintf(&b, " %s", m.MAC)
+			if m.VLAN != c.untagged {
+				fmt.Fprintf(&b, "@%d", m.VLAN)
+			}
+		}
+		if more := counts[i] - len(rows[i]); more > 0 {
+			fmt.Fprintf(&b, " (+%d more)", more)
+		}
+		out[i] = b.String()
 	}
-	return b.String()
+	return out
 }
