@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ipn-project/ipn/internal/perm"
+	"github.com/ipn-project/ipn/internal/throttle"
 	"github.com/ipn-project/ipn/internal/vdeproto"
 	"github.com/ipn-project/ipn/internal/wire"
 )
@@ -158,6 +159,9 @@ func newVDEServer(s *Socket, dir, netPath string, opts VDEOptions) (*vdeServer, 
 	if v.log == nil {
 		v.log = slog.Default()
 	}
+	// Clients another user runs could fill the log: repeated messages are
+	// counted, not written.
+	v.log = slog.New(throttle.New(v.log.Handler(), throttle.DefaultBurst, throttle.DefaultEvery))
 	fail := func(err error) (*vdeServer, error) {
 		if v.ln != nil {
 			v.ln.Close()

@@ -157,7 +157,7 @@ func (ss *session) doDevice(body []byte, fds []int) ([]byte, error) {
 	ds.byKey[key], ds.byPort[port] = d, d
 	ds.mu.Unlock()
 	ss.srv.log.Info("device port", "network", ss.bound.Name(), "port", port.Num(), "device", descr,
-		"sides", r.String()[:2], "persist", d.persist, "by", ss.cred)
+		"sides", r.String()[:2], "persist", flags&wire.DevPersist != 0, "by", ss.cred)
 	return wire.U32(uint32(port.Num())), nil
 }
 
