@@ -73,33 +73,6 @@ func FuzzParseHeader(f *testing.F) {
 // that a wrong byte order shows.
 const fzVNI = 0x123456
 
-// fzUnpack splits an input into datagrams: each a big-endian u16 length
-// (cut to 9000) and its bytes, at most 8 of them.
-func fzUnpack(b []byte) [][]byte {
-	var ds [][]byte
-	for len(b) >= 2 && len(ds) < 8 {
-		n := min(int(binary.BigEndian.Uint16(b)), 9000, len(b)-2)
-		ds = append(ds, b[2:2+n])
-		b = b[2+n:]
-	}
-	return ds
-}
-
-// fzPack is fzUnpack's inverse, for seeds.
-func fzPack(ds ...[]byte) []byte {
-	var b []byte
-	for _, d := range ds {
-		b = binary.BigEndian.AppendUint16(b, uint16(len(d)))
-		b = append(b, d...)
-	}
-	return b
-}
-
-// fzDatagram is a VXLAN datagram: a header with flags and vni, then frame.
-func fzDatagram(flags byte, vni uint32, frame []byte) []byte {
-	return append([]byte{flags, 0, 0, 0, byte(vni >> 16), byte(vni >> 8), byte(vni), 0}, frame...)
-}
-
 // fzEther is an Ethernet frame from MAC 02:00:00:00:00:src with payload.
 func fzEther(src byte, payload string) []byte {
 	return append([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 2, 0, 0, 0, 0, src, 0x88, 0xb5}, payload...)
@@ -169,21 +142,21 @@ func fzTryTunnel() (*fzTunnel, error) {
 // or, when longer than the buffer, its first bytes and the size one past
 // the buffer. Nothing from the stranger and nothing after the marker.
 func FuzzDecap(f *testing.F) {
-	good := fzDatagram(vxlan.FlagVNI, fzVNI, fzEther(1, "hello"))
-	f.Add(fzPack(good), uint8(0), uint16(1514), uint8(16))
-	f.Add(fzPack(good, good, good), uint8(0b010), uint16(1514), uint8(2)) // the middle one from the stranger
-	f.Add(fzPack(
-		fzDatagram(vxlan.FlagVNI, 0x563412, fzEther(2, "byte-swapped vni")),
-		fzDatagram(vxlan.FlagVNI, fzVNI+1, fzEther(3, "other vni")),
-		fzDatagram(0x0c, fzVNI, fzEther(4, "gpe flags")),
-		fzDatagram(0x88, fzVNI, fzEther(5, "gbp flags")),
+	good := frametest.VXLAN(vxlan.FlagVNI, fzVNI, fzEther(1, "hello"))
+	f.Add(frametest.Pack(good), uint8(0), uint16(1514), uint8(16))
+	f.Add(frametest.Pack(good, good, good), uint8(0b010), uint16(1514), uint8(2)) // the middle one from the stranger
+	f.Add(frametest.Pack(
+		frametest.VXLAN(vxlan.FlagVNI, 0x563412, fzEther(2, "byte-swapped vni")),
+		frametest.VXLAN(vxlan.FlagVNI, fzVNI+1, fzEther(3, "other vni")),
+		frametest.VXLAN(0x0c, fzVNI, fzEther(4, "gpe flags")),
+		frametest.VXLAN(0x88, fzVNI, fzEther(5, "gbp flags")),
 		append([]byte{vxlan.FlagVNI, 1, 2, 3, 0x12, 0x34, 0x56, 4}, fzEther(6, "reserved bytes set")...),
-		fzDatagram(vxlan.FlagVNI, fzVNI, fzEther(7, "")[:13]), // a runt
-		fzDatagram(vxlan.FlagVNI, fzVNI, fzEther(8, "")),      // a bare header: accepted
+		frametest.VXLAN(vxlan.FlagVNI, fzVNI, fzEther(7, "")[:13]), // a runt
+		frametest.VXLAN(vxlan.FlagVNI, fzVNI, fzEther(8, "")),      // a bare header: accepted
 	), uint8(0), uint16(1514), uint8(16))
-	f.Add(fzPack(good, good[:7], []byte{}, good[:8]), uint8(0), uint16(64), uint8(16)) // short datagrams after a good one
-	f.Add(fzPack(fzDatagram(vxlan.FlagVNI, fzVNI, fzEther(9, string(bytes.Repeat([]byte("j"), 8900))))), uint8(0), uint16(1514), uint8(1))
-	f.Add(fzPack(good, good, good, good), uint8(0), uint16(14), uint8(3)) // truncated into 14-byte buffers
+	f.Add(frametest.Pack(good, good[:7], []byte{}, good[:8]), uint8(0), uint16(64), uint8(16)) // short datagrams after a good one
+	f.Add(frametest.Pack(frametest.VXLAN(vxlan.FlagVNI, fzVNI, fzEther(9, string(bytes.Repeat([]byte("j"), 8900))))), uint8(0), uint16(1514), uint8(1))
+	f.Add(frametest.Pack(good, good, good, good), uint8(0), uint16(14), uint8(3)) // truncated into 14-byte buffers
 
 	tu := fzOpenTunnel(f)
 	bufs := make([][]byte, vxlan.BatchSize)
@@ -192,7 +165,7 @@ func FuzzDecap(f *testing.F) {
 	}
 
 	f.Fuzz(func(t *testing.T, packed []byte, strangers uint8, bufLen uint16, nbufs uint8) {
-		ds := fzUnpack(packed)
+		ds := frametest.Unpack(packed)
 		size := max(int(bufLen), vxlan.EthHeaderLen)
 		nb := int(nbufs%vxlan.BatchSize) + 1
 		var want []frametest.Frame
@@ -220,7 +193,7 @@ func FuzzDecap(f *testing.F) {
 		marker := make([]byte, vxlan.EthHeaderLen)
 		binary.BigEndian.PutUint64(marker, tu.seq)
 		copy(marker[8:], []byte{0xfe, 0xed, 0xfa, 0xce, 0x88, 0xb5})
-		if _, err := tu.peer.WriteToUDPAddrPort(fzDatagram(vxlan.FlagVNI, fzVNI, marker), tu.to); err != nil {
+		if _, err := tu.peer.WriteToUDPAddrPort(frametest.VXLAN(vxlan.FlagVNI, fzVNI, marker), tu.to); err != nil {
 			t.Fatal(err)
 		}
 

@@ -24,33 +24,6 @@ const fzVNI = 0x123456
 // fzGroup is the member's group, joined on lo.
 var fzGroup = netip.MustParseAddr("239.255.86.1")
 
-// fzUnpack splits an input into datagrams: each a big-endian u16 length
-// (cut to 9000) and its bytes, at most 8 of them.
-func fzUnpack(b []byte) [][]byte {
-	var ds [][]byte
-	for len(b) >= 2 && len(ds) < 8 {
-		n := min(int(binary.BigEndian.Uint16(b)), 9000, len(b)-2)
-		ds = append(ds, b[2:2+n])
-		b = b[2+n:]
-	}
-	return ds
-}
-
-// fzPack is fzUnpack's inverse, for seeds.
-func fzPack(ds ...[]byte) []byte {
-	var b []byte
-	for _, d := range ds {
-		b = binary.BigEndian.AppendUint16(b, uint16(len(d)))
-		b = append(b, d...)
-	}
-	return b
-}
-
-// fzDatagram is a vxvde datagram: a header with flags and vni, then frame.
-func fzDatagram(flags byte, vni uint32, frame []byte) []byte {
-	return append([]byte{flags, 0, 0, 0, byte(vni >> 16), byte(vni >> 8), byte(vni), 0}, frame...)
-}
-
 // fzEther is a broadcast Ethernet frame from src with payload.
 func fzEther(src []byte, payload string) []byte {
 	return append(append([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, src...), append([]byte{0x88, 0xb5}, payload...)...)
@@ -126,25 +99,25 @@ func fzOpenSwitch(f *testing.F) *fzSwitch {
 // flags does not. A delivered frame's source MAC, unless a group MAC, is
 // learnt behind the sender.
 func FuzzReceive(f *testing.F) {
-	good := fzDatagram(vxlan.FlagVNI, fzVNI, fzEther([]byte{2, 0, 0, 0, 0, 7}, "hello"))
-	leave := fzDatagram(vxlan.FlagVNI, fzVNI, nil)
-	f.Add(fzPack(good), false, uint16(1514), uint8(16))
-	f.Add(fzPack(good), true, uint16(1514), uint8(16))
-	f.Add(fzPack(good, leave, good), true, uint16(1514), uint8(1))
-	f.Add(fzPack(leave), false, uint16(1514), uint8(16))
-	f.Add(fzPack(fzDatagram(vxlan.FlagVNI, fzVNI, fzEther(fzMarkerMAC, "relearn")), leave, fzDatagram(vxlan.FlagVNI, fzVNI, fzEther(fzMarkerMAC, "again"))), false, uint16(100), uint8(2))
-	f.Add(fzPack(
-		fzDatagram(vxlan.FlagVNI, fzVNI+1, nil), // another VNI's leave
-		fzDatagram(0x0c, fzVNI, nil),            // a leave with other flags
-		fzDatagram(vxlan.FlagVNI, 0x563412, fzEther([]byte{2, 0, 0, 0, 0, 8}, "byte-swapped vni")),
-		fzDatagram(0x88, fzVNI, fzEther([]byte{2, 0, 0, 0, 0, 9}, "gbp flags")),
+	good := frametest.VXLAN(vxlan.FlagVNI, fzVNI, fzEther([]byte{2, 0, 0, 0, 0, 7}, "hello"))
+	leave := frametest.VXLAN(vxlan.FlagVNI, fzVNI, nil)
+	f.Add(frametest.Pack(good), false, uint16(1514), uint8(16))
+	f.Add(frametest.Pack(good), true, uint16(1514), uint8(16))
+	f.Add(frametest.Pack(good, leave, good), true, uint16(1514), uint8(1))
+	f.Add(frametest.Pack(leave), false, uint16(1514), uint8(16))
+	f.Add(frametest.Pack(frametest.VXLAN(vxlan.FlagVNI, fzVNI, fzEther(fzMarkerMAC, "relearn")), leave, frametest.VXLAN(vxlan.FlagVNI, fzVNI, fzEther(fzMarkerMAC, "again"))), false, uint16(100), uint8(2))
+	f.Add(frametest.Pack(
+		frametest.VXLAN(vxlan.FlagVNI, fzVNI+1, nil), // another VNI's leave
+		frametest.VXLAN(0x0c, fzVNI, nil),            // a leave with other flags
+		frametest.VXLAN(vxlan.FlagVNI, 0x563412, fzEther([]byte{2, 0, 0, 0, 0, 8}, "byte-swapped vni")),
+		frametest.VXLAN(0x88, fzVNI, fzEther([]byte{2, 0, 0, 0, 0, 9}, "gbp flags")),
 		append([]byte{vxlan.FlagVNI, 1, 2, 3, 0x12, 0x34, 0x56, 4}, fzEther([]byte{2, 0, 0, 0, 0, 10}, "reserved bytes")...),
-		fzDatagram(vxlan.FlagVNI, fzVNI, fzEther([]byte{2, 0, 0, 0, 0, 11}, "")[:13]), // a runt
-		fzDatagram(vxlan.FlagVNI, fzVNI, fzEther([]byte{3, 0, 0, 0, 0, 12}, "")),      // from a group MAC
+		frametest.VXLAN(vxlan.FlagVNI, fzVNI, fzEther([]byte{2, 0, 0, 0, 0, 11}, "")[:13]), // a runt
+		frametest.VXLAN(vxlan.FlagVNI, fzVNI, fzEther([]byte{3, 0, 0, 0, 0, 12}, "")),      // from a group MAC
 		leave[:7],
 	), true, uint16(1514), uint8(16))
-	f.Add(fzPack(good, good, good), false, uint16(14), uint8(2)) // truncated
-	f.Add(fzPack(fzDatagram(vxlan.FlagVNI, fzVNI, fzEther([]byte{2, 0, 0, 0, 0, 13}, string(bytes.Repeat([]byte("j"), 8900))))), true, uint16(9000), uint8(1))
+	f.Add(frametest.Pack(good, good, good), false, uint16(14), uint8(2)) // truncated
+	f.Add(frametest.Pack(frametest.VXLAN(vxlan.FlagVNI, fzVNI, fzEther([]byte{2, 0, 0, 0, 0, 13}, string(bytes.Repeat([]byte("j"), 8900))))), true, uint16(9000), uint8(1))
 
 	sw := fzOpenSwitch(f)
 	bufs := make([][]byte, vxvde.BatchSize)
@@ -160,7 +133,7 @@ func FuzzReceive(f *testing.F) {
 		if toGroup {
 			to = sw.group
 		}
-		ds := fzUnpack(packed)
+		ds := frametest.Unpack(packed)
 		size := max(int(bufLen), vxlan.EthHeaderLen)
 		nb := int(nbufs%vxvde.BatchSize) + 1
 
@@ -195,7 +168,7 @@ func FuzzReceive(f *testing.F) {
 		marker := make([]byte, vxlan.EthHeaderLen)
 		binary.BigEndian.PutUint64(marker, sw.seq)
 		copy(marker[6:], []byte{3, 0xfe, 0xed, 0xfa, 0xce, 1, 0x88, 0xb5})
-		if _, err := sw.other.WriteToUDPAddrPort(fzDatagram(vxlan.FlagVNI, fzVNI, marker), to); err != nil {
+		if _, err := sw.other.WriteToUDPAddrPort(frametest.VXLAN(vxlan.FlagVNI, fzVNI, marker), to); err != nil {
 			t.Fatal(err)
 		}
 

@@ -4,6 +4,7 @@ package frametest
 
 import (
 	"bytes"
+	"encoding/binary"
 	"testing"
 
 	"github.com/ipn-project/ipn/endpoint"
@@ -62,4 +63,32 @@ func Expect(t testing.TB, got, want []Frame) {
 			t.Fatalf("frame %d: size %d %x, want size %d %x", i, got[i].Size, got[i].Data, want[i].Size, want[i].Data)
 		}
 	}
+}
+
+// Unpack splits a fuzzer's input into datagrams: each a big-endian u16
+// length (cut to 9000) and its bytes, at most 8 of them.
+func Unpack(b []byte) [][]byte {
+	var ds [][]byte
+	for len(b) >= 2 && len(ds) < 8 {
+		n := min(int(binary.BigEndian.Uint16(b)), 9000, len(b)-2)
+		ds = append(ds, b[2:2+n])
+		b = b[2+n:]
+	}
+	return ds
+}
+
+// Pack is Unpack's inverse, for seeds.
+func Pack(ds ...[]byte) []byte {
+	var b []byte
+	for _, d := range ds {
+		b = binary.BigEndian.AppendUint16(b, uint16(len(d)))
+		b = append(b, d...)
+	}
+	return b
+}
+
+// VXLAN returns a VXLAN datagram: the 8-byte header with flags and vni,
+// then frame.
+func VXLAN(flags byte, vni uint32, frame []byte) []byte {
+	return append([]byte{flags, 0, 0, 0, byte(vni >> 16), byte(vni >> 8), byte(vni), 0}, frame...)
 }
