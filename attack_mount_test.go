@@ -205,7 +205,7 @@ func TestAttackGrabWithManageOnly(t *testing.T) {
 	path, _ := bindNet(t, nil)
 	os.Chown(path, int(a.uid), int(a.gid))
 	plug := func() (string, error) {
-		return runAs(t, &m, nil, "timeout", "3", "unshare", "-Urn", "sh", "-c",
+		return runAs(t, &m, nil, "timeout", "10", "unshare", "-Urn", "sh", "-c",
 			"ip link add va type veth peer name vb && ip link set va up && ip link set vb up && exec "+ipnCommand(t)+" plug "+path+" grab://va")
 	}
 	os.Chmod(path, 0o771)
@@ -216,30 +216,26 @@ func TestAttackGrabWithManageOnly(t *testing.T) {
 		t.Fatalf("%d ports after mallory's grab, want 1", ports)
 	}
 	os.Chmod(path, 0o775)
-	done := make(chan struct{})
-	var out string
-	go func() {
-		out, _ = plug()
-		close(done)
-	}()
+	p := start(t, m.cred(), nil, "unshare", "-Urn", "sh", "-c",
+		"ip link add va type veth peer name vb && ip link set va up && ip link set vb up && exec "+ipnCommand(t)+" plug "+path+" grab://va")
 	waitFor(t, waitProcs, "mallory's grab port", func() bool {
 		nets, _ := ipn.List(path)
-		for _, p := range nets[0].PortsInfo {
-			if strings.HasPrefix(p.Descr, "grab") {
-				if p.Write {
-					t.Fatalf("mallory's grab port with r-x sends: %+v", p)
+		for _, pi := range nets[0].PortsInfo {
+			if strings.HasPrefix(pi.Descr, "grab") {
+				if pi.Write {
+					t.Fatalf("mallory's grab port with r-x sends: %+v", pi)
 				}
-				return p.Read
+				return pi.Read
 			}
 		}
 		select {
-		case <-done:
-			t.Fatalf("mallory's plug ended: %s", out)
+		case <-p.done:
+			t.Fatalf("mallory's plug ended: %v %s", p.err, p.stderr())
 		default:
 		}
 		return false
 	})
-	<-done
+	syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
 	legit(t, a, "")
 }
 
