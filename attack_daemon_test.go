@@ -184,7 +184,7 @@ func TestAttackDescriptorExhaustion(t *testing.T) {
 		}
 	})
 	t.Run("per-user limit", func(t *testing.T) {
-		sock, _ := ownDaemon(t, "--max-conns", "20")
+		sock, d := ownDaemon(t, "--max-conns", "20")
 		h := start(t, m.cred(), []string{helperEnv + "=conns"}, helperBin, sock, "30")
 		if got := h.expect("held ", 60*time.Second); got != "held 20" {
 			t.Fatalf("mallory %s, want 20", got)
@@ -193,6 +193,13 @@ func TestAttackDescriptorExhaustion(t *testing.T) {
 			t.Fatalf("mallory's 21st connection: %q, want the limit named", got)
 		}
 		legit(t, a, sock) // while mallory holds hers
+		// Refused connections that pass descriptors leave none behind.
+		before := openFiles(t, d.cmd.Process.Pid)
+		r := start(t, m.cred(), []string{helperEnv + "=refusedfds"}, helperBin, sock, "50")
+		r.expect("refused 50", 30*time.Second)
+		waitFor(t, waitProcs, "the daemon to close what the refused connections passed", func() bool {
+			return openFiles(t, d.cmd.Process.Pid) <= before
+		})
 	})
 }
 
@@ -733,4 +740,48 @@ func TestAttackNameFromAnotherMountNamespace(t *testing.T) {
 	if named != 1 || elsewhere != 1 {
 		t.Fatalf("%d networks named %s and %d with no path here, want 1 and 1: %+v", named, bank, elsewhere, nets)
 	}
+}
+
+// openFiles counts the descriptors process pid has open.
+func openFiles(t *testing.T, pid int) int {
+	t.Helper()
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+// helpRefusedFDs makes n connections to sock, over its user's limit, each
+// passing 4 descriptors with its hello, and reads each refusal.
+func helpRefusedFDs(sock, nS string) error {
+	n, _ := strconv.Atoi(nS)
+	var p [2]int
+	if err := unix.Pipe(p[:]); err != nil {
+		return err
+	}
+	refused := 0
+	for range n {
+		c, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: sock, Net: "unixpacket"})
+		if err != nil {
+			return err
+		}
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		hello := wire.Packet(wire.OpHello, []byte{byte(wire.Version), 0, 0, 0})
+		if err := wire.Send(c, hello, p[0], p[1], p[0], p[1]); err != nil {
+			c.Close()
+			return err
+		}
+		if pkt, _, err := wire.Recv(c, make([]byte, 2048)); err == nil {
+			if _, body, err := wire.Split(pkt); err == nil {
+				if _, err := wire.SplitReply(body); errors.Is(err, syscall.EAGAIN) {
+					refused++
+				}
+			}
+		}
+		c.Close()
+	}
+	fmt.Printf("refused %d\n", refused)
+	waitStdin()
+	return nil
 }

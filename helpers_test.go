@@ -63,6 +63,8 @@ func runHelper(name string, args []string) int {
 		err = helpFlip(args[0], args[1], args[2], args[3])
 	case "bindloop":
 		err = helpBindLoop(args[0], args[1])
+	case "refusedfds":
+		err = helpRefusedFDs(args[0], args[1])
 	case "deputy":
 		err = helpDeputy(args[0], args[1])
 	case "silent":

@@ -268,17 +268,18 @@ func (s *server) admit(conn *net.UnixConn) {
 func refuse(conn *net.UnixConn, err error) {
 	defer conn.Close()
 	conn.SetDeadline(time.Now().Add(time.Second))
-	if _, _, rerr := wire.Recv(conn, make([]byte, 512)); rerr != nil {
-		return
+	buf := make([]byte, 512)
+	// read takes a packet, closing what descriptors came with it.
+	read := func() error {
+		_, fds, err := wire.Recv(conn, buf)
+		closeFDs(fds)
+		return err
 	}
-	if wire.Send(conn, wire.Reply(wire.OpHello, err)) != nil {
+	if read() != nil || wire.Send(conn, wire.Reply(wire.OpHello, err)) != nil {
 		return
 	}
 	conn.CloseWrite()
-	for {
-		if _, _, rerr := wire.Recv(conn, make([]byte, 512)); rerr != nil {
-			return
-		}
+	for read() == nil {
 	}
 }
 
