@@ -266,6 +266,11 @@ func TestChangeNumNodes(t *testing.T) {
 	if err := a.ChangeNumNodes(2); err != nil {
 		t.Fatalf("shrink after port 3 left: %v", err)
 	}
+	// The maker of an exclusive network manages it too.
+	_, x := bindNet(t, func(s *ipn.Socket) { s.SetFlags(ipn.Excl) })
+	if err := x.ChangeNumNodes(8); err != nil {
+		t.Fatalf("resize an exclusive network by its maker: %v", err)
+	}
 }
 
 func TestShutdownSides(t *testing.T) {

@@ -119,12 +119,7 @@ func (ss *session) close() {
 // release gives up the session's ports and bound network, and reports
 // whether that ended the network.
 func (ss *session) release() (ended bool) {
-	var n *engine.Network
-	if ss.port != nil {
-		n = ss.port.Network()
-	} else if ss.bound != nil {
-		n = ss.bound
-	}
+	n := ss.network()
 	for _, p := range ss.vde {
 		p.Close()
 	}
@@ -451,6 +446,11 @@ func (ss *session) checkManager(n *engine.Network) error {
 	if ss.proto != policy.Any && ss.proto != cfg.Proto {
 		return fmt.Errorf("the network's policy is %s, the socket's %s: %w", cfg.Proto, ss.proto, syscall.EPROTO)
 	}
+	return ss.mayManage(n)
+}
+
+// mayManage checks that the session's user has x on n's file now.
+func (ss *session) mayManage(n *engine.Network) error {
 	r, err := netFileOf(n).rights(ss.cred)
 	if err != nil {
 		return err
@@ -465,7 +465,7 @@ func (ss *session) checkManager(n *engine.Network) error {
 // bind), charging its maker for the memory the new size may hold.
 func (ss *session) changeNumPorts(num int) error {
 	n := ss.bound
-	if err := ss.checkManager(n); err != nil {
+	if err := ss.mayManage(n); err != nil {
 		return err
 	}
 	old := n.NumPorts()
@@ -525,26 +525,11 @@ func (ss *session) doConnect(fds []int) (reply []byte, rfds []int, err error) {
 	if ss.wantFast {
 		// The rings, if they can be made and the user has room for them;
 		// else the data socket.
-		ring := int64(shmring.LayoutFor(cfg.MTU).Bytes())
-		ferr := ss.srv.acct.take(ss.cred.UID, usage{shm: ring})
-		var fast *shm.Endpoint
-		if ferr == nil {
-			held.shm = ring
-			fast, ferr = shm.New(cfg.MTU, cfg.Flags&engine.Lossless != 0, ss.sendOOB)
-			if ferr == nil {
-				if rfds, ferr = fast.DupFDs(); ferr != nil {
-					fast.Close()
-				}
-			}
-			if ferr != nil {
-				ss.srv.acct.give(ss.cred.UID, usage{shm: ring})
-				held.shm = 0
-			}
-		}
+		fast, fds, ring, ferr := ss.rings(cfg)
 		if ferr != nil {
 			ss.srv.log.Warn("no fast path, using a socket", "client", ss.cred, "err", ferr)
 		} else {
-			ep, ss.fast = fast, fast
+			ep, ss.fast, rfds, held.shm = fast, fast, fds, ring
 		}
 	}
 	if ep == nil {
@@ -583,6 +568,26 @@ func (ss *session) doConnect(fds []int) (reply []byte, rfds []int, err error) {
 		CanRead: canRead, CanWrite: canWrite,
 	}
 	return rep.Encode(), rfds, nil
+}
+
+// rings makes a member's fast-path rings for a network of cfg, charging
+// their size to the user, and returns them with the descriptors to pass
+// and the size charged.
+func (ss *session) rings(cfg engine.Config) (*shm.Endpoint, []int, int64, error) {
+	ring := int64(shmring.LayoutFor(cfg.MTU).Bytes())
+	if err := ss.srv.acct.take(ss.cred.UID, usage{shm: ring}); err != nil {
+		return nil, nil, 0, err
+	}
+	fast, err := shm.New(cfg.MTU, cfg.Flags&engine.Lossless != 0, ss.sendOOB)
+	if err == nil {
+		var fds []int
+		if fds, err = fast.DupFDs(); err == nil {
+			return fast, fds, ring, nil
+		}
+		fast.Close()
+	}
+	ss.srv.acct.give(ss.cred.UID, usage{shm: ring})
+	return nil, nil, 0, err
 }
 
 // applyShutdown closes the data socket's directions that the node may no
