@@ -304,9 +304,10 @@ func (v *vdeServer) accept() {
 			continue
 		}
 		pause = 0
-		uid, ok := peerUID(c)
+		peer, perr := peerOf(c)
+		uid := peer.cred.UID
 		v.mu.Lock()
-		stopped, busy := v.stopped, !ok || v.njoining >= vdeHandshakes || v.joining[uid] >= vdeUserHandshakes
+		stopped, busy := v.stopped, perr != nil || v.njoining >= vdeHandshakes || v.joining[uid] >= vdeUserHandshakes
 		if !stopped && !busy {
 			v.joining[uid]++
 			v.njoining++
@@ -324,30 +325,37 @@ func (v *vdeServer) accept() {
 		}
 		go func() {
 			defer v.wg.Done()
-			v.serve(c, uid)
+			v.serve(c, peer)
 		}()
 	}
 }
 
-// peerUID returns the user of the process that connected c.
-func peerUID(c *net.UnixConn) (uint32, bool) {
+// vdePeer is a VDE client as the kernel saw it connect.
+type vdePeer struct {
+	pid  int32
+	cred perm.Cred
+}
+
+// peerOf returns who connected c.
+func peerOf(c *net.UnixConn) (vdePeer, error) {
 	raw, err := c.SyscallConn()
 	if err != nil {
-		return 0, false
+		return vdePeer{}, err
 	}
-	var uc *unix.Ucred
-	raw.Control(func(fd uintptr) { uc, err = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) })
-	if err != nil {
-		return 0, false
+	var p vdePeer
+	var perr error
+	if err := raw.Control(func(fd uintptr) { p.pid, p.cred, perr = perm.Peer(int(fd)) }); err != nil {
+		return vdePeer{}, err
 	}
-	return uc.Uid, true
+	return p, perr
 }
 
 // serve runs one client's handshake, then holds its port until its
 // control stream closes.
-func (v *vdeServer) serve(ctl *net.UnixConn, uid uint32) {
+func (v *vdeServer) serve(ctl *net.UnixConn, peer vdePeer) {
 	defer ctl.Close()
-	cl, err := v.join(ctl)
+	cl, err := v.join(ctl, peer)
+	uid := peer.cred.UID
 	v.mu.Lock()
 	if v.joining[uid]--; v.joining[uid] == 0 {
 		delete(v.joining, uid)
@@ -408,19 +416,13 @@ func readRequest(ctl *net.UnixConn) ([]byte, error) {
 
 // join reads a client's request, connects to its data socket as the
 // client could, has the daemon make its port, and answers it.
-func (v *vdeServer) join(ctl *net.UnixConn) (*vdeClient, error) {
+func (v *vdeServer) join(ctl *net.UnixConn, peer vdePeer) (*vdeClient, error) {
 	raw, err := ctl.SyscallConn()
 	if err != nil {
 		return nil, err
 	}
-	var cc perm.Cred
-	var pid int32
-	var cerr error
-	raw.Control(func(fd uintptr) { pid, cc, cerr = perm.Peer(int(fd)) })
-	if cerr != nil {
-		return nil, cerr
-	}
-	who := fmt.Sprintf("client pid %d uid %d", pid, cc.UID)
+	cc := peer.cred
+	who := fmt.Sprintf("client pid %d uid %d", peer.pid, cc.UID)
 	b, err := readRequest(ctl)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", who, err)
@@ -436,9 +438,10 @@ func (v *vdeServer) join(ctl *net.UnixConn) (*vdeClient, error) {
 	defer unix.Close(data) // the daemon has its own once the port is made
 	// The daemon reads who the client is from the control stream itself.
 	var stream int
-	raw.Control(func(fd uintptr) { stream, cerr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) })
-	if cerr != nil {
-		return nil, fmt.Errorf("%s: %w", who, cerr)
+	var derr error
+	raw.Control(func(fd uintptr) { stream, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) })
+	if derr != nil {
+		return nil, fmt.Errorf("%s: %w", who, derr)
 	}
 	body, _, err := v.s.request(wire.OpVDEJoin, wire.EncodeVDEJoin(req.Port, req.Descr), stream, data)
 	unix.Close(stream)

@@ -218,12 +218,21 @@ func (f *FS) entries() ([]entry, error) {
 // lookup returns the entry named name if the caller can reach its network
 // by its path.
 func (f *FS) lookup(name string, c perm.Cred) (entry, error) {
+	e, err := f.entry(name)
+	if err != nil || !reaches(c, e.info) {
+		return entry{}, syscall.ENOENT
+	}
+	return e, nil
+}
+
+// entry returns the listed entry named name.
+func (f *FS) entry(name string) (entry, error) {
 	es, err := f.entries()
 	if err != nil {
 		return entry{}, err
 	}
 	i := sort.Search(len(es), func(i int) bool { return es[i].name >= name })
-	if i == len(es) || es[i].name != name || !reaches(c, es[i].info) {
+	if i == len(es) || es[i].name != name {
 		return entry{}, syscall.ENOENT
 	}
 	return es[i], nil
@@ -364,13 +373,8 @@ var (
 // Attr answers the network file's owner, group and mode, as the daemon
 // lists them, as a file of size 0.
 func (n *netNode) Attr(ctx context.Context, attr *fuse.Attr) error {
-	if es, err := n.fs.entries(); err == nil {
-		for _, e := range es {
-			if e.info.Path == n.path {
-				n.fs.node(e)
-				break
-			}
-		}
+	if e, err := n.fs.entry(Name(n.path)); err == nil {
+		n.fs.node(e) // the network's owner and mode as last listed
 	}
 	n.attr(attr)
 	return nil
