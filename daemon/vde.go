@@ -10,6 +10,7 @@ import (
 
 	"github.com/ipn-project/ipn/endpoint/vde"
 	"github.com/ipn-project/ipn/engine"
+	"github.com/ipn-project/ipn/internal/perm"
 	"github.com/ipn-project/ipn/internal/wire"
 )
 
@@ -82,8 +83,13 @@ func (ss *session) doVDEJoin(body []byte, fds []int) ([]byte, error) {
 		return nil, err
 	}
 	// The datagrams go out with the serving user's credentials, not root's:
-	// the session chose where the socket is connected.
-	ep, err := vde.New(fc.(*net.UnixConn), &unix.Ucred{Pid: int32(os.Getpid()), Uid: ss.cred.UID, Gid: ss.cred.GID})
+	// the session chose where the socket is connected. (The daemon's own
+	// are the same for root's sessions: nothing to add to each datagram.)
+	var sender *unix.Ucred
+	if me := perm.Self(); ss.cred.UID != me.UID || ss.cred.GID != me.GID {
+		sender = &unix.Ucred{Pid: int32(os.Getpid()), Uid: ss.cred.UID, Gid: ss.cred.GID}
+	}
+	ep, err := vde.New(fc.(*net.UnixConn), sender)
 	if err != nil {
 		fc.Close()
 		return nil, err
