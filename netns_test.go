@@ -18,6 +18,7 @@ import (
 	"github.com/google/gopacket/layers"
 
 	"github.com/ipn-project/ipn"
+	"github.com/ipn-project/ipn/policy/vdeswitch"
 )
 
 // The tests of this file run ipn plug with its far end in network
@@ -273,6 +274,9 @@ func startVdePlug(t *testing.T, ns, url string) *vdePlug {
 			f := make([]byte, binary.BigEndian.Uint16(hdr[:]))
 			if _, err := io.ReadFull(out, f); err != nil {
 				return
+			}
+			if vdeswitch.IsProbe(f) {
+				continue // the network's loop probes cross its cables
 			}
 			select {
 			case v.frames <- f:

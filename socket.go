@@ -396,6 +396,24 @@ func (s *Socket) SetHandleOOB(on bool) error {
 	return err
 }
 
+// SetMonitor asks, before Connect, for a monitor port: it receives a copy
+// of every message the other nodes send, whatever the network's policy
+// does with it (not only what the policy delivers to it), and drops what
+// it has no room for even in a lossless network, so it never slows the
+// senders. Connect then needs x (manage) as well as r on the network file
+// (else EACCES), and the send side shut down with Shutdown(ShutWrite)
+// (else EINVAL).
+func (s *Socket) SetMonitor(on bool) error {
+	return s.setU32("setmonitor", wire.OptMonitor, boolInt(on))
+}
+
+// SetLink marks, before Connect, the port as a link to another network
+// (a cable, as ipn plug joins): the network's loop protection sends its
+// probes there, and to no other member.
+func (s *Socket) SetLink(on bool) error {
+	return s.setU32("setlink", wire.OptLink, boolInt(on))
+}
+
 func boolInt(b bool) int {
 	if b {
 		return 1

@@ -235,10 +235,12 @@ func TestSwitchManagementNeedsX(t *testing.T) {
 }
 
 // cable joins two networks like a virtual cable: each frame one side
-// receives is sent on the other. It stops when the test ends.
+// receives is sent on the other. It stops when the test ends. Its ends
+// are links, where loop protection probes.
 func cable(t *testing.T, a, b string) {
 	t.Helper()
-	sa, sb := member(t, a, nil), member(t, b, nil)
+	link := func(s *ipn.Socket) { s.SetLink(true) }
+	sa, sb := member(t, a, link), member(t, b, link)
 	var wg sync.WaitGroup
 	pump := func(from, to *ipn.Socket) {
 		defer wg.Done()

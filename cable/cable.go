@@ -17,6 +17,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/ipn-project/ipn"
 	"github.com/ipn-project/ipn/endpoint"
@@ -78,10 +79,52 @@ var ErrFarEnd = errors.New("far end of the cable went away")
 // ErrNetwork reports that the IPN side of a cable went away.
 var ErrNetwork = errors.New("network side of the cable went away")
 
+// ErrLoop reports a cable whose two ends are one network: every frame it
+// carried would come back into the network, for ever. It wraps ELOOP.
+var ErrLoop = fmt.Errorf("both ends of the cable are the same network, which every frame would loop back into: %w", syscall.ELOOP)
+
+// checkSelf refuses a cable from the network of s to itself: an ipn://
+// far end on the same network file, whatever the path (a symlink, a hard
+// link), which the network's identity, its file's device and inode, tells.
+func checkSelf(s *ipn.Socket, far endpoint.Endpoint) error {
+	e, ok := far.(*socketEnd)
+	if !ok {
+		return nil
+	}
+	near, other := s.Path(), e.s.Path()
+	a, aok := netID(near)
+	b, bok := netID(other)
+	if !aok || !bok || a != b {
+		return nil
+	}
+	return fmt.Errorf("cable from %s to ipn://%s (device %d, inode %d): %w", near, other, a[0], a[1], ErrLoop)
+}
+
+// netID returns the device and inode of the network file at path, as the
+// daemon reports them, or else as stat finds them.
+func netID(path string) ([2]uint64, bool) {
+	if nets, err := ipn.List(path); err == nil && len(nets) == 1 {
+		return [2]uint64{nets[0].Dev, nets[0].Ino}, true
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		return [2]uint64{}, false
+	}
+	return [2]uint64{st.Dev, st.Ino}, true
+}
+
 // Run pumps frames both ways between the connected socket s and far until
 // one side ends or ctx is done; it closes far, not s, and returns why it
-// stopped: an error wrapping ErrFarEnd or ErrNetwork, or ctx's error.
+// stopped: an error wrapping ErrFarEnd or ErrNetwork, or ctx's error. It
+// refuses at once, with an error wrapping ErrLoop, a far end that is the
+// network of s itself (ipn:// to the same network file).
+// For the network's loop protection to probe the cable, connect s as a
+// link (Socket.SetLink), as ipn plug does; an ipn:// far end joins as one.
 func Run(ctx context.Context, s *ipn.Socket, far endpoint.Endpoint) error {
+	if err := checkSelf(s, far); err != nil {
+		far.Close()
+		return err
+	}
 	errc := make(chan error, 2)
 	var wg sync.WaitGroup
 	wg.Add(2)

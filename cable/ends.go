@@ -24,10 +24,14 @@ func init() {
 	Register("ipn", openIPN)
 }
 
-// openIPN joins another local network as the far end.
+// openIPN joins another local network as the far end, as a link.
 func openIPN(_ context.Context, path string) (endpoint.Endpoint, error) {
 	s, err := ipn.NewSocket(ipn.Any)
 	if err != nil {
+		return nil, err
+	}
+	if err := s.SetLink(true); err != nil {
+		s.Close()
 		return nil, err
 	}
 	if err := s.Connect(path); err != nil {

@@ -139,8 +139,11 @@ func (ss *session) doDevice(body []byte, fds []int) ([]byte, error) {
 	}
 	d := &devPort{key: key, maker: uid, persist: flags&wire.DevPersist != 0, owner: ss}
 	port, err := ss.bound.Join(ep, engine.PortOptions{
-		Want: -1, Description: descr, Peer: "device " + ss.cred.String(),
+		Want: -1, Description: descr, Peer: fmt.Sprintf("device uid %d", uid), // listings ask describe
 		NoRead: !r.R, NoWrite: !r.W,
+		// A tap or a grabbed interface leads to the kernel's networks,
+		// where a bridge may close a loop: a link, which loop probes test.
+		Link: true,
 		OnLeave: func() { // forget the port once it has left, whoever closed it
 			acct.give(uid, usage{ports: 1})
 			ds.forget(d)

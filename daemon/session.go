@@ -238,7 +238,7 @@ func (ss *session) doSetOpt(body []byte) error {
 			return fmt.Errorf("not bound (managing needs bind): %w", syscall.EACCES)
 		}
 		return ss.changeNumPorts(int(v))
-	case wire.OptPort, wire.OptHandleOOB, wire.OptWantOOBNumNode, wire.OptFastPath:
+	case wire.OptPort, wire.OptHandleOOB, wire.OptWantOOBNumNode, wire.OptFastPath, wire.OptMonitor, wire.OptLink:
 		if ss.port != nil {
 			return syscall.EISCONN
 		}
@@ -252,6 +252,10 @@ func (ss *session) doSetOpt(body []byte) error {
 				return fmt.Errorf("fast path off: %w", syscall.ENOPROTOOPT)
 			}
 			ss.wantFast = v != 0
+		case wire.OptMonitor:
+			ss.portOpts.Monitor = v != 0
+		case wire.OptLink:
+			ss.portOpts.Link = v != 0
 		default:
 			ss.portOpts.WantNumNodes = v != 0
 		}
@@ -326,6 +330,10 @@ func (ss *session) doGetOpt(body []byte) ([]byte, error) {
 		return boolU32(ss.portOpts.HandleOOB), nil
 	case wire.OptWantOOBNumNode:
 		return boolU32(ss.portOpts.WantNumNodes), nil
+	case wire.OptMonitor:
+		return boolU32(ss.portOpts.Monitor), nil
+	case wire.OptLink:
+		return boolU32(ss.portOpts.Link), nil
 	}
 	return nil, fmt.Errorf("option %d: %w", opt, syscall.ENOPROTOOPT)
 }

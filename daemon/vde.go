@@ -101,7 +101,8 @@ func (ss *session) doVDEJoin(body []byte, fds []int) ([]byte, error) {
 	}
 	port, err := ss.bound.Join(ep, engine.PortOptions{
 		Want: want, Description: printable([]byte(descr)),
-		Peer: "vde " + client.String(), NoRead: !r, NoWrite: !w,
+		// A VDE client may be a vde_plug cable to another switch: a link.
+		Peer: "vde " + client.String(), NoRead: !r, NoWrite: !w, Link: true,
 		OnLeave: func() { acct.give(uid, usage{ports: 1}) },
 	})
 	if err != nil {

@@ -146,6 +146,16 @@ type PortOptions struct {
 	WantNumNodes bool
 	// HandleOOB accepts out-of-band messages sent by other nodes.
 	HandleOOB bool
+	// Link marks a link to another network (a cable, a VDE client), which
+	// a policy may treat apart (policy.LinkPorter): loop probes go there.
+	Link bool
+	// Monitor makes a receive-only port (NoWrite must be set) that gets a
+	// copy of every message the other nodes send, whatever the policy
+	// routes it to, once and as sent (see Port.mirror); the policy does not
+	// see it among the members it routes to. It is
+	// always lossy: a full queue drops (counted), even in a lossless
+	// network, so that a monitor never makes senders wait.
+	Monitor bool
 	// OnLeave, if set, runs once when the port has left the network (not
 	// when Join fails); it must not block.
 	OnLeave func()
@@ -219,6 +229,9 @@ func (n *Network) Join(ep endpoint.Endpoint, opts PortOptions) (*Port, error) {
 	n.countLocked(p, 1)
 	n.publish()
 	n.policy.PostNewPort(num)
+	if lp, ok := n.policy.(policy.LinkPorter); ok && opts.Link {
+		lp.LinkPort(num)
+	}
 	n.notifyCountsLocked()
 	n.mu.Unlock()
 

@@ -114,6 +114,14 @@ type PortsDescriber interface {
 	DescribePorts(ports []int) []string
 }
 
+// LinkPorter is implemented by policies that treat links to other networks
+// (cables, VDE clients) apart from other members, as loop protection does:
+// LinkPort is called, like the membership hooks, right after PostNewPort
+// for a port that joined as a link. It stays one until DeletePort.
+type LinkPorter interface {
+	LinkPort(port int)
+}
+
 // MaxListed is how many addresses a port's description lists at most; the
 // others are counted.
 const MaxListed = 16

@@ -96,6 +96,9 @@ func runPlug(cmd *cobra.Command, path, url string, reconnect bool, descr string)
 	if err := s.SetDescription(descr); err != nil {
 		return err
 	}
+	if err := s.SetLink(true); err != nil { // loop protection probes here
+		return err
+	}
 	if err := s.Connect(path); err != nil {
 		return err
 	}
@@ -110,7 +113,7 @@ func runPlug(cmd *cobra.Command, path, url string, reconnect bool, descr string)
 		switch {
 		case ctx.Err() != nil:
 			return nil
-		case errors.Is(err, cable.ErrNetwork):
+		case errors.Is(err, cable.ErrNetwork), errors.Is(err, cable.ErrLoop):
 			return err
 		case !reconnect:
 			if errors.Is(err, io.EOF) && (url == "-" || url == "stdio") {

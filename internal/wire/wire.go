@@ -145,6 +145,8 @@ const (
 	// eventfds (FastPathFDs) instead of the data socket, if the daemon
 	// grants it.
 	OptFastPath = 100
+	OptMonitor  = 101 // u32 bool, before connect: a monitor port (needs x and write shut down)
+	OptLink     = 102 // u32 bool, before connect: the port is a link to another network (a cable)
 )
 
 // FastPathFDs is the number of descriptors a fast-path Connect reply

@@ -73,6 +73,26 @@
 // No frame is ever delivered back to its sender. The switch does not look
 // inside 802.1Q tags: a tagged frame is switched by MAC.
 //
+// # Loop protection
+//
+// As the Ethernet switch and the hub do (package loop): every
+// "loop.interval" the switch sends a probe (a 60-byte frame of ethertype
+// 0x88b5 to 03:49:50:4e:00:01, carrying its random ID and the port) out of
+// every link port (cables, VDE clients: policy.LinkPorter) and only those,
+// and passes other switches' probes on to its other links. When one of its
+// own probes, sent out of port a, comes back in on another port b, there
+// is a loop through a and b: the switch blocks the higher numbered of the
+// two. A blocked port forwards nothing either way: its frames go nowhere
+// and teach nothing, no frame goes to it, and the switch answers no ARP or
+// neighbor solicitation for an address learnt on it, nor forwards to such
+// an address by IP or MAC (those frames are switched as if the address
+// were unknown, flooded to the ports that are not blocked). Probes still
+// go out of it and are read, and it is unblocked when the probes have
+// stopped coming back for three to five intervals, or when it leaves.
+// Frames that look like probes (that destination and ethertype) are the
+// loop protection's to handle: they never reach members that are not
+// links, and the switch learns nothing from them.
+//
 // # Options
 //
 //   - "expire": the age after which entries expire, a Go duration ("30s")
@@ -86,6 +106,12 @@
 //     {"ip", "mac", "port", "age_seconds"}, sorted by address.
 //   - "macs": read only, the learnt MAC addresses as a JSON list of
 //     {"mac", "port", "age_seconds"}, sorted by address.
+//   - "loop.interval": the probe interval of loop protection, a Go duration
+//     in 10ms..1h (MinLoopInterval..MaxLoopInterval), 2s by default
+//     (DefaultLoopInterval); 0 turns loop protection off and ends every
+//     block. SetOption changes it, Option reads it.
+//   - "loop.blocked": read only, the ports loop protection blocked, as a
+//     JSON list of port numbers.
 package l3switch
 
 import (
@@ -102,6 +128,7 @@ import (
 	"time"
 
 	"github.com/ipn-project/ipn/policy"
+	"github.com/ipn-project/ipn/policy/loop"
 )
 
 // Name is the name the policy registers under.
@@ -113,6 +140,8 @@ const (
 	DefaultExpire = 120 * time.Second
 	// DefaultHashSize is the default number of entries of each table.
 	DefaultHashSize = 4096
+	// DefaultLoopInterval is the default probe interval of loop protection.
+	DefaultLoopInterval = loop.DefaultInterval
 )
 
 // Bounds of the options; SetOption refuses values outside them.
@@ -125,6 +154,12 @@ const (
 	MinHashSize = 1
 	// MaxHashSize is the largest table, in entries.
 	MaxHashSize = 1 << 20
+	// MinLoopInterval is the shortest probe interval other than 0 (off):
+	// probes go out of every link port, so a short one would keep the
+	// daemon busy.
+	MinLoopInterval = loop.MinInterval
+	// MaxLoopInterval is the longest probe interval.
+	MaxLoopInterval = loop.MaxInterval
 )
 
 // sweepEvery is the shortest time between two sweeps that make room in a
@@ -164,6 +199,8 @@ type Switch struct {
 	net policy.Network
 	// now is the clock; tests replace it before any port joins.
 	now func() time.Time
+	// loop is the loop protection; its own lock, taken after mu.
+	loop *loop.Detector
 
 	mu        sync.Mutex
 	expire    time.Duration
@@ -177,23 +214,42 @@ type Switch struct {
 	nextExpiry time.Time
 	sweeps     int        // sweeps done, for tests
 	scratch    []*scratch // by source port
+	// blocked is the loop detector's snapshot of the blocked ports, as
+	// the batch being routed read it (a set that does not change).
+	blocked *policy.PortSet
 }
 
 var (
 	_ policy.Policy        = (*Switch)(nil)
 	_ policy.PortDescriber = (*Switch)(nil)
+	_ policy.LinkPorter    = (*Switch)(nil)
 )
 
-// New returns a layer-3 switch for net; it implements policy.Factory.
+// New returns a layer-3 switch for net; it implements policy.Factory. Its
+// loop prober starts with the first link port.
 func New(net policy.Network) (policy.Policy, error) {
-	return &Switch{
+	return newSwitch(net, nil), nil
+}
+
+// newSwitch returns a switch reading the time from now; with now nil, from
+// time.Now, with a loop prober. With a test's clock, the switch and its
+// loop detector both read it, and no prober runs: the test calls
+// s.loop.Probe.
+func newSwitch(net policy.Network, now func() time.Time) *Switch {
+	s := &Switch{
 		net:      net,
-		now:      time.Now,
+		now:      now,
+		loop:     loop.New(net, now),
 		expire:   DefaultExpire,
 		hashSize: DefaultHashSize,
 		ips:      make(map[netip.Addr]ipEntry),
 		macs:     make(map[mac]macEntry),
-	}, nil
+	}
+	if now == nil {
+		s.now = time.Now
+	}
+	s.blocked = s.loop.Blocked()
+	return s
 }
 
 // PostNewPort implements policy.Policy.PostNewPort: the port may teach
@@ -204,9 +260,13 @@ func (s *Switch) PostNewPort(port int) {
 	s.mu.Unlock()
 }
 
+// LinkPort implements policy.LinkPorter: loop probes go out of port.
+func (s *Switch) LinkPort(port int) { s.loop.LinkPort(port) }
+
 // DeletePort implements policy.Policy.DeletePort: it flushes the port's
-// entries.
+// entries, and its loop state goes with its node.
 func (s *Switch) DeletePort(port int) {
+	s.loop.DeletePort(port)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.connected.Remove(port)
@@ -222,8 +282,10 @@ func (s *Switch) DeletePort(port int) {
 	}
 }
 
-// Close implements policy.Policy.Close.
+// Close implements policy.Policy.Close: it stops the loop prober and
+// drops the tables.
 func (s *Switch) Close() {
+	s.loop.Close()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	clear(s.ips)
@@ -248,8 +310,9 @@ func (s *Switch) Size() int64 {
 // SetOption implements policy.Policy.SetOption. Settings, with their
 // ranges (the constants above):
 //
-//	expire DURATION   age of learnt entries (e.g. 120s), 100ms..24h
-//	hashsize N        most entries of each table (IPs, MACs), 1..1048576
+//	expire DURATION     age of learnt entries (e.g. 120s), 100ms..24h
+//	hashsize N          most entries of each table (IPs, MACs), 1..1048576
+//	loop.interval DUR   probe interval, 10ms..1h (2s by default); 0 turns loop protection off
 //
 // A value out of range, or not a number or duration, is refused with an
 // error that wraps EINVAL, as is setting a read-only option.
@@ -275,10 +338,16 @@ func (s *Switch) SetOption(name, value string) error {
 		s.hashSize = n
 		s.mu.Unlock()
 		return nil
-	case "ips", "macs":
+	case "loop.interval":
+		d, err := loop.ParseInterval(value)
+		if err != nil {
+			return fmt.Errorf("option %w", err)
+		}
+		return s.loop.SetInterval(d)
+	case "ips", "macs", "loop.blocked":
 		return fmt.Errorf("option %q is read only: %w", name, syscall.EINVAL)
 	}
-	return fmt.Errorf("option %q: %w", name, syscall.ENOPROTOOPT)
+	return fmt.Errorf("option %q: want expire, hashsize or loop.interval (ips, macs and loop.blocked are read only): %w", name, syscall.ENOPROTOOPT)
 }
 
 // IPInfo is one entry of the "ips" option.
@@ -296,8 +365,8 @@ type MACInfo struct {
 	AgeSeconds float64 `json:"age_seconds"`
 }
 
-// Option implements policy.Policy.Option: "expire", "hashsize", "ips",
-// "macs".
+// Option implements policy.Policy.Option: "expire", "hashsize",
+// "loop.interval", and the JSON tables "ips", "macs" and "loop.blocked".
 func (s *Switch) Option(name string) (string, error) {
 	var v any
 	switch name {
@@ -311,12 +380,16 @@ func (s *Switch) Option(name string) (string, error) {
 		n := s.hashSize
 		s.mu.Unlock()
 		return strconv.Itoa(n), nil
+	case "loop.interval":
+		return s.loop.Interval().String(), nil
+	case "loop.blocked":
+		return s.loop.BlockedJSON(), nil
 	case "ips":
 		v = s.IPs()
 	case "macs":
 		v = s.MACs()
 	default:
-		return "", fmt.Errorf("option %q: %w", name, syscall.ENOPROTOOPT)
+		return "", fmt.Errorf("option %q: want one of expire, hashsize, loop.interval, ips, macs, loop.blocked: %w", name, syscall.ENOPROTOOPT)
 	}
 	b, err := json.Marshal(v)
 	return string(b), err
@@ -372,15 +445,15 @@ func (s *Switch) MACs() []MACInfo {
 	return out
 }
 
-// DescribePort implements policy.PortDescriber: the IP addresses learnt on
-// port, sorted.
+// DescribePort implements policy.PortDescriber: BLOCKED(loop) if loop
+// protection blocked port, and the IP addresses learnt on it, sorted.
 func (s *Switch) DescribePort(port int) string { return s.DescribePorts([]int{port})[0] }
 
 var _ policy.PortsDescriber = (*Switch)(nil)
 
-// DescribePorts implements policy.PortsDescriber: each port's addresses
-// (policy.MaxListed at most, the others counted), in one pass over the
-// table.
+// DescribePorts implements policy.PortsDescriber: each port's block and
+// addresses (policy.MaxListed at most, the others counted), in one pass
+// over the table.
 func (s *Switch) DescribePorts(ports []int) []string {
 	want := make(map[int]int, len(ports))
 	for i, p := range ports {
@@ -400,12 +473,16 @@ func (s *Switch) DescribePorts(ports []int) []string {
 		}
 	}
 	s.mu.Unlock()
+	blocked := s.loop.Blocked()
 	out := make([]string, len(ports))
-	for i := range ports {
+	for i, p := range ports {
 		slices.SortFunc(addrs[i], func(x, y netip.Addr) int { return x.Compare(y) })
 		var b strings.Builder
-		for j, a := range addrs[i] {
-			if j > 0 {
+		if blocked.Has(p) {
+			b.WriteString("BLOCKED(loop)")
+		}
+		for _, a := range addrs[i] {
+			if b.Len() > 0 {
 				b.WriteByte(' ')
 			}
 			b.WriteString(a.String())
@@ -467,24 +544,26 @@ func (s *Switch) sweepNow(now time.Time) {
 	s.nextExpiry = oldest.Add(s.expire)
 }
 
-// lookupIP returns the live entry of a. Caller holds s.mu.
+// lookupIP returns the live entry of a; an entry on a blocked port is
+// kept but not returned: nothing is forwarded to it. Caller holds s.mu.
 func (s *Switch) lookupIP(a netip.Addr, now time.Time) (ipEntry, bool) {
 	e, ok := s.ips[a]
 	if ok && !s.live(e.seen, now) {
 		delete(s.ips, a)
 		return e, false
 	}
-	return e, ok
+	return e, ok && !s.blocked.Has(e.port)
 }
 
-// lookupMAC returns the live entry of m. Caller holds s.mu.
+// lookupMAC returns the live entry of m; an entry on a blocked port is
+// kept but not returned: nothing is forwarded to it. Caller holds s.mu.
 func (s *Switch) lookupMAC(m mac, now time.Time) (macEntry, bool) {
 	e, ok := s.macs[m]
 	if ok && !s.live(e.seen, now) {
 		delete(s.macs, m)
 		return e, false
 	}
-	return e, ok
+	return e, ok && !s.blocked.Has(e.port)
 }
 
 // learnMAC records that m is behind port, unless m is new and the table
@@ -573,6 +652,7 @@ func (s *Switch) Route(src int, msgs [][]byte, members *policy.PortSet, out []po
 	defer s.mu.Unlock()
 	now := s.now()
 	s.sweep(now)
+	s.blocked = s.loop.Blocked()
 	learn := s.connected.Has(src)
 	sc := s.scratchFor(src)
 	for i, f := range msgs {
@@ -586,6 +666,13 @@ func (s *Switch) route(src, i int, f []byte, members *policy.PortSet, d *policy.
 	if len(f) < ethHeader {
 		d.Invalid = true
 		return
+	}
+	if loop.IsProbe(f) {
+		s.loop.Route(src, f, members, d)
+		return
+	}
+	if s.blocked.Has(src) {
+		return // a blocked port forwards nothing, and teaches nothing
 	}
 	dstMAC, srcMAC := mac(f[0:6]), mac(f[6:12])
 	if learn {
@@ -632,6 +719,9 @@ func (s *Switch) route(src, i int, f []byte, members *policy.PortSet, d *policy.
 	}
 	d.Ports.CopyFrom(*members)
 	d.Ports.Remove(src)
+	for p := s.blocked.Next(0); p >= 0; p = s.blocked.Next(p + 1) {
+		d.Ports.Remove(p)
+	}
 }
 
 // forwardIP sends f to the owner of dst if it is learnt, rewriting the

@@ -22,19 +22,19 @@
 // adds or removes the tag as a frame crosses from one kind of port to the
 // other, and frames never cross from one VLAN to another.
 //
-// Loop protection: every LoopInterval the switch sends a probe (ethertype
-// 0x88b5 to 03:49:50:4e:00:01, carrying its random ID and the port) out of
-// every port, and floods other switches' probes like multicast. When one of
-// its own probes, sent out of port a, comes back in on another port b, there
-// is a loop through a and b: the switch blocks the higher numbered of the
-// two. A blocked port forwards nothing either way (probes still go out and
-// are read), and is unblocked when the probes have stopped coming back for
-// three to five intervals.
+// Loop protection (package loop, shared with the hub): every LoopInterval
+// the switch sends a probe (a 60-byte frame of ethertype 0x88b5 to
+// 03:49:50:4e:00:01, carrying its random ID and the port) out of every link
+// port (cables, VDE clients) and only those, and passes other switches'
+// probes on to its other links. When one of its own probes, sent out of
+// port a, comes back in on another port b, there is a loop through a and b:
+// the switch blocks the higher numbered of the two. A blocked port forwards
+// nothing either way (probes still go out and are read), and is unblocked
+// when the probes have stopped coming back for three to five intervals.
+// Members that are not links never receive a probe.
 package vdeswitch
 
 import (
-	"bytes"
-	"crypto/rand"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -49,6 +49,7 @@ import (
 	"unsafe"
 
 	"github.com/ipn-project/ipn/policy"
+	"github.com/ipn-project/ipn/policy/loop"
 )
 
 // Name is the name the switch registers under.
@@ -63,7 +64,7 @@ const (
 	DefaultExpire       = 120 * time.Second
 	DefaultHashSize     = 4096
 	DefaultVLAN         = 1
-	DefaultLoopInterval = 2 * time.Second
+	DefaultLoopInterval = loop.DefaultInterval
 )
 
 // sweepEvery is the shortest time between two sweeps of the table for
@@ -78,9 +79,9 @@ const (
 	MaxExpire = 24 * time.Hour
 	// MinLoopInterval is the shortest probe interval other than 0 (off): probes
 	// go out of every port, so a short one would keep the daemon busy.
-	MinLoopInterval = 10 * time.Millisecond
+	MinLoopInterval = loop.MinInterval
 	// MaxLoopInterval is the longest probe interval.
-	MaxLoopInterval = time.Hour
+	MaxLoopInterval = loop.MaxInterval
 	// MinHashSize is the smallest MAC table.
 	MinHashSize = 1
 	// MaxHashSize is the largest MAC table, in entries.
@@ -93,17 +94,8 @@ const (
 const (
 	etherHeader = 14
 	etherVLAN   = 0x8100
-	probeType   = 0x88b5
 	maxVLAN     = 4095
 )
-
-var probeDst = [6]byte{0x03, 'I', 'P', 'N', 0x00, 0x01}
-
-// probeMagic starts a probe's payload.
-var probeMagic = []byte("IPNLOOP1")
-
-// probeLen is a probe's length: header, magic, switch ID, port.
-const probeLen = etherHeader + 8 + 8 + 2
 
 type key struct {
 	mac  [6]byte
@@ -133,60 +125,48 @@ func (s *vlanSet) list() []uint16 {
 	return l
 }
 
-// portConf is a port number's configuration and loop state; it stays with
-// the number when nodes come and go, as on a physical switch.
+// portConf is a port number's configuration; it stays with the number
+// when nodes come and go, as on a physical switch.
 type portConf struct {
 	untagged uint16 // 0: none
 	tagged   vlanSet
-	blocked  bool
-	// lastLoop is when a probe last showed a loop through this port;
-	// holdFor is how long after it the port stays blocked.
-	lastLoop time.Time
-	holdFor  time.Duration
 }
 
 // Switch is one network's switch. Its state is guarded by mu: Route runs
 // for several ports at once and learns on every frame.
 type Switch struct {
-	net policy.Network
-	id  [8]byte
-	now func() time.Time
+	net  policy.Network
+	now  func() time.Time
+	loop *loop.Detector // its own lock, taken after mu
 
-	mu        sync.Mutex
-	table     map[key]entry
-	hashSize  int
-	expire    time.Duration
-	vlans     vlanSet // VLANs that exist
-	ports     []portConf
-	connected policy.PortSet
-	interval  time.Duration // 0: no loop protection
-	probeSrc  [6]byte
+	mu       sync.Mutex
+	table    map[key]entry
+	hashSize int
+	expire   time.Duration
+	vlans    vlanSet // VLANs that exist
+	ports    []portConf
 	// lastSweep is when the table was last swept; no entry expires before
 	// nextExpiry (give or take the frames whose time Route read before a
 	// sweep: it reads the clock before it locks).
 	lastSweep  time.Time
 	nextExpiry time.Time
 	sweeps     int // sweeps done, for tests
-
-	reset chan struct{} // wakes the prober when interval changes
-	stop  chan struct{}
-	wg    sync.WaitGroup
 }
 
 var (
 	_ policy.Policy        = (*Switch)(nil)
 	_ policy.PortDescriber = (*Switch)(nil)
+	_ policy.LinkPorter    = (*Switch)(nil)
 )
 
-// New returns a switch for net with the defaults and starts its prober; it
-// implements policy.Factory.
+// New returns a switch for net with the defaults; it implements
+// policy.Factory. Its loop prober starts with the first link port.
 func New(net policy.Network) (policy.Policy, error) {
-	s := newSwitch(net, time.Now)
-	s.wg.Add(1)
-	go s.prober()
-	return s, nil
+	return newSwitch(net, nil), nil
 }
 
+// newSwitch returns a switch reading the time from now; with now nil, from
+// time.Now, with a loop prober (a test's clock: it calls s.loop.Probe).
 func newSwitch(net policy.Network, now func() time.Time) *Switch {
 	s := &Switch{
 		net:      net,
@@ -194,12 +174,11 @@ func newSwitch(net policy.Network, now func() time.Time) *Switch {
 		table:    make(map[key]entry),
 		hashSize: DefaultHashSize,
 		expire:   DefaultExpire,
-		interval: DefaultLoopInterval,
-		reset:    make(chan struct{}, 1),
-		stop:     make(chan struct{}),
+		loop:     loop.New(net, now),
 	}
-	rand.Read(s.id[:])
-	s.probeSrc = [6]byte{0x02, s.id[0], s.id[1], s.id[2], s.id[3], s.id[4]}
+	if now == nil {
+		s.now = time.Now
+	}
 	s.vlans.add(DefaultVLAN)
 	s.resizeLocked(net.NumPorts())
 	return s
@@ -218,11 +197,10 @@ func (s *Switch) NewPort(want int, used *policy.PortSet, numPorts int) (int, err
 }
 
 // PostNewPort implements policy.Policy.PostNewPort.
-func (s *Switch) PostNewPort(port int) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.connected.Add(port)
-}
+func (s *Switch) PostNewPort(int) {}
+
+// LinkPort implements policy.LinkPorter: loop probes go out of port.
+func (s *Switch) LinkPort(port int) { s.loop.LinkPort(port) }
 
 // PreDeletePort implements policy.Policy.PreDeletePort.
 func (s *Switch) PreDeletePort(int) {}
@@ -230,16 +208,13 @@ func (s *Switch) PreDeletePort(int) {}
 // DeletePort implements policy.Policy.DeletePort: the port's MACs go, and
 // its loop state with its node.
 func (s *Switch) DeletePort(port int) {
+	s.loop.DeletePort(port)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.connected.Remove(port)
 	for k, e := range s.table {
 		if e.port == port {
 			delete(s.table, k)
 		}
-	}
-	if port < len(s.ports) {
-		s.ports[port].blocked = false
 	}
 }
 
@@ -253,8 +228,7 @@ func (s *Switch) Resize(n int) error {
 
 // Close implements policy.Policy.Close: it stops the prober.
 func (s *Switch) Close() {
-	close(s.stop)
-	s.wg.Wait()
+	s.loop.Close()
 }
 
 // Route implements policy.Policy.Route.
@@ -266,6 +240,7 @@ func (s *Switch) Route(src int, msgs [][]byte, members *policy.PortSet, out []po
 		return
 	}
 	in := &s.ports[src]
+	blocked := s.loop.Blocked()
 	for i, f := range msgs {
 		d := &out[i]
 		if len(f) < etherHeader {
@@ -273,11 +248,11 @@ func (s *Switch) Route(src int, msgs [][]byte, members *policy.PortSet, out []po
 			continue
 		}
 		et := binary.BigEndian.Uint16(f[12:])
-		if et == probeType && bytes.Equal(f[:6], probeDst[:]) {
-			s.probeLocked(src, f, members, d, now)
+		if loop.IsProbe(f) {
+			s.loop.Route(src, f, members, d)
 			continue
 		}
-		if in.blocked {
+		if blocked.Has(src) {
 			continue
 		}
 		var vlan uint16
@@ -311,7 +286,7 @@ func (s *Switch) Route(src int, msgs [][]byte, members *policy.PortSet, out []po
 			if e, ok := s.table[k]; ok {
 				if now.Sub(e.seen) < s.expire {
 					if e.port != src {
-						s.toPortLocked(e.port, vlan, tagged, f, members, d)
+						s.toPortLocked(e.port, vlan, tagged, f, members, blocked, d)
 					}
 					continue
 				}
@@ -320,7 +295,7 @@ func (s *Switch) Route(src int, msgs [][]byte, members *policy.PortSet, out []po
 		}
 		for p := members.Next(0); p >= 0; p = members.Next(p + 1) {
 			if p != src {
-				s.toPortLocked(p, vlan, tagged, f, members, d)
+				s.toPortLocked(p, vlan, tagged, f, members, blocked, d)
 			}
 		}
 	}
@@ -363,15 +338,16 @@ func (s *Switch) learnLocked(k key, src int, now time.Time) {
 }
 
 // toPortLocked adds port p to the frame's delivery in the form p wants for
-// vlan: untagged on its untagged VLAN, tagged on its trunk VLANs.
-func (s *Switch) toPortLocked(p int, vlan uint16, tagged bool, f []byte, members *policy.PortSet, d *policy.Delivery) {
+// vlan: untagged on its untagged VLAN, tagged on its trunk VLANs; not if
+// p is blocked.
+func (s *Switch) toPortLocked(p int, vlan uint16, tagged bool, f []byte, members, blocked *policy.PortSet, d *policy.Delivery) {
 	if !members.Has(p) || p >= len(s.ports) {
 		return
 	}
 	c := &s.ports[p]
 	var wantTagged bool
 	switch {
-	case c.blocked:
+	case blocked.Has(p):
 		return
 	case c.untagged == vlan:
 		wantTagged = false
@@ -402,105 +378,10 @@ func (s *Switch) toPortLocked(p int, vlan uint16, tagged bool, f []byte, members
 	d.AltPorts.Add(p)
 }
 
-// probeLocked handles a loop probe that came in on port src.
-func (s *Switch) probeLocked(src int, f []byte, members *policy.PortSet, d *policy.Delivery, now time.Time) {
-	if len(f) < probeLen || !bytes.Equal(f[etherHeader:etherHeader+8], probeMagic) {
-		d.Invalid = true
-		return
-	}
-	if !bytes.Equal(f[etherHeader+8:etherHeader+16], s.id[:]) {
-		// Another switch's: flood it, unless it came through a block.
-		if s.ports[src].blocked {
-			return
-		}
-		for p := members.Next(0); p >= 0; p = members.Next(p + 1) {
-			if p != src && p < len(s.ports) && !s.ports[p].blocked {
-				d.Ports.Add(p)
-			}
-		}
-		return
-	}
-	sent := int(binary.BigEndian.Uint16(f[etherHeader+16:]))
-	if sent == src || sent >= len(s.ports) {
-		return // reflected by a hub on that port: no loop of ours
-	}
-	b := &s.ports[max(sent, src)]
-	if !b.blocked {
-		b.blocked = true
-		// Jitter the hold so that two switches on one loop do not
-		// unblock together.
-		var r [1]byte
-		rand.Read(r[:])
-		b.holdFor = 3*s.interval + time.Duration(r[0])*2*s.interval/255
-	}
-	b.lastLoop = now
-}
-
-// prober sends probes every interval and unblocks ports whose loop is gone.
-func (s *Switch) prober() {
-	defer s.wg.Done()
-	for {
-		s.mu.Lock()
-		interval := s.interval
-		s.mu.Unlock()
-		var t *time.Timer
-		var tick <-chan time.Time
-		if interval > 0 {
-			t = time.NewTimer(interval)
-			tick = t.C
-		}
-		select {
-		case <-s.stop:
-		case <-s.reset:
-		case <-tick:
-			s.probeAll()
-		}
-		if t != nil {
-			t.Stop()
-		}
-		select {
-		case <-s.stop:
-			return
-		default:
-		}
-	}
-}
-
-// probeAll sends a probe out of every connected port and ends blocks that
-// outlived their loop. It emits outside the lock.
-func (s *Switch) probeAll() {
-	now := s.now()
-	s.mu.Lock()
-	var ports []int
-	for p := s.connected.Next(0); p >= 0; p = s.connected.Next(p + 1) {
-		ports = append(ports, p)
-	}
-	for i := range s.ports {
-		c := &s.ports[i]
-		if c.blocked && now.Sub(c.lastLoop) > c.holdFor {
-			c.blocked = false
-		}
-	}
-	s.sweepDueLocked(now)
-	s.mu.Unlock()
-	f := make([]byte, probeLen)
-	copy(f, probeDst[:])
-	copy(f[6:], s.probeSrc[:])
-	binary.BigEndian.PutUint16(f[12:], probeType)
-	copy(f[etherHeader:], probeMagic)
-	copy(f[etherHeader+8:], s.id[:])
-	for _, p := range ports {
-		binary.BigEndian.PutUint16(f[etherHeader+16:], uint16(p))
-		s.net.Emit(p, f)
-	}
-}
-
-// IsProbe reports whether frame is a loop probe of a switch; programs that
-// read frames from a switch port may want to skip them.
-func IsProbe(frame []byte) bool {
-	return len(frame) >= etherHeader && bytes.Equal(frame[:6], probeDst[:]) &&
-		binary.BigEndian.Uint16(frame[12:]) == probeType
-}
+// IsProbe reports whether frame is a loop probe of a switch or a hub
+// (loop.IsProbe). Only links (cables) receive them; programs that read
+// frames from a link may want to skip them.
+func IsProbe(frame []byte) bool { return loop.IsProbe(frame) }
 
 // MACEntry is a row of the switch's table, as Option("macs") lists it.
 type MACEntry struct {
@@ -559,16 +440,11 @@ func (s *Switch) SetOption(name, value string) error {
 		s.lastSweep, s.nextExpiry = time.Time{}, time.Time{}
 		return nil
 	case "loop.interval":
-		d, err := time.ParseDuration(value)
-		if err != nil || (d != 0 && (d < MinLoopInterval || d > MaxLoopInterval)) {
-			return fmt.Errorf("switch option loop.interval %q: want 0 (off) or a duration in %v..%v: %w", value, MinLoopInterval, MaxLoopInterval, syscall.EINVAL)
+		d, err := loop.ParseInterval(value)
+		if err != nil {
+			return fmt.Errorf("switch option %w", err)
 		}
-		s.interval = d
-		select {
-		case s.reset <- struct{}{}:
-		default:
-		}
-		return nil
+		return s.loop.SetInterval(d)
 	case "hashsize":
 		n, err := strconv.Atoi(value)
 		if err != nil || n < MinHashSize || n > MaxHashSize {
@@ -589,7 +465,7 @@ func (s *Switch) SetOption(name, value string) error {
 			return nil
 		}
 		if !s.vlans.has(v) {
-			return fmt.Errorf("no vlan %d: %w", v, syscall.ENOENT)
+			return fmt.Errorf("switch option vlan.del: vlan %d does not exist (the vlans option lists them; ipn vlan NET): %w", v, syscall.ENOENT)
 		}
 		s.vlans.del(v)
 		for i := range s.ports {
@@ -608,7 +484,7 @@ func (s *Switch) SetOption(name, value string) error {
 		ps, rest, _ := strings.Cut(strings.TrimSpace(value), " ")
 		p, err := strconv.Atoi(ps)
 		if err != nil || p < 0 || p >= len(s.ports) {
-			return fmt.Errorf("switch option %s: port %q: want 0..%d: %w", name, ps, len(s.ports)-1, syscall.EINVAL)
+			return fmt.Errorf("switch option %s: port %q: want 0..%d, the network's ports: %w", name, ps, len(s.ports)-1, syscall.EINVAL)
 		}
 		if name == "port.vlan" {
 			v, err := parseVLAN(rest, true)
@@ -616,7 +492,7 @@ func (s *Switch) SetOption(name, value string) error {
 				return fmt.Errorf("switch option %s: port %d: %w", name, p, err)
 			}
 			if v != 0 && !s.vlans.has(v) {
-				return fmt.Errorf("no vlan %d (add it first): %w", v, syscall.ENOENT)
+				return noVLAN(v)
 			}
 			s.ports[p].untagged = v
 			return nil
@@ -628,14 +504,26 @@ func (s *Switch) SetOption(name, value string) error {
 				return fmt.Errorf("switch option %s: port %d: %w", name, p, err)
 			}
 			if !s.vlans.has(v) {
-				return fmt.Errorf("no vlan %d (add it first): %w", v, syscall.ENOENT)
+				return noVLAN(v)
 			}
 			set.add(v)
 		}
 		s.ports[p].tagged = set
 		return nil
 	}
-	return fmt.Errorf("switch option %q: %w", name, syscall.ENOPROTOOPT)
+	return fmt.Errorf("switch option %q: want one of %s: %w", name, setOptions, syscall.ENOPROTOOPT)
+}
+
+// The names of the switch's options, as its unknown-option errors list them.
+const (
+	setOptions = "expire, hashsize, loop.interval, mac.flush, vlan.add, vlan.del, port.vlan, port.trunk"
+	getOptions = "expire, hashsize, loop.interval, loop.blocked, macs, ports, vlans"
+)
+
+// noVLAN is the error of a port setting that names VLAN v, which does not
+// exist: it says how to make it.
+func noVLAN(v uint16) error {
+	return fmt.Errorf("vlan %d does not exist: make it first (option vlan.add %d; ipn vlan NET add %d): %w", v, v, v, syscall.ENOENT)
 }
 
 // parseVLAN reads a VLAN id, 1..MaxVLAN, or 0 too if zeroOK.
@@ -650,8 +538,9 @@ func parseVLAN(s string, zeroOK bool) (uint16, error) {
 	return uint16(v), nil
 }
 
-// Option implements policy.Policy.Option: "macs", "ports" and "vlans" are
-// JSON tables; "expire", "hashsize" and "loop.interval" the settings.
+// Option implements policy.Policy.Option: "macs", "ports", "vlans" and
+// "loop.blocked" (the blocked ports) are JSON tables; "expire", "hashsize"
+// and "loop.interval" the settings.
 func (s *Switch) Option(name string) (string, error) {
 	if name == "macs" {
 		s.mu.Lock()
@@ -669,18 +558,21 @@ func (s *Switch) Option(name string) (string, error) {
 	case "hashsize":
 		return strconv.Itoa(s.hashSize), nil
 	case "loop.interval":
-		return s.interval.String(), nil
+		return s.loop.Interval().String(), nil
+	case "loop.blocked":
+		return s.loop.BlockedJSON(), nil
 	case "ports":
 		ports := []PortEntry{}
+		blocked := s.loop.Blocked()
 		for p := range s.ports {
 			c := &s.ports[p]
-			ports = append(ports, PortEntry{Port: p, Untagged: c.untagged, Tagged: c.tagged.list(), Blocked: c.blocked})
+			ports = append(ports, PortEntry{Port: p, Untagged: c.untagged, Tagged: c.tagged.list(), Blocked: blocked.Has(p)})
 		}
 		v = ports
 	case "vlans":
 		v = s.vlans.list()
 	default:
-		return "", fmt.Errorf("switch option %q: %w", name, syscall.ENOPROTOOPT)
+		return "", fmt.Errorf("switch option %q: want one of %s: %w", name, getOptions, syscall.ENOPROTOOPT)
 	}
 	b, err := json.Marshal(v)
 	return string(b), err
@@ -754,6 +646,7 @@ func (s *Switch) DescribePorts(ports []int) []string {
 		}
 	}
 	s.mu.Unlock()
+	blocked := s.loop.Blocked()
 	out := make([]string, len(ports))
 	for i := range ports {
 		if !valid[i] {
@@ -769,7 +662,7 @@ func (s *Switch) DescribePorts(ports []int) []string {
 		if t := c.tagged.list(); len(t) > 0 {
 			fmt.Fprintf(&b, " trunk %s", strings.Trim(fmt.Sprint(t), "[]"))
 		}
-		if c.blocked {
+		if blocked.Has(ports[i]) {
 			b.WriteString(" BLOCKED(loop)")
 		}
 		for j, m := range macEntries(rows[i]) {

@@ -181,31 +181,51 @@ func TestVLANs(t *testing.T) {
 	}
 }
 
-// A probe of ours sent out of port 1 that comes back in on port 3 blocks
-// port 3; the block lifts once probes stop coming back.
+// A probe of ours sent out of link port 1 that comes back in on link port
+// 3 blocks port 3; the block lifts once probes stop coming back. Ports 0
+// and 4 are members that are not links: no probe reaches them, and theirs
+// block nothing.
 func TestLoopBlocksAndRecovers(t *testing.T) {
-	r := newRig(t, 4)
+	r := newRig(t, 5)
+	for _, p := range []int{1, 2, 3} {
+		r.sw.LinkPort(p)
+	}
 	r.sw.SetOption("loop.interval", "1s")
-	r.sw.probeAll()
+	r.sw.loop.Probe()
+	if n := len(r.net.emitted[0]) + len(r.net.emitted[4]); n != 0 {
+		t.Fatalf("%d probes to members that are not links", n)
+	}
 	probe := r.net.emitted[1][0]
-	if !IsProbe(probe) || binary.BigEndian.Uint16(probe[etherHeader+16:]) != 1 {
+	if !IsProbe(probe) || len(probe) < 60 || binary.BigEndian.Uint16(probe[etherHeader+16:]) != 1 {
 		t.Fatalf("probe %x", probe)
 	}
+	// From a member that is not a link, our probe goes nowhere and blocks
+	// nothing.
+	r.expect(r.send(0, probe))
+	r.expect(r.send(4, frame(bcast, mac(4), "x")), 0, 1, 2, 3)
 	if d := r.send(3, probe); d.Ports.Len() != 0 {
 		t.Fatalf("own probe forwarded to %v", ports(d.Ports))
 	}
-	r.expect(r.send(0, frame(bcast, mac(0), "x")), 1, 2)
+	r.expect(r.send(0, frame(bcast, mac(0), "x")), 1, 2, 4)
 	r.expect(r.send(3, frame(bcast, mac(3), "x")))
+	if v, _ := r.sw.Option("loop.blocked"); v != "[3]" {
+		t.Fatalf("loop.blocked %s, want [3]", v)
+	}
 	// A probe reflected on the port it left by is no loop.
 	r.send(2, r.net.emitted[2][0])
-	r.expect(r.send(0, frame(bcast, mac(0), "x")), 1, 2)
-	// Another switch's probe is flooded, but not through the block.
+	r.expect(r.send(0, frame(bcast, mac(0), "x")), 1, 2, 4)
+	// Another switch's probe goes to the other links, not through the
+	// block, nor to members that are not links, if its ID is higher than
+	// ours; else nowhere.
 	other := append([]byte(nil), probe...)
-	other[etherHeader+8] ^= 0xff
-	r.expect(r.send(0, other), 1, 2)
+	copy(other[etherHeader+8:etherHeader+16], bytes.Repeat([]byte{0xff}, 8))
+	r.expect(r.send(1, other), 2)
+	r.expect(r.send(0, other))
+	copy(other[etherHeader+8:etherHeader+16], make([]byte, 8))
+	r.expect(r.send(1, other))
 	r.clk.t = r.clk.t.Add(6 * time.Second)
-	r.sw.probeAll()
-	r.expect(r.send(0, frame(bcast, mac(0), "x")), 1, 2, 3)
+	r.sw.loop.Probe()
+	r.expect(r.send(0, frame(bcast, mac(0), "x")), 1, 2, 3, 4)
 }
 
 func TestOptionsAndDescribe(t *testing.T) {
