@@ -516,6 +516,16 @@ func (ss *session) doConnect(fds []int) (reply []byte, rfds []int, err error) {
 		return nil, nil, fmt.Errorf("no r nor w on %s: %w", cfg.Name, syscall.EACCES)
 	}
 	canRead, canWrite := rights.R && !ss.shutRead, rights.W && !ss.shutWrite
+	// A monitor mirrors the other members' traffic, unicast included:
+	// managing (x) on top of receiving (r). It never sends.
+	switch mon := ss.portOpts.Monitor; {
+	case mon && canWrite:
+		return nil, nil, fmt.Errorf("a monitor port is receive-only: shut down its send side before connect: %w", syscall.EINVAL)
+	case mon && !rights.X:
+		return nil, nil, fmt.Errorf("a monitor port needs x (manage) on %s; you have %s: %w", cfg.Name, rights, syscall.EACCES)
+	case mon && !rights.R:
+		return nil, nil, fmt.Errorf("a monitor port needs r on %s; you have %s: %w", cfg.Name, rights, syscall.EACCES)
+	}
 	if err := ss.srv.acct.take(ss.cred.UID, usage{ports: 1}); err != nil {
 		return nil, nil, err
 	}

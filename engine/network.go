@@ -37,6 +37,13 @@ type Network struct {
 type view struct {
 	ports   []*Port
 	readers policy.PortSet // connected ports whose receive side is open
+	// members is readers without the monitors: what the policy routes
+	// among. It is readers itself when no monitor receives.
+	members policy.PortSet
+	// monitors holds the monitor ports that receive; hasMonitors says
+	// whether it has any, the data path's one check per batch.
+	monitors    policy.PortSet
+	hasMonitors bool
 }
 
 var _ policy.Network = (*Network)(nil)
@@ -129,6 +136,18 @@ func (n *Network) publish() {
 	for i, p := range n.ports {
 		if p != nil && p.canRead.Load() {
 			v.readers.Add(i)
+			if p.opts.Monitor {
+				v.monitors.Add(i)
+				v.hasMonitors = true
+			}
+		}
+	}
+	v.members = v.readers
+	if v.hasMonitors {
+		v.members = policy.NewPortSet(len(n.ports))
+		v.members.CopyFrom(v.readers)
+		for i := v.monitors.Next(0); i >= 0; i = v.monitors.Next(i + 1) {
+			v.members.Remove(i)
 		}
 	}
 	n.view.Store(v)
@@ -183,6 +202,9 @@ const MaxDescription = 128
 func (n *Network) Join(ep endpoint.Endpoint, opts PortOptions) (*Port, error) {
 	if len(opts.Description) > MaxDescription {
 		return nil, fmt.Errorf("description of %d bytes: %w", len(opts.Description), syscall.EINVAL)
+	}
+	if opts.Monitor && !opts.NoWrite {
+		return nil, fmt.Errorf("a monitor port is receive-only: shut its send side: %w", syscall.EINVAL)
 	}
 	e := n.engine
 	e.mu.Lock()

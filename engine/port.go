@@ -25,6 +25,8 @@ type Port struct {
 	canRead  atomic.Bool
 	canWrite atomic.Bool
 
+	mon policy.PortSet // the reader's scratch set for mirror
+
 	msgsIn, bytesIn   atomic.Uint64 // sent by the node into the network
 	msgsOut, bytesOut atomic.Uint64 // delivered to the node
 	drops             atomic.Uint64 // missed by the node (lossy, full queue)
@@ -286,11 +288,18 @@ func (p *Port) route(routed [][]byte, keep []*msg, dst []policy.Delivery) {
 	for i := range keep {
 		dst[i].Reset()
 	}
-	n.policy.Route(p.num, routed, &v.readers, dst[:len(keep)])
+	n.policy.Route(p.num, routed, &v.members, dst[:len(keep)])
+	mon := v.hasMonitors
 	for i, m := range keep {
 		d := &dst[i]
 		if d.Invalid {
 			p.errs.Add(1)
+		}
+		if mon && !d.Invalid {
+			// The monitors get the message once, as sent, and no other form.
+			d.Ports.Intersect(v.members)
+			d.AltPorts.Intersect(v.members)
+			p.mirror(m, v)
 		}
 		if d.Alt != nil && !d.Invalid {
 			// The second form holds the first, and with it the first's
@@ -308,6 +317,22 @@ func (p *Port) route(routed [][]byte, keep []*msg, dst []policy.Delivery) {
 		}
 		n.deliver(m, &d.Ports, v)
 	}
+}
+
+// mirror delivers m, as its node sent it, to the network's monitors, which
+// see every message the policy routed (delivered to some ports or to none)
+// but not those it refused as invalid. In a lossless network the monitors
+// get a copy that holds no lossless slot, so that a monitor that lags
+// drops messages (counted) instead of making senders wait.
+func (p *Port) mirror(m *msg, v *view) {
+	n := p.net
+	p.mon.CopyFrom(v.monitors)
+	if n.tokens != nil {
+		n.deliver(newMsgCopy(m.bytes()), &p.mon, v)
+		return
+	}
+	m.refs.Add(1)
+	n.deliver(m, &p.mon, v)
 }
 
 // writeLoop moves queued messages to the endpoint, out-of-band ones first.

@@ -42,9 +42,12 @@ func dumpCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "dump PATH [-w FILE] [-c N]",
 		Short: "Capture a network's frames: decoded lines, or a pcap file for tcpdump/Wireshark",
-		Long: `Join the IPN network at PATH as a receiver only (it never sends) and
-capture every message its members send, taking each one as an Ethernet
-frame. Out-of-band messages are not captured.
+		Long: `Join the IPN network at PATH as a monitor port, receive-only (it never
+sends), and capture every message its members send, taking each one as an
+Ethernet frame: a monitor port gets a copy of each message as it was sent,
+whatever the network's policy does with it (a switch's unicast frames
+included, and frames the policy delivers to nobody; not those it refuses
+as invalid). Out-of-band messages are not captured.
 
 Without -w, dump prints one line per frame to stdout, like tcpdump's terse
 output: the receive time, source > destination MAC, the VLAN id of each
@@ -88,27 +91,52 @@ Examples:
 	return cmd
 }
 
-// joinToCapture joins the network at path receive-only, explaining the
+// joinToCapture joins the network at path as a monitor port, or, when the
+// user may not manage the network (no x) or the daemon has no monitor
+// ports, as an ordinary receiver, saying so on stderr. It explains the
 // errors a user can fix.
 func joinToCapture(path string) (*ipn.Socket, error) {
+	s, err := joinReceiveOnly(path, true)
+	if errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.ENOPROTOOPT) {
+		why := "no x (manage) permission on the network file"
+		if errors.Is(err, syscall.ENOPROTOOPT) {
+			why = "the ipn daemon has no monitor ports"
+		}
+		if s, err = joinReceiveOnly(path, false); err == nil && s.CanRead() {
+			fmt.Fprintf(os.Stderr, "ipn dump: %s, so no monitor port: capturing only what the network's policy delivers to this port (on a hub, every frame; on a switch, only flooded ones)\n", why)
+		}
+	}
+	switch {
+	case errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED):
+		err = fmt.Errorf("%w (no network there)", err)
+	case errors.Is(err, syscall.EACCES):
+		err = fmt.Errorf("%w (capturing needs r permission on the network file)", err)
+	case err == nil && !s.CanRead():
+		s.Close()
+		err = fmt.Errorf("%s: no r permission on the network file: the socket cannot receive, nothing to capture", path)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// joinReceiveOnly joins the network at path with its send side shut down,
+// as a monitor port if monitor is set.
+func joinReceiveOnly(path string, monitor bool) (*ipn.Socket, error) {
 	s, err := ipn.NewSocket(ipn.Any)
 	if err != nil {
 		return nil, err
 	}
 	err = s.SetDescription("ipn dump")
+	if err == nil && monitor {
+		err = s.SetMonitor(true)
+	}
 	if err == nil {
 		err = s.Shutdown(ipn.ShutWrite)
 	}
 	if err == nil {
 		err = s.Connect(path)
-		switch {
-		case errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED):
-			err = fmt.Errorf("%w (no network there)", err)
-		case errors.Is(err, syscall.EACCES):
-			err = fmt.Errorf("%w (capturing needs r permission on the network file)", err)
-		case err == nil && !s.CanRead():
-			err = fmt.Errorf("%s: no r permission on the network file: the socket cannot receive, nothing to capture", path)
-		}
 	}
 	if err != nil {
 		s.Close()
