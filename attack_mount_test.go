@@ -156,7 +156,7 @@ func TestAttackMountPrivateDirectory(t *testing.T) {
 	head := start(t, a.cred(), nil, "head", "-n1", file)
 	root := member(t, private, nil)
 	waitFor(t, waitProcs, "alice's head to join", func() bool { r, _ := readersOf(private); return r >= 3 })
-	root.Send([]byte("for alice"))
+	root.Send([]byte("for alice\n")) // a line: messages cross device files unchanged
 	if l := head.line(waitProcs); l != "for alice" {
 		t.Fatalf("alice's head read %q", l)
 	}

@@ -1198,11 +1198,19 @@ func (s *Socket) paged(ask func(off uint32) ([]byte, error)) ([]byte, error) {
 // the tap (or attaches to an existing one it may use), which needs
 // CAP_NET_ADMIN for a new tap, and sets the interface up (addresses are
 // left to the user); the daemon then holds the descriptor, so this works
-// from any network namespace. The port goes when the socket closes, and a
-// tap made here goes with it; with persist the port (and tap) stay until
-// ClearPersist. The socket must be bound and needs x on the network.
+// from any network namespace. The tap's MTU is set to the network's less
+// the 14-byte Ethernet header (1500 on a network of 1514; a VLAN tag, 4
+// bytes, counts against the network's MTU); where it cannot be (no
+// CAP_NET_ADMIN), a larger MTU is refused, with the numbers, and a smaller
+// one kept. The port goes when the socket closes, and a tap made here goes
+// with it; with persist the port (and tap) stay until ClearPersist. The
+// socket must be bound and needs x on the network.
 func (s *Socket) AttachTap(name string, persist bool) (int, error) {
-	fd, actual, err := openTap(name)
+	mtu, err := s.MTU()
+	if err != nil {
+		return -1, s.opError("attachtap", err)
+	}
+	fd, actual, err := openTap(name, mtu)
 	if err != nil {
 		return -1, s.opError("attachtap", err)
 	}
@@ -1214,11 +1222,18 @@ func (s *Socket) AttachTap(name string, persist bool) (int, error) {
 // namespace) a port of the bound network: frames it receives enter the
 // network and frames for the port go out of it. The caller opens an
 // AF_PACKET socket on it in promiscuous mode, which needs CAP_NET_RAW;
-// when the port goes, the interface's promiscuity is back as before. The
+// when the port goes, the interface's promiscuity is back as before. An
+// interface whose MTU is larger than the network's less the 14-byte
+// Ethernet header is refused (its larger frames would be lost), with the
+// numbers and the fix; its MTU is the host's, and is not changed. The
 // socket must be bound and needs x on the network; persist as for
 // AttachTap.
 func (s *Socket) AttachGrab(iface string, persist bool) (int, error) {
-	fd, err := openGrab(iface)
+	mtu, err := s.MTU()
+	if err != nil {
+		return -1, s.opError("attachgrab", err)
+	}
+	fd, err := openGrab(iface, mtu)
 	if err != nil {
 		return -1, s.opError("attachgrab", err)
 	}
@@ -1279,10 +1294,11 @@ func (s *Socket) attachDevice(op string, kind byte, name string, persist bool, f
 	return int(port), nil
 }
 
-// openTap creates or attaches the tap name and sets it up; it returns the
-// descriptor and the interface's name (the kernel's choice for "" or a
-// pattern such as "tap%d").
-func openTap(name string) (int, string, error) {
+// openTap creates or attaches the tap name, gives it the MTU of a network
+// of MTU netMTU (tapMTU) and sets it up; it returns the descriptor and the
+// interface's name (the kernel's choice for "" or a pattern such as
+// "tap%d").
+func openTap(name string, netMTU int) (int, string, error) {
 	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		if errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM) {
@@ -1304,6 +1320,10 @@ func openTap(name string) (int, string, error) {
 		return -1, "", fmt.Errorf("tap %s: %w", name, err)
 	}
 	actual := ifr.Name()
+	if err := tapMTU(actual, netMTU); err != nil {
+		unix.Close(fd) // a tap made here goes with it
+		return -1, "", err
+	}
 	setUp(actual) // without CAP_NET_ADMIN (a tap the user owns) it stays as it was
 	return fd, actual, nil
 }
@@ -1330,11 +1350,14 @@ func setUp(name string) error {
 }
 
 // openGrab opens an AF_PACKET socket on iface that receives every frame
-// (promiscuous).
-func openGrab(iface string) (int, error) {
+// (promiscuous), if its frames fit a network of MTU netMTU (grabMTU).
+func openGrab(iface string, netMTU int) (int, error) {
 	ifi, err := net.InterfaceByName(iface)
 	if err != nil {
 		return -1, fmt.Errorf("interface %s: %w", iface, errors.Unwrap(err))
+	}
+	if err := grabMTU(ifi, netMTU); err != nil {
+		return -1, err
 	}
 	// Protocol 0: no frame arrives before bind narrows it to iface.
 	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)

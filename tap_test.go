@@ -256,3 +256,158 @@ func TestTapNoCapNetAdmin(t *testing.T) {
 		t.Error("setpriv is missing")
 	}
 }
+
+// devSwitchMTU binds a switch network of MTU mtu for device ports.
+func devSwitchMTU(t *testing.T, mtu int) string {
+	t.Helper()
+	path := tempDir(t) + "/net"
+	s, err := ipn.NewSocket(ipn.VDESwitch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	if err := s.SetMTU(mtu); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Bind(path); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+var mtuRE = regexp.MustCompile(` mtu (\d+) `)
+
+// linkMTU returns the MTU of dev in ns.
+func linkMTU(t *testing.T, ns, dev string) int {
+	t.Helper()
+	out, err := exec.Command("ip", "-n", ns, "link", "show", dev).CombinedOutput()
+	if err != nil {
+		t.Fatalf("ip link show %s: %v\n%s", dev, err, out)
+	}
+	m := mtuRE.FindStringSubmatch(string(out))
+	if m == nil {
+		t.Fatalf("no mtu in:\n%s", out)
+	}
+	n, _ := strconv.Atoi(m[1])
+	return n
+}
+
+// stopPlug ends a plug and waits until its device port is gone.
+func stopPlug(t *testing.T, p *proc, path, descr string) {
+	t.Helper()
+	syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
+	p.wait(waitProcs)
+	waitFor(t, waitProcs, descr+" gone", func() bool { return devicePort(path, descr) == nil })
+}
+
+// TestTapMTU: ipn plug tap:// gives a tap its network's MTU less the
+// Ethernet header, a new tap and an existing persistent one of MTU 9000
+// alike, on networks of MTU 1514 and 1000.
+func TestTapMTU(t *testing.T) {
+	netnsNeed(t)
+	ns := netnsAdd(t, "mtu")
+	old := devName("tm")
+	netnsRun(t, ns, "tuntap add dev "+old+" mode tap")
+	for _, c := range []struct{ netMTU, want int }{{1514, 1500}, {1000, 986}} {
+		path := devSwitchMTU(t, c.netMTU)
+
+		netnsRun(t, ns, "link set "+old+" mtu 9000")
+		p := devPlug(t, ns, path, "tap", old)
+		if got := linkMTU(t, ns, old); got != c.want {
+			t.Errorf("network MTU %d: the persistent tap of MTU 9000 has MTU %d once plugged, want %d", c.netMTU, got, c.want)
+		}
+		stopPlug(t, p, path, "tap "+old)
+
+		tap := devName("tn")
+		p = devPlug(t, ns, path, "tap", tap)
+		if got := linkMTU(t, ns, tap); got != c.want {
+			t.Errorf("network MTU %d: a new tap has MTU %d, want %d", c.netMTU, got, c.want)
+		}
+		stopPlug(t, p, path, "tap "+tap)
+		waitFor(t, waitProcs, "tap "+tap+" removed", func() bool {
+			return exec.Command("ip", "-n", ns, "link", "show", tap).Run() != nil
+		})
+	}
+}
+
+// TestTapMTURefused: without CAP_NET_ADMIN, ipn plug tap:// of a tap of
+// MTU 9000 cannot set its MTU, and refuses it, naming both MTUs.
+func TestTapMTURefused(t *testing.T) {
+	netnsNeed(t, "setpriv")
+	ns := netnsAdd(t, "mtur")
+	tap := devName("tr")
+	netnsRun(t, ns, "tuntap add dev "+tap+" mode tap", "link set "+tap+" mtu 9000")
+	path := devSwitchMTU(t, 1514)
+	// Root without the capability may attach a tap with no owner, but not
+	// set its MTU.
+	p := start(t, nil, nil, "ip", "netns", "exec", ns, "setpriv", "--bounding-set", "-net_admin", ipnCommand(t), "plug", path, "tap://"+tap)
+	if err := p.wait(waitProcs); err == nil {
+		t.Fatal("ipn plug of a tap of MTU 9000 into a network of MTU 1514 succeeded without setting its MTU")
+	}
+	msg := p.stderr()
+	for _, want := range []string{"9000", "1500", "1514", "ip link set " + tap + " mtu 1500"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("error lacks %q:\n%s", want, msg)
+		}
+	}
+	if devicePort(path, "tap "+tap) != nil {
+		t.Error("a port was made")
+	}
+	if got := linkMTU(t, ns, tap); got != 9000 {
+		t.Errorf("tap MTU %d, want 9000 still", got)
+	}
+}
+
+// TestGrabMTU: ipn plug grab:// refuses an interface of MTU 9000 for a
+// network of MTU 1514, naming both MTUs and the fix, and leaves its MTU
+// alone; at 1500 it is grabbed.
+func TestGrabMTU(t *testing.T) {
+	netnsNeed(t)
+	ns := netnsAdd(t, "gmtu")
+	netnsIP(t, "-n", ns, "link", "add", "veth1", "type", "veth", "peer", "name", "veth2")
+	netnsRun(t, ns, "link set veth1 mtu 9000", "link set veth2 mtu 9000", "link set veth1 up", "link set veth2 up")
+	path := devSwitchMTU(t, 1514)
+	p := start(t, nil, nil, "ip", "netns", "exec", ns, ipnCommand(t), "plug", path, "grab://veth2")
+	if err := p.wait(waitProcs); err == nil {
+		t.Fatal("ipn plug grab:// of an interface of MTU 9000 into a network of MTU 1514 succeeded")
+	}
+	msg := p.stderr()
+	for _, want := range []string{"veth2", "9000", "1514", "ip link set veth2 mtu 1500", "9014"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("error lacks %q:\n%s", want, msg)
+		}
+	}
+	if devicePort(path, "grab veth2") != nil {
+		t.Error("a port was made")
+	}
+	if got := linkMTU(t, ns, "veth2"); got != 9000 {
+		t.Errorf("veth2 MTU %d after the refusal, want 9000", got)
+	}
+	netnsRun(t, ns, "link set veth2 mtu 1500")
+	devPlug(t, ns, path, "grab", "veth2")
+}
+
+// TCP from a veth's peer, through the grabbed veth and an IPN switch, to a
+// tap, both ways. The peer has its tx checksum offload off
+// (docs/multihost.md): with it on, its TCP segments reach the grab with
+// their checksums unfinished, ipn passes them on as they are, and the
+// tap's kernel drops them while ping works.
+func TestGrabTCP(t *testing.T) {
+	netnsNeed(t, "ping", "ethtool")
+	ns1, ns2, ns3 := netnsAdd(t, "gt1"), netnsAdd(t, "gt2"), netnsAdd(t, "gt3")
+	netnsIP(t, "-n", ns1, "link", "add", "veth1", "type", "veth", "peer", "name", "veth2", "netns", ns2)
+	netnsRun(t, ns1, "addr add 10.78.1.1/24 dev veth1", "link set veth1 up")
+	netnsRun(t, ns2, "link set veth2 up")
+	if out, err := nsCmd(ns1, "ethtool", "-K", "veth1", "tx", "off"); err != nil {
+		t.Fatalf("ethtool -K veth1 tx off: %v\n%s", err, out)
+	}
+	path, _ := devSwitch(t)
+	devPlug(t, ns2, path, "grab", "veth2")
+	tap := devName("tt")
+	devPlug(t, ns3, path, "tap", tap)
+	netnsRun(t, ns3, "addr add 10.78.1.2/24 dev "+tap, "link set "+tap+" up")
+	nsPing(t, ns1, "10.78.1.2")
+	const size = 1 << 20
+	transfer(t, ns1, ns3, "10.78.1.2:5001", size)
+	transfer(t, ns3, ns1, "10.78.1.1:5002", size)
+}

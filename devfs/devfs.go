@@ -30,15 +30,21 @@
 //
 // The files are streams (direct I/O; seeks succeed but offsets are
 // ignored, since head -n1 seeks back over what it read past its line and
-// complains on a file that cannot seek). Each read(2) returns
-// exactly one message, blocking until one arrives (a signal interrupts
-// it). A '\n' is appended to a message that does not end with one, so that
-// line tools (head -n1, cat) print one message per line; a message longer
-// than the read buffer is truncated (and the added newline lost). Each
-// write(2) sends one message, less one trailing '\n' if it has one (as ipn
-// cat strips a line's), so `echo hi > file` sends "hi"; a write of just
-// "\n" sends nothing. A message longer than the network's MTU fails with
-// EOVERFLOW.
+// complains on a file that cannot seek). Each read(2) returns exactly one
+// message, blocking until one arrives (a signal interrupts it), and each
+// write(2) sends its bytes as one message. Messages cross unchanged: a
+// 4-byte message reads back as 4 bytes, and a trailing '\n' is part of
+// the message it ends, so `echo hi > file` sends the 3 bytes "hi\n". A
+// message longer than the read buffer is truncated, so read with a buffer
+// of the network's MTU; a write longer than the MTU fails with EOVERFLOW,
+// and an empty write sends nothing (the network carries no empty
+// messages).
+//
+// With Options.Lines (ipn mount --lines) the files are for line tools
+// instead: a '\n' is appended to a message that does not end with one, so
+// that head -n1 and cat print one message per line (a truncated message
+// loses it), and a write sends its bytes less one trailing '\n', so `echo
+// hi > file` sends "hi" and a write of just "\n" sends nothing.
 //
 // # Poll
 //
@@ -147,9 +153,17 @@ const attrValid = time.Second
 // reads (besides the one its receiving goroutine holds).
 const queueLen = 1
 
+// Options are the choices of a file system.
+type Options struct {
+	// Lines makes the files line-oriented (see the package documentation):
+	// reads end each message with '\n', writes strip one trailing '\n'.
+	Lines bool
+}
+
 // FS is the file system: its root directory and the files open in it.
 type FS struct {
 	nets []string // absolute paths of the networks shown; nil: all
+	opts Options
 	root *dirNode
 
 	mu      sync.Mutex
@@ -165,9 +179,9 @@ type FS struct {
 var _ fusefs.FS = (*FS)(nil)
 
 // New returns a file system showing the networks at paths, or every
-// network the daemon serves if there are none.
-func New(paths []string) (*FS, error) {
-	f := &FS{open: map[*handle]struct{}{}, nodes: map[string]*netNode{}, perUser: map[uint32]int{}}
+// network the daemon serves if there are none, with the options opts.
+func New(paths []string, opts Options) (*FS, error) {
+	f := &FS{opts: opts, open: map[*handle]struct{}{}, nodes: map[string]*netNode{}, perUser: map[uint32]int{}}
 	for _, p := range paths {
 		abs, err := filepath.Abs(p)
 		if err != nil {
@@ -495,7 +509,7 @@ func (n *netNode) Open(ctx context.Context, req *fuse.OpenRequest, resp *fuse.Op
 	}
 	n.fs.perUser[c.UID]++
 	n.fs.mu.Unlock()
-	h := &handle{s: nil, fs: n.fs, uid: c.UID, write: wantW, quit: make(chan struct{})}
+	h := &handle{s: nil, fs: n.fs, uid: c.UID, write: wantW, lines: n.fs.opts.Lines, quit: make(chan struct{})}
 	fail := func(err error) (fusefs.Handle, error) {
 		if h.s != nil {
 			h.s.Close()
@@ -560,9 +574,10 @@ type handle struct {
 	fs    *FS
 	uid   uint32 // the user who opened it
 	write bool   // opened for writing
+	lines bool   // Options.Lines: add and strip newlines
 
-	// Of a file opened for reading: messages received ahead, each with
-	// its newline; eof is closed when receiving has ended (after the last
+	// Of a file opened for reading: messages received ahead (in lines
+	// mode, each with its newline); eof is closed when receiving has ended (after the last
 	// message is queued).
 	msgs chan []byte
 	eof  chan struct{}
@@ -606,7 +621,7 @@ func (h *handle) receive(mtu int) {
 		}
 		msg := make([]byte, n, n+1)
 		copy(msg, buf[:n])
-		if n == 0 || msg[n-1] != '\n' {
+		if h.lines && (n == 0 || msg[n-1] != '\n') {
 			msg = append(msg, '\n')
 		}
 		select {
@@ -661,10 +676,11 @@ func (h *handle) Read(ctx context.Context, req *fuse.ReadRequest, resp *fuse.Rea
 	return nil
 }
 
-// Write sends data as one message, less one trailing newline.
+// Write sends data as one message, as it is (in lines mode, less one
+// trailing newline).
 func (h *handle) Write(ctx context.Context, req *fuse.WriteRequest, resp *fuse.WriteResponse) error {
 	msg := req.Data
-	if len(msg) > 0 && msg[len(msg)-1] == '\n' {
+	if h.lines && len(msg) > 0 && msg[len(msg)-1] == '\n' {
 		msg = msg[:len(msg)-1]
 	}
 	if len(msg) > 0 {

@@ -15,43 +15,49 @@ func init() { commands = append(commands, mountCmd) }
 
 func mountCmd() *cobra.Command {
 	var nets []string
-	var debug bool
+	var debug, lines bool
 	cmd := &cobra.Command{
 		Use:   "mount DIR",
 		Short: "Show networks as device files in DIR (FUSE)",
 		Long: `Mount a FUSE file system at DIR in which networks are files: every network
 the daemon serves (kept up to date), or only those given with --net. A
-network's file is named by its path without the leading '/' and with the
-other '/' replaced by '_' (/tmp/chat is DIR/tmp_chat); it has the network
-file's owner, group and mode.
+network's file is named by its path without the leading '/', with the
+other '/' replaced by '_' and '_' and '%' by %5F and %25 (/tmp/chat is
+DIR/tmp_chat, /tmp/a_b is DIR/tmp_a%5Fb); it has the network file's owner,
+group and mode.
 
 Opening a file joins the network with the rights of the process that
 opens it, checked against that mode: read-only opens receive, write-only
-opens send. Each read returns one message (a '\n' is added if it has
-none), each write sends one (one trailing '\n' is stripped), so line tools
-work. poll/select/epoll work: a file is readable when a message is
-waiting for it, writable when it was opened for writing.
+opens send. Each read returns one message, each write sends one, byte for
+byte: a message without a newline reads back without one, and a trailing
+'\n' written is sent (echo hi sends "hi\n"). Read with a buffer of the
+network's MTU: a longer message is truncated. With --lines the files are
+for line tools instead: each read ends its message with '\n' (added if it
+has none), each write strips one trailing '\n' (echo hi sends "hi").
+poll/select/epoll work: a file is readable when a message is waiting for
+it, writable when it was opened for writing.
 
 The file system is mounted with fusermount3 (package fuse3). As root (or
 with user_allow_other in /etc/fuse.conf) it is open to all users,
 otherwise only to the caller. SIGINT or SIGTERM unmounts.
 
 Examples:
-  ipn mount /dev/ipn &
-  echo hello > /dev/ipn/tmp_chat       # send one message
-  head -n1 /dev/ipn/tmp_chat           # receive one`,
+  ipn mount --lines /dev/ipn &
+  echo hello > /dev/ipn/tmp_chat       # send one message, "hello"
+  head -n1 /dev/ipn/tmp_chat           # receive one, as a line`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return runMount(args[0], nets, debug)
+			return runMount(args[0], nets, devfs.Options{Lines: lines}, debug)
 		},
 	}
 	cmd.Flags().StringArrayVar(&nets, "net", nil, "show only the network at this path (repeatable)")
+	cmd.Flags().BoolVar(&lines, "lines", false, "line mode: reads add a missing trailing newline, writes strip one")
 	cmd.Flags().BoolVar(&debug, "debug", false, "log FUSE requests")
 	return cmd
 }
 
-func runMount(dir string, nets []string, debug bool) error {
-	fsys, err := devfs.New(nets)
+func runMount(dir string, nets []string, opts devfs.Options, debug bool) error {
+	fsys, err := devfs.New(nets, opts)
 	if err != nil {
 		return err
 	}

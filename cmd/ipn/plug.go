@@ -57,6 +57,17 @@ and the port goes when it exits, unless --persist (see ipn device). The
 port's sides are your rights on the network: r, frames from the network go
 out of the device; w, frames the device receives enter the network.
 
+MTU: the network's MTU is its largest frame, the 14-byte Ethernet header
+included, and an interface's is the payload, so a tap gets the network's
+MTU less 14 (1500 on the default 1514; --mtu of ipn cat --bind chooses
+the network's), a tap made here and an existing one alike. A VLAN tag
+counts against the network's MTU, 4 bytes each: give a VLAN interface on
+the tap an MTU 4 less than the tap's, or the network 4 more (1518). An
+existing tap whose MTU cannot be set (no CAP_NET_ADMIN) is refused if
+larger, kept if smaller. grab:// refuses an interface whose MTU is larger
+than the network's less 14 (it would lose its larger frames) and leaves
+its MTU alone: lower it, or use a network with a larger MTU.
+
 UDP, VXLAN and vxvde carry no authentication and no encryption: run them on
 a trusted segment or inside WireGuard or IPsec (docs/multihost.md).
 

@@ -3,6 +3,11 @@
 // Ethernet frame the kernel sends out of the interface and one write is one
 // frame the interface receives. The descriptor carries the interface's
 // network namespace, so it may come from a process in another namespace.
+//
+// A tap's MTU is its network's less HeaderLen (the network's MTU is a whole
+// frame, an interface's the payload): MatchMTU gives it that, and whoever
+// opens the tap calls it (ipn plug tap:// does). A frame the tap sends
+// that is longer than the network's MTU would be lost.
 package tap
 
 import (
