@@ -1,7 +1,6 @@
 package ipn_test
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -429,8 +428,8 @@ func TestAttackListingPrivacy(t *testing.T) {
 		if err != nil {
 			t.Fatalf("ipn ls: %v %s", err, out)
 		}
-		var nets []ipn.NetInfo
-		if err := json.Unmarshal([]byte(out), &nets); err != nil {
+		nets, err := decodeLs(out)
+		if err != nil {
 			t.Fatalf("ipn ls --json: %v: %s", err, out)
 		}
 		return nets

@@ -3,7 +3,6 @@ package ipn_test
 import (
 	"bytes"
 	"encoding/binary"
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -79,8 +78,8 @@ func TestLsShowsPortsAndCounters(t *testing.T) {
 	if err := p.wait(15 * time.Second); err != nil {
 		t.Fatalf("ipn ls: %v: %s", err, p.stderr())
 	}
-	var nets []ipn.NetInfo
-	if err := json.Unmarshal([]byte(out), &nets); err != nil || len(nets) != 1 {
+	nets, err := decodeLs(out)
+	if err != nil || len(nets) != 1 {
 		t.Fatalf("ipn ls --json: %v\n%s", err, out)
 	}
 	n := nets[0]

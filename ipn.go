@@ -11,7 +11,9 @@
 //
 // Networks are served by the ipn daemon. If none is running the library
 // starts one by re-executing the calling program (see daemon.Dial), so a
-// program works on a fresh machine with nothing set up.
+// program works on a fresh machine with nothing set up. The calls that act
+// only on networks a daemon already serves (List, PolicyOption,
+// SetPolicyOption) start none.
 package ipn
 
 import (
@@ -162,9 +164,16 @@ func Join(path string, proto Protocol) (*Socket, error) {
 	return s, nil
 }
 
+// ErrNoDaemon reports that no daemon runs where the library looks (see
+// daemon.Dial): List and the policy calls need one that serves networks,
+// and start none.
+var ErrNoDaemon = daemon.ErrNoDaemon
+
 // List returns the networks the daemon serves; with a path, just that one.
+// It starts no daemon: with none running it fails with an error wrapping
+// ErrNoDaemon.
 func List(path string) ([]NetInfo, error) {
-	s, err := NewSocket(Any)
+	s, err := newReadSocket()
 	if err != nil {
 		return nil, err
 	}
@@ -174,13 +183,15 @@ func List(path string) ([]NetInfo, error) {
 
 // SetPolicyOption changes a setting of the policy of the network at path
 // while it runs (say, a switch's VLANs); it needs x on the network file.
+// As PolicyOption, it starts no daemon (ErrNoDaemon).
 func SetPolicyOption(path, name, value string) error {
 	_, err := policyRequest(path, true, name, value)
 	return err
 }
 
 // PolicyOption reads a setting or a table of the policy of the network at
-// path (say, a switch's MAC table, as JSON); it needs r or x.
+// path (say, a switch's MAC table, as JSON); it needs r or x. It starts no
+// daemon: with none running it fails with an error wrapping ErrNoDaemon.
 func PolicyOption(path, name string) (string, error) {
 	return policyRequest(path, false, name, "")
 }
@@ -190,7 +201,7 @@ func policyRequest(path string, set bool, name, value string) (string, error) {
 	if len(name) == 0 || len(name) > 255 {
 		return "", &net.OpError{Op: op, Net: "ipn", Addr: Addr(path), Err: syscall.EINVAL}
 	}
-	s, err := NewSocket(Any)
+	s, err := newReadSocket() // no daemon, no network: start none
 	if err != nil {
 		return "", err
 	}

@@ -87,7 +87,12 @@ type ctlReply struct {
 // NewSocket makes a socket for protocol proto (Any to take the network's),
 // reaching the daemon (and starting it if none runs).
 func NewSocket(proto Protocol) (*Socket, error) {
-	ctl, err := daemon.Dial()
+	return newSocket(proto, daemon.Dial)
+}
+
+// newSocket makes a socket for proto on the control connection dial makes.
+func newSocket(proto Protocol, dial func() (*net.UnixConn, error)) (*Socket, error) {
+	ctl, err := dial()
 	if err != nil {
 		return nil, &net.OpError{Op: "socket", Net: "ipn", Err: err}
 	}
@@ -264,9 +269,55 @@ func (s *Socket) request(op uint16, body []byte, fds ...int) ([]byte, []int, err
 	}
 }
 
-// lostDaemon describes a control connection that broke.
+// lostDaemon describes a control connection that broke: the daemon
+// stopped or died, and every network this socket had is lost.
 func (s *Socket) lostDaemon(err error) error {
-	return fmt.Errorf("connection to ipn daemon lost (%v): %w", err, syscall.ECONNRESET)
+	why := ""
+	if err != nil && !errors.Is(err, io.EOF) {
+		why = fmt.Sprintf(" (%v)", err)
+	}
+	return fmt.Errorf("the ipn daemon at %s went away%s: the network is lost: %w", s.ctl.RemoteAddr(), why, syscall.ECONNRESET)
+}
+
+// lostWait bounds how long a data path that ended waits for the control
+// connection to end too, to tell a daemon that went from a dropped port.
+const lostWait = 500 * time.Millisecond
+
+// lost is the error of a data path the daemon ended while the socket could
+// still use it: the daemon went away, or (its control connection still up)
+// it dropped this socket's port.
+func (s *Socket) lost() error {
+	t := time.NewTimer(lostWait)
+	defer t.Stop()
+	select {
+	case <-s.closed:
+		return net.ErrClosed
+	case <-s.ctlDone:
+		if s.isClosed() {
+			return net.ErrClosed
+		}
+		return s.lostDaemon(s.ctlErr)
+	case <-t.C:
+		return fmt.Errorf("the ipn daemon dropped this port: %w", syscall.ECONNRESET)
+	}
+}
+
+// Done returns a channel that is closed when the socket's connection to the
+// daemon ends: after Close, or when the daemon stopped or died.
+func (s *Socket) Done() <-chan struct{} { return s.ctlDone }
+
+// Err returns nil until Done is closed; then net.ErrClosed if the socket
+// was closed, else why the daemon is gone (an error wrapping ECONNRESET).
+func (s *Socket) Err() error {
+	select {
+	case <-s.ctlDone:
+	default:
+		return nil
+	}
+	if s.isClosed() {
+		return net.ErrClosed
+	}
+	return s.lostDaemon(s.ctlErr)
 }
 
 func (s *Socket) opError(op string, err error) error {
@@ -360,8 +411,14 @@ func (s *Socket) NetFlags() (Flags, error) {
 	return Flags(v), err
 }
 
-// SetPort asks for port number n at Connect (EADDRNOTAVAIL if taken).
-func (s *Socket) SetPort(n int) error { return s.setU32("setport", wire.OptPort, n) }
+// SetPort asks for port number n at Connect (EADDRNOTAVAIL if taken); -1,
+// the default, takes any free port.
+func (s *Socket) SetPort(n int) error {
+	if n < -1 {
+		return s.opError("setport", fmt.Errorf("port %d: want 0 or more, or -1 for any free port: %w", n, syscall.EINVAL))
+	}
+	return s.opError("setport", s.setOpt(wire.OptPort, wire.U32(uint32(int32(n)))))
+}
 
 // Port returns the port number once connected.
 func (s *Socket) Port() int {
@@ -747,7 +804,8 @@ func (s *Socket) isClosed() bool {
 
 // Send sends msg as one message to the network. It fails with EOVERFLOW
 // if msg is longer than the MTU, EPIPE if the socket may not send,
-// ENOTCONN before Connect. In a lossless network it blocks while the
+// ENOTCONN before Connect, and with an error wrapping ECONNRESET when the
+// daemon went away. In a lossless network it blocks while the
 // network's pool is full (up to the write deadline).
 func (s *Socket) Send(msg []byte) error {
 	data, fast, err := s.sendCheck(len(msg))
@@ -755,11 +813,21 @@ func (s *Socket) Send(msg []byte) error {
 	case err != nil:
 	case fast != nil:
 		_, err = fast.send([][]byte{msg})
+		err = s.sendErr(err)
 	default:
 		_, err = data.Write(msg)
-		err = unwrapNet(err)
+		err = s.sendErr(unwrapNet(err))
 	}
 	return s.opError("send", err)
+}
+
+// sendErr maps the error of a send that sendCheck allowed: a data path the
+// daemon closed means the network is lost.
+func (s *Socket) sendErr(err error) error {
+	if errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) {
+		return s.lost()
+	}
+	return err
 }
 
 // SendBatch sends msgs in order, each as one message, and returns how many
@@ -789,6 +857,7 @@ func (s *Socket) SendBatch(msgs [][]byte) (int, error) {
 	} else {
 		sent, err = s.writeBatch(data, msgs[:ok])
 	}
+	err = s.sendErr(err)
 	if err == nil && ok < len(msgs) {
 		_, _, err = s.sendCheck(len(msgs[ok]))
 	}
@@ -822,7 +891,8 @@ func (s *Socket) Read(b []byte) (int, error) {
 
 // Recv receives one message into b: the out-of-band ones first, marked
 // MsgOOB. It returns io.EOF when the socket can neither send nor receive
-// any more (or the network went away), EPIPE if only the receive side is
+// any more, an error wrapping ECONNRESET when the daemon went away (the
+// network is lost; Err says the same), EPIPE if only the receive side is
 // shut down, ENOTCONN before Connect, and os.ErrDeadlineExceeded (wrapped)
 // when the read deadline passes.
 func (s *Socket) Recv(b []byte) (int, MsgFlags, error) {
@@ -923,7 +993,9 @@ func (s *Socket) recv(ms []Message) (int, error) {
 				continue // woken for an out-of-band message
 			}
 			if errors.Is(err, io.EOF) {
-				return 0, io.EOF
+				// Only the daemon ends the data path of a socket that
+				// may still receive: the network is lost.
+				return 0, s.opError("recv", s.lost())
 			}
 			return 0, s.opError("recv", unwrapNet(err))
 		}
@@ -1137,6 +1209,14 @@ func (s *Socket) Close() error {
 		s.removeEnded()
 	})
 	return nil
+}
+
+// newReadSocket makes a socket for a request that only reads what a
+// daemon serves (a listing, a policy's table or setting): it starts no
+// daemon, since a new one would serve nothing, and fails with an error
+// wrapping ErrNoDaemon instead.
+func newReadSocket() (*Socket, error) {
+	return newSocket(Any, daemon.DialRunning)
 }
 
 // list asks the daemon for the networks the caller can see; with a path,

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sort"
 	"strings"
 	"sync"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/ipn-project/ipn"
 	"github.com/ipn-project/ipn/endpoint"
+	"github.com/ipn-project/ipn/endpoint/vdeplug"
 )
 
 // Opener opens the far end of a cable. spec is the URL without its
@@ -71,6 +73,18 @@ func Open(ctx context.Context, url string) (endpoint.Endpoint, error) {
 		return nil, fmt.Errorf("cable %s: %w", url, err)
 	}
 	return ep, nil
+}
+
+// Retryable reports whether Open failed in a way that waiting may cure:
+// no one listens there yet (a refused connection, no socket, no VDE
+// switch), no route or name yet, a timeout; not with a URL that is wrong,
+// which no retry makes right.
+func Retryable(err error) bool {
+	var errno syscall.Errno
+	var dns *net.DNSError
+	return errors.As(err, &errno) && errno != syscall.EINVAL ||
+		errors.Is(err, vdeplug.ErrNoSwitch) || errors.As(err, &dns) ||
+		errors.Is(err, os.ErrDeadlineExceeded)
 }
 
 // ErrFarEnd reports that the far end of a cable went away.

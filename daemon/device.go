@@ -47,12 +47,21 @@ func newDevices() devices {
 	return devices{byKey: map[devKey]*devPort{}, byPort: map[*engine.Port]*devPort{}}
 }
 
-// persistent reports whether p is a persistent device port.
-func (ds *devices) persistent(p *engine.Port) bool {
+// describe reports whether p is a device port, whether it is persistent,
+// and who is behind it now: the process whose session holds it (the plug
+// that attached it, or the one that joined it since), or, when none does,
+// its maker's user and no process.
+func (ds *devices) describe(p *engine.Port) (dev, persist bool, peer string) {
 	ds.mu.Lock()
 	defer ds.mu.Unlock()
 	d := ds.byPort[p]
-	return d != nil && d.persist
+	if d == nil {
+		return false, false, ""
+	}
+	if d.owner != nil {
+		return true, d.persist, "device " + d.owner.cred.String()
+	}
+	return true, d.persist, fmt.Sprintf("device uid %d, no process", d.maker)
 }
 
 // doDevice answers OpAttachDevice: attach the descriptor passed as a port

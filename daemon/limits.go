@@ -130,14 +130,15 @@ func (a *accounts) give(uid uint32, d usage) {
 
 // netMemory is the memory a network of cfg may hold, its policy aside: each
 // port may hold a queue of messages and as many out-of-band ones, each in
-// a buffer of the MTU's size class; a lossless network's queues hold only
-// the messages in flight, at most the pool; and 1 KiB a port.
+// a buffer of the MTU's size class, and 1 KiB; a lossless network holds
+// the messages in flight too, at most the pool (its queues hold those, or
+// copies outside the pool: a monitor's, the policy's probes).
 func netMemory(cfg engine.Config) int64 {
 	msg, q, ports := int64(engine.MsgBytes(cfg.MTU)), int64(engine.QueueLen(cfg)), int64(cfg.NumPorts)
 	perPort := 1024 + 16*q + q*msg // the slots, and the out-of-band messages
 	held := ports * q * msg        // the ordinary messages queued
 	if cfg.Flags&engine.Lossless != 0 {
-		held = int64(cfg.PoolSize) * msg
+		held += int64(cfg.PoolSize) * msg
 	}
 	return held + ports*perPort
 }

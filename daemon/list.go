@@ -125,10 +125,16 @@ func netInfo(n *engine.Network, nf *netFile, manager bool, devs *devices) wire.N
 			Read: p.CanRead(), Write: p.CanWrite(),
 			MsgsIn: s.MsgsIn, BytesIn: s.BytesIn, MsgsOut: s.MsgsOut, BytesOut: s.BytesOut,
 			Drops: s.Drops, Errors: s.Errors,
-			Policy: descrs[i], Persist: devs.persistent(p),
+			Policy: descrs[i], Monitor: o.Monitor, Link: o.Link,
+		}
+		peer := o.Peer
+		if dev, persist, who := devs.describe(p); dev {
+			// Who holds a device port changes (a plug exits, another
+			// process joins): the devices know, not the port's options.
+			pi.Persist, peer = persist, who
 		}
 		if manager {
-			pi.Peer = o.Peer
+			pi.Peer = peer
 		}
 		info.PortsInfo = append(info.PortsInfo, pi)
 	}

@@ -41,7 +41,7 @@ func statNetFile(fd int) (fileID, *unix.Stat_t, error) {
 		return fileID{}, nil, fmt.Errorf("network file: %w", err)
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
-		return fileID{}, nil, fmt.Errorf("not a socket file: %w", syscall.ECONNREFUSED)
+		return fileID{}, nil, fmt.Errorf("%s, not a network (a network is a socket file): %w", fileKind(st.Mode), syscall.ECONNREFUSED)
 	}
 	var sfs unix.Statfs_t
 	if err := unix.Fstatfs(fd, &sfs); err != nil {

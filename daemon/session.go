@@ -223,7 +223,7 @@ func (ss *session) doSetOpt(body []byte) error {
 			return syscall.EISCONN
 		}
 		if len(val) > engine.MaxDescription {
-			return syscall.EINVAL
+			return fmt.Errorf("description of %d bytes: want at most %d: %w", len(val), engine.MaxDescription, syscall.EINVAL)
 		}
 		ss.portOpts.Description = printable(val)
 		return nil
@@ -244,6 +244,9 @@ func (ss *session) doSetOpt(body []byte) error {
 		}
 		switch opt {
 		case wire.OptPort:
+			if want := int32(v); want < -1 || want >= engine.MaxPorts {
+				return fmt.Errorf("port %d: want 0..%d, or -1 for any free port: %w", want, engine.MaxPorts-1, syscall.EINVAL)
+			}
 			ss.portOpts.Want = int(int32(v))
 		case wire.OptHandleOOB:
 			ss.portOpts.HandleOOB = v != 0
@@ -267,22 +270,23 @@ func (ss *session) doSetOpt(body []byte) error {
 		switch opt {
 		case wire.OptMTU:
 			if v < 1 || v > engine.MaxMTU {
-				return syscall.EINVAL
+				return fmt.Errorf("mtu %d: want 1..%d bytes: %w", v, engine.MaxMTU, syscall.EINVAL)
 			}
 			ss.netCfg.MTU = int(v)
 		case wire.OptNumNodes:
 			if v < 1 || v > engine.MaxPorts {
-				return syscall.EINVAL
+				return fmt.Errorf("ports %d: want 1..%d: %w", v, engine.MaxPorts, syscall.EINVAL)
 			}
 			ss.netCfg.NumPorts = int(v)
 		case wire.OptMsgPoolSize:
 			if v < 1 || v > engine.MaxPoolSize {
-				return syscall.EINVAL
+				return fmt.Errorf("pool size %d: want 1..%d: %w", v, engine.MaxPoolSize, syscall.EINVAL)
 			}
 			ss.netCfg.PoolSize = int(v)
 		default:
 			if engine.Flags(v)&^(engine.Lossless|engine.Excl|engine.FlexMTU) != 0 {
-				return syscall.EINVAL
+				return fmt.Errorf("flags %#x: want lossless (%#x), excl (%#x), flexmtu (%#x) or their sum: %w",
+					v, engine.Lossless, engine.Excl, engine.FlexMTU, syscall.EINVAL)
 			}
 			ss.netCfg.Flags = engine.Flags(v)
 		}
@@ -398,7 +402,7 @@ func (ss *session) doBind(fds []int) error {
 // the file's owner (or root) may.
 func (ss *session) create(fd int, id fileID, st *unix.Stat_t) (*engine.Network, error) {
 	if ss.cred.UID != 0 && ss.cred.UID != st.Uid {
-		return nil, fmt.Errorf("no network on this file, and only its owner (uid %d) may make one: %w", st.Uid, syscall.ECONNREFUSED)
+		return nil, ss.noNetwork(st, fmt.Errorf("only its owner (uid %d) may make one: %w", st.Uid, syscall.ECONNREFUSED))
 	}
 	nf, err := pin(fd, id)
 	if err != nil {
@@ -489,7 +493,7 @@ func (ss *session) doConnect(fds []int) (reply []byte, rfds []int, err error) {
 	case len(fds) == 0 && ss.bound != nil:
 		n = ss.bound
 	case len(fds) == 1:
-		id, _, err := statNetFile(fds[0])
+		id, st, err := statNetFile(fds[0])
 		if err != nil {
 			return nil, nil, err
 		}
@@ -497,7 +501,7 @@ func (ss *session) doConnect(fds []int) (reply []byte, rfds []int, err error) {
 			return nil, nil, fmt.Errorf("bound to another network: %w", syscall.EINVAL)
 		}
 		if n, err = ss.srv.engine.Acquire(id); err != nil {
-			return nil, nil, fmt.Errorf("no network on this file: %w", err)
+			return nil, nil, ss.noNetwork(st, err)
 		}
 		defer n.Release() // the port takes its own reference
 	default:
@@ -576,6 +580,9 @@ func (ss *session) doConnect(fds []int) (reply []byte, rfds []int, err error) {
 		ep.Close()
 		closeFDs(rfds)
 		ss.data, ss.fast = nil, nil
+		if errors.Is(err, syscall.EADDRNOTAVAIL) {
+			err = withHint(err, "ipn ls "+cfg.Name+" shows who holds the ports")
+		}
 		return nil, nil, err
 	}
 	ss.port = port
@@ -671,13 +678,13 @@ func (ss *session) doPolicy(body []byte, fds []int) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	id, _, err := statNetFile(fd)
+	id, st, err := statNetFile(fd)
 	if err != nil {
 		return nil, err
 	}
 	n, err := ss.srv.engine.Acquire(id)
 	if err != nil {
-		return nil, fmt.Errorf("no network on this file: %w", err)
+		return nil, ss.noNetwork(st, err)
 	}
 	defer n.Release()
 	r, err := netFileOf(n).rights(ss.cred)
@@ -697,7 +704,7 @@ func (ss *session) doPolicy(body []byte, fds []int) ([]byte, error) {
 				n.SetPolicyOption(name, old)
 			}
 		}
-		return nil, ss.srv.recharge(n, func() error { return n.SetPolicyOption(name, value) }, undo)
+		return nil, policyErr(n, ss.srv.recharge(n, func() error { return n.SetPolicyOption(name, value) }, undo))
 	}
 	if !r.R && !r.X {
 		return nil, fmt.Errorf("reading needs r or x on the network; you have %s: %w", r, syscall.EACCES)
@@ -712,8 +719,56 @@ func (ss *session) doPolicy(body []byte, fds []int) ([]byte, error) {
 	}
 	return ss.page(wire.OpPolicy, off, func() ([]byte, error) {
 		v, err := n.PolicyOption(name)
-		return []byte(v), err
+		return []byte(v), policyErr(n, err)
 	})
+}
+
+// policyErr names n's policy in an error of its options, so that a
+// setting the policy lacks (ENOPROTOOPT) says which policy lacks it.
+func policyErr(n *engine.Network, err error) error {
+	proto := n.Config().Proto.String()
+	if err == nil || !errors.Is(err, syscall.ENOPROTOOPT) || strings.HasPrefix(err.Error(), proto+" ") {
+		return err // the policy named itself
+	}
+	return fmt.Errorf("policy %s: %w", proto, err)
+}
+
+// hintError is an error with a hint added to its text, before the errno's.
+type hintError struct {
+	msg string
+	err error
+}
+
+func (e *hintError) Error() string { return e.msg }
+func (e *hintError) Unwrap() error { return e.err }
+
+// withHint adds hint, in parentheses, to the text of err, which keeps its
+// errno: "port 3 is taken (HINT): cannot assign requested address".
+func withHint(err error, hint string) error {
+	msg := err.Error()
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		if m, ok := strings.CutSuffix(msg, ": "+errno.Error()); ok {
+			return &hintError{msg: m + " (" + hint + "): " + errno.Error(), err: err}
+		}
+	}
+	return &hintError{msg: msg + " (" + hint + ")", err: err}
+}
+
+// noNetwork is the error of a request for the network on a file (of
+// status st) on which this daemon runs none (err, ECONNREFUSED): it says
+// which daemon answered, since a user's own daemon serves only that
+// user's networks, and another user's network lives in that user's.
+func (ss *session) noNetwork(st *unix.Stat_t, err error) error {
+	sock := ss.srv.cfg.Socket
+	switch {
+	case os.Geteuid() == 0:
+		return fmt.Errorf("no network on this file in the ipn daemon at %s: %w", sock, err)
+	case st.Uid != ss.cred.UID:
+		return fmt.Errorf("no network on this file in your own ipn daemon at %s; the file is uid %d's, whose networks that user's own daemon serves: "+
+			"start a system daemon as root (ipn daemon) to share networks between users: %w", sock, st.Uid, err)
+	}
+	return fmt.Errorf("no network on this file in your own ipn daemon at %s (it ended, or another daemon serves it): %w", sock, err)
 }
 
 // printable returns b as a string of at most engine.MaxDescription bytes

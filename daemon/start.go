@@ -42,9 +42,23 @@ const startTimeout = 10 * time.Second
 // the other end (SO_PEERCRED) must be root or the caller's own user, and the
 // user's socket directory must be the user's own and not writable by
 // others; otherwise Dial fails with EACCES or EPERM and says why.
-func Dial() (*net.UnixConn, error) {
+func Dial() (*net.UnixConn, error) { return dialDaemon(dialOrStart) }
+
+// DialRunning is Dial for a call that only reads what a daemon serves (a
+// listing, a table): it never starts a daemon, since a new one would serve
+// nothing. When none answers, it fails with an error wrapping
+// ErrNoDaemon that names the socket.
+func DialRunning() (*net.UnixConn, error) { return dialDaemon(dialRunning) }
+
+// ErrNoDaemon reports that no daemon answers at the control socket, which
+// DialRunning does not start.
+var ErrNoDaemon = errors.New("no ipn daemon runs")
+
+// dialDaemon finds the control socket as Dial says and connects with at,
+// passing whether the socket is in the user's own directory.
+func dialDaemon(at func(path string, own bool) (*net.UnixConn, error)) (*net.UnixConn, error) {
 	if p := os.Getenv(SocketEnv); p != "" {
-		return dialOrStart(p, false)
+		return at(p, false)
 	}
 	if os.Geteuid() != 0 {
 		if c, err := dial(SystemSocket); err == nil {
@@ -52,9 +66,28 @@ func Dial() (*net.UnixConn, error) {
 		} else if errors.Is(err, ErrNotDaemon) {
 			return nil, err
 		}
-		return dialOrStart(UserSocket(), true)
+		return at(UserSocket(), true)
 	}
-	return dialOrStart(SystemSocket, false)
+	return at(SystemSocket, false)
+}
+
+// dialRunning dials path, as dialOrStart does, but starts no daemon.
+func dialRunning(path string, own bool) (*net.UnixConn, error) {
+	if own {
+		if err := checkDir(filepath.Dir(path), true); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, err
+		}
+	}
+	c, err := dial(path)
+	switch {
+	case err == nil || errors.Is(err, ErrNotDaemon):
+		return c, err
+	case CheckSocket(path) != nil:
+		return nil, CheckSocket(path)
+	case errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED):
+		return nil, fmt.Errorf("%w (at %s)", ErrNoDaemon, path)
+	}
+	return nil, fmt.Errorf("ipn daemon at %s: %w", path, err)
 }
 
 // ErrNotDaemon reports a control socket served by a process that is
@@ -93,6 +126,9 @@ func dialOrStart(path string, own bool) (*net.UnixConn, error) {
 	if err == nil || errors.Is(err, ErrNotDaemon) {
 		return c, err
 	}
+	if err := CheckSocket(path); err != nil {
+		return nil, err
+	}
 	if os.Getenv(NoAutostartEnv) == "1" {
 		return nil, fmt.Errorf("ipn daemon at %s: %w", path, err)
 	}
@@ -119,6 +155,9 @@ func Start(socket string) error {
 // start runs a daemon on socket and waits until it serves. A lock makes
 // racing starters take turns; the later ones find the daemon running.
 func start(socket string) error {
+	if err := CheckSocket(socket); err != nil {
+		return fmt.Errorf("start ipn daemon: %w", err)
+	}
 	if err := makeDir(filepath.Dir(socket)); err != nil {
 		return fmt.Errorf("start ipn daemon: %w", err)
 	}
@@ -224,4 +263,38 @@ func RunIfChild() {
 		}
 		os.Exit(0)
 	}
+}
+
+// CheckSocket refuses a control socket path that holds something other
+// than a socket (a regular file, a directory...): a daemon must not
+// replace it, and none can serve there. A missing path or a socket, live
+// or stale, passes.
+func CheckSocket(path string) error {
+	var st unix.Stat_t
+	if err := unix.Lstat(path, &st); err != nil || st.Mode&unix.S_IFMT == unix.S_IFSOCK {
+		return nil
+	}
+	return fmt.Errorf("%s is %s, not a daemon socket: refusing to touch it (remove it, or give another --socket or $%s): %w",
+		path, fileKind(st.Mode), SocketEnv, syscall.ENOTSOCK)
+}
+
+// fileKind names the type of a file of mode (a stat's st_mode).
+func fileKind(mode uint32) string {
+	switch mode & unix.S_IFMT {
+	case unix.S_IFREG:
+		return "a regular file"
+	case unix.S_IFDIR:
+		return "a directory"
+	case unix.S_IFLNK:
+		return "a symbolic link"
+	case unix.S_IFIFO:
+		return "a named pipe"
+	case unix.S_IFCHR:
+		return "a character device"
+	case unix.S_IFBLK:
+		return "a block device"
+	case unix.S_IFSOCK:
+		return "a socket"
+	}
+	return fmt.Sprintf("a file of type %#o", mode&unix.S_IFMT)
 }

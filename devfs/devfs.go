@@ -210,6 +210,9 @@ func (f *FS) entries() ([]entry, error) {
 		return f.cached, nil
 	}
 	list, err := ipn.List("")
+	if errors.Is(err, ipn.ErrNoDaemon) {
+		list, err = nil, nil // no daemon, no networks: an empty directory
+	}
 	if err != nil {
 		return nil, toErrno(err)
 	}

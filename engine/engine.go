@@ -69,13 +69,13 @@ func (c Config) WithDefaults() (Config, error) {
 	}
 	switch {
 	case c.MTU < 1 || c.MTU > MaxMTU:
-		return c, fmt.Errorf("mtu %d not in 1..%d: %w", c.MTU, MaxMTU, syscall.EINVAL)
+		return c, fmt.Errorf("mtu %d: want 1..%d bytes: %w", c.MTU, MaxMTU, syscall.EINVAL)
 	case c.NumPorts < 1 || c.NumPorts > MaxPorts:
-		return c, fmt.Errorf("ports %d not in 1..%d: %w", c.NumPorts, MaxPorts, syscall.EINVAL)
+		return c, fmt.Errorf("ports %d: want 1..%d: %w", c.NumPorts, MaxPorts, syscall.EINVAL)
 	case c.PoolSize < 1 || c.PoolSize > MaxPoolSize:
-		return c, fmt.Errorf("pool size %d not in 1..%d: %w", c.PoolSize, MaxPoolSize, syscall.EINVAL)
+		return c, fmt.Errorf("pool size %d: want 1..%d: %w", c.PoolSize, MaxPoolSize, syscall.EINVAL)
 	case c.Flags&^(Lossless|Excl|FlexMTU) != 0:
-		return c, fmt.Errorf("flags %#x: %w", uint32(c.Flags), syscall.EINVAL)
+		return c, fmt.Errorf("flags %#x: want lossless (%#x), excl (%#x), flexmtu (%#x) or their sum: %w", uint32(c.Flags), Lossless, Excl, FlexMTU, syscall.EINVAL)
 	}
 	return c, nil
 }

@@ -219,11 +219,15 @@ func Names() []string {
 }
 
 // FirstFree implements the usual NewPort: want if it is free and in range,
-// else the lowest free port; EADDRNOTAVAIL when there is none or want is taken.
+// else the lowest free port; EADDRNOTAVAIL when there is none or want is
+// taken or out of range, with a text that says which.
 func FirstFree(want int, used *PortSet, numPorts int) (int, error) {
 	if want >= 0 {
-		if want >= numPorts || used.Has(want) {
-			return 0, syscall.EADDRNOTAVAIL
+		switch {
+		case want >= numPorts:
+			return 0, fmt.Errorf("port %d: the network has ports 0..%d: %w", want, numPorts-1, syscall.EADDRNOTAVAIL)
+		case used.Has(want):
+			return 0, fmt.Errorf("port %d is taken: %w", want, syscall.EADDRNOTAVAIL)
 		}
 		return want, nil
 	}
@@ -232,7 +236,7 @@ func FirstFree(want int, used *PortSet, numPorts int) (int, error) {
 			return p, nil
 		}
 	}
-	return 0, syscall.EADDRNOTAVAIL
+	return 0, fmt.Errorf("the network is full: all %d ports are in use: %w", numPorts, syscall.EADDRNOTAVAIL)
 }
 
 // Sizer is implemented by a policy whose state its settings bound (a MAC
@@ -265,12 +269,12 @@ func (Base) Resize(int) error { return nil }
 
 // SetOption implements Policy.SetOption; there are no options.
 func (Base) SetOption(name, _ string) error {
-	return fmt.Errorf("option %q: %w", name, syscall.ENOPROTOOPT)
+	return fmt.Errorf("option %q: the policy has no options: %w", name, syscall.ENOPROTOOPT)
 }
 
 // Option implements Policy.Option; there are no options.
 func (Base) Option(name string) (string, error) {
-	return "", fmt.Errorf("option %q: %w", name, syscall.ENOPROTOOPT)
+	return "", fmt.Errorf("option %q: the policy has no options: %w", name, syscall.ENOPROTOOPT)
 }
 
 // Close implements Policy.Close; it does nothing.

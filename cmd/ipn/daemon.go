@@ -47,6 +47,9 @@ daemon for the others; a request over a limit fails and names it.`,
 			if socket == "" {
 				socket = daemon.DefaultSocket()
 			}
+			if err := daemon.CheckSocket(socket); err != nil {
+				return err
+			}
 			if !foreground {
 				if err := daemon.Start(socket); err != nil {
 					return err

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -28,32 +29,89 @@ out of the total, readers, writers, and for each port its description,
 who is behind it (shown to the network's managers, who have x, and root
 only), and counters of messages and bytes in (sent by the node) and out
 (delivered to it), drops and errors. A device port (tap, grab) that
-outlives its session is marked PERSIST.`,
+outlives its session is marked PERSIST; its PEER is the process that holds
+it now (ipn plug, or ipn device join), or "device uid U, no process". A
+monitor port (ipn dump with x: it gets a copy of everything the members
+send) is marked MONITOR, a link to another network (cable, VDE client,
+device: loop protection probes it) LINK.
+
+ls starts no daemon. With none running there are no networks: ls prints
+"no networks" and why (--json: []) and exits 0; ls PATH fails, since there
+is no network at PATH.
+
+With --json: an array of networks, each with the fields path, proto, tag,
+uid, gid, mode (the permission bits as an octal string, "0766"), dev, ino,
+mtu, ports, pool, flags, readers, writers and port_list (each port with
+port, descr, peer, read, write, msgs_in, bytes_in, msgs_out, bytes_out,
+drops, errors, policy and persist; descr, peer, policy and persist are
+left out when empty).`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			path := ""
 			if len(args) == 1 {
 				path = args[0]
 			}
+			out := cmd.OutOrStdout()
 			nets, err := ipn.List(path)
-			if err != nil {
+			if errors.Is(err, ipn.ErrNoDaemon) && path == "" {
+				if asJSON {
+					_, err := fmt.Fprintln(out, "[]")
+					return err
+				}
+				_, err := fmt.Fprintf(out, "no networks: %v\n", noDaemon(err))
 				return err
+			}
+			if err != nil {
+				return readErr(err, path)
 			}
 			sort.Slice(nets, func(i, j int) bool { return nets[i].Path < nets[j].Path })
 			if asJSON {
-				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc := json.NewEncoder(out)
 				enc.SetIndent("", "  ")
-				if nets == nil {
-					nets = []ipn.NetInfo{}
+				list := make([]netJSON, len(nets))
+				for i, n := range nets {
+					list[i] = netJSON{n, octal(n.Mode)}
 				}
-				return enc.Encode(nets)
+				return enc.Encode(list)
 			}
-			printNets(cmd.OutOrStdout(), nets)
+			printNets(out, nets)
 			return nil
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON for scripts")
 	return cmd
+}
+
+// netJSON is a network as ls --json prints it: the daemon's fields, with
+// the mode as an octal string for people and scripts alike.
+type netJSON struct {
+	ipn.NetInfo
+	Mode string `json:"mode"`
+}
+
+// octal writes permission bits as ls -l's numeric form does: "0766".
+func octal(mode uint32) string { return fmt.Sprintf("%04o", mode) }
+
+// noDaemon returns the message of ipn.ErrNoDaemon err without the
+// library's prefix ("socket ipn: ..."): "no ipn daemon runs (at SOCKET)".
+func noDaemon(err error) string {
+	msg := err.Error()
+	if i := strings.Index(msg, ipn.ErrNoDaemon.Error()); i >= 0 {
+		msg = msg[i:]
+	}
+	return msg
+}
+
+// readErr explains the error of a command that reads what the daemon
+// serves about the network at path (or every network, for "").
+func readErr(err error, path string) error {
+	if !errors.Is(err, ipn.ErrNoDaemon) {
+		return err
+	}
+	if path == "" {
+		return fmt.Errorf("%s: nothing to list", noDaemon(err))
+	}
+	return fmt.Errorf("%s: no network at %s", noDaemon(err), path)
 }
 
 func printNets(out io.Writer, nets []ipn.NetInfo) {
@@ -90,6 +148,12 @@ func printNets(out io.Writer, nets []ipn.NetInfo) {
 			}
 			if p.Persist {
 				descr += " PERSIST"
+			}
+			if p.Monitor {
+				descr += " MONITOR"
+			}
+			if p.Link {
+				descr += " LINK"
 			}
 			if pol == "" {
 				pol = "-"

@@ -23,7 +23,7 @@ func init() {
 func getJSON(path, name string, v any) (string, error) {
 	s, err := ipn.PolicyOption(path, name)
 	if err != nil {
-		return "", err
+		return "", readErr(err, path)
 	}
 	if err := json.Unmarshal([]byte(s), v); err != nil {
 		return "", fmt.Errorf("%s of %s: %w", name, path, err)
@@ -44,7 +44,7 @@ seen. Needs r or x on the network.`,
 			var macs []vdeswitch.MACEntry
 			raw, err := getJSON(args[0], "macs", &macs)
 			if err != nil {
-				return err
+				return lacks(err, args[0], "mac", "MAC table", "switch or l3switch")
 			}
 			out := cmd.OutOrStdout()
 			if asJSON {
@@ -85,16 +85,19 @@ Example:
 				if (action != "add" && action != "del") || len(args) < 3 {
 					return errors.New("usage: ipn vlan PATH [add|del VLAN...]")
 				}
+				if err := parseVLANs(args[2:]); err != nil {
+					return err
+				}
 				for _, v := range args[2:] {
 					if err := ipn.SetPolicyOption(path, "vlan."+action, v); err != nil {
-						return err
+						return lacks(err, path, "vlan", "VLANs", "switch")
 					}
 				}
 				return nil
 			}
 			var vlans []uint16
 			if _, err := getJSON(path, "vlans", &vlans); err != nil {
-				return err
+				return lacks(err, path, "vlan", "VLANs", "switch")
 			}
 			var ports []vdeswitch.PortEntry
 			if _, err := getJSON(path, "ports", &ports); err != nil {
@@ -133,6 +136,7 @@ Example:
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON for scripts")
+	negativeArgs(cmd, fmt.Sprintf("a VLAN is 1..%d", vdeswitch.MaxVLAN))
 	return cmd
 }
 
@@ -163,33 +167,35 @@ func intList[T int | uint16](l []T) string {
 func portCmd() *cobra.Command {
 	var (
 		asJSON bool
+		all    bool
 		vlan   int
 		trunk  string
 	)
 	cmd := &cobra.Command{
 		Use:   "port PATH [PORT --vlan V --trunk V,V...]",
 		Short: "Show or set a switch's port VLANs",
-		Long: `Without PORT, list the ports of the switch network at PATH: untagged VLAN,
-tagged (trunk) VLANs, and whether loop protection blocked the port. With
+		Long: `Without PORT, list the ports in use (--all: every port) of the switch
+network at PATH: untagged VLAN, tagged (trunk) VLANs, and whether loop
+protection blocked the port; listing needs r or x, and starts no daemon. With
 PORT, set its untagged VLAN (--vlan, 0 for none) and/or its tagged VLANs
 (--trunk, a comma-separated list; "" for none). Setting needs x.`,
 		Args: cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			path := args[0]
 			if len(args) == 2 {
-				if _, err := strconv.Atoi(args[1]); err != nil {
-					return fmt.Errorf("port %q: want a number", args[1])
+				if p, err := strconv.Atoi(args[1]); err != nil || p < 0 {
+					return fmt.Errorf("port %q: want a port number, 0 or more (ipn port %s lists them)", args[1], path)
 				}
 				set := false
 				if cmd.Flags().Changed("vlan") {
 					if err := ipn.SetPolicyOption(path, "port.vlan", fmt.Sprintf("%s %d", args[1], vlan)); err != nil {
-						return err
+						return lacks(err, path, "port", "port VLANs", "switch")
 					}
 					set = true
 				}
 				if cmd.Flags().Changed("trunk") {
 					if err := ipn.SetPolicyOption(path, "port.trunk", args[1]+" "+trunk); err != nil {
-						return err
+						return lacks(err, path, "port", "port VLANs", "switch")
 					}
 					set = true
 				}
@@ -199,23 +205,54 @@ PORT, set its untagged VLAN (--vlan, 0 for none) and/or its tagged VLANs
 				return nil
 			}
 			var ports []vdeswitch.PortEntry
-			raw, err := getJSON(path, "ports", &ports)
-			if err != nil {
-				return err
+			if _, err := getJSON(path, "ports", &ports); err != nil {
+				return lacks(err, path, "port", "port VLANs", "switch")
 			}
-			return printPorts(cmd.OutOrStdout(), ports, raw, asJSON)
+			if !all {
+				var err error
+				if ports, err = usedPorts(path, ports); err != nil {
+					return err
+				}
+			}
+			return printPorts(cmd.OutOrStdout(), ports, asJSON)
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON for scripts")
+	cmd.Flags().BoolVar(&all, "all", false, "list every port, in use or not")
 	cmd.Flags().IntVar(&vlan, "vlan", 1, "untagged VLAN of the port (0: none)")
 	cmd.Flags().StringVar(&trunk, "trunk", "", "tagged VLANs of the port, comma-separated")
+	negativeArgs(cmd, fmt.Sprintf("a port is 0 or more, a VLAN 1..%d (--vlan 0: none)", vdeswitch.MaxVLAN))
 	return cmd
 }
 
-func printPorts(out io.Writer, ports []vdeswitch.PortEntry, raw string, asJSON bool) error {
+// usedPorts returns the entries of ports that a member of the network at
+// path holds.
+func usedPorts(path string, ports []vdeswitch.PortEntry) ([]vdeswitch.PortEntry, error) {
+	nets, err := ipn.List(path)
+	if err != nil {
+		return nil, readErr(err, path)
+	}
+	used := map[int]bool{}
+	for _, n := range nets {
+		for _, p := range n.PortsInfo {
+			used[p.Port] = true
+		}
+	}
+	var in []vdeswitch.PortEntry
+	for _, p := range ports {
+		if used[p.Port] {
+			in = append(in, p)
+		}
+	}
+	return in, nil
+}
+
+func printPorts(out io.Writer, ports []vdeswitch.PortEntry, asJSON bool) error {
 	if asJSON {
-		_, err := fmt.Fprintln(out, raw)
-		return err
+		if ports == nil {
+			ports = []vdeswitch.PortEntry{}
+		}
+		return json.NewEncoder(out).Encode(ports)
 	}
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "PORT\tVLAN\tTRUNK\tSTATE")
@@ -234,24 +271,77 @@ func printPorts(out io.Writer, ports []vdeswitch.PortEntry, raw string, asJSON b
 }
 
 func policyCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:   "policy PATH NAME [VALUE]",
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "policy PATH [NAME [VALUE]]",
 		Short: "Read or change a setting of a network's policy",
-		Long: `Read (needs r or x) or, with VALUE, change (needs x) a setting of the policy
-of the network at PATH. The switch's settings: expire (e.g. 30s), hashsize,
-loop.interval (0 turns loop protection off), mac.flush, and the tables
-macs, ports, vlans (JSON).`,
-		Args: cobra.RangeArgs(2, 3),
+		Long: `Without NAME, print the settings of the policy of the network at PATH (not
+its tables); with NAME, that setting or table; with VALUE, change the
+setting. Reading needs r or x and starts no daemon; changing needs x.
+--json prints a table as it is, a setting as a JSON value (a number, or a
+string such as "2m0s"), and the settings as one object.
+
+The options of the built-in policies:
+` + policyHelp(),
+		Args: cobra.RangeArgs(1, 3),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if len(args) == 3 {
-				return ipn.SetPolicyOption(args[0], args[1], args[2])
-			}
-			v, err := ipn.PolicyOption(args[0], args[1])
-			if err != nil {
+			path, out := args[0], cmd.OutOrStdout()
+			switch len(args) {
+			case 3:
+				return readErr(ipn.SetPolicyOption(path, args[1], args[2]), path)
+			case 2:
+				v, err := ipn.PolicyOption(path, args[1])
+				if err != nil {
+					return readErr(err, path)
+				}
+				if asJSON {
+					_, err = fmt.Fprintf(out, "%s\n", policyValue(v))
+				} else {
+					_, err = fmt.Fprintln(out, v)
+				}
 				return err
 			}
-			fmt.Fprintln(cmd.OutOrStdout(), v)
-			return nil
+			return printSettings(out, path, asJSON)
 		},
 	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON for scripts")
+	negativeArgs(cmd, "no setting of the built-in policies takes one (ipn policy --help lists their ranges)")
+	return cmd
+}
+
+// printSettings prints the settings of the policy of the network at path.
+func printSettings(out io.Writer, path string, asJSON bool) error {
+	nets, err := ipn.List(path)
+	if err != nil {
+		return readErr(err, path)
+	}
+	if len(nets) != 1 {
+		return fmt.Errorf("%s: no network there", path)
+	}
+	proto := nets[0].Proto
+	opts, ok := optionsOf(proto)
+	if !ok {
+		return fmt.Errorf("%s: ipn knows no settings of policy %s: name one (ipn policy %s NAME)", path, proto, path)
+	}
+	values := map[string]json.RawMessage{}
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	for _, o := range opts {
+		if !o.get || o.table {
+			continue
+		}
+		v, err := ipn.PolicyOption(path, o.name)
+		if err != nil {
+			return readErr(err, path)
+		}
+		values[o.name] = policyValue(v)
+		fmt.Fprintf(w, "%s\t%s\n", o.name, v)
+	}
+	if asJSON {
+		return json.NewEncoder(out).Encode(values)
+	}
+	if len(values) == 0 {
+		_, err := fmt.Fprintf(out, "%s: policy %s has no settings\n", path, proto)
+		return err
+	}
+	return w.Flush()
 }

@@ -125,7 +125,7 @@ func SplitHostPort(s string, defPort int) (host string, port int, err error) {
 func ParsePort(s string) (int, error) {
 	p, err := strconv.ParseUint(s, 10, 16)
 	if err != nil || p == 0 {
-		return 0, fmt.Errorf("bad port %q", s)
+		return 0, fmt.Errorf("bad port %q (want 1..65535)", s)
 	}
 	return int(p), nil
 }

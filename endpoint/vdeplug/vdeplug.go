@@ -27,7 +27,9 @@
 //	                 group and mode of the data socket (default 0700,
 //	                 widened as libvdeplug does for a switch run by another
 //	                 user)
-//	/tmp/sw[NAME]    a port group: DIR/NAME is tried before DIR/ctl
+//	/tmp/sw[portgroup=NAME]
+//	                 a port group: DIR/NAME is tried before DIR/ctl (a bare
+//	                 [NAME] is refused: it is a port number or nothing)
 //	(empty)          the default switch, /var/run/vde.ctl or /tmp/vde.ctl
 package vdeplug
 
@@ -122,6 +124,8 @@ func parseSpec(s string) (spec, error) {
 		return sp, fmt.Errorf("vde %q: want DIR[PARAMS]", s)
 	}
 	var pg string
+	explicitGroup := false // pg came as portgroup=NAME
+	portGiven := false     // a port or port group was named, maybe empty
 	for _, elem := range strings.Split(params, "/") {
 		if elem == "" {
 			continue
@@ -129,9 +133,9 @@ func parseSpec(s string) (spec, error) {
 		key, val, hasVal := strings.Cut(elem, "=")
 		switch {
 		case !hasVal:
-			pg = key
+			pg, explicitGroup, portGiven = key, false, true
 		case key == "port" || key == "portgroup":
-			pg = val
+			pg, explicitGroup, portGiven = val, key == "portgroup", true
 		case key == "group":
 			sp.group = val
 		case key == "mode":
@@ -145,12 +149,15 @@ func parseSpec(s string) (spec, error) {
 		}
 	}
 	if pg == "" {
+		if portGiven {
+			return sp, fmt.Errorf("vde %q: empty port: want DIR[N] or DIR[port=N] with N in 0..%d, or DIR[portgroup=NAME]", s, 1<<23-1)
+		}
 		return sp, nil
 	}
-	if pg[0] >= '0' && pg[0] <= '9' {
+	if pg[0] >= '0' && pg[0] <= '9' || !explicitGroup {
 		n, err := strconv.Atoi(pg)
 		if err != nil || n < 0 || n >= 1<<23 {
-			return sp, fmt.Errorf("vde %q: bad port %q", s, pg)
+			return sp, fmt.Errorf("vde %q: port %q: want DIR[N] or DIR[port=N] with N in 0..%d, or DIR[portgroup=NAME]", s, pg, 1<<23-1)
 		}
 		sp.port = n
 		if n == 0 {

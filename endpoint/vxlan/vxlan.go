@@ -3,8 +3,9 @@
 // names its network (the VNI, 24 bits). A Linux "ip link add ... type
 // vxlan" device, vdeplug4's vxlan:// plug and VXLAN switches are its peers.
 //
-// The URL is vxlan://ADDR[:PORT][/vni=N][/OPTION=VALUE...], port 4789 and
-// VNI 1 by default. ADDR decides the mode:
+// The URL is vxlan://ADDR[:PORT]/vni=N[/OPTION=VALUE...], port 4789 by
+// default; the VNI has none: both ends must name the same. ADDR decides the
+// mode:
 //
 //   - A multicast group (224.0.0.0/4, ff00::/8): the endpoint joins the
 //     group and sends there every frame whose destination it does not
@@ -100,7 +101,8 @@ func ParseSpec(ctx context.Context, spec string) (Config, error) {
 	if host == "" {
 		return Config{}, fmt.Errorf("want vxlan://GROUP_OR_PEER[:PORT]/vni=N, got %q", spec)
 	}
-	c := Config{Port: port, VNI: 1, TTL: 1}
+	c := Config{Port: port, TTL: 1}
+	hasVNI := false
 	for _, o := range udp.SplitOptions(opts) {
 		k, v, _ := strings.Cut(o, "=")
 		switch k {
@@ -109,7 +111,7 @@ func ParseSpec(ctx context.Context, spec string) (Config, error) {
 			if err != nil || n > MaxVNI {
 				return Config{}, fmt.Errorf("bad vni %q (0 to %d)", v, MaxVNI)
 			}
-			c.VNI = uint32(n)
+			c.VNI, hasVNI = uint32(n), true
 		case "port":
 			if c.Port, err = udp.ParsePort(v); err != nil {
 				return Config{}, err
@@ -137,6 +139,9 @@ func ParseSpec(ctx context.Context, spec string) (Config, error) {
 		default:
 			return Config{}, fmt.Errorf("unknown option %q (vni, port, ttl, if, local, srcport, allow)", k)
 		}
+	}
+	if !hasVNI {
+		return Config{}, fmt.Errorf("no vni: want vxlan://%s/vni=N, N in 0..%d the VXLAN network both ends name (e.g. vxlan://%s/vni=42)", spec, MaxVNI, addr)
 	}
 	if c.Addr, err = udp.Resolve(ctx, host); err != nil {
 		return Config{}, err

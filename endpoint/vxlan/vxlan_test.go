@@ -187,7 +187,7 @@ func TestWireFormat(t *testing.T) {
 
 func TestCloseUnblocksRead(t *testing.T) {
 	port := freePort(t, "127.0.0.1")
-	a := open(t, fmt.Sprintf("127.0.0.2:%d/local=127.0.0.1", port))
+	a := open(t, fmt.Sprintf("127.0.0.2:%d/vni=1/local=127.0.0.1", port))
 	errc := make(chan error, 1)
 	go func() {
 		_, err := a.Read([][]byte{make([]byte, 100)}, []int{0})
@@ -219,8 +219,11 @@ func TestParseSpec(t *testing.T) {
 	if err != nil || c.Addr != netip.MustParseAddr("ff05::7") || c.Port != 9 {
 		t.Errorf("v6: %+v %v", c, err)
 	}
-	if c, err = ParseSpec(ctx, "10.0.0.1"); err != nil || c.VNI != 1 {
-		t.Errorf("default vni: %+v %v", c, err)
+	if _, err = ParseSpec(ctx, "10.0.0.1"); err == nil || !strings.Contains(err.Error(), "vni=") {
+		t.Errorf("no vni: %v, want an error that asks for vni=", err)
+	}
+	if c, err = ParseSpec(ctx, "10.0.0.1/vni=0"); err != nil || c.VNI != 0 {
+		t.Errorf("vni 0: %+v %v", c, err)
 	}
 	for _, bad := range []string{"", "/vni=1", "10.0.0.1/vni=16777216", "10.0.0.1/vni=x", "10.0.0.1:0", "10.0.0.1/bogus=1", "10.0.0.1/ttl=0"} {
 		if _, err := ParseSpec(ctx, bad); err == nil {
@@ -305,7 +308,7 @@ func portOf(c *net.UDPConn) int { return c.LocalAddr().(*net.UDPAddr).Port }
 func TestUnicastSourcePort(t *testing.T) {
 	t.Run("default", func(t *testing.T) {
 		p := freePort(t, "127.0.0.1", "127.0.0.2")
-		b := open(t, fmt.Sprintf("127.0.0.1:%d/local=127.0.0.2", p))
+		b := open(t, fmt.Sprintf("127.0.0.1:%d/vni=1/local=127.0.0.2", p))
 		to := fmt.Sprintf("127.0.0.2:%d", p)
 		other, atPort := listen(t, "127.0.0.1", 0), listen(t, "127.0.0.1", p)
 		sendVX(t, other, to, 1, frame(1, "from another port"))
@@ -321,7 +324,7 @@ func TestUnicastSourcePort(t *testing.T) {
 		if p == hi {
 			lo, hi = lo-1, lo
 		}
-		b := open(t, fmt.Sprintf("127.0.0.1:%d/local=127.0.0.2/srcport=%d-%d", p, lo, hi))
+		b := open(t, fmt.Sprintf("127.0.0.1:%d/vni=1/local=127.0.0.2/srcport=%d-%d", p, lo, hi))
 		to := fmt.Sprintf("127.0.0.2:%d", p)
 		atPort := listen(t, "127.0.0.1", p) // PORT is not in the range
 		out := listen(t, "127.0.0.1", 0)
@@ -343,7 +346,7 @@ func TestUnicastSourcePort(t *testing.T) {
 		p := portOf(probe)
 		probe.Close()
 		in, other := listen(t, "::1", 0), listen(t, "::1", 0)
-		b := open(t, fmt.Sprintf("[::1]:%d/local=::1/srcport=%d", p, portOf(in)))
+		b := open(t, fmt.Sprintf("[::1]:%d/vni=1/local=::1/srcport=%d", p, portOf(in)))
 		to := fmt.Sprintf("[::1]:%d", p)
 		sendVX(t, other, to, 1, frame(1, "from another port"))
 		sendVX(t, in, to, 1, frame(1, "from srcport"))
@@ -415,10 +418,10 @@ func TestParseSpecSources(t *testing.T) {
 	if err != nil || c.SrcPortMin != 32768 || c.SrcPortMax != 60999 || c.VNI != 4 {
 		t.Errorf("srcport range: %+v %v", c, err)
 	}
-	if c, err = ParseSpec(ctx, "10.0.0.1/srcport=4790"); err != nil || c.SrcPortMin != 4790 || c.SrcPortMax != 4790 {
+	if c, err = ParseSpec(ctx, "10.0.0.1/srcport=4790/vni=1"); err != nil || c.SrcPortMin != 4790 || c.SrcPortMax != 4790 {
 		t.Errorf("srcport: %+v %v", c, err)
 	}
-	if c, err = ParseSpec(ctx, "10.0.0.1"); err != nil || c.SrcPortMin != 0 || c.Allow != nil {
+	if c, err = ParseSpec(ctx, "10.0.0.1/vni=1"); err != nil || c.SrcPortMin != 0 || c.Allow != nil {
 		t.Errorf("defaults: %+v %v", c, err)
 	}
 	for _, tc := range []struct{ spec, names string }{
@@ -427,8 +430,8 @@ func TestParseSpecSources(t *testing.T) {
 		{"10.0.0.1/srcport=1-65536", `"1-65536"`},
 		{"10.0.0.1/srcport=x", `"x"`},
 		{"10.0.0.1/srcport=", `""`},
-		{"239.1.1.1/srcport=4789", "srcport=4789-4789"},
-		{"10.0.0.1/allow=10.0.0.0/8", "allow=10.0.0.0/8"},
+		{"239.1.1.1/srcport=4789/vni=1", "srcport=4789-4789"},
+		{"10.0.0.1/allow=10.0.0.0/8/vni=1", "allow=10.0.0.0/8"},
 		{"239.1.1.1/allow=10.0.0.0/33", `"10.0.0.0/33"`},
 		{"239.1.1.1/allow=10.0.0.1,bogus/vni=2", `"bogus"`},
 		{"239.1.1.1/allow=", "empty list"},

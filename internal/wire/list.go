@@ -36,4 +36,10 @@ type PortInfo struct {
 	Policy string `json:"policy,omitempty"`
 	// Persist marks a device port (tap, grab) that outlives its session.
 	Persist bool `json:"persist,omitempty"`
+	// Monitor marks a monitor port: it gets a copy of what every member
+	// sends (shown to everyone who lists the network).
+	Monitor bool `json:"monitor,omitempty"`
+	// Link marks a link to another network (a cable, a VDE client, a
+	// device), which loop protection probes.
+	Link bool `json:"link,omitempty"`
 }

@@ -130,7 +130,7 @@ const (
 
 // Socket options, numbered as IPN's IPN_SO_* constants.
 const (
-	OptPort           = 0  // u32: port number wanted at connect
+	OptPort           = 0  // i32: port number wanted at connect (-1: any)
 	OptDescr          = 1  // string: port description
 	OptChangeNumNodes = 2  // u32: new number of ports (manager)
 	OptHandleOOB      = 3  // u32 bool
