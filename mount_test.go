@@ -112,8 +112,7 @@ func TestMountDeviceFiles(t *testing.T) {
 	expectNothing(t, mem)
 
 	// SIGTERM unmounts.
-	m.cmd.Process.Signal(syscall.SIGTERM)
-	if err := m.wait(15 * time.Second); err != nil {
+	if err := stopBy(t, m, syscall.SIGTERM); err != nil {
 		t.Fatalf("ipn mount: %v %s", err, m.stderr())
 	}
 	ents, err := os.ReadDir(dir)
@@ -131,8 +130,7 @@ func TestMountPoll(t *testing.T) {
 	path, _ := bindNet(t, nil)
 	_, file, m := mountNet(t, path)
 	defer func() {
-		m.cmd.Process.Signal(syscall.SIGTERM)
-		if err := m.wait(15 * time.Second); err != nil {
+		if err := stopBy(t, m, syscall.SIGTERM); err != nil {
 			t.Errorf("ipn mount: %v %s", err, m.stderr())
 		}
 	}()
@@ -196,8 +194,7 @@ func TestMountPoll(t *testing.T) {
 // stopMount stops ipn mount with SIGTERM and checks that it unmounted.
 func stopMount(t *testing.T, m *proc) {
 	t.Helper()
-	m.cmd.Process.Signal(syscall.SIGTERM)
-	if err := m.wait(15 * time.Second); err != nil {
+	if err := stopBy(t, m, syscall.SIGTERM); err != nil {
 		t.Errorf("ipn mount: %v %s", err, m.stderr())
 	}
 }

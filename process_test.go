@@ -68,8 +68,7 @@ func TestSeedPeerToPeerProcesses(t *testing.T) {
 	}
 	// Interrupted, every peer leaves cleanly, and the network with them.
 	for i, p := range peers {
-		p.cmd.Process.Signal(syscall.SIGTERM)
-		if err := p.wait(15 * time.Second); err != nil {
+		if err := stopBy(t, p, syscall.SIGTERM); err != nil {
 			t.Errorf("peer %d on SIGTERM: %v: %s", i, err, p.stderr())
 		}
 	}
@@ -112,8 +111,7 @@ func TestSeedOneSenderManyReceiversProcesses(t *testing.T) {
 	f = send(100)
 	expectRange(r1, "r1", f, 100)
 	expectRange(r2, "r2", f, 100)
-	r1.cmd.Process.Signal(syscall.SIGTERM) // leaves mid-stream
-	if err := r1.wait(15 * time.Second); err != nil {
+	if err := stopBy(t, r1, syscall.SIGTERM); err != nil { // leaves mid-stream
 		t.Fatalf("r1 on SIGTERM: %v", err)
 	}
 	waitFor(t, 15*time.Second, "r1 gone", func() bool { n, _ := readersOf(path); return n == 1 })
@@ -289,7 +287,8 @@ func TestKilledMembersFreeTheirPorts(t *testing.T) {
 }
 
 // Two programs that start at once on a machine with no daemon start exactly
-// one; SIGTERM to it closes every port cleanly and removes its socket.
+// one; SIGTERM to it closes every port cleanly (each member learns its
+// network is lost) and removes its socket.
 func TestAutostartRaceAndSIGTERM(t *testing.T) {
 	dir := tempDir(t)
 	sock := filepath.Join(dir, "auto", "ipn.sock")
@@ -321,8 +320,9 @@ func TestAutostartRaceAndSIGTERM(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i, p := range procs {
-		if got := p.expect("end", waitProcs); got != "end EOF" {
-			t.Errorf("program %d after SIGTERM: %q, want end EOF", i, got)
+		// The network is lost with its daemon: Recv says so.
+		if got := p.expect("end", waitProcs); got != "end ECONNRESET" {
+			t.Errorf("program %d after SIGTERM: %q, want end ECONNRESET", i, got)
 		}
 	}
 	waitFor(t, 15*time.Second, "daemon exit", func() bool { return exited(pid) })

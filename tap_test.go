@@ -175,8 +175,7 @@ func TestGrab(t *testing.T) {
 	netnsRun(t, ns3, "addr add 10.78.0.2/24 dev "+tap, "link set "+tap+" up")
 	nsPing(t, ns1, "10.78.0.2")
 
-	syscall.Kill(-g.cmd.Process.Pid, syscall.SIGTERM)
-	if err := g.wait(waitProcs); err != nil {
+	if err := stopBy(t, g, syscall.SIGTERM); err != nil {
 		t.Fatalf("grab plug: %v\n%s", err, g.stderr())
 	}
 	waitFor(t, waitProcs, "grab port gone", func() bool { return devicePort(path, "grab veth2") == nil })

@@ -159,8 +159,7 @@ func TestVDEPlugIntoVDESwitch(t *testing.T) {
 	crossBothWays(t, m, vp, "plug")
 
 	// The port number in brackets: port 7.
-	plug.cmd.Process.Signal(syscall.SIGTERM)
-	if err := plug.wait(waitProcs); err != nil {
+	if err := stopBy(t, plug, syscall.SIGTERM); err != nil {
 		t.Fatalf("ipn plug on SIGTERM: %v; stderr:\n%s", err, plug.stderr())
 	}
 	sw.WaitEndpoints(t, 1)

@@ -11,7 +11,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/ipn-project/ipn/engine"
 	"github.com/ipn-project/ipn/internal/benchpeer"
 	"github.com/ipn-project/ipn/internal/outfile"
 )
@@ -186,9 +186,9 @@ every peer. vde_switch comes from Debian's vde2; the NATS peer is built
 from bench/peers/nats (ipn-bench-nats, next to this program or in $PATH,
 or --nats). A missing one is noted in its rows, not an error.`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runBench(cmd, o)
-		},
+		RunE: interruptible(func(ctx context.Context, cmd *cobra.Command, _ []string) error {
+			return runBench(ctx, cmd, o)
+		}),
 	}
 	f := cmd.Flags()
 	f.DurationVar(&o.dur, "duration", 2*time.Second, "how long the senders send, per row")
@@ -202,12 +202,15 @@ or --nats). A missing one is noted in its rows, not an error.`,
 	return cmd
 }
 
-func runBench(cmd *cobra.Command, o benchOpts) error {
+func runBench(ctx context.Context, cmd *cobra.Command, o benchOpts) error {
 	if o.quick {
 		o.dur = 150 * time.Millisecond
 	}
 	if o.dur <= 0 {
 		return fmt.Errorf("--duration %v: want > 0", o.dur)
+	}
+	if o.pool < 0 || o.pool > engine.MaxPoolSize {
+		return fmt.Errorf("--pool %d: want 1..%d, or 0 for the default (%d)", o.pool, engine.MaxPoolSize, engine.DefaultPoolSize)
 	}
 	paths := map[string]bool{}
 	for _, p := range strings.Split(o.paths, ",") {
@@ -249,8 +252,6 @@ func runBench(cmd *cobra.Command, o benchOpts) error {
 	}
 	defer os.RemoveAll(b.tmp)
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
 	start := time.Now()
 	var rows []benchRow
 	for i, j := range jobs {

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"strconv"
 	"strings"
 	"syscall"
@@ -38,22 +37,28 @@ message (empty lines are skipped); each message received is printed as one
 line. With --raw, both directions use binary framing instead: a 2-byte
 big-endian length, then the message.
 
-Without --bind the network must exist. With --bind, cat creates it (owned
+Without --bind the network must exist (and cat starts no daemon). With --bind, cat creates it (owned
 by you, with --mode less your umask) or joins it as a manager (needs x).
 Permissions decide the sides: without r on the file cat only sends,
-without w it only receives.
+without w it only receives; --send-only without w, --recv-only without r
+(or neither right) is an error.
 
-When stdin ends, cat keeps receiving until interrupted, --count messages
-arrived or the network went away; with --send-only it exits.
+When stdin ends, cat keeps receiving until interrupted (exit status 130
+for SIGINT, 143 for SIGTERM) or --count messages arrived (status 0); with
+--send-only it exits. If the daemon goes away, the network is lost: cat
+says so and exits with status 1.
+
+The network's shape (--ports, --mtu, --pool, --lossless, --excl, --mode,
+--vde) is set by --bind; given without it, they are refused.
 
 Examples:
   ipn cat --bind /tmp/chat                 # a peer; run several
   ipn cat --bind --send-only /tmp/tv < feed  # one sender ...
   ipn cat --recv-only /tmp/tv              # ... receivers join any time`,
 		Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return runCat(cmd, args[0], &o)
-		},
+		RunE: interruptible(func(ctx context.Context, cmd *cobra.Command, args []string) error {
+			return runCat(ctx, cmd, args[0], &o)
+		}),
 	}
 	f := cmd.Flags()
 	f.BoolVarP(&o.bind, "bind", "b", false, "create the network, or join it as a manager")
@@ -75,14 +80,34 @@ Examples:
 	return cmd
 }
 
-// setup makes the socket, sets its options and binds/connects it.
-func (o *catOptions) setup(path string) (*ipn.Socket, error) {
+// bindOnly are the flags that shape a network Bind makes: they mean
+// nothing to a member that only connects.
+var bindOnly = []string{"ports", "mtu", "pool", "lossless", "excl", "mode", "vde"}
+
+// setup makes the socket, sets its options and binds/connects it; changed
+// reports whether the user gave a flag.
+func (o *catOptions) setup(path string, changed func(string) bool) (*ipn.Socket, error) {
 	if o.recvOnly && o.sendOnly {
 		return nil, errors.New("--recv-only and --send-only exclude each other")
 	}
+	if !o.bind {
+		for _, name := range bindOnly {
+			if changed(name) {
+				return nil, fmt.Errorf("--%s shapes the network --bind makes: add --bind, or drop --%s to join the network as it is", name, name)
+			}
+		}
+	}
+	if o.count < 0 {
+		return nil, fmt.Errorf("--count %d: want 0 (no limit) or more", o.count)
+	}
+	if !o.bind {
+		if err := daemonRuns(path); err != nil {
+			return nil, err
+		}
+	}
 	proto, ok := ipn.ProtocolByName(o.proto)
 	if !ok {
-		return nil, fmt.Errorf("unknown --proto %q", o.proto)
+		return nil, fmt.Errorf("--proto %q: want any or one of %s", o.proto, strings.Join(ipn.ProtocolNames(), ", "))
 	}
 	if o.bind && proto == ipn.Any {
 		proto = ipn.Hub
@@ -102,15 +127,17 @@ func (o *catOptions) setup(path string) (*ipn.Socket, error) {
 	if o.excl {
 		flags |= ipn.Excl
 	}
+	// A flag given is passed on as given, 0 included: the daemon refuses
+	// what is out of range, saying what is allowed.
 	steps := []func() error{
 		func() error { return s.SetMode(os.FileMode(mode)) },
-		func() error { return setIf(o.ports != 0, s.SetNumNodes, o.ports) },
-		func() error { return setIf(o.mtu != 0, s.SetMTU, o.mtu) },
-		func() error { return setIf(o.pool != 0, s.SetMsgPoolSize, o.pool) },
+		func() error { return setIf(changed("ports"), s.SetNumNodes, o.ports) },
+		func() error { return setIf(changed("mtu"), s.SetMTU, o.mtu) },
+		func() error { return setIf(changed("pool"), s.SetMsgPoolSize, o.pool) },
 		func() error {
 			return setIf(flags != 0, func(v int) error { return s.SetFlags(ipn.Flags(v)) }, int(flags))
 		},
-		func() error { return setIf(o.port >= 0, s.SetPort, o.port) },
+		func() error { return setIf(changed("port"), s.SetPort, o.port) },
 		func() error {
 			if o.descr == "" {
 				return nil
@@ -121,10 +148,6 @@ func (o *catOptions) setup(path string) (*ipn.Socket, error) {
 		func() error { return setIf(o.recvOnly, func(int) error { return s.Shutdown(ipn.ShutWrite) }, 0) },
 		func() error { return setIf(o.sendOnly, func(int) error { return s.Shutdown(ipn.ShutRead) }, 0) },
 	}
-	if o.vde != "" && !o.bind {
-		s.Close()
-		return nil, errors.New("--vde needs --bind")
-	}
 	if o.bind {
 		steps = append(steps, func() error { return s.Bind(path) })
 		if o.vde != "" {
@@ -134,12 +157,13 @@ func (o *catOptions) setup(path string) (*ipn.Socket, error) {
 	} else {
 		steps = append(steps, func() error {
 			err := s.Connect(path)
-			if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
+			if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) && isSocketFile(path) {
 				return fmt.Errorf("%w (no network there: create it with --bind)", err)
 			}
 			return err
 		})
 	}
+	steps = append(steps, func() error { return o.checkSides(s, path) })
 	for _, step := range steps {
 		if err := step(); err != nil {
 			s.Close()
@@ -149,6 +173,22 @@ func (o *catOptions) setup(path string) (*ipn.Socket, error) {
 	return s, nil
 }
 
+// checkSides refuses a connected socket that cannot do what was asked of
+// it: a side the network file's rights do not give is an error when it is
+// the only side wanted (or the only one left), never a silent idle port.
+func (o *catOptions) checkSides(s *ipn.Socket, path string) error {
+	r, w := s.CanRead(), s.CanWrite()
+	switch {
+	case o.sendOnly && !w:
+		return fmt.Errorf("%s: --send-only, but no w permission on the network file: cannot send: %w", path, syscall.EACCES)
+	case o.recvOnly && !r:
+		return fmt.Errorf("%s: --recv-only, but no r permission on the network file: cannot receive: %w", path, syscall.EACCES)
+	case !r && !w:
+		return fmt.Errorf("%s: neither r nor w permission on the network file: cannot send or receive: %w", path, syscall.EACCES)
+	}
+	return nil
+}
+
 func setIf(cond bool, set func(int) error, v int) error {
 	if !cond {
 		return nil
@@ -156,14 +196,14 @@ func setIf(cond bool, set func(int) error, v int) error {
 	return set(v)
 }
 
-func runCat(cmd *cobra.Command, path string, o *catOptions) error {
-	s, err := o.setup(path)
+func runCat(ctx context.Context, cmd *cobra.Command, path string, o *catOptions) error {
+	s, err := o.setup(path, cmd.Flags().Changed)
 	if err != nil {
 		return err
 	}
 	defer s.Close()
 	stderr := cmd.ErrOrStderr()
-	canRead, canWrite := s.CanRead(), s.CanWrite()
+	canRead, canWrite := s.CanRead() && !o.sendOnly, s.CanWrite() && !o.recvOnly
 	if !canWrite && !o.recvOnly {
 		fmt.Fprintf(stderr, "ipn cat: %s: no w permission, receiving only\n", path)
 	}
@@ -171,8 +211,6 @@ func runCat(cmd *cobra.Command, path string, o *catOptions) error {
 		fmt.Fprintf(stderr, "ipn cat: %s: no r permission, sending only\n", path)
 	}
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
 	sendDone := make(chan error, 1)
 	recvDone := make(chan error, 1)
 	if canWrite {
@@ -182,10 +220,18 @@ func runCat(cmd *cobra.Command, path string, o *catOptions) error {
 		go func() { recvDone <- catRecv(s, cmd.OutOrStdout(), o, stderr) }()
 	}
 	var sendErr error
+	lost := s.Done()
 	for {
 		select {
 		case <-ctx.Done():
 			return sendErr
+		case <-lost:
+			// The daemon went away: a receiver reports it itself,
+			// after what it had.
+			if !canRead {
+				return s.Err()
+			}
+			lost = nil
 		case err := <-recvDone:
 			if sendErr == nil {
 				sendErr = err
@@ -296,4 +342,20 @@ func catRecv(s *ipn.Socket, out io.Writer, o *catOptions, stderr io.Writer) erro
 		got++
 	}
 	return nil
+}
+
+// daemonRuns fails, starting no daemon, when none runs: then there is no
+// network at path to join (only --bind makes one, and starts a daemon).
+func daemonRuns(path string) error {
+	if _, err := ipn.List(path); errors.Is(err, ipn.ErrNoDaemon) {
+		return fmt.Errorf("%w: no network at %s (create it with --bind)", err, path)
+	}
+	return nil
+}
+
+// isSocketFile reports whether path is a socket file, which a network is
+// (or was): only there can --bind make one.
+func isSocketFile(path string) bool {
+	st, err := os.Lstat(path)
+	return err == nil && st.Mode()&os.ModeSocket != 0
 }

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/signal"
 	"reflect"
 	"strconv"
 	"strings"
@@ -70,20 +69,31 @@ pcap capture instead: Ethernet link type, snapshot length 65535, each
 record stamped with its receive time and flushed at once, so a reader
 following the file (or a pipe, with -w -) sees frames as they arrive.
 
-dump runs until it has captured -c frames, is interrupted (SIGINT,
-SIGTERM) or the network goes away; then it closes the output cleanly and
+dump runs until it has captured -c frames (exit status 0), is interrupted
+(SIGINT, SIGTERM: status 130, 143) or loses the network because the daemon
+went away (status 1, saying so); then it closes the output cleanly and
 prints "ipn dump: N frames captured" to stderr.
 
-Capturing needs r permission on the network file; w and x are not needed.
+Capturing needs r permission on the network file, and a monitor port x
+(manage) too, since it sees the members' unicast traffic; w is not needed.
+Without x, dump joins as an ordinary receiver and says so on stderr: it
+then captures only what the policy delivers to it, which on a hub is
+every frame and on a switch only the flooded ones (broadcasts, unknown
+destinations).
+
+A capture never slows the network: if dump cannot keep up, the frames its
+port has no room for are lost to the capture alone, even in a lossless
+network. dump starts no daemon: with none running there is nothing to
+capture.
 
 Examples:
   ipn dump /tmp/net                          # watch the traffic
   ipn dump -w net.pcap -c 100 /tmp/net       # then: tcpdump -r net.pcap -n -e
   ipn dump -w - /tmp/net | wireshark -k -i - # live in Wireshark`,
 		Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return runDump(cmd, args[0], &o)
-		},
+		RunE: interruptible(func(ctx context.Context, cmd *cobra.Command, args []string) error {
+			return runDump(ctx, cmd, args[0], &o)
+		}),
 	}
 	f := cmd.Flags()
 	f.StringVarP(&o.write, "write", "w", "", "write a pcap capture to `FILE` (- for stdout) instead of decoded lines")
@@ -96,6 +106,9 @@ Examples:
 // ports, as an ordinary receiver, saying so on stderr. It explains the
 // errors a user can fix.
 func joinToCapture(path string) (*ipn.Socket, error) {
+	if _, err := ipn.List(path); errors.Is(err, ipn.ErrNoDaemon) {
+		return nil, fmt.Errorf("%w: no network at %s to capture", err, path)
+	}
 	s, err := joinReceiveOnly(path, true)
 	if errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.ENOPROTOOPT) {
 		why := "no x (manage) permission on the network file"
@@ -151,7 +164,7 @@ type frameSink interface {
 	close() error
 }
 
-func runDump(cmd *cobra.Command, path string, o *dumpOptions) error {
+func runDump(ctx context.Context, cmd *cobra.Command, path string, o *dumpOptions) error {
 	if o.count < 0 {
 		return fmt.Errorf("--count %d: want 0 (no limit) or more", o.count)
 	}
@@ -172,8 +185,6 @@ func runDump(cmd *cobra.Command, path string, o *dumpOptions) error {
 	}
 
 	// A signal wakes the blocked Recv by moving its deadline to the past.
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
 	go func() {
 		<-ctx.Done()
 		s.SetReadDeadline(time.Unix(1, 0))
@@ -188,15 +199,15 @@ func runDump(cmd *cobra.Command, path string, o *dumpOptions) error {
 }
 
 // dumpLoop hands every ordinary message to sink until count frames (0: no
-// limit), ctx ends or the network goes away, and returns how many it took.
+// limit), ctx ends or the network is lost, and returns how many it took.
 func dumpLoop(ctx context.Context, s *ipn.Socket, sink frameSink, count int) (int, error) {
 	buf := make([]byte, dumpSnaplen+1)
 	got := 0
 	for count == 0 || got < count {
 		n, flags, err := s.Recv(buf)
 		now := time.Now()
-		if err == io.EOF || (err != nil && ctx.Err() != nil) {
-			return got, nil // the network went away, or a signal came
+		if err != nil && ctx.Err() != nil {
+			return got, nil // a signal came
 		}
 		if err != nil {
 			return got, err

@@ -29,6 +29,13 @@ The daemon that serves networks starts by itself when first needed.`,
 		root.AddCommand(c())
 	}
 	if err := root.Execute(); err != nil {
+		var sig signalExit
+		if errors.As(err, &sig) {
+			if sig.err != nil {
+				fmt.Fprintln(os.Stderr, "ipn:", sig.err)
+			}
+			os.Exit(sig.status())
+		}
 		fmt.Fprintln(os.Stderr, "ipn:", err)
 		var ex exitError
 		if errors.As(err, &ex) {

@@ -1,12 +1,13 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 
 	"github.com/ipn-project/ipn/devfs"
 )
@@ -46,9 +47,9 @@ Examples:
   echo hello > /dev/ipn/tmp_chat       # send one message, "hello"
   head -n1 /dev/ipn/tmp_chat           # receive one, as a line`,
 		Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return runMount(args[0], nets, devfs.Options{Lines: lines}, debug)
-		},
+		RunE: interruptible(func(ctx context.Context, cmd *cobra.Command, args []string) error {
+			return runMount(ctx, args[0], nets, devfs.Options{Lines: lines}, debug)
+		}),
 	}
 	cmd.Flags().StringArrayVar(&nets, "net", nil, "show only the network at this path (repeatable)")
 	cmd.Flags().BoolVar(&lines, "lines", false, "line mode: reads add a missing trailing newline, writes strip one")
@@ -56,17 +57,14 @@ Examples:
 	return cmd
 }
 
-func runMount(dir string, nets []string, opts devfs.Options, debug bool) error {
+func runMount(ctx context.Context, dir string, nets []string, opts devfs.Options, debug bool) error {
 	fsys, err := devfs.New(nets, opts)
 	if err != nil {
 		return err
 	}
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
-	defer signal.Stop(sigs)
 	srv, err := devfs.Mount(dir, fsys, debug)
 	if err != nil {
-		return fmt.Errorf("mount %s: %w", dir, err)
+		return mountError(dir, err)
 	}
 	fmt.Fprintf(os.Stderr, "ipn: networks mounted at %s\n", dir)
 	done := make(chan struct{})
@@ -75,9 +73,28 @@ func runMount(dir string, nets []string, opts devfs.Options, debug bool) error {
 		close(done)
 	}()
 	select {
-	case <-sigs:
+	case <-ctx.Done():
 		return srv.Stop()
 	case <-done:
 		return nil
 	}
+}
+
+// mountError says why mounting at dir failed with err: a "FUSE is not
+// available" may stand for a missing mount point or a /dev/fuse the user
+// may not open, which it names instead.
+func mountError(dir string, err error) error {
+	if !errors.Is(err, devfs.ErrNoFUSE) {
+		return fmt.Errorf("mount %s: %w", dir, err)
+	}
+	if _, serr := os.Stat(dir); serr != nil {
+		return fmt.Errorf("mount %s: the mount point is missing (make it: mkdir -p %s): %w", dir, dir, serr)
+	}
+	if fi, serr := os.Stat("/dev/fuse"); serr == nil {
+		if aerr := unix.Faccessat(unix.AT_FDCWD, "/dev/fuse", unix.R_OK|unix.W_OK, unix.AT_EACCESS); aerr != nil {
+			return fmt.Errorf("mount %s: /dev/fuse (mode %v) is not open to you: as root, chmod 666 /dev/fuse (its usual mode), or mount as root: %w",
+				dir, fi.Mode().Perm(), aerr)
+		}
+	}
+	return fmt.Errorf("mount %s: %w", dir, err)
 }

@@ -5,10 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
-	"os/signal"
+	"slices"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -74,15 +74,18 @@ a trusted segment or inside WireGuard or IPsec (docs/multihost.md).
 When the far end goes away, plug exits with an error (0 when stdin just
 ended), or with --reconnect opens it again, waiting longer each time.`,
 		Args: cobra.ExactArgs(2),
-		RunE: func(cmd *cobra.Command, args []string) error {
+		RunE: interruptible(func(ctx context.Context, cmd *cobra.Command, args []string) error {
 			if scheme, name, ok := strings.Cut(args[1], "://"); ok && (scheme == "tap" || scheme == "grab") {
-				return runDevicePlug(cmd, args[0], scheme, name, persist)
+				return runDevicePlug(ctx, cmd, args[0], scheme, name, persist)
 			}
 			if persist {
 				return fmt.Errorf("--persist is for tap:// and grab://")
 			}
-			return runPlug(cmd, args[0], args[1], reconnect, descr)
-		},
+			if err := checkScheme(args[1]); err != nil {
+				return err
+			}
+			return runPlug(ctx, cmd, args[0], args[1], reconnect, descr)
+		}),
 	}
 	cmd.Flags().BoolVar(&reconnect, "reconnect", false, "open the far end again when it goes away")
 	cmd.Flags().StringVar(&descr, "descr", "", "port description (default: cable URL)")
@@ -90,9 +93,30 @@ ended), or with --reconnect opens it again, waiting longer each time.`,
 	return cmd
 }
 
-func runPlug(cmd *cobra.Command, path, url string, reconnect bool, descr string) error {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
+// plugSchemes returns every scheme plug takes: the cables' and the devices'.
+func plugSchemes() []string {
+	l := append(cable.Schemes(), "tap", "grab")
+	slices.Sort(l)
+	return l
+}
+
+// checkScheme refuses a URL whose scheme plug does not take, before it
+// joins the network, listing the ones it takes.
+func checkScheme(url string) error {
+	if url == "-" || url == "stdio" {
+		return nil
+	}
+	scheme, _, ok := strings.Cut(url, "://")
+	if !ok {
+		return fmt.Errorf("%q: want SCHEME://... or - for stdio (schemes: %s)", url, strings.Join(plugSchemes(), ", "))
+	}
+	if !slices.Contains(cable.Schemes(), scheme) {
+		return fmt.Errorf("%q: unknown scheme %q (schemes: %s)", url, scheme, strings.Join(plugSchemes(), ", "))
+	}
+	return nil
+}
+
+func runPlug(ctx context.Context, cmd *cobra.Command, path, url string, reconnect bool, descr string) error {
 	s, err := ipn.NewSocket(ipn.Any)
 	if err != nil {
 		return err
@@ -117,6 +141,9 @@ func runPlug(cmd *cobra.Command, path, url string, reconnect bool, descr string)
 	wait := 100 * time.Millisecond
 	for {
 		far, err := cable.Open(ctx, url)
+		if err != nil && !cable.Retryable(err) {
+			return err // a URL that no waiting makes right
+		}
 		if err == nil {
 			wait = 100 * time.Millisecond
 			err = cable.Run(ctx, s, far)
@@ -144,9 +171,7 @@ func runPlug(cmd *cobra.Command, path, url string, reconnect bool, descr string)
 
 // runDevicePlug attaches a tap or grabbed interface to the network at path
 // and waits until interrupted.
-func runDevicePlug(cmd *cobra.Command, path, scheme, name string, persist bool) error {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
+func runDevicePlug(ctx context.Context, cmd *cobra.Command, path, scheme, name string, persist bool) error {
 	if name == "" {
 		return fmt.Errorf("%s://: want a device name", scheme)
 	}
@@ -171,10 +196,23 @@ func runDevicePlug(cmd *cobra.Command, path, scheme, name string, persist bool) 
 		return err
 	}
 	note := ""
+	if ifi, err := net.InterfaceByName(name); err == nil {
+		note = fmt.Sprintf(" (MTU %d)", ifi.MTU)
+	}
 	if persist {
-		note = ", persistent"
+		note += ", persistent"
 	}
 	fmt.Fprintf(cmd.ErrOrStderr(), "ipn plug: %s %s is port %d of %s%s\n", scheme, name, port, path, note)
-	<-ctx.Done()
-	return nil
+	return holdUntil(ctx, s)
+}
+
+// holdUntil waits until ctx ends (a signal: the command is done) or the
+// daemon serving s goes away, which is an error: the network is lost.
+func holdUntil(ctx context.Context, s *ipn.Socket) error {
+	select {
+	case <-ctx.Done():
+		return nil
+	case <-s.Done():
+		return s.Err()
+	}
 }

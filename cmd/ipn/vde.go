@@ -2,10 +2,11 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
-	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -45,18 +46,10 @@ Each client's rights come from the network file's rights for its user,
 ACLs included (no w: it only receives; no r: it only sends; neither:
 refused), bounded by yours; its data socket must be its own.`,
 		Args: cobra.ExactArgs(2),
-		RunE: func(cmd *cobra.Command, args []string) error {
+		RunE: interruptible(func(ctx context.Context, cmd *cobra.Command, args []string) error {
 			p, ok := ipn.ProtocolByName(proto)
 			if !ok {
-				return fmt.Errorf("unknown --proto %q", proto)
-			}
-			s, err := ipn.NewSocket(p)
-			if err != nil {
-				return err
-			}
-			defer s.Close()
-			if err := s.Bind(args[0]); err != nil {
-				return err
+				return fmt.Errorf("--proto %q: want any or one of %s", proto, strings.Join(ipn.ProtocolNames(), ", "))
 			}
 			var opts ipn.VDEOptions
 			if mode != "" {
@@ -67,18 +60,49 @@ refused), bounded by yours; its data socket must be its own.`,
 				opts.Mode = os.FileMode(m)
 			}
 			opts.Group = group
+			s, err := bindVDE(args[0], p, cmd.Flags().Changed("proto"))
+			if err != nil {
+				return err
+			}
+			defer s.Close()
 			if err := s.ServeVDEWith(args[1], opts); err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.ErrOrStderr(), "ipn vde: %s serves VDE clients at %s\n", args[0], args[1])
-			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-			defer stop()
-			<-ctx.Done()
-			return nil
-		},
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-s.Done():
+				return fmt.Errorf("%s: no longer serving VDE clients at %s: %w", args[0], args[1], s.Err())
+			}
+		}),
 	}
-	cmd.Flags().StringVarP(&proto, "proto", "p", "switch", "policy of a network made here (any joins an existing one as it is)")
+	cmd.Flags().StringVarP(&proto, "proto", "p", "switch", "policy of a network made here; an existing network is served as it is unless --proto names a policy, which must then be its own")
 	cmd.Flags().StringVarP(&mode, "mode", "m", "", "octal mode of DIR/ctl, as vde_switch -m (default: what the network file's rights need)")
 	cmd.Flags().StringVarP(&group, "group", "g", "", "group of DIR and DIR/ctl, name or number, as vde_switch -g (default: the network file's)")
 	return cmd
+}
+
+// bindVDE binds the network at path to serve it: a network made here gets
+// proto; an existing one is taken as it is, unless the user asked for
+// proto, which must then be the network's.
+func bindVDE(path string, proto ipn.Protocol, asked bool) (*ipn.Socket, error) {
+	for {
+		s, err := ipn.NewSocket(proto)
+		if err != nil {
+			return nil, err
+		}
+		err = s.Bind(path)
+		if err == nil {
+			return s, nil
+		}
+		s.Close()
+		switch {
+		case !errors.Is(err, syscall.EPROTO) || proto == ipn.Any:
+			return nil, err
+		case asked:
+			return nil, fmt.Errorf("%w (--proto %s asked for another policy: drop --proto to serve the network as it is)", err, proto)
+		}
+		proto = ipn.Any // it exists with another policy: take it as it is
+	}
 }
