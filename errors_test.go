@@ -159,14 +159,8 @@ func TestErrorsKeepErrno(t *testing.T) {
 // networks between users.
 func TestErrorsNameTheDaemon(t *testing.T) {
 	requireRoot(t)
-	dir := tempDir(t)
-	home := filepath.Join(dir, "home")
-	os.Mkdir(home, 0o755)
-	os.Chown(home, otherUID, otherGID)
+	home, env, d := userDaemon(t, asOther)
 	sock := filepath.Join(home, "run", "ipn.sock")
-	env := []string{"IPN_SOCKET=" + sock}
-	d := start(t, asOther, env, ipnCommand(t), "daemon", "--foreground")
-	waitFor(t, 15*time.Second, "user daemon", func() bool { _, err := os.Stat(sock); return err == nil })
 	// A network of the shared test daemon, whose file is ownerUID's: the
 	// other user's own daemon knows nothing of it.
 	path, _ := bindNet(t, nil)

@@ -82,11 +82,9 @@ func TestCommandsSayTheDaemonWentAway(t *testing.T) {
 	ipnc := ipnCommand(t)
 	for _, how := range []syscall.Signal{syscall.SIGKILL, syscall.SIGTERM} {
 		t.Run(how.String(), func(t *testing.T) {
-			dir := filepath.Join(tempDir(t), "d")
-			os.Mkdir(dir, 0o755) // a daemon's directory no one else may write
-			env := []string{"IPN_SOCKET=" + filepath.Join(dir, "d.sock")}
-			d := start(t, nil, env, ipnc, "daemon", "--foreground")
-			waitFor(t, 15*time.Second, "daemon", func() bool { _, err := os.Stat(filepath.Join(dir, "d.sock")); return err == nil })
+			sock, d := ownDaemon(t)
+			env := []string{"IPN_SOCKET=" + sock}
+			dir := tempDir(t)
 			net := filepath.Join(dir, "net")
 			cmds := map[string]*proc{"cat --bind": start(t, nil, env, ipnc, "cat", "--bind", "--recv-only", net)}
 			waitFor(t, 15*time.Second, "the binder", func() bool { return portsVia(env, ipnc, net) == 1 })

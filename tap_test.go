@@ -23,15 +23,7 @@ import (
 func devSwitch(t *testing.T) (string, *ipn.Socket) {
 	t.Helper()
 	path := tempDir(t) + "/net"
-	s, err := ipn.NewSocket(ipn.VDESwitch)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	if err := s.Bind(path); err != nil {
-		t.Fatal(err)
-	}
-	return path, s
+	return path, bindAt(t, ipn.VDESwitch, path, nil, false)
 }
 
 // devName returns an interface name unique to this test process.
@@ -260,17 +252,11 @@ func TestTapNoCapNetAdmin(t *testing.T) {
 func devSwitchMTU(t *testing.T, mtu int) string {
 	t.Helper()
 	path := tempDir(t) + "/net"
-	s, err := ipn.NewSocket(ipn.VDESwitch)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	if err := s.SetMTU(mtu); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Bind(path); err != nil {
-		t.Fatal(err)
-	}
+	bindAt(t, ipn.VDESwitch, path, func(s *ipn.Socket) {
+		if err := s.SetMTU(mtu); err != nil {
+			t.Fatal(err)
+		}
+	}, false)
 	return path
 }
 
