@@ -9,11 +9,15 @@
 // Recv whole messages. File permissions on the network file are the access
 // control: r to receive, w to send, x to manage.
 //
-// Networks are served by the ipn daemon. If none is running the library
-// starts one by re-executing the calling program (see daemon.Dial), so a
-// program works on a fresh machine with nothing set up. The calls that act
-// only on networks a daemon already serves (List, PolicyOption,
-// SetPolicyOption) start none.
+// Networks are served by the ipn daemon, which a Dialer reaches
+// (DefaultDialer: $IPN_SOCKET, else the system daemon, else the user's
+// own). This package holds the client alone: it links no daemon, engine
+// or policy. A program that should start a daemon when none runs, so that
+// it works on a fresh machine with nothing set up, imports
+// github.com/ipn-project/ipn/daemon/autostart, which makes DefaultDialer
+// start the program itself, re-executed, as the daemon (the ipn command
+// does). The calls that act only on networks a daemon already serves
+// (List, PolicyOption, SetPolicyOption) never start one.
 package ipn
 
 import (
@@ -24,31 +28,27 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/ipn-project/ipn/daemon"
-	"github.com/ipn-project/ipn/engine"
+	"github.com/ipn-project/ipn/internal/ctlsock"
+	"github.com/ipn-project/ipn/internal/spec"
 	"github.com/ipn-project/ipn/internal/wire"
-	"github.com/ipn-project/ipn/policy"
 )
-
-func init() {
-	// A daemon started by the library is this very program, re-executed.
-	daemon.RunIfChild()
-}
 
 // Protocol is a delivery policy's tag, chosen when a socket is made.
-type Protocol = policy.Tag
+type Protocol = spec.Tag
 
-// The protocols of IPN. Any takes the network's; Broadcast (Hub) is built in.
+// The protocols of IPN. Any takes the network's; the daemon serves the
+// others.
 const (
-	Any         = policy.Any
-	Broadcast   = policy.Broadcast
-	Hub         = policy.Hub
-	VDESwitch   = policy.VDESwitch
-	VDESwitchL3 = policy.VDESwitchL3
+	Any         = spec.Any
+	Broadcast   = spec.Broadcast
+	Hub         = spec.Hub
+	VDESwitch   = spec.VDESwitch
+	VDESwitchL3 = spec.VDESwitchL3
 )
 
-// ProtocolByName returns the protocol registered under name ("hub",
-// "switch", ...), "any", or the one numbered name ("100", 1..65535).
+// ProtocolByName returns the protocol named name ("hub", "switch",
+// "l3switch", or one a program registered with policy.Register), "any",
+// or the one numbered name ("100", 1..65535).
 func ProtocolByName(name string) (Protocol, bool) {
 	if name == "any" {
 		return Any, true
@@ -56,33 +56,33 @@ func ProtocolByName(name string) (Protocol, bool) {
 	if n, err := strconv.ParseUint(name, 10, 16); err == nil && n > 0 {
 		return Protocol(n), true // a number: the tag itself, registered here or not
 	}
-	return policy.TagOf(name)
+	return spec.TagOf(name)
 }
 
-// ProtocolNames returns the names of the registered protocols.
-func ProtocolNames() []string { return policy.Names() }
+// ProtocolNames returns the names of the protocols ProtocolByName knows.
+func ProtocolNames() []string { return spec.Names() }
 
 // Flags are a network's flags, set before Bind.
-type Flags = engine.Flags
+type Flags = spec.Flags
 
 // The network flags of IPN.
 const (
 	// Lossless makes senders wait while the network's pool is full instead
 	// of dropping messages for slow receivers.
-	Lossless = engine.Lossless
+	Lossless = spec.Lossless
 	// Excl makes Bind fail on an existing network, and the network refuse
 	// other binders.
-	Excl = engine.Excl
+	Excl = spec.Excl
 	// FlexMTU keeps each message in a buffer of its own size rather than
 	// one of the MTU's.
-	FlexMTU = engine.FlexMTU
+	FlexMTU = spec.FlexMTU
 )
 
 // Defaults of a new network.
 const (
-	DefaultMTU      = engine.DefaultMTU
-	DefaultNumNodes = engine.DefaultNumPorts
-	DefaultPoolSize = engine.DefaultPoolSize
+	DefaultMTU      = spec.DefaultMTU
+	DefaultNumNodes = spec.DefaultPorts
+	DefaultPoolSize = spec.DefaultPoolSize
 	// DefaultMode gives x (manage) to the owner alone, r and w to all (less
 	// the umask); the original IPN's 0777 let anyone manage.
 	DefaultMode = 0o766
@@ -164,10 +164,10 @@ func Join(path string, proto Protocol) (*Socket, error) {
 	return s, nil
 }
 
-// ErrNoDaemon reports that no daemon runs where the library looks (see
-// daemon.Dial): List and the policy calls need one that serves networks,
-// and start none.
-var ErrNoDaemon = daemon.ErrNoDaemon
+// ErrNoDaemon reports that no daemon runs where the Dialer looks, and none
+// was started there (List and the policy calls start none; NewSocket only
+// with a Dialer that has Start).
+var ErrNoDaemon = ctlsock.ErrNoDaemon
 
 // List returns the networks the daemon serves; with a path, just that one.
 // It starts no daemon: with none running it fails with an error wrapping

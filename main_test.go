@@ -13,6 +13,9 @@ import (
 	"testing"
 	"time"
 
+	// Helper processes are this test binary: it must be able to start as
+	// a daemon too (TestAutostartRaceAndSIGTERM).
+	_ "github.com/ipn-project/ipn/daemon/autostart"
 	"github.com/ipn-project/ipn/internal/daemontest"
 )
 

@@ -16,8 +16,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/ipn-project/ipn/daemon"
 	"github.com/ipn-project/ipn/internal/sockio"
+	"github.com/ipn-project/ipn/internal/spec"
 	"github.com/ipn-project/ipn/internal/wire"
 )
 
@@ -84,10 +84,10 @@ type ctlReply struct {
 	fds  []int
 }
 
-// NewSocket makes a socket for protocol proto (Any to take the network's),
-// reaching the daemon (and starting it if none runs).
+// NewSocket makes a socket for protocol proto (Any to take the network's)
+// on a connection DefaultDialer makes.
 func NewSocket(proto Protocol) (*Socket, error) {
-	return newSocket(proto, daemon.Dial)
+	return DefaultDialer.NewSocket(proto)
 }
 
 // newSocket makes a socket for proto on the control connection dial makes.
@@ -104,7 +104,7 @@ func newSocket(proto Protocol, dial func() (*net.UnixConn, error)) (*Socket, err
 		closed:  make(chan struct{}),
 		mode:    DefaultMode,
 		port:    -1,
-		fastOff: os.Getenv("IPN_FASTPATH") == "0",
+		fastOff: os.Getenv(spec.FastPathEnv) == "0",
 		ctlTick: make(chan struct{}),
 	}
 	go s.readControl()
@@ -1216,7 +1216,7 @@ func (s *Socket) Close() error {
 // daemon, since a new one would serve nothing, and fails with an error
 // wrapping ErrNoDaemon instead.
 func newReadSocket() (*Socket, error) {
-	return newSocket(Any, daemon.DialRunning)
+	return newSocket(Any, DefaultDialer.dialRunning)
 }
 
 // list asks the daemon for the networks the caller can see; with a path,

@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/ipn-project/ipn/internal/ctlsock"
 	"github.com/ipn-project/ipn/internal/perm"
 )
 
@@ -41,7 +42,7 @@ func statNetFile(fd int) (fileID, *unix.Stat_t, error) {
 		return fileID{}, nil, fmt.Errorf("network file: %w", err)
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
-		return fileID{}, nil, fmt.Errorf("%s, not a network (a network is a socket file): %w", fileKind(st.Mode), syscall.ECONNREFUSED)
+		return fileID{}, nil, fmt.Errorf("%s, not a network (a network is a socket file): %w", ctlsock.FileKind(st.Mode), syscall.ECONNREFUSED)
 	}
 	var sfs unix.Statfs_t
 	if err := unix.Fstatfs(fd, &sfs); err != nil {

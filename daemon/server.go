@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ipn-project/ipn/engine"
+	"github.com/ipn-project/ipn/internal/ctlsock"
 	"github.com/ipn-project/ipn/internal/throttle"
 	"github.com/ipn-project/ipn/internal/wire"
 	_ "github.com/ipn-project/ipn/policy/hub" // the built-in policy
@@ -285,10 +286,10 @@ func refuse(conn *net.UnixConn, err error) {
 
 // lockDaemon takes the lock that one daemon per socket holds while it runs.
 func lockDaemon(socket string) (*os.File, error) {
-	if err := makeDir(filepath.Dir(socket)); err != nil {
+	if err := ctlsock.MakeDir(filepath.Dir(socket)); err != nil {
 		return nil, err
 	}
-	f, err := openBeside(socket+".lock", os.O_RDWR)
+	f, err := ctlsock.OpenBeside(socket+".lock", os.O_RDWR)
 	if err != nil {
 		return nil, fmt.Errorf("daemon lock: %w", err)
 	}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -15,15 +14,17 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ipn-project/ipn/internal/ctlsock"
+	"github.com/ipn-project/ipn/internal/spec"
 	"golang.org/x/sys/unix"
 )
 
 // NoAutostartEnv names the environment variable that, set to 1, stops the
 // library from starting a daemon when none is running.
-const NoAutostartEnv = "IPN_NO_AUTOSTART"
+const NoAutostartEnv = spec.NoAutostartEnv
 
 // childEnv marks the process the library re-executes as a daemon.
-const childEnv = "IPN_DAEMON_CHILD"
+const childEnv = spec.DaemonChildEnv
 
 // AutoIdleExit is how long a daemon started by the library lives without
 // clients.
@@ -31,116 +32,6 @@ const AutoIdleExit = 30 * time.Second
 
 // startTimeout bounds the wait for a daemon being started.
 const startTimeout = 10 * time.Second
-
-// Dial connects to the daemon that serves this process: the one at
-// $IPN_SOCKET if set, else the system daemon if it answers, else the
-// user's. If none answers, it starts one (unless $IPN_NO_AUTOSTART=1) by
-// re-executing the current program, so any program using the library works
-// on a machine where nothing was set up; racing callers start only one.
-//
-// Before anything is sent, the daemon must prove who it is: the process on
-// the other end (SO_PEERCRED) must be root or the caller's own user, and the
-// user's socket directory must be the user's own and not writable by
-// others; otherwise Dial fails with EACCES or EPERM and says why.
-func Dial() (*net.UnixConn, error) { return dialDaemon(dialOrStart) }
-
-// DialRunning is Dial for a call that only reads what a daemon serves (a
-// listing, a table): it never starts a daemon, since a new one would serve
-// nothing. When none answers, it fails with an error wrapping
-// ErrNoDaemon that names the socket.
-func DialRunning() (*net.UnixConn, error) { return dialDaemon(dialRunning) }
-
-// ErrNoDaemon reports that no daemon answers at the control socket, which
-// DialRunning does not start.
-var ErrNoDaemon = errors.New("no ipn daemon runs")
-
-// dialDaemon finds the control socket as Dial says and connects with at,
-// passing whether the socket is in the user's own directory.
-func dialDaemon(at func(path string, own bool) (*net.UnixConn, error)) (*net.UnixConn, error) {
-	if p := os.Getenv(SocketEnv); p != "" {
-		return at(p, false)
-	}
-	if os.Geteuid() != 0 {
-		if c, err := dial(SystemSocket); err == nil {
-			return c, nil
-		} else if errors.Is(err, ErrNotDaemon) {
-			return nil, err
-		}
-		return at(UserSocket(), true)
-	}
-	return at(SystemSocket, false)
-}
-
-// dialRunning dials path, as dialOrStart does, but starts no daemon.
-func dialRunning(path string, own bool) (*net.UnixConn, error) {
-	if own {
-		if err := checkDir(filepath.Dir(path), true); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return nil, err
-		}
-	}
-	c, err := dial(path)
-	switch {
-	case err == nil || errors.Is(err, ErrNotDaemon):
-		return c, err
-	case CheckSocket(path) != nil:
-		return nil, CheckSocket(path)
-	case errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED):
-		return nil, fmt.Errorf("%w (at %s)", ErrNoDaemon, path)
-	}
-	return nil, fmt.Errorf("ipn daemon at %s: %w", path, err)
-}
-
-// ErrNotDaemon reports a control socket served by a process that is
-// neither root nor the caller's user: not a daemon to trust.
-var ErrNotDaemon = errors.New("not a daemon to trust")
-
-// dial connects to the control socket at path and checks who serves it.
-func dial(path string) (*net.UnixConn, error) {
-	c, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: path, Net: "unixpacket"})
-	if err != nil {
-		return nil, err
-	}
-	peer, err := peerCred(c)
-	if err != nil {
-		c.Close()
-		return nil, fmt.Errorf("ipn daemon at %s: %w", path, err)
-	}
-	if me := uint32(os.Geteuid()); !trusted(peer.UID) {
-		c.Close()
-		return nil, fmt.Errorf("%w: the process serving %s (pid %d) runs as uid %d, neither root nor you (uid %d); refusing to talk to it: %w",
-			ErrNotDaemon, path, peer.pid, peer.UID, me, syscall.EACCES)
-	}
-	return c, nil
-}
-
-// dialOrStart dials path, starting a daemon there if none answers. The
-// user's own socket directory (own) must be the user's, and no one else's
-// to change: else whoever answers there could be another user's.
-func dialOrStart(path string, own bool) (*net.UnixConn, error) {
-	if own {
-		if err := checkDir(filepath.Dir(path), true); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return nil, err
-		}
-	}
-	c, err := dial(path)
-	if err == nil || errors.Is(err, ErrNotDaemon) {
-		return c, err
-	}
-	if err := CheckSocket(path); err != nil {
-		return nil, err
-	}
-	if os.Getenv(NoAutostartEnv) == "1" {
-		return nil, fmt.Errorf("ipn daemon at %s: %w", path, err)
-	}
-	if err := start(path); err != nil {
-		return nil, err
-	}
-	c, err = dial(path)
-	if err != nil {
-		return nil, fmt.Errorf("ipn daemon at %s: %w", path, err)
-	}
-	return c, nil
-}
 
 // Start starts a daemon in the background on socket (DefaultSocket() if
 // empty), as the library does when none answers, and returns once it
@@ -158,10 +49,10 @@ func start(socket string) error {
 	if err := CheckSocket(socket); err != nil {
 		return fmt.Errorf("start ipn daemon: %w", err)
 	}
-	if err := makeDir(filepath.Dir(socket)); err != nil {
+	if err := ctlsock.MakeDir(filepath.Dir(socket)); err != nil {
 		return fmt.Errorf("start ipn daemon: %w", err)
 	}
-	lock, err := openBeside(socket+".start", os.O_RDWR)
+	lock, err := ctlsock.OpenBeside(socket+".start", os.O_RDWR)
 	if err != nil {
 		return fmt.Errorf("start ipn daemon: %w", err)
 	}
@@ -169,10 +60,10 @@ func start(socket string) error {
 	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
 		return fmt.Errorf("start ipn daemon: lock: %w", err)
 	}
-	if c, err := dial(socket); err == nil {
+	if c, err := ctlsock.Dial(socket); err == nil {
 		c.Close()
 		return nil
-	} else if errors.Is(err, ErrNotDaemon) {
+	} else if errors.Is(err, ctlsock.ErrNotDaemon) {
 		return err
 	}
 	exe, err := os.Executable()
@@ -180,7 +71,7 @@ func start(socket string) error {
 		return fmt.Errorf("start ipn daemon: %w", err)
 	}
 	logPath := socket + ".log"
-	logf, err := openBeside(logPath, os.O_WRONLY|os.O_APPEND)
+	logf, err := ctlsock.OpenBeside(logPath, os.O_WRONLY|os.O_APPEND)
 	if err != nil {
 		return fmt.Errorf("start ipn daemon: %w", err)
 	}
@@ -223,9 +114,9 @@ func lastLine(path string) string {
 	return ""
 }
 
-// RunIfChild turns the process into a daemon if the library re-executed it
-// to be one, and then exits; otherwise it returns at once. The ipn package
-// calls it from its init.
+// RunIfChild turns the process into a daemon if Start re-executed it to be
+// one, and then exits; otherwise it returns at once. Package
+// daemon/autostart calls it from its init.
 func RunIfChild() {
 	switch os.Getenv(childEnv) {
 	case "1":
@@ -269,32 +160,4 @@ func RunIfChild() {
 // than a socket (a regular file, a directory...): a daemon must not
 // replace it, and none can serve there. A missing path or a socket, live
 // or stale, passes.
-func CheckSocket(path string) error {
-	var st unix.Stat_t
-	if err := unix.Lstat(path, &st); err != nil || st.Mode&unix.S_IFMT == unix.S_IFSOCK {
-		return nil
-	}
-	return fmt.Errorf("%s is %s, not a daemon socket: refusing to touch it (remove it, or give another --socket or $%s): %w",
-		path, fileKind(st.Mode), SocketEnv, syscall.ENOTSOCK)
-}
-
-// fileKind names the type of a file of mode (a stat's st_mode).
-func fileKind(mode uint32) string {
-	switch mode & unix.S_IFMT {
-	case unix.S_IFREG:
-		return "a regular file"
-	case unix.S_IFDIR:
-		return "a directory"
-	case unix.S_IFLNK:
-		return "a symbolic link"
-	case unix.S_IFIFO:
-		return "a named pipe"
-	case unix.S_IFCHR:
-		return "a character device"
-	case unix.S_IFBLK:
-		return "a block device"
-	case unix.S_IFSOCK:
-		return "a socket"
-	}
-	return fmt.Sprintf("a file of type %#o", mode&unix.S_IFMT)
-}
+func CheckSocket(path string) error { return ctlsock.CheckSocket(path) }

@@ -15,27 +15,25 @@ import (
 	"sync"
 	"syscall"
 
+	"github.com/ipn-project/ipn/internal/spec"
 	"github.com/ipn-project/ipn/policy"
 )
 
 // Flags are a network's IPN flags.
-type Flags uint32
+type Flags = spec.Flags
 
-// The network flags of IPN.
+// The network flags of IPN (see spec).
 const (
-	// Lossless makes senders wait instead of dropping messages.
-	Lossless Flags = 1
-	// Excl refuses binding to an existing network and other binders.
-	Excl Flags = 2
-	// FlexMTU keeps each message in a buffer of its own size, not the MTU's.
-	FlexMTU Flags = 4
+	Lossless = spec.Lossless
+	Excl     = spec.Excl
+	FlexMTU  = spec.FlexMTU
 )
 
 // Defaults of a new network.
 const (
-	DefaultMTU      = 1514
-	DefaultNumPorts = 64
-	DefaultPoolSize = 8
+	DefaultMTU      = spec.DefaultMTU
+	DefaultNumPorts = spec.DefaultPorts
+	DefaultPoolSize = spec.DefaultPoolSize
 )
 
 // Config is what a network is made with.
@@ -82,8 +80,8 @@ func (c Config) WithDefaults() (Config, error) {
 
 // Limits of a network's parameters.
 const (
-	MaxPorts    = 65536
-	MaxPoolSize = 1 << 16
+	MaxPorts    = spec.MaxPorts
+	MaxPoolSize = spec.MaxPoolSize
 )
 
 // Engine is a set of networks, each known by a key chosen by the caller.

@@ -4,6 +4,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"unsafe"
+
+	"github.com/ipn-project/ipn/internal/spec"
 )
 
 // msg is one message in flight: a pooled buffer shared by reference among
@@ -53,7 +55,7 @@ func (m *msg) free() {
 var classSizes = [...]int{2048, 9216, 65536}
 
 // MaxMTU is the largest MTU a network may have.
-const MaxMTU = 65535
+const MaxMTU = spec.MaxMTU
 
 var pools [len(classSizes)]sync.Pool
 

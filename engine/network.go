@@ -8,6 +8,7 @@ import (
 	"syscall"
 
 	"github.com/ipn-project/ipn/endpoint"
+	"github.com/ipn-project/ipn/internal/spec"
 	"github.com/ipn-project/ipn/policy"
 )
 
@@ -195,7 +196,7 @@ func queueLen(cfg Config) int {
 }
 
 // MaxDescription is the longest port description, in bytes.
-const MaxDescription = 128
+const MaxDescription = spec.MaxDescription
 
 // Join connects ep to the network as a new port, taking a reference on the
 // network, and starts the port's goroutines. The port owns ep from then on.

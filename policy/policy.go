@@ -15,18 +15,20 @@ import (
 	"sort"
 	"sync"
 	"syscall"
+
+	"github.com/ipn-project/ipn/internal/spec"
 )
 
 // Tag identifies a delivery policy; it is the IPN protocol number.
-type Tag uint16
+type Tag = spec.Tag
 
 // The protocol tags of IPN. Any means "whatever the network uses".
 const (
-	Any         Tag = 0
-	Broadcast   Tag = 1
-	Hub             = Broadcast
-	VDESwitch   Tag = 2
-	VDESwitchL3 Tag = 3
+	Any         = spec.Any
+	Broadcast   = spec.Broadcast
+	Hub         = spec.Hub
+	VDESwitch   = spec.VDESwitch
+	VDESwitchL3 = spec.VDESwitchL3
 )
 
 // Network is the engine's side of a network, as a policy sees it.
@@ -167,6 +169,9 @@ func Register(tag Tag, name string, f Factory) error {
 	if _, ok := registry.byName[name]; ok {
 		return fmt.Errorf("register policy %d %q: name in use: %w", tag, name, syscall.EEXIST)
 	}
+	if err := spec.RegisterName(tag, name); err != nil {
+		return fmt.Errorf("register policy: %w", err)
+	}
 	registry.byTag[tag] = entry{tag, name, f}
 	registry.byName[name] = tag
 	return nil
@@ -193,17 +198,6 @@ func TagOf(name string) (Tag, bool) {
 	defer registry.RUnlock()
 	t, ok := registry.byName[name]
 	return t, ok
-}
-
-// String returns the registered name of t, or its number.
-func (t Tag) String() string {
-	if t == Any {
-		return "any"
-	}
-	if _, name, ok := Lookup(t); ok {
-		return name
-	}
-	return fmt.Sprintf("proto%d", uint16(t))
 }
 
 // Names returns the registered policy names, sorted.

@@ -9,7 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	_ "github.com/ipn-project/ipn" // also makes this binary able to serve as the daemon
+	_ "github.com/ipn-project/ipn/daemon/autostart" // starts this binary as the daemon when none runs
 )
 
 func main() {

@@ -21,6 +21,7 @@ import (
 
 	"github.com/ipn-project/ipn/endpoint"
 	"github.com/ipn-project/ipn/internal/shmring"
+	"github.com/ipn-project/ipn/internal/yield"
 )
 
 // Endpoint is the daemon's side of a member's rings.
@@ -34,8 +35,8 @@ type Endpoint struct {
 	in    *shmring.Consumer
 	wmu   sync.Mutex // guards out (the daemon's ring to the member), freed, yield
 	out   *shmring.Producer
-	freed uint64           // the member's progress when a message was last dropped
-	yield endpoint.Yielder // for drops into a full ring
+	freed uint64        // the member's progress when a message was last dropped
+	yield yield.Yielder // for drops into a full ring
 
 	lossless bool
 	oob      func([]byte) error
@@ -209,7 +210,7 @@ func (e *Endpoint) TryWriteDirect(msg []byte) bool {
 }
 
 // starved is called, under wmu, when a lossy message finds the member's
-// ring full: see endpoint.Yielder. On 2 cores, yielding turned 30-70 % loss
+// ring full: see yield.Yielder. On 2 cores, yielding turned 30-70 % loss
 // into 0-3 % and more than doubled what a receiver gets.
 func (e *Endpoint) starved() {
 	if f := e.out.Freed(); f != e.freed {

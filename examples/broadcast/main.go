@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ipn-project/ipn"
+	_ "github.com/ipn-project/ipn/daemon/autostart" // a fresh machine needs no daemon set up
 )
 
 func main() {

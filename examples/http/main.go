@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/ipn-project/ipn"
+	_ "github.com/ipn-project/ipn/daemon/autostart" // a fresh machine needs no daemon set up
 	"github.com/ipn-project/ipn/netstack"
 )
 

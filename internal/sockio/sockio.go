@@ -9,9 +9,8 @@ import (
 	"sync"
 	"syscall"
 
+	"github.com/ipn-project/ipn/internal/yield"
 	"golang.org/x/sys/unix"
-
-	"github.com/ipn-project/ipn/endpoint"
 )
 
 // ReadBatch waits until raw's socket is readable, then reads into bufs as
@@ -116,17 +115,17 @@ func Again(err error) bool { return errors.Is(err, unix.EAGAIN) || errors.Is(err
 
 // OneWriter writes one message at a time with write(2), never waiting: a
 // message the descriptor refuses is dropped. A drop because the reader's
-// buffer is full (EAGAIN) yields the processor (see endpoint.Yielder). It
+// buffer is full (EAGAIN) yields the processor (see yield.Yielder). It
 // allocates nothing per message, and Write may be called from several
 // goroutines at once.
 type OneWriter struct {
 	raw   syscall.RawConn
 	mu    sync.Mutex
-	m     []byte           // guarded by mu: the message being written
-	sent  bool             // guarded by mu
-	full  bool             // guarded by mu: the last write found the buffer full
-	yield endpoint.Yielder // guarded by mu
-	oob   []byte           // sent with each message; set before use
+	m     []byte        // guarded by mu: the message being written
+	sent  bool          // guarded by mu
+	full  bool          // guarded by mu: the last write found the buffer full
+	yield yield.Yielder // guarded by mu
+	oob   []byte        // sent with each message; set before use
 	fn    func(fd uintptr) bool
 }
 

@@ -12,9 +12,8 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/ipn-project/ipn/internal/yield"
 	"golang.org/x/sys/unix"
-
-	"github.com/ipn-project/ipn/endpoint"
 )
 
 // pair returns both ends of a Unix socketpair of type typ as UnixConns.
@@ -458,13 +457,13 @@ func TestOneWriterDropsAndStopsYielding(t *testing.T) {
 	w := NewOneWriter(raw)
 	msg := make([]byte, 1000)
 	sent := 0
-	for i := 0; i < endpoint.StuckDrops+5000; i++ {
+	for i := 0; i < yield.StuckDrops+5000; i++ {
 		if w.Write(msg) {
 			sent++
 		}
 	}
 	if sent == 0 || sent > 2000 {
-		t.Fatalf("%d of %d written into one socket buffer", sent, endpoint.StuckDrops+5000)
+		t.Fatalf("%d of %d written into one socket buffer", sent, yield.StuckDrops+5000)
 	}
 	if !w.yield.Stuck() {
 		t.Fatal("still yielding after a reader took nothing through all the drops")

@@ -1,4 +1,6 @@
-package tap
+// Package netif handles the kernel network interfaces a client attaches
+// to a network (taps, grabbed interfaces): their MTU against the network's.
+package netif
 
 import (
 	"errors"
