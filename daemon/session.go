@@ -37,7 +37,7 @@ type session struct {
 
 	// The fields below belong to the serve goroutine.
 	hello     bool
-	proto     policy.Tag
+	proto     policy.Tag // said at hello; Any: whatever the network's is
 	netCfg    engine.Config
 	portOpts  engine.PortOptions
 	shutRead  bool
@@ -201,14 +201,14 @@ func (ss *session) doHello(body []byte) error {
 	if len(body) < 4 {
 		return wire.ErrMalformed
 	}
-	v, tag := uint16(body[0])|uint16(body[1])<<8, policy.Tag(uint16(body[2])|uint16(body[3])<<8)
+	v, proto := uint16(body[0])|uint16(body[1])<<8, policy.Tag(uint16(body[2])|uint16(body[3])<<8)
 	if v != wire.Version {
 		return fmt.Errorf("protocol version %d: %w", v, syscall.EPROTONOSUPPORT)
 	}
-	if _, _, ok := policy.Lookup(tag); tag != policy.Any && !ok {
-		return fmt.Errorf("policy %d: %w", tag, syscall.EPROTONOSUPPORT)
+	if _, _, ok := policy.Lookup(proto); proto != policy.Any && !ok {
+		return fmt.Errorf("policy %d: %w", proto, syscall.EPROTONOSUPPORT)
 	}
-	ss.hello, ss.proto = true, tag
+	ss.hello, ss.proto = true, proto
 	return nil
 }
 
@@ -222,8 +222,8 @@ func (ss *session) doSetOpt(body []byte) error {
 		if ss.port != nil {
 			return syscall.EISCONN
 		}
-		if len(val) > engine.MaxDescription {
-			return fmt.Errorf("description of %d bytes: want at most %d: %w", len(val), engine.MaxDescription, syscall.EINVAL)
+		if err := engine.CheckDescription(len(val)); err != nil {
+			return err
 		}
 		ss.portOpts.Description = printable(val)
 		return nil
@@ -237,17 +237,18 @@ func (ss *session) doSetOpt(body []byte) error {
 		if ss.bound == nil {
 			return fmt.Errorf("not bound (managing needs bind): %w", syscall.EACCES)
 		}
-		return ss.changeNumPorts(int(v))
+		return ss.changeNumNodes(int(v))
 	case wire.OptPort, wire.OptHandleOOB, wire.OptWantOOBNumNode, wire.OptFastPath, wire.OptMonitor, wire.OptLink:
 		if ss.port != nil {
 			return syscall.EISCONN
 		}
 		switch opt {
 		case wire.OptPort:
-			if want := int32(v); want < -1 || want >= engine.MaxPorts {
-				return fmt.Errorf("port %d: want 0..%d, or -1 for any free port: %w", want, engine.MaxPorts-1, syscall.EINVAL)
+			want := int(int32(v))
+			if err := engine.CheckWant(want); err != nil {
+				return err
 			}
-			ss.portOpts.Want = int(int32(v))
+			ss.portOpts.Want = want
 		case wire.OptHandleOOB:
 			ss.portOpts.HandleOOB = v != 0
 		case wire.OptFastPath:
@@ -267,29 +268,24 @@ func (ss *session) doSetOpt(body []byte) error {
 		if ss.bound != nil || ss.port != nil {
 			return syscall.EISCONN
 		}
+		// Each value is checked now, by the engine's check, so that the
+		// option that is wrong fails, not the bind that would use it; a
+		// wrong value leaves the option as it was.
+		cfg := ss.netCfg
 		switch opt {
 		case wire.OptMTU:
-			if v < 1 || v > engine.MaxMTU {
-				return fmt.Errorf("mtu %d: want 1..%d bytes: %w", v, engine.MaxMTU, syscall.EINVAL)
-			}
-			ss.netCfg.MTU = int(v)
+			cfg.MTU, err = int(v), engine.CheckMTU(int(v))
 		case wire.OptNumNodes:
-			if v < 1 || v > engine.MaxPorts {
-				return fmt.Errorf("ports %d: want 1..%d: %w", v, engine.MaxPorts, syscall.EINVAL)
-			}
-			ss.netCfg.NumPorts = int(v)
+			cfg.NumPorts, err = int(v), engine.CheckNumPorts(int(v))
 		case wire.OptMsgPoolSize:
-			if v < 1 || v > engine.MaxPoolSize {
-				return fmt.Errorf("pool size %d: want 1..%d: %w", v, engine.MaxPoolSize, syscall.EINVAL)
-			}
-			ss.netCfg.PoolSize = int(v)
+			cfg.PoolSize, err = int(v), engine.CheckPoolSize(int(v))
 		default:
-			if engine.Flags(v)&^(engine.Lossless|engine.Excl|engine.FlexMTU) != 0 {
-				return fmt.Errorf("flags %#x: want lossless (%#x), excl (%#x), flexmtu (%#x) or their sum: %w",
-					v, engine.Lossless, engine.Excl, engine.FlexMTU, syscall.EINVAL)
-			}
-			ss.netCfg.Flags = engine.Flags(v)
+			cfg.Flags, err = engine.Flags(v), engine.CheckFlags(engine.Flags(v))
 		}
+		if err != nil {
+			return err
+		}
+		ss.netCfg = cfg
 		return nil
 	}
 	return fmt.Errorf("option %d: %w", opt, syscall.ENOPROTOOPT)
@@ -413,15 +409,14 @@ func (ss *session) create(fd int, id fileID, st *unix.Stat_t) (*engine.Network, 
 		nf.close()
 		return nil, fmt.Errorf("the network file has no path (removed?): %w", syscall.ENOENT)
 	}
-	cfg, err := ss.netCfg.WithDefaults()
+	cfg := ss.netCfg
+	cfg.Proto = ss.proto
+	cfg, err = cfg.WithDefaults()
 	if err != nil {
 		nf.close()
 		return nil, err
 	}
-	cfg.Name, cfg.Proto, cfg.Data = path, ss.proto, nf
-	if cfg.Proto == policy.Any {
-		cfg.Proto = policy.Broadcast
-	}
+	cfg.Name, cfg.Data = path, nf
 	nf.creator, nf.memory = ss.cred.UID, netMemory(cfg)
 	charge := usage{networks: 1, memory: nf.memory} // the policy's tables once it exists
 	if err := ss.srv.acct.take(nf.creator, charge); err != nil {
@@ -473,9 +468,10 @@ func (ss *session) mayManage(n *engine.Network) error {
 	return nil
 }
 
-// changeNumPorts resizes the bound network, which needs x now (as at
-// bind), charging its maker for the memory the new size may hold.
-func (ss *session) changeNumPorts(num int) error {
+// changeNumNodes resizes the bound network (OptChangeNumNodes), which
+// needs x now (as at bind), charging its maker for the memory the new size
+// may hold.
+func (ss *session) changeNumNodes(num int) error {
 	n := ss.bound
 	if err := ss.mayManage(n); err != nil {
 		return err

@@ -39,7 +39,7 @@ const (
 // Config is what a network is made with.
 type Config struct {
 	Name     string     // shown in listings; the daemon uses the file's path
-	Proto    policy.Tag // delivery policy; Any means hub
+	Proto    policy.Tag // delivery policy; Any means Broadcast (the hub)
 	MTU      int        // largest message, bytes
 	NumPorts int        // number of ports
 	PoolSize int        // lossy: queue per receiver; lossless: messages in flight
@@ -51,7 +51,8 @@ type Config struct {
 	Data any
 }
 
-// WithDefaults returns c with zero fields set to the defaults, checked.
+// WithDefaults returns c with zero fields set to the defaults, checked
+// (CheckMTU, CheckNumPorts, CheckPoolSize, CheckFlags).
 func (c Config) WithDefaults() (Config, error) {
 	if c.Proto == policy.Any {
 		c.Proto = policy.Broadcast
@@ -65,17 +66,49 @@ func (c Config) WithDefaults() (Config, error) {
 	if c.PoolSize == 0 {
 		c.PoolSize = DefaultPoolSize
 	}
-	switch {
-	case c.MTU < 1 || c.MTU > MaxMTU:
-		return c, fmt.Errorf("mtu %d: want 1..%d bytes: %w", c.MTU, MaxMTU, syscall.EINVAL)
-	case c.NumPorts < 1 || c.NumPorts > MaxPorts:
-		return c, fmt.Errorf("ports %d: want 1..%d: %w", c.NumPorts, MaxPorts, syscall.EINVAL)
-	case c.PoolSize < 1 || c.PoolSize > MaxPoolSize:
-		return c, fmt.Errorf("pool size %d: want 1..%d: %w", c.PoolSize, MaxPoolSize, syscall.EINVAL)
-	case c.Flags&^(Lossless|Excl|FlexMTU) != 0:
-		return c, fmt.Errorf("flags %#x: want lossless (%#x), excl (%#x), flexmtu (%#x) or their sum: %w", uint32(c.Flags), Lossless, Excl, FlexMTU, syscall.EINVAL)
+	for _, err := range []error{CheckMTU(c.MTU), CheckNumPorts(c.NumPorts), CheckPoolSize(c.PoolSize), CheckFlags(c.Flags)} {
+		if err != nil {
+			return c, err
+		}
 	}
 	return c, nil
+}
+
+// The checks below are the engine's, for a network's parameters and a
+// port's options: a caller that takes them one by one (the daemon, at each
+// setsockopt) reports the same error as the engine would later.
+
+// CheckMTU checks a network's MTU, in bytes.
+func CheckMTU(mtu int) error {
+	if mtu < 1 || mtu > MaxMTU {
+		return fmt.Errorf("mtu %d: want 1..%d bytes: %w", mtu, MaxMTU, syscall.EINVAL)
+	}
+	return nil
+}
+
+// CheckNumPorts checks a network's number of ports.
+func CheckNumPorts(num int) error {
+	if num < 1 || num > MaxPorts {
+		return fmt.Errorf("ports %d: want 1..%d: %w", num, MaxPorts, syscall.EINVAL)
+	}
+	return nil
+}
+
+// CheckPoolSize checks a network's message pool size.
+func CheckPoolSize(size int) error {
+	if size < 1 || size > MaxPoolSize {
+		return fmt.Errorf("pool size %d: want 1..%d: %w", size, MaxPoolSize, syscall.EINVAL)
+	}
+	return nil
+}
+
+// CheckFlags checks a network's flags.
+func CheckFlags(f Flags) error {
+	if f&^spec.AllFlags != 0 {
+		return fmt.Errorf("flags %#x: want lossless (%#x), excl (%#x), flexmtu (%#x) or their sum: %w",
+			uint32(f), Lossless, Excl, FlexMTU, syscall.EINVAL)
+	}
+	return nil
 }
 
 // Limits of a network's parameters.

@@ -198,11 +198,29 @@ func queueLen(cfg Config) int {
 // MaxDescription is the longest port description, in bytes.
 const MaxDescription = spec.MaxDescription
 
+// CheckDescription checks the length, in bytes, of a port's description.
+func CheckDescription(size int) error {
+	if size > MaxDescription {
+		return fmt.Errorf("description of %d bytes: want at most %d: %w", size, MaxDescription, syscall.EINVAL)
+	}
+	return nil
+}
+
+// CheckWant checks a wanted port number (PortOptions.Want): a port any
+// network may have, or -1 for any free one. The policy decides whether the
+// network has it free.
+func CheckWant(want int) error {
+	if want < -1 || want >= MaxPorts {
+		return fmt.Errorf("port %d: want 0..%d, or -1 for any free port: %w", want, MaxPorts-1, syscall.EINVAL)
+	}
+	return nil
+}
+
 // Join connects ep to the network as a new port, taking a reference on the
 // network, and starts the port's goroutines. The port owns ep from then on.
 func (n *Network) Join(ep endpoint.Endpoint, opts PortOptions) (*Port, error) {
-	if len(opts.Description) > MaxDescription {
-		return nil, fmt.Errorf("description of %d bytes: %w", len(opts.Description), syscall.EINVAL)
+	if err := CheckDescription(len(opts.Description)); err != nil {
+		return nil, err
 	}
 	if opts.Monitor && !opts.NoWrite {
 		return nil, fmt.Errorf("a monitor port is receive-only: shut its send side: %w", syscall.EINVAL)
@@ -347,8 +365,8 @@ func (n *Network) DescribePorts(ports []int) []string {
 // ChangeNumPorts sets the number of ports. Shrinking fails with EADDRINUSE
 // if a port that would go is in use.
 func (n *Network) ChangeNumPorts(num int) error {
-	if num < 1 || num > MaxPorts {
-		return fmt.Errorf("ports %d not in 1..%d: %w", num, MaxPorts, syscall.EINVAL)
+	if err := CheckNumPorts(num); err != nil {
+		return err
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()

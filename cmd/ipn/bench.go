@@ -23,6 +23,7 @@ import (
 	"github.com/ipn-project/ipn/engine"
 	"github.com/ipn-project/ipn/internal/benchpeer"
 	"github.com/ipn-project/ipn/internal/outfile"
+	"github.com/ipn-project/ipn/internal/spec"
 )
 
 func init() {
@@ -414,9 +415,9 @@ func (b *bencher) measure(ctx context.Context, row *benchRow, procs *benchProcs,
 	switch path {
 	case pathFast, pathSocket, pathVDE:
 		sock := filepath.Join(dir, "ipn.sock")
-		env = append(env, "IPN_SOCKET="+sock, "IPN_NO_AUTOSTART=1")
+		env = append(env, spec.SocketEnv+"="+sock, spec.NoAutostartEnv+"=1")
 		if path == pathSocket {
-			env = append(env, "IPN_FASTPATH=0")
+			env = append(env, spec.FastPathEnv+"=0")
 		}
 		d, err := procs.start("daemon", []string{b.ipnBin, "daemon", "-f", "--socket", sock}, env, false)
 		if err != nil {

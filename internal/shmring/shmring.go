@@ -29,6 +29,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ipn-project/ipn/internal/spec"
 )
 
 // Ring numbers in a region.
@@ -414,7 +416,7 @@ func (w *Waker) Close() error { return w.f.Close() }
 // environment (a duration such as 50us, or 0 never to poll), else 100µs.
 // A side that polls gives the processor away between polls (sched_yield),
 // so that on a busy machine the processes it waits for run.
-var Spin = spinFromEnv(os.Getenv("IPN_SPIN"), 100*time.Microsecond)
+var Spin = spinFromEnv(os.Getenv(spec.SpinEnv), 100*time.Microsecond)
 
 func spinFromEnv(v string, def time.Duration) time.Duration {
 	if d, err := time.ParseDuration(v); err == nil && d >= 0 && d <= time.Second {

@@ -1,7 +1,7 @@
 // Package spec holds the facts of IPN that its client and its daemon both
 // use: the policy tags and their names, the network flags, a network's
 // defaults and limits, where a daemon's control socket is, and the
-// environment variables that change it. It imports nothing of either side.
+// environment variables both read. It imports nothing of either side.
 package spec
 
 import (
@@ -62,6 +62,10 @@ const (
 	FastPathEnv = "IPN_FASTPATH"
 	// DaemonChildEnv marks a program re-executed to be a daemon.
 	DaemonChildEnv = "IPN_DAEMON_CHILD"
+	// SpinEnv sets how long a side of the fast path (a client or the
+	// daemon) polls its ring before it sleeps: a duration such as 50us,
+	// or 0 never to poll (see shmring.Spin).
+	SpinEnv = "IPN_SPIN"
 )
 
 // SystemSocket is the control socket of a daemon run by root for all users.
