@@ -41,7 +41,7 @@ func bindNetAt(t *testing.T, path string) (string, *ipn.Socket) {
 
 // bindAt binds a network of protocol proto at path, with the options set
 // by opts, for as long as the test runs, and connects to it if join.
-func bindAt(t *testing.T, proto ipn.Protocol, path string, opts func(*ipn.Socket), join bool) *ipn.Socket {
+func bindAt(t testing.TB, proto ipn.Protocol, path string, opts func(*ipn.Socket), join bool) *ipn.Socket {
 	t.Helper()
 	s, err := ipn.NewSocket(proto)
 	if err != nil {
@@ -63,7 +63,7 @@ func bindAt(t *testing.T, proto ipn.Protocol, path string, opts func(*ipn.Socket
 }
 
 // member connects a new socket to path, applying opts before Connect.
-func member(t *testing.T, path string, opts func(*ipn.Socket)) *ipn.Socket {
+func member(t testing.TB, path string, opts func(*ipn.Socket)) *ipn.Socket {
 	t.Helper()
 	s, err := ipn.NewSocket(ipn.Any)
 	if err != nil {

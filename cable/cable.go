@@ -19,6 +19,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/ipn-project/ipn"
 	"github.com/ipn-project/ipn/endpoint"
@@ -97,21 +98,23 @@ var ErrNetwork = errors.New("network side of the cable went away")
 // carried would come back into the network, for ever. It wraps ELOOP.
 var ErrLoop = fmt.Errorf("both ends of the cable are the same network, which every frame would loop back into: %w", syscall.ELOOP)
 
-// checkSelf refuses a cable from the network of s to itself: an ipn://
-// far end on the same network file, whatever the path (a symlink, a hard
-// link), which the network's identity, its file's device and inode, tells.
-func checkSelf(s *ipn.Socket, far endpoint.Endpoint) error {
-	e, ok := far.(*socketEnd)
-	if !ok {
+// checkSelf refuses a cable from a network to itself: two ends that are
+// sockets (ipn.Endpoint) on the same network file, whatever the path (a
+// symlink, a hard link), which the network's identity, its file's device
+// and inode, tells.
+func checkSelf(near, far endpoint.Endpoint) error {
+	a, aok := near.(interface{ Socket() *ipn.Socket })
+	b, bok := far.(interface{ Socket() *ipn.Socket })
+	if !aok || !bok {
 		return nil
 	}
-	near, other := s.Path(), e.s.Path()
-	a, aok := netID(near)
-	b, bok := netID(other)
-	if !aok || !bok || a != b {
+	np, fp := a.Socket().Path(), b.Socket().Path()
+	x, xok := netID(np)
+	y, yok := netID(fp)
+	if !xok || !yok || x != y {
 		return nil
 	}
-	return fmt.Errorf("cable from %s to ipn://%s (device %d, inode %d): %w", near, other, a[0], a[1], ErrLoop)
+	return fmt.Errorf("cable from %s to ipn://%s (device %d, inode %d): %w", np, fp, x[0], x[1], ErrLoop)
 }
 
 // netID returns the device and inode of the network file at path, as the
@@ -127,15 +130,34 @@ func netID(path string) ([2]uint64, bool) {
 	return [2]uint64{st.Dev, st.Ino}, true
 }
 
-// Run pumps frames both ways between the connected socket s and far until
-// one side ends or ctx is done; it closes far, not s, and returns why it
-// stopped: an error wrapping ErrFarEnd or ErrNetwork, or ctx's error. It
-// refuses at once, with an error wrapping ErrLoop, a far end that is the
-// network of s itself (ipn:// to the same network file).
-// For the network's loop protection to probe the cable, connect s as a
-// link (Socket.SetLink), as ipn plug does; an ipn:// far end joins as one.
+// Run pumps frames both ways between the connected socket s and far, as
+// Pump does with s's endpoint (Socket.Endpoint) as the near end: it closes
+// far, not s.
 func Run(ctx context.Context, s *ipn.Socket, far endpoint.Endpoint) error {
-	if err := checkSelf(s, far); err != nil {
+	return Pump(ctx, s.Endpoint(), far)
+}
+
+// deadliner is a near end that a deadline in the past wakes, so that Pump
+// can stop reading it without closing it (an ipn.Endpoint).
+type deadliner interface {
+	SetReadDeadline(t time.Time) error
+}
+
+// pumpBuf is the buffer of one message in a pump: the largest message.
+const pumpBuf = 65536
+
+// Pump moves frames both ways between near (the network side: a socket's
+// endpoint) and far, in batches (each side's BatchSize), until one side
+// ends or ctx is done; it closes far, and near too unless a read deadline
+// can stop it (an ipn.Endpoint stays open, for another far end). It
+// returns why it stopped: an error wrapping ErrFarEnd or ErrNetwork, or
+// ctx's error. It refuses at once, with an error wrapping ErrLoop, two
+// ends that are the same network (ipn:// to the network's own file).
+// For the network's loop protection to probe the cable, connect the near
+// socket as a link (Socket.SetLink), as ipn plug does; an ipn:// far end
+// joins as one.
+func Pump(ctx context.Context, near, far endpoint.Endpoint) error {
+	if err := checkSelf(near, far); err != nil {
 		far.Close()
 		return err
 	}
@@ -144,51 +166,11 @@ func Run(ctx context.Context, s *ipn.Socket, far endpoint.Endpoint) error {
 	wg.Add(2)
 	go func() { // network -> far end
 		defer wg.Done()
-		buf := make([]byte, 65536)
-		msgs := [][]byte{nil}
-		for {
-			n, flags, err := s.Recv(buf)
-			if err != nil {
-				errc <- fmt.Errorf("%w: %v", ErrNetwork, err)
-				return
-			}
-			if flags&ipn.MsgOOB != 0 {
-				continue
-			}
-			msgs[0] = buf[:n]
-			if _, err := far.Write(msgs); err != nil {
-				errc <- fmt.Errorf("%w: %v", ErrFarEnd, err)
-				return
-			}
-		}
+		errc <- pump(far, near, ErrNetwork, ErrFarEnd)
 	}()
 	go func() { // far end -> network
 		defer wg.Done()
-		batch := max(far.BatchSize(), 1)
-		bufs := make([][]byte, batch)
-		sizes := make([]int, batch)
-		for i := range bufs {
-			bufs[i] = make([]byte, 65536)
-		}
-		for {
-			n, err := far.Read(bufs, sizes)
-			for i := 0; i < n; i++ {
-				if sizes[i] > len(bufs[i]) || sizes[i] == 0 {
-					continue
-				}
-				if err := s.Send(bufs[i][:sizes[i]]); err != nil && !errors.Is(err, errOverflow) {
-					errc <- fmt.Errorf("%w: %v", ErrNetwork, err)
-					return
-				}
-			}
-			if err != nil {
-				if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
-					err = io.EOF
-				}
-				errc <- fmt.Errorf("%w: %v", ErrFarEnd, err)
-				return
-			}
-		}
+		errc <- pump(near, far, ErrFarEnd, ErrNetwork)
 	}()
 	var err error
 	select {
@@ -196,11 +178,52 @@ func Run(ctx context.Context, s *ipn.Socket, far endpoint.Endpoint) error {
 	case <-ctx.Done():
 		err = ctx.Err()
 	}
-	// Stop both pumps: closing far ends the reader; a deadline in the past
-	// wakes the socket's.
+	// Stop both pumps: closing far ends its reader; a deadline in the past
+	// wakes near's, or closing it.
 	far.Close()
-	s.SetReadDeadline(pastDeadline)
+	d, wake := near.(deadliner)
+	if wake {
+		d.SetReadDeadline(pastDeadline)
+	} else {
+		near.Close()
+	}
 	wg.Wait()
-	s.SetReadDeadline(noDeadline)
+	if wake {
+		d.SetReadDeadline(noDeadline)
+	}
 	return err
+}
+
+// pump copies batches from src to dst until one fails; a read error is
+// reported wrapping srcErr, a write error wrapping dstErr. Messages dst
+// drops (Write's count short with no error) are a wire's losses; empty and
+// truncated ones are not passed on.
+func pump(dst, src endpoint.Endpoint, srcErr, dstErr error) error {
+	batch := max(min(src.BatchSize(), dst.BatchSize()), 1)
+	bufs := make([][]byte, batch)
+	sizes := make([]int, batch)
+	for i := range bufs {
+		bufs[i] = make([]byte, pumpBuf)
+	}
+	msgs := make([][]byte, 0, batch)
+	for {
+		n, err := src.Read(bufs, sizes)
+		msgs = msgs[:0]
+		for i := 0; i < n; i++ {
+			if sizes[i] > 0 && sizes[i] <= len(bufs[i]) {
+				msgs = append(msgs, bufs[i][:sizes[i]])
+			}
+		}
+		if len(msgs) > 0 {
+			if _, werr := dst.Write(msgs); werr != nil {
+				return fmt.Errorf("%w: %v", dstErr, werr)
+			}
+		}
+		if err != nil {
+			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+				err = io.EOF
+			}
+			return fmt.Errorf("%w: %v", srcErr, err)
+		}
+	}
 }

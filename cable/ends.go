@@ -14,7 +14,6 @@ import (
 var (
 	pastDeadline = time.Unix(1, 0)
 	noDeadline   time.Time
-	errOverflow  = syscall.EOVERFLOW
 )
 
 func init() {
@@ -38,36 +37,8 @@ func openIPN(_ context.Context, path string) (endpoint.Endpoint, error) {
 		s.Close()
 		return nil, err
 	}
-	return &socketEnd{s: s}, nil
+	return s.Endpoint(), nil
 }
-
-// socketEnd is an IPN socket as a far end.
-type socketEnd struct{ s *ipn.Socket }
-
-func (e *socketEnd) Read(bufs [][]byte, sizes []int) (int, error) {
-	for {
-		n, flags, err := e.s.Recv(bufs[0])
-		if err != nil {
-			return 0, err
-		}
-		if flags&ipn.MsgOOB == 0 {
-			sizes[0] = n
-			return 1, nil
-		}
-	}
-}
-
-func (e *socketEnd) Write(msgs [][]byte) (int, error) {
-	for i, m := range msgs {
-		if err := e.s.Send(m); err != nil {
-			return i, err
-		}
-	}
-	return len(msgs), nil
-}
-
-func (e *socketEnd) BatchSize() int { return 1 }
-func (e *socketEnd) Close() error   { return e.s.Close() }
 
 // pollable returns fd as a file Go's poller manages, so that Close unblocks
 // a Read or Write in progress: it sets pipes and sockets non-blocking (not

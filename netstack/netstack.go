@@ -1,9 +1,10 @@
 // Package netstack runs a TCP/IP stack inside the process, on an IPN port.
 //
 // The stack is gVisor's user-space TCP/IP stack (gvisor.dev/gvisor/pkg/tcpip)
-// attached to a connected ipn.Socket as its Ethernet interface: every frame
-// the network delivers to the socket enters the stack, every frame the stack
-// sends goes to the network. With an Ethernet network (the switch policy,
+// attached to a connected ipn.Socket (New), or to any endpoint that moves
+// Ethernet frames (Attach), as its Ethernet interface: every frame the
+// network delivers enters the stack, every frame the stack sends goes to
+// the network. With an Ethernet network (the switch policy,
 // ipn.VDESwitch) two processes, each with a Stack on the same network, talk
 // TCP and UDP to each other with no kernel interface, no privileges and no
 // set-up; a tap plugged into the network reaches the host's kernel too.
@@ -23,8 +24,8 @@
 //
 // Addresses are IP literals: the stack has no resolver. The interface's MTU
 // is the network's MTU less the 14 bytes of the Ethernet header. Loop
-// probes of a switch (vdeswitch.IsProbe) and frames for other MAC addresses
-// are skipped.
+// probes (which reach only links, but a far end may pass them on) and
+// frames for other MAC addresses are skipped.
 package netstack
 
 import (
@@ -53,7 +54,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 
 	"github.com/ipn-project/ipn"
-	"github.com/ipn-project/ipn/policy/vdeswitch"
+	"github.com/ipn-project/ipn/endpoint"
+	"github.com/ipn-project/ipn/internal/spec"
 )
 
 const (
@@ -77,16 +79,20 @@ type Config struct {
 	// Gateway, if valid, is the default router of its family (IPv4 or
 	// IPv6); Gateway6 is a second one, for dual-stack configurations.
 	Gateway, Gateway6 netip.Addr
+	// MTU is the largest frame the endpoint carries, Ethernet header
+	// included (a network's MTU). New reads it from the socket; Attach
+	// needs it.
+	MTU int
 }
 
 // Stack is a TCP/IP stack on an IPN port. Its methods are safe for
 // concurrent use.
 type Stack struct {
-	sock *ipn.Socket
-	st   *stack.Stack
-	ch   *channel.Endpoint
-	mac  net.HardwareAddr
-	mtu  int
+	ep  endpoint.Endpoint
+	st  *stack.Stack
+	ch  *channel.Endpoint
+	mac net.HardwareAddr
+	mtu int
 
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
@@ -96,6 +102,18 @@ type Stack struct {
 // New starts a stack on sock, a connected socket of an Ethernet network
 // (normally a switch). The stack owns sock from then on: Close closes it.
 func New(sock *ipn.Socket, cfg Config) (*Stack, error) {
+	mtu, err := sock.MTU()
+	if err != nil {
+		return nil, fmt.Errorf("netstack: %w", err)
+	}
+	cfg.MTU = mtu
+	return Attach(sock.Endpoint(), cfg)
+}
+
+// Attach starts a stack on ep, an endpoint that moves the Ethernet frames
+// of a network of MTU cfg.MTU (a socket's, a cable's far end, a test's
+// fake). The stack owns ep from then on: Close closes it.
+func Attach(ep endpoint.Endpoint, cfg Config) (*Stack, error) {
 	mac := cfg.MAC
 	if mac == nil {
 		mac = make(net.HardwareAddr, 6)
@@ -107,10 +125,7 @@ func New(sock *ipn.Socket, cfg Config) (*Stack, error) {
 	if len(mac) != 6 || mac[0]&1 != 0 {
 		return nil, fmt.Errorf("netstack: %v is not a unicast Ethernet address", mac)
 	}
-	netMTU, err := sock.MTU()
-	if err != nil {
-		return nil, fmt.Errorf("netstack: %w", err)
-	}
+	netMTU := cfg.MTU
 	if netMTU < ethHeader+68 {
 		return nil, fmt.Errorf("netstack: network MTU %d is too small for IP", netMTU)
 	}
@@ -168,7 +183,7 @@ func New(sock *ipn.Socket, cfg Config) (*Stack, error) {
 	st.SetRouteTable(routes)
 
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &Stack{sock: sock, st: st, ch: ch, mac: mac, mtu: netMTU, cancel: cancel}
+	s := &Stack{ep: ep, st: st, ch: ch, mac: mac, mtu: netMTU, cancel: cancel}
 	s.wg.Add(2)
 	go s.readFrames()
 	go s.writeFrames(ctx)
@@ -187,29 +202,45 @@ func protoOf(a netip.Addr) tcpip.NetworkProtocolNumber {
 	return ipv6.ProtocolNumber
 }
 
-// readFrames injects the frames of the network into the stack until the
-// socket fails (Close closes it).
+// readFrames injects the frames of the network into the stack, a batch at
+// a time, until the endpoint fails (Close closes it).
 func (s *Stack) readFrames() {
 	defer s.wg.Done()
-	buf := make([]byte, s.mtu+4) // room to spot an oversized frame
+	batch := max(s.ep.BatchSize(), 1)
+	bufs, sizes := make([][]byte, batch), make([]int, batch)
+	for i := range bufs {
+		bufs[i] = make([]byte, s.mtu+4) // room to spot an oversized frame
+	}
 	for {
-		n, flags, err := s.sock.Recv(buf)
+		n, err := s.ep.Read(bufs, sizes)
+		for i := 0; i < n; i++ {
+			s.inject(bufs[i], sizes[i])
+		}
 		if err != nil {
 			return
 		}
-		f := buf[:n]
-		if flags != 0 || n < ethHeader || n > s.mtu || vdeswitch.IsProbe(f) {
-			continue // out of band, truncated, runt or a switch's probe
-		}
-		// A switch floods frames for unknown addresses: take only ours,
-		// broadcast and multicast.
-		if f[0]&1 == 0 && string(f[:6]) != string(s.mac) {
-			continue
-		}
-		pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(f)})
-		s.ch.InjectInbound(0, pkt) // the ethernet endpoint reads the type
-		pkt.DecRef()
 	}
+}
+
+// inject hands the frame of n bytes in buf to the stack, if it is one for
+// this interface.
+func (s *Stack) inject(buf []byte, n int) {
+	if n < ethHeader || n > s.mtu || n > len(buf) {
+		return // a runt, or too long (truncated)
+	}
+	f := buf[:n]
+	if spec.IsProbe(f) {
+		return
+	}
+	// A switch floods frames for unknown addresses: take only ours,
+	// broadcast and multicast.
+	if f[0]&1 == 0 && string(f[:6]) != string(s.mac) {
+		return
+	}
+	// The packet buffer takes its own copy of f.
+	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(f)})
+	s.ch.InjectInbound(0, pkt) // the ethernet endpoint reads the type
+	pkt.DecRef()
 }
 
 // writeFrames sends the stack's frames to the network until ctx ends.
@@ -227,7 +258,7 @@ func (s *Stack) writeFrames(ctx context.Context) {
 		}
 		pkt.DecRef()
 		// Errors are losses, as on a wire: TCP recovers, UDP does not care.
-		_ = s.sock.Send(buf)
+		_, _ = s.ep.Write([][]byte{buf})
 	}
 }
 
@@ -237,7 +268,7 @@ func (s *Stack) Close() error {
 	var err error
 	s.closeOnce.Do(func() {
 		s.cancel()
-		err = s.sock.Close()
+		err = s.ep.Close()
 		s.wg.Wait()
 		s.ch.Close()
 		s.st.Close()

@@ -163,3 +163,23 @@ func (t Tag) String() string {
 	}
 	return fmt.Sprintf("proto%d", uint16(t))
 }
+
+// Loop probes: the frames policies send out of their links to find loops
+// (policy/loop); a member that takes frames as Ethernet (a TCP/IP stack)
+// tells them apart with IsProbe.
+const (
+	// ProbeEtherType is the probes' ethertype (IEEE local experimental).
+	ProbeEtherType = 0x88b5
+	// ProbeLen is a probe's length: Ethernet's minimum frame, no FCS.
+	ProbeLen = 60
+)
+
+// ProbeDst is the probes' destination, a locally administered multicast MAC.
+var ProbeDst = [6]byte{0x03, 'I', 'P', 'N', 0x00, 0x01}
+
+// IsProbe reports whether frame is a loop probe, by its destination and
+// ethertype.
+func IsProbe(frame []byte) bool {
+	return len(frame) >= 14 && [6]byte(frame[:6]) == ProbeDst &&
+		uint16(frame[12])<<8|uint16(frame[13]) == ProbeEtherType
+}

@@ -37,6 +37,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ipn-project/ipn/internal/spec"
 	"github.com/ipn-project/ipn/policy"
 )
 
@@ -52,13 +53,13 @@ const (
 	MaxInterval = time.Hour
 )
 
-// Probe frame format.
+// Probe frame format (internal/spec holds the facts other packages share).
 const (
 	// EtherType is the probes' ethertype (IEEE local experimental).
-	EtherType = 0x88b5
+	EtherType = spec.ProbeEtherType
 	// FrameLen is a probe's length: Ethernet's minimum frame (without
-	// FCS), padded with zeros after the header, magic, ID and port.
-	FrameLen = 60
+	// FCS), padded with zeros after the header, magic, ID, port and nonce.
+	FrameLen = spec.ProbeLen
 	// contentLen is what any probe must hold: header, magic, ID, port.
 	contentLen = etherHeader + 8 + 8 + 2
 	// ownLen is what a probe of ours holds: the nonce after the port.
@@ -67,17 +68,14 @@ const (
 )
 
 // Dst is the probes' destination, a locally administered multicast MAC.
-var Dst = [6]byte{0x03, 'I', 'P', 'N', 0x00, 0x01}
+var Dst = spec.ProbeDst
 
 // magic starts a probe's payload.
 var magic = []byte("IPNLOOP1")
 
 // IsProbe reports whether frame is a loop probe (by its destination and
 // ethertype; the Detector checks the rest).
-func IsProbe(frame []byte) bool {
-	return len(frame) >= etherHeader && bytes.Equal(frame[:6], Dst[:]) &&
-		binary.BigEndian.Uint16(frame[12:]) == EtherType
-}
+func IsProbe(frame []byte) bool { return spec.IsProbe(frame) }
 
 // ParseInterval reads a probe interval: a duration in
 // MinInterval..MaxInterval, or 0 for off. Its error wraps EINVAL.
