@@ -31,9 +31,9 @@ type fastPath struct {
 
 	closed atomic.Bool
 	gone   atomic.Bool // the daemon went away
-	// gen counts interruptions of Recv (a new deadline, an out-of-band
+	// gens counts interruptions of Recv (a new deadline, an out-of-band
 	// message); waiting is set while Recv may sleep.
-	gen     atomic.Uint64
+	gens    atomic.Uint64
 	waiting atomic.Bool
 	rdl     time.Time // guarded by rmu: the deadline set on rxData
 	rgen    uint64    // guarded by rmu: gen when the sleeping Recv began
@@ -83,13 +83,13 @@ func (f *fastPath) stopped() bool {
 
 // recvDone reports whether a waiting Recv should return: stopped, or
 // interrupted. The caller holds rmu.
-func (f *fastPath) recvDone() bool { return f.stopped() || f.gen.Load() != f.rgen }
+func (f *fastPath) recvDone() bool { return f.stopped() || f.gens.Load() != f.rgen }
 
 // interrupt makes Recv return os.ErrDeadlineExceeded, for its caller to
 // look at the deadline and the out-of-band queue again; it costs a system
 // call only if Recv sleeps.
 func (f *fastPath) interrupt() {
-	f.gen.Add(1)
+	f.gens.Add(1)
 	if f.waiting.Load() {
 		f.rxData.Wake()
 	}
@@ -178,7 +178,7 @@ func (f *fastPath) recv(ms []Message, deadline time.Time, gen uint64) (int, erro
 		if f.closedP.Load() != 0 || f.gone.Load() {
 			return 0, io.EOF
 		}
-		if f.gen.Load() != gen {
+		if f.gens.Load() != gen {
 			return 0, os.ErrDeadlineExceeded // interrupted
 		}
 		if !deadline.IsZero() && !time.Now().Before(deadline) {
@@ -207,7 +207,13 @@ func (f *fastPath) waitErr(err error) error {
 }
 
 // setWriteDeadline bounds Send's wait for room.
-func (f *fastPath) setWriteDeadline(t time.Time) { f.txSpace.SetDeadline(t) }
+func (f *fastPath) setWriteDeadline(t time.Time) error {
+	f.txSpace.SetDeadline(t)
+	return nil
+}
+
+// gen returns the count of interruptions, for recv.
+func (f *fastPath) gen() uint64 { return f.gens.Load() }
 
 // close wakes Send and Recv and unmaps the rings once they have left.
 func (f *fastPath) close() {

@@ -1,0 +1,260 @@
+package ipn
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ipn-project/ipn/internal/wire"
+)
+
+// readControl reads the control connection: replies go to the requester,
+// out-of-band messages to the queue Recv serves first.
+func (s *Socket) readControl() {
+	defer close(s.ctlDone)
+	defer s.daemonGone()
+	buf := make([]byte, wire.ReplyHeaderLen+65536+64)
+	for {
+		pkt, fds, err := wire.Recv(s.ctl, buf)
+		if err != nil {
+			s.ctlErr = err
+			return
+		}
+		op, body, err := wire.Split(pkt)
+		if err != nil {
+			s.ctlErr = err
+			return
+		}
+		switch op {
+		case wire.OpOOB:
+			s.pushOOB(append([]byte(nil), body...))
+			continue
+		case wire.OpEnded:
+			s.mu.Lock()
+			s.ended = true
+			s.mu.Unlock()
+			continue
+		}
+		s.tick()
+		r := ctlReply{op: op, body: append([]byte(nil), body...), fds: fds}
+		select {
+		case s.replies <- r:
+		case <-s.closed:
+			closeFDs(r.fds)
+			return
+		}
+	}
+}
+
+// daemonGone ends the data path's waits when the control connection ends:
+// with no daemon, no one will fill or empty the fast path's rings.
+func (s *Socket) daemonGone() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.dp != nil {
+		s.dp.daemonGone()
+	}
+}
+
+// tick tells a waiting Recv that the control reader took a packet.
+func (s *Socket) tick() {
+	s.oobMu.Lock()
+	close(s.ctlTick)
+	s.ctlTick = make(chan struct{})
+	s.oobMu.Unlock()
+}
+
+// ctlAlive reports whether the control reader still runs.
+func (s *Socket) ctlAlive() bool {
+	select {
+	case <-s.ctlDone:
+		return false
+	default:
+		return true
+	}
+}
+
+// ctlPending reports whether a packet waits on the control connection.
+func (s *Socket) ctlPending() bool {
+	return wire.Poll(s.ctl, unix.POLLIN)&unix.POLLIN != 0
+}
+
+// pushOOB queues an out-of-band message and wakes a Recv waiting on the
+// data path.
+func (s *Socket) pushOOB(m []byte) {
+	s.oobMu.Lock()
+	defer s.oobMu.Unlock()
+	s.oobq = append(s.oobq, m)
+	close(s.ctlTick)
+	s.ctlTick = make(chan struct{})
+	s.mu.Lock()
+	dp := s.dp
+	s.mu.Unlock()
+	if dp != nil {
+		dp.interrupt()
+	}
+}
+
+// request sends op with body (and fds) and waits for the reply's body and
+// descriptors, or the errno the daemon answered.
+func (s *Socket) request(op uint16, body []byte, fds ...int) ([]byte, []int, error) {
+	s.reqMu.Lock()
+	defer s.reqMu.Unlock()
+	select {
+	case <-s.closed:
+		return nil, nil, net.ErrClosed
+	default:
+	}
+	if err := wire.Send(s.ctl, wire.Packet(op, body), fds...); err != nil {
+		// A daemon that refused the connection said why before it
+		// closed it: that reply is the answer.
+		select {
+		case r := <-s.replies:
+			if rbody, rerr := wire.SplitReply(r.body); rerr != nil {
+				closeFDs(r.fds)
+				return rbody, nil, rerr
+			}
+			closeFDs(r.fds)
+		case <-s.ctlDone:
+		}
+		return nil, nil, s.lostDaemon(err)
+	}
+	select {
+	case r := <-s.replies:
+		if r.op != op|wire.ReplyBit {
+			closeFDs(r.fds)
+			return nil, nil, fmt.Errorf("daemon answered op %#x to op %d: %w", r.op, op, syscall.EPROTO)
+		}
+		rbody, err := wire.SplitReply(r.body)
+		if err != nil {
+			closeFDs(r.fds)
+			return nil, nil, err
+		}
+		return rbody, r.fds, nil
+	case <-s.ctlDone:
+		return nil, nil, s.lostDaemon(s.ctlErr)
+	case <-s.closed:
+		return nil, nil, net.ErrClosed
+	}
+}
+
+// lostDaemon describes a control connection that broke: the daemon
+// stopped or died, and every network this socket had is lost.
+func (s *Socket) lostDaemon(err error) error {
+	why := ""
+	if err != nil && !errors.Is(err, io.EOF) {
+		why = fmt.Sprintf(" (%v)", err)
+	}
+	return fmt.Errorf("the ipn daemon at %s went away%s: the network is lost: %w", s.ctl.RemoteAddr(), why, syscall.ECONNRESET)
+}
+
+// lostWait bounds how long a data path that ended waits for the control
+// connection to end too, to tell a daemon that went from a dropped port.
+const lostWait = 500 * time.Millisecond
+
+// lost is the error of a data path the daemon ended while the socket could
+// still use it: the daemon went away, or (its control connection still up)
+// it dropped this socket's port.
+func (s *Socket) lost() error {
+	t := time.NewTimer(lostWait)
+	defer t.Stop()
+	select {
+	case <-s.closed:
+		return net.ErrClosed
+	case <-s.ctlDone:
+		if s.isClosed() {
+			return net.ErrClosed
+		}
+		return s.lostDaemon(s.ctlErr)
+	case <-t.C:
+		return fmt.Errorf("the ipn daemon dropped this port: %w", syscall.ECONNRESET)
+	}
+}
+
+// Done returns a channel that is closed when the socket's connection to the
+// daemon ends: after Close, or when the daemon stopped or died.
+func (s *Socket) Done() <-chan struct{} { return s.ctlDone }
+
+// Err returns nil until Done is closed; then net.ErrClosed if the socket
+// was closed, else why the daemon is gone (an error wrapping ECONNRESET).
+func (s *Socket) Err() error {
+	select {
+	case <-s.ctlDone:
+	default:
+		return nil
+	}
+	if s.isClosed() {
+		return net.ErrClosed
+	}
+	return s.lostDaemon(s.ctlErr)
+}
+
+// newReadSocket makes a socket for a request that only reads what a
+// daemon serves (a listing, a policy's table or setting): it starts no
+// daemon, since a new one would serve nothing, and fails with an error
+// wrapping ErrNoDaemon instead.
+func newReadSocket() (*Socket, error) {
+	return newSocket(Any, DefaultDialer.dialRunning)
+}
+
+// list asks the daemon for the networks the caller can see; with a path,
+// for the network on that file. The listing comes in pieces of one packet
+// each, whatever its size.
+func (s *Socket) list(path string) ([]NetInfo, error) {
+	var fds []int
+	if path != "" {
+		abs, err := filepath.Abs(path)
+		if err != nil {
+			return nil, err
+		}
+		path = abs
+		fd, err := unix.Open(abs, unix.O_PATH|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return nil, &net.OpError{Op: "list", Net: "ipn", Addr: Addr(path), Err: err}
+		}
+		defer unix.Close(fd)
+		fds = []int{fd}
+	}
+	all, err := s.paged(func(off uint32) ([]byte, error) {
+		body, rfds, err := s.request(wire.OpList, wire.U32(off), fds...)
+		closeFDs(rfds)
+		fds = nil
+		return body, err
+	})
+	if err != nil {
+		return nil, &net.OpError{Op: "list", Net: "ipn", Addr: Addr(path), Err: err}
+	}
+	var list []NetInfo
+	if err := json.Unmarshal(all, &list); err != nil {
+		return nil, fmt.Errorf("list: %w", err)
+	}
+	return list, nil
+}
+
+// paged reads an answer the daemon gives in pieces: ask(off) returns the
+// answer's total length (u32) and its bytes from off.
+func (s *Socket) paged(ask func(off uint32) ([]byte, error)) ([]byte, error) {
+	var all []byte
+	for {
+		body, err := ask(uint32(len(all)))
+		if err == nil && len(body) < 4 {
+			err = fmt.Errorf("%w: a paged answer of %d bytes", wire.ErrMalformed, len(body))
+		}
+		if err != nil {
+			return nil, err
+		}
+		total := int(binary.LittleEndian.Uint32(body))
+		all = append(all, body[4:]...)
+		if len(all) >= total || len(body) == 4 {
+			return all, nil
+		}
+	}
+}
