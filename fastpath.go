@@ -17,7 +17,7 @@ import (
 )
 
 // fastPath is a connected socket's shared-memory rings: the member's side
-// of package endpoint/shm. Send fills the ring to the daemon and Recv
+// of package port/shm. Send fills the ring to the daemon and Recv
 // empties the ring from it, with no system call while both sides are busy.
 type fastPath struct {
 	region *shmring.Region

@@ -19,7 +19,7 @@ func TestClientLinksNoServer(t *testing.T) {
 		if !ok {
 			continue
 		}
-		for _, server := range []string{"engine", "policy", "daemon", "endpoint", "cable", "devfs", "netstack"} {
+		for _, server := range []string{"engine", "policy", "daemon", "endpoint", "port", "farend", "cable", "devfs", "netstack"} {
 			if rest == server || strings.HasPrefix(rest, server+"/") {
 				t.Errorf("the client package links %s", dep)
 			}

@@ -23,7 +23,7 @@ import (
 
 	"github.com/ipn-project/ipn"
 	"github.com/ipn-project/ipn/endpoint"
-	"github.com/ipn-project/ipn/endpoint/vdeplug"
+	"github.com/ipn-project/ipn/farend/vdeplug"
 )
 
 // Opener opens the far end of a cable. spec is the URL without its

@@ -8,7 +8,7 @@ import (
 
 	"github.com/ipn-project/ipn"
 	"github.com/ipn-project/ipn/endpoint"
-	"github.com/ipn-project/ipn/endpoint/stream"
+	"github.com/ipn-project/ipn/farend/stream"
 )
 
 var (

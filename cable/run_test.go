@@ -16,7 +16,7 @@ import (
 	"github.com/ipn-project/ipn/cable"
 	"github.com/ipn-project/ipn/daemon"
 	"github.com/ipn-project/ipn/endpoint"
-	"github.com/ipn-project/ipn/endpoint/channel"
+	"github.com/ipn-project/ipn/endpoint/endpointtest"
 	"github.com/ipn-project/ipn/internal/daemontest"
 	"github.com/ipn-project/ipn/policy/loop"
 )
@@ -76,7 +76,7 @@ func recv(t *testing.T, s *ipn.Socket) []byte {
 
 // farRecv returns the next frame the fake far end got that is not a loop
 // probe.
-func farRecv(t *testing.T, far *channel.Endpoint) []byte {
+func farRecv(t *testing.T, far *endpointtest.Endpoint) []byte {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
@@ -113,7 +113,7 @@ func result(t *testing.T, done <-chan error) error {
 
 // closeCount is a far end that counts its closes.
 type closeCount struct {
-	*channel.Endpoint
+	*endpointtest.Endpoint
 	closed atomic.Int32
 }
 
@@ -129,7 +129,7 @@ func TestRunCarriesBothWays(t *testing.T) {
 	path := network(t, t.TempDir(), "net")
 	near := join(t, path, true)
 	peer := join(t, path, false)
-	far := &closeCount{Endpoint: channel.New(16)}
+	far := &closeCount{Endpoint: endpointtest.New(16)}
 	done := run(t, context.Background(), near, far)
 
 	for _, m := range []string{"from the far end", "again"} {
@@ -173,14 +173,14 @@ func TestRunStops(t *testing.T) {
 	daemontest.Start(t, daemon.Config{})
 	path := network(t, t.TempDir(), "net")
 	ctx, cancel := context.WithCancel(context.Background())
-	done := run(t, ctx, join(t, path, true), channel.New(4))
+	done := run(t, ctx, join(t, path, true), endpointtest.New(4))
 	cancel()
 	if err := result(t, done); !errors.Is(err, context.Canceled) {
 		t.Errorf("cancelled: %v, want context.Canceled", err)
 	}
 
 	s := join(t, path, true)
-	done = run(t, context.Background(), s, channel.New(4))
+	done = run(t, context.Background(), s, endpointtest.New(4))
 	s.Close()
 	if err := result(t, done); !errors.Is(err, cable.ErrNetwork) {
 		t.Errorf("socket closed: %v, want ErrNetwork", err)
@@ -262,7 +262,7 @@ func TestOpenSchemes(t *testing.T) {
 		if spec == "fail" {
 			return nil, syscall.ECONNREFUSED
 		}
-		return channel.New(1), nil
+		return endpointtest.New(1), nil
 	})
 	far, err := cable.Open(context.Background(), "test-fake://ok")
 	if err != nil {

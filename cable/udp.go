@@ -1,5 +1,5 @@
 package cable
 
-import "github.com/ipn-project/ipn/endpoint/udp"
+import "github.com/ipn-project/ipn/farend/udp"
 
 func init() { Register("udp", udp.Open) }

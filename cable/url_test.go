@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"github.com/ipn-project/ipn/cable"
-	"github.com/ipn-project/ipn/endpoint/vdeplug"
+	"github.com/ipn-project/ipn/farend/vdeplug"
 )
 
 // A cable URL with a value the far end cannot mean is refused when it is

@@ -1,5 +1,5 @@
 package cable
 
-import "github.com/ipn-project/ipn/endpoint/vxlan"
+import "github.com/ipn-project/ipn/farend/vxlan"
 
 func init() { Register("vxlan", vxlan.Open) }

@@ -1,5 +1,5 @@
 package cable
 
-import "github.com/ipn-project/ipn/endpoint/vxvde"
+import "github.com/ipn-project/ipn/farend/vxvde"
 
 func init() { Register("vxvde", vxvde.Open) }

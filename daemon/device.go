@@ -9,10 +9,10 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ipn-project/ipn/endpoint"
-	"github.com/ipn-project/ipn/endpoint/grab"
-	"github.com/ipn-project/ipn/endpoint/tap"
 	"github.com/ipn-project/ipn/engine"
 	"github.com/ipn-project/ipn/internal/wire"
+	"github.com/ipn-project/ipn/port/grab"
+	"github.com/ipn-project/ipn/port/tap"
 )
 
 // A device port is a tap or grabbed interface attached to a network by a

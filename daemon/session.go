@@ -15,12 +15,12 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ipn-project/ipn/endpoint"
-	"github.com/ipn-project/ipn/endpoint/seqpacket"
-	"github.com/ipn-project/ipn/endpoint/shm"
 	"github.com/ipn-project/ipn/engine"
 	"github.com/ipn-project/ipn/internal/shmring"
 	"github.com/ipn-project/ipn/internal/wire"
 	"github.com/ipn-project/ipn/policy"
+	"github.com/ipn-project/ipn/port/seqpacket"
+	"github.com/ipn-project/ipn/port/shm"
 )
 
 // session is one IPN socket of a client: its control connection, the

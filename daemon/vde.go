@@ -8,10 +8,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/ipn-project/ipn/endpoint/vde"
 	"github.com/ipn-project/ipn/engine"
 	"github.com/ipn-project/ipn/internal/perm"
 	"github.com/ipn-project/ipn/internal/wire"
+	"github.com/ipn-project/ipn/port/vde"
 )
 
 // The VDE service of a network runs in a process of its manager (ipn vde,

@@ -3,8 +3,11 @@
 //
 // An Endpoint is one port's attachment. The engine owns the goroutines that
 // call it: one reads (messages the attached node sends into the network),
-// one writes (messages the network delivers to the node). Each endpoint kind
-// lives in its own package below this one.
+// one writes (messages the network delivers to the node). The daemon's
+// ports are under port/ (a member's data socket, the fast path's rings, a
+// VDE client, a tap, a grabbed interface), the far ends of cables under
+// farend/, an in-process fake in endpoint/endpointtest; a client's
+// connected socket is one too (ipn.Endpoint).
 package endpoint
 
 // Endpoint moves batches of messages for one port. Read and Write may be

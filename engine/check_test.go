@@ -6,7 +6,7 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/ipn-project/ipn/endpoint/channel"
+	"github.com/ipn-project/ipn/endpoint/endpointtest"
 	"github.com/ipn-project/ipn/engine"
 )
 
@@ -57,7 +57,7 @@ func TestChecksAreTheEngines(t *testing.T) {
 	defer n.Release()
 	same("resize", n.ChangeNumPorts(0), engine.CheckNumPorts(0))
 	long := strings.Repeat("d", engine.MaxDescription+1)
-	ep := channel.New(1)
+	ep := endpointtest.New(1)
 	defer ep.Close()
 	_, err = n.Join(ep, engine.PortOptions{Want: -1, Description: long})
 	same("description", err, engine.CheckDescription(len(long)))

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ipn-project/ipn/endpoint/channel"
+	"github.com/ipn-project/ipn/endpoint/endpointtest"
 	"github.com/ipn-project/ipn/engine"
 	"github.com/ipn-project/ipn/policy"
 	_ "github.com/ipn-project/ipn/policy/hub"
@@ -23,13 +23,13 @@ func ctx(t testing.TB) context.Context {
 }
 
 type node struct {
-	ep   *channel.Endpoint
+	ep   *endpointtest.Endpoint
 	port *engine.Port
 }
 
 func join(t testing.TB, n *engine.Network, opts engine.PortOptions) node {
 	t.Helper()
-	ep := channel.New(64)
+	ep := endpointtest.New(64)
 	if opts.Want == 0 {
 		opts.Want = -1
 	}
@@ -110,7 +110,7 @@ func TestPortNumbersAndExhaustion(t *testing.T) {
 	if b.port.Num() != 0 {
 		t.Fatalf("got port %d, want 0", b.port.Num())
 	}
-	_, err := n.Join(channel.New(1), engine.PortOptions{Want: -1})
+	_, err := n.Join(endpointtest.New(1), engine.PortOptions{Want: -1})
 	if !errors.Is(err, syscall.EADDRNOTAVAIL) {
 		t.Fatalf("third join: %v, want EADDRNOTAVAIL", err)
 	}
@@ -140,7 +140,7 @@ func TestLossyDropsForSlowReceiverOnly(t *testing.T) {
 	_, n := create(t, engine.Config{PoolSize: 4})
 	sender := join(t, n, engine.PortOptions{NoRead: true})
 	fast := join(t, n, engine.PortOptions{NoWrite: true})
-	slowEP := channel.New(1) // holds one message; its writer then blocks
+	slowEP := endpointtest.New(1) // holds one message; its writer then blocks
 	slow, err := n.Join(slowEP, engine.PortOptions{Want: -1, NoWrite: true})
 	if err != nil {
 		t.Fatal(err)
@@ -200,7 +200,7 @@ func TestLosslessNeverDrops(t *testing.T) {
 func TestLosslessDeadReceiverUnblocksSender(t *testing.T) {
 	_, n := create(t, engine.Config{PoolSize: 2, Flags: engine.Lossless})
 	sender := join(t, n, engine.PortOptions{NoRead: true})
-	stuckEP := channel.New(1)
+	stuckEP := endpointtest.New(1)
 	stuck, err := n.Join(stuckEP, engine.PortOptions{Want: -1, NoWrite: true})
 	if err != nil {
 		t.Fatal(err)
@@ -260,7 +260,7 @@ func TestNetworkDeletedAfterLastRelease(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ep := channel.New(1)
+	ep := endpointtest.New(1)
 	p, err := n.Join(ep, engine.PortOptions{Want: -1})
 	if err != nil {
 		t.Fatal(err)

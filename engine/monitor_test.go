@@ -8,7 +8,7 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/ipn-project/ipn/endpoint/channel"
+	"github.com/ipn-project/ipn/endpoint/endpointtest"
 	"github.com/ipn-project/ipn/engine"
 	"github.com/ipn-project/ipn/policy"
 )
@@ -145,7 +145,7 @@ func TestMonitorOnHubOnce(t *testing.T) {
 // A monitor is receive-only: joining one that may send is EINVAL.
 func TestMonitorMustNotSend(t *testing.T) {
 	_, n := create(t, engine.Config{})
-	_, err := n.Join(channel.New(1), engine.PortOptions{Want: -1, Monitor: true})
+	_, err := n.Join(endpointtest.New(1), engine.PortOptions{Want: -1, Monitor: true})
 	if !errors.Is(err, syscall.EINVAL) {
 		t.Fatalf("join a monitor that may send: %v, want EINVAL", err)
 	}

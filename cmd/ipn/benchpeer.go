@@ -13,7 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ipn-project/ipn"
-	"github.com/ipn-project/ipn/endpoint/vdeplug"
+	"github.com/ipn-project/ipn/farend/vdeplug"
 	"github.com/ipn-project/ipn/internal/benchpeer"
 )
 

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ipn-project/ipn/endpoint/channel"
+	"github.com/ipn-project/ipn/endpoint/endpointtest"
 	"github.com/ipn-project/ipn/engine"
 	"github.com/ipn-project/ipn/policy"
 )
@@ -30,7 +30,7 @@ func (c *fakeClock) Now() time.Time          { return time.Unix(0, c.ns.Load()) 
 func (c *fakeClock) Advance(d time.Duration) { c.ns.Add(int64(d)) }
 
 type node struct {
-	ep   *channel.Endpoint
+	ep   *endpointtest.Endpoint
 	port *engine.Port
 	mac  mac
 	ip4  netip.Addr
@@ -68,7 +68,7 @@ func newNetConfig(t *testing.T, cfg engine.Config) *testNet {
 // join adds host number i: MAC 02:00:00:00:00:i, 10.0.0.i, fd00::i.
 func (tn *testNet) join(i byte) *node {
 	tn.t.Helper()
-	ep := channel.New(64)
+	ep := endpointtest.New(64)
 	p, err := tn.n.Join(ep, engine.PortOptions{Want: -1})
 	if err != nil {
 		tn.t.Fatal(err)

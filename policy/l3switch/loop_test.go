@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ipn-project/ipn/endpoint/channel"
+	"github.com/ipn-project/ipn/endpoint/endpointtest"
 	"github.com/ipn-project/ipn/engine"
 	"github.com/ipn-project/ipn/policy"
 	"github.com/ipn-project/ipn/policy/loop"
@@ -451,7 +451,7 @@ func TestLoopProbesGoToLinksOnly(t *testing.T) {
 // joinLink adds a port that joins as a link.
 func (tn *testNet) joinLink() *node {
 	tn.t.Helper()
-	ep := channel.New(64)
+	ep := endpointtest.New(64)
 	p, err := tn.n.Join(ep, engine.PortOptions{Want: -1, Link: true})
 	if err != nil {
 		tn.t.Fatal(err)

@@ -62,8 +62,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ipn-project/ipn/endpoint"
-	"github.com/ipn-project/ipn/endpoint/udp"
-	"github.com/ipn-project/ipn/endpoint/vxlan"
+	"github.com/ipn-project/ipn/farend/udp"
+	"github.com/ipn-project/ipn/farend/vxlan"
 )
 
 // Defaults of vdeplug4's vxvde.

@@ -63,7 +63,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ipn-project/ipn/endpoint"
-	"github.com/ipn-project/ipn/endpoint/udp"
+	"github.com/ipn-project/ipn/farend/udp"
 )
 
 const (

@@ -12,8 +12,8 @@ import (
 
 	"golang.org/x/net/ipv4"
 
-	"github.com/ipn-project/ipn/endpoint/vxlan"
-	"github.com/ipn-project/ipn/endpoint/vxvde"
+	"github.com/ipn-project/ipn/farend/vxlan"
+	"github.com/ipn-project/ipn/farend/vxvde"
 	"github.com/ipn-project/ipn/internal/frametest"
 )
 

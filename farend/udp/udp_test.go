@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/ipn-project/ipn/endpoint"
-	"github.com/ipn-project/ipn/endpoint/udp"
+	"github.com/ipn-project/ipn/farend/udp"
 )
 
 // freePorts returns n UDP ports free on 127.0.0.1 a moment ago.

@@ -7,7 +7,7 @@ import (
 	"io"
 	"testing"
 
-	"github.com/ipn-project/ipn/endpoint/stream"
+	"github.com/ipn-project/ipn/farend/stream"
 )
 
 // fzChunkReader returns data in chunks of the sizes chunks gives (each byte

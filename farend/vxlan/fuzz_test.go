@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ipn-project/ipn/endpoint/vxlan"
+	"github.com/ipn-project/ipn/farend/vxlan"
 	"github.com/ipn-project/ipn/internal/frametest"
 )
 

@@ -1,6 +1,6 @@
-// Package channel is an in-process endpoint: a node made of Go channels, for
+// Package endpointtest is an in-process endpoint: a node made of Go channels, for
 // tests and for programs that embed the engine.
-package channel
+package endpointtest
 
 import (
 	"context"
