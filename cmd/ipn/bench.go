@@ -20,7 +20,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/ipn-project/ipn/engine"
 	"github.com/ipn-project/ipn/internal/benchpeer"
 	"github.com/ipn-project/ipn/internal/outfile"
 	"github.com/ipn-project/ipn/internal/spec"
@@ -210,8 +209,8 @@ func runBench(ctx context.Context, cmd *cobra.Command, o benchOpts) error {
 	if o.dur <= 0 {
 		return fmt.Errorf("--duration %v: want > 0", o.dur)
 	}
-	if o.pool < 0 || o.pool > engine.MaxPoolSize {
-		return fmt.Errorf("--pool %d: want 1..%d, or 0 for the default (%d)", o.pool, engine.MaxPoolSize, engine.DefaultPoolSize)
+	if o.pool < 0 || o.pool > spec.MaxPoolSize {
+		return fmt.Errorf("--pool %d: want 1..%d, or 0 for the default (%d)", o.pool, spec.MaxPoolSize, spec.DefaultPoolSize)
 	}
 	paths := map[string]bool{}
 	for _, p := range strings.Split(o.paths, ",") {

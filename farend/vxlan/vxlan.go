@@ -348,8 +348,9 @@ func (e *Endpoint) accept(src netip.AddrPort) bool {
 }
 
 // Write implements endpoint.Endpoint.Write. Frames shorter than an
-// Ethernet header and datagrams the network refuses are dropped; Write
-// fails only once the endpoint is closed.
+// Ethernet header and datagrams the network refuses for the moment are
+// dropped; Write fails once the endpoint is closed (net.ErrClosed) or on
+// an error that WriteFrames does not take for a passing one.
 func (e *Endpoint) Write(msgs [][]byte) (int, error) {
 	n, err := WriteFrames(e.bc, e.wms, msgs, e.dest)
 	if err != nil {
