@@ -102,22 +102,6 @@ func TestLsShowsPortsAndCounters(t *testing.T) {
 	}
 }
 
-// userDaemon runs, as the user cred, that user's own daemon, its socket in
-// a home directory of the user's; it returns the home directory, the
-// environment that points a process at the daemon, and the daemon.
-func userDaemon(t *testing.T, cred *syscall.Credential) (home string, env []string, d *proc) {
-	t.Helper()
-	dir := tempDir(t)
-	home = filepath.Join(dir, "home")
-	os.Mkdir(home, 0o755)
-	os.Chown(home, int(cred.Uid), int(cred.Gid))
-	sock := filepath.Join(home, "run", "ipn.sock")
-	env = []string{"IPN_SOCKET=" + sock}
-	d = start(t, cred, env, ipnCommand(t), "daemon", "--foreground")
-	waitFor(t, 15*time.Second, "user daemon", func() bool { _, err := os.Stat(sock); return err == nil })
-	return home, env, d
-}
-
 // A daemon run by a user serves that user; other users cannot reach it.
 func TestUserDaemon(t *testing.T) {
 	requireRoot(t)

@@ -157,27 +157,6 @@ func helpLegit(path string) error {
 	return nil
 }
 
-// ownDaemon runs a daemon of the test's own, as root, with extra
-// arguments, and returns its socket.
-func ownDaemon(t *testing.T, args ...string) (string, *proc) {
-	t.Helper()
-	sock := filepath.Join(tempDir(t), "daemon", "ipn.sock")
-	d := start(t, nil, nil, ipnCommand(t), append([]string{"daemon", "-f", "--socket", sock}, args...)...)
-	waitFor(t, 15*time.Second, "the daemon at "+sock, func() bool {
-		select {
-		case <-d.done:
-			t.Fatalf("daemon exited: %v: %s", d.err, d.stderr())
-		default:
-		}
-		c, err := net.Dial("unixpacket", sock)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	})
-	return sock, d
-}
-
 // helpConns opens up to n raw control connections to the daemon at sock,
 // each saying hello, until one is refused; it prints how many it holds and
 // the refusal, and holds them until stdin closes.

@@ -2,8 +2,6 @@ package ipn_test
 
 import (
 	"encoding/json"
-	"errors"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,21 +12,6 @@ import (
 
 	"github.com/ipn-project/ipn"
 )
-
-// exitStatus returns the exit status of a process that ended with err.
-func exitStatus(err error) int {
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-			return 128 + int(ws.Signal())
-		}
-		return ee.ExitCode()
-	}
-	if err != nil {
-		return -1
-	}
-	return 0
-}
 
 // A cat asked for the one side the network file does not give it exits at
 // once, naming the right it lacks, instead of idling on a port.
@@ -202,18 +185,6 @@ func TestCatOnRegularFile(t *testing.T) {
 	if b, _ := os.ReadFile(path); string(b) != "data" {
 		t.Errorf("the file now holds %q", b)
 	}
-}
-
-// stopBy sends sig to p and waits for it to exit; it reports an error
-// unless p exited as an interrupted command does, with 128 + sig.
-func stopBy(t *testing.T, p *proc, sig syscall.Signal) error {
-	t.Helper()
-	p.cmd.Process.Signal(sig)
-	err := p.wait(15 * time.Second)
-	if got := exitStatus(err); got != 128+int(sig) {
-		return fmt.Errorf("exit status %d (%v), want %d", got, err, 128+int(sig))
-	}
-	return nil
 }
 
 // ipn plug --reconnect retries a far end that is not there yet, but not a

@@ -18,15 +18,6 @@ import (
 	"github.com/ipn-project/ipn/internal/wire"
 )
 
-// readersOf returns the number of readers and ports of the network at path.
-func readersOf(path string) (readers, ports int) {
-	nets, err := ipn.List(path)
-	if err != nil || len(nets) != 1 {
-		return -1, -1
-	}
-	return nets[0].Readers, len(nets[0].PortsInfo)
-}
-
 // The seed's first example: every peer binds and connects; each message
 // reaches all the other peers and not its sender.
 func TestSeedPeerToPeerProcesses(t *testing.T) {
@@ -331,19 +322,6 @@ func TestAutostartRaceAndSIGTERM(t *testing.T) {
 	}
 }
 
-// exited reports whether process pid has ended (a zombie waiting for its
-// reaper counts: it has exited).
-func exited(pid int) bool {
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return true
-	}
-	// The state follows the command name, which is in parentheses.
-	s := string(stat)
-	i := strings.LastIndexByte(s, ')')
-	return i < 0 || i+2 >= len(s) || s[i+2] == 'Z'
-}
-
 func TestCommandHelp(t *testing.T) {
 	ipnc := ipnCommand(t)
 	args := [][]string{{"--help"}}
@@ -357,14 +335,6 @@ func TestCommandHelp(t *testing.T) {
 			t.Errorf("ipn %v: %v\n%s", args, err, out)
 		}
 	}
-}
-
-func drain(p *proc) []string {
-	var lines []string
-	for l := range p.lines {
-		lines = append(lines, l)
-	}
-	return lines
 }
 
 // rawConnect sends OpConnect for path on the raw client c and returns the

@@ -14,20 +14,6 @@ import (
 	"github.com/ipn-project/ipn"
 )
 
-var bcast = []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
-
-func macOf(b byte) []byte { return []byte{0x02, 0, 0, 0, 0, b} }
-
-func ethFrame(dst, src []byte, payload string) []byte {
-	f := append(append(append([]byte{}, dst...), src...), 0x08, 0x00)
-	return append(f, payload...)
-}
-
-func ethTagged(dst, src []byte, vlan uint16, payload string) []byte {
-	f := append(append(append([]byte{}, dst...), src...), 0x81, 0x00, byte(vlan>>8), byte(vlan), 0x08, 0x00)
-	return append(f, payload...)
-}
-
 // switchNet makes a switch network, managed by the test, with loop probes
 // off unless loop is set.
 func switchNet(t *testing.T, loop string) string {
@@ -261,22 +247,6 @@ func cable(t *testing.T, a, b string) {
 		sb.Close()
 		wg.Wait()
 	})
-}
-
-// copies counts the frames carrying payload that s receives within window.
-func copies(s *ipn.Socket, payload string, window time.Duration) int {
-	n := 0
-	buf := make([]byte, 65536)
-	s.SetReadDeadline(time.Now().Add(window))
-	for {
-		m, _, err := s.Recv(buf)
-		if err != nil {
-			return n
-		}
-		if bytes.HasSuffix(buf[:m], []byte(payload)) {
-			n++
-		}
-	}
 }
 
 // Two switches joined by two cables make a loop. Loop protection blocks one
