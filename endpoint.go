@@ -2,6 +2,7 @@ package ipn
 
 import (
 	"errors"
+	"fmt"
 	"sync"
 	"syscall"
 	"time"
@@ -14,7 +15,9 @@ const endpointBatch = 64
 // daemon's ports (package endpoint's Endpoint): Read and Write move
 // batches of ordinary messages with RecvBatch and SendBatch; out-of-band
 // messages are left aside. A cable pumps between two endpoints; a TCP/IP
-// stack runs on one.
+// stack runs on one. Read and Write fail, as Recv and Send do, with an
+// error wrapping os.ErrDeadlineExceeded when a deadline set on the socket
+// passes: not the end of the endpoint.
 type Endpoint struct {
 	s   *Socket
 	rmu sync.Mutex
@@ -35,6 +38,9 @@ func (e *Endpoint) Socket() *Socket { return e.s }
 // buffer is cut, and reported with sizes[i] > len(bufs[i]). Out-of-band
 // messages are skipped. It returns Recv's errors.
 func (e *Endpoint) Read(bufs [][]byte, sizes []int) (int, error) {
+	if len(bufs) == 0 || len(sizes) < len(bufs) {
+		return 0, fmt.Errorf("ipn endpoint read: %d buffers, %d sizes: %w", len(bufs), len(sizes), syscall.EINVAL)
+	}
 	e.rmu.Lock()
 	defer e.rmu.Unlock()
 	ms := e.ms[:min(len(bufs), len(e.ms))]
@@ -95,3 +101,7 @@ func (e *Endpoint) Close() error { return e.s.Close() }
 // SetReadDeadline sets the socket's read deadline: a deadline in the past
 // wakes a Read in progress, which then fails.
 func (e *Endpoint) SetReadDeadline(t time.Time) error { return e.s.SetReadDeadline(t) }
+
+// SetWriteDeadline sets the socket's write deadline: a deadline in the
+// past wakes a Write waiting for room (a lossless network), which fails.
+func (e *Endpoint) SetWriteDeadline(t time.Time) error { return e.s.SetWriteDeadline(t) }

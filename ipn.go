@@ -169,6 +169,14 @@ func Join(path string, proto Protocol) (*Socket, error) {
 // with a Dialer that has Start).
 var ErrNoDaemon = ctlsock.ErrNoDaemon
 
+// ErrNotDaemon reports a control socket served by a process that is
+// neither root nor this process's user: not a daemon to trust (EACCES).
+var ErrNotDaemon = ctlsock.ErrNotDaemon
+
+// ErrUnsafeDir reports a control socket directory another user could
+// change, where whoever answers could be that user's (EPERM).
+var ErrUnsafeDir = ctlsock.ErrUnsafeDir
+
 // List returns the networks the daemon serves; with a path, just that one.
 // It starts no daemon: with none running it fails with an error wrapping
 // ErrNoDaemon.

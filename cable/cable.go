@@ -137,14 +137,19 @@ func Run(ctx context.Context, s *ipn.Socket, far endpoint.Endpoint) error {
 	return Pump(ctx, s.Endpoint(), far)
 }
 
-// deadliner is a near end that a deadline in the past wakes, so that Pump
-// can stop reading it without closing it (an ipn.Endpoint).
+// deadliner is a near end that deadlines in the past wake, so that Pump
+// can stop reading and writing it without closing it (an ipn.Endpoint).
 type deadliner interface {
 	SetReadDeadline(t time.Time) error
+	SetWriteDeadline(t time.Time) error
 }
 
-// pumpBuf is the buffer of one message in a pump: the largest message.
-const pumpBuf = 65536
+// pumpBuf is the buffer of one message in a pump: the largest message;
+// pumpBatch bounds a batch, and so a cable's buffers (1 MiB each way).
+const (
+	pumpBuf   = 65536
+	pumpBatch = 16
+)
 
 // Pump moves frames both ways between near (the network side: a socket's
 // endpoint) and far, in batches (each side's BatchSize), until one side
@@ -181,15 +186,18 @@ func Pump(ctx context.Context, near, far endpoint.Endpoint) error {
 	// Stop both pumps: closing far ends its reader; a deadline in the past
 	// wakes near's, or closing it.
 	far.Close()
+	// A write waiting for room in a lossless network is woken too.
 	d, wake := near.(deadliner)
 	if wake {
 		d.SetReadDeadline(pastDeadline)
+		d.SetWriteDeadline(pastDeadline)
 	} else {
 		near.Close()
 	}
 	wg.Wait()
 	if wake {
 		d.SetReadDeadline(noDeadline)
+		d.SetWriteDeadline(noDeadline)
 	}
 	return err
 }
@@ -199,7 +207,7 @@ func Pump(ctx context.Context, near, far endpoint.Endpoint) error {
 // drops (Write's count short with no error) are a wire's losses; empty and
 // truncated ones are not passed on.
 func pump(dst, src endpoint.Endpoint, srcErr, dstErr error) error {
-	batch := max(min(src.BatchSize(), dst.BatchSize()), 1)
+	batch := max(min(src.BatchSize(), dst.BatchSize(), pumpBatch), 1)
 	bufs := make([][]byte, batch)
 	sizes := make([]int, batch)
 	for i := range bufs {

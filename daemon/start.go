@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -155,6 +156,20 @@ func RunIfChild() {
 		os.Exit(0)
 	}
 }
+
+// ErrNotDaemon reports a control socket served by a process that is
+// neither root nor the caller's user. Deprecated: the client's checks are
+// in ipn.Dialer; this is ipn.ErrNotDaemon.
+var ErrNotDaemon = ctlsock.ErrNotDaemon
+
+// ErrNoDaemon reports that no daemon answers at the control socket.
+// Deprecated: use ipn.ErrNoDaemon.
+var ErrNoDaemon = ctlsock.ErrNoDaemon
+
+// Dial connects to the daemon that serves this process, starting one (this
+// program, re-executed) if none answers. Deprecated: use ipn.Dialer, and
+// import daemon/autostart to start a daemon.
+func Dial() (*net.UnixConn, error) { return ctlsock.Connect("", Start) }
 
 // CheckSocket refuses a control socket path that holds something other
 // than a socket (a regular file, a directory...): a daemon must not

@@ -10,6 +10,8 @@
 // connected socket is one too (ipn.Endpoint).
 package endpoint
 
+import "github.com/ipn-project/ipn/internal/yield"
+
 // Endpoint moves batches of messages for one port. Read and Write may be
 // called concurrently with each other, each from a single goroutine.
 type Endpoint interface {
@@ -61,3 +63,11 @@ type TryDirectWriter interface {
 	// It does not retain msg.
 	TryWriteDirect(msg []byte) bool
 }
+
+// Yielder is the processor courtesy of a writer that drops messages for a
+// full reader. Deprecated: it is internal/yield's, used by the ports.
+type Yielder = yield.Yielder
+
+// StuckDrops is how many drops in a row make a Yielder stop yielding.
+// Deprecated: see Yielder.
+const StuckDrops = yield.StuckDrops

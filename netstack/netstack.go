@@ -65,6 +65,8 @@ const (
 	queueLen = 1024
 	// ethHeader is the size of an Ethernet header without a VLAN tag.
 	ethHeader = header.EthernetMinimumSize
+	// readBatch bounds the frames read at once (and the buffers held).
+	readBatch = 16
 )
 
 // Config configures a Stack.
@@ -126,6 +128,9 @@ func Attach(ep endpoint.Endpoint, cfg Config) (*Stack, error) {
 		return nil, fmt.Errorf("netstack: %v is not a unicast Ethernet address", mac)
 	}
 	netMTU := cfg.MTU
+	if netMTU == 0 {
+		return nil, errors.New("netstack: Config.MTU is 0: set the network's MTU, the largest frame the endpoint carries")
+	}
 	if netMTU < ethHeader+68 {
 		return nil, fmt.Errorf("netstack: network MTU %d is too small for IP", netMTU)
 	}
@@ -206,7 +211,7 @@ func protoOf(a netip.Addr) tcpip.NetworkProtocolNumber {
 // a time, until the endpoint fails (Close closes it).
 func (s *Stack) readFrames() {
 	defer s.wg.Done()
-	batch := max(s.ep.BatchSize(), 1)
+	batch := max(min(s.ep.BatchSize(), readBatch), 1)
 	bufs, sizes := make([][]byte, batch), make([]int, batch)
 	for i := range bufs {
 		bufs[i] = make([]byte, s.mtu+4) // room to spot an oversized frame
@@ -247,6 +252,7 @@ func (s *Stack) inject(buf []byte, n int) {
 func (s *Stack) writeFrames(ctx context.Context) {
 	defer s.wg.Done()
 	buf := make([]byte, 0, s.mtu)
+	msgs := [][]byte{nil} // reused: through the interface it would escape
 	for {
 		pkt := s.ch.ReadContext(ctx)
 		if pkt == nil {
@@ -258,7 +264,8 @@ func (s *Stack) writeFrames(ctx context.Context) {
 		}
 		pkt.DecRef()
 		// Errors are losses, as on a wire: TCP recovers, UDP does not care.
-		_, _ = s.ep.Write([][]byte{buf})
+		msgs[0] = buf
+		_, _ = s.ep.Write(msgs)
 	}
 }
 

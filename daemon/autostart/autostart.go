@@ -9,6 +9,10 @@
 //
 // Without it a program needs a daemon already running (ipn daemon, or a
 // system service) and ipn.NewSocket fails with ipn.ErrNoDaemon otherwise.
+//
+// The re-executed program becomes the daemon in this package's init, so
+// it serves the policies registered by then (the built-in ones, and those
+// of packages initialised before this one), not ones registered in main.
 package autostart
 
 import (
