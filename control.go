@@ -127,7 +127,11 @@ func (s *Socket) request(op uint16, body []byte, fds ...int) ([]byte, []int, err
 		}
 		return nil, nil, s.lostDaemon(err)
 	}
+	timer := time.NewTimer(s.reqTimeout)
+	defer timer.Stop()
 	select {
+	case <-timer.C:
+		return nil, nil, s.giveUp(op)
 	case r := <-s.replies:
 		if r.op != op|wire.ReplyBit {
 			closeFDs(r.fds)
@@ -146,9 +150,31 @@ func (s *Socket) request(op uint16, body []byte, fds ...int) ([]byte, []int, err
 	}
 }
 
+// giveUp ends the control connection of a daemon that did not answer op
+// within the request timeout (stopped, hung, or too loaded to serve): a
+// reply that came later would answer the wrong request. The socket is
+// unusable from then on, and says why.
+func (s *Socket) giveUp(op uint16) error {
+	err := fmt.Errorf("the ipn daemon at %s did not answer request %d within %v (stopped or hung?): %w",
+		s.ctl.RemoteAddr(), op, s.reqTimeout, syscall.ETIMEDOUT)
+	s.mu.Lock()
+	if s.hung == nil {
+		s.hung = err
+	}
+	s.mu.Unlock()
+	s.ctl.Close()
+	return err
+}
+
 // lostDaemon describes a control connection that broke: the daemon
 // stopped or died, and every network this socket had is lost.
 func (s *Socket) lostDaemon(err error) error {
+	s.mu.Lock()
+	hung := s.hung
+	s.mu.Unlock()
+	if hung != nil {
+		return hung
+	}
 	why := ""
 	if err != nil && !errors.Is(err, io.EOF) {
 		why = fmt.Sprintf(" (%v)", err)
@@ -202,7 +228,7 @@ func (s *Socket) Err() error {
 // daemon, since a new one would serve nothing, and fails with an error
 // wrapping ErrNoDaemon instead.
 func newReadSocket() (*Socket, error) {
-	return newSocket(Any, DefaultDialer.dialRunning)
+	return newSocket(Any, DefaultDialer.dialRunning, DefaultDialer.RequestTimeout)
 }
 
 // list asks the daemon for the networks the caller can see; with a path,

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"time"
 
 	"github.com/ipn-project/ipn/internal/ctlsock"
 )
@@ -19,7 +20,16 @@ type Dialer struct {
 	// Importing github.com/ipn-project/ipn/daemon/autostart sets
 	// DefaultDialer's to one that starts this program as the daemon.
 	Start func(socket string) error
+	// RequestTimeout bounds how long a control call (an option, Bind,
+	// Connect, a listing) waits for the daemon's answer; past it the call
+	// fails with ETIMEDOUT and the socket is given up (a daemon stopped
+	// with SIGSTOP, or hung). Zero: DefaultRequestTimeout.
+	RequestTimeout time.Duration
 }
+
+// DefaultRequestTimeout is how long a control call waits for the daemon
+// when the Dialer does not say.
+const DefaultRequestTimeout = 30 * time.Second
 
 // DefaultDialer is the Dialer of NewSocket, Join, List and the policy
 // calls. With no Start (nothing imported daemon/autostart) it starts no
@@ -35,7 +45,7 @@ func (d *Dialer) NewSocket(proto Protocol) (*Socket, error) {
 			err = fmt.Errorf("%w: start one (ipn daemon), or import github.com/ipn-project/ipn/daemon/autostart for this program to start its own", err)
 		}
 		return c, err
-	})
+	}, d.RequestTimeout)
 }
 
 // dialRunning connects to the daemon d reaches without starting one: for

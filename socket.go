@@ -23,12 +23,13 @@ type Socket struct {
 	proto Protocol
 	ctl   *net.UnixConn
 
-	reqMu   sync.Mutex    // one request at a time on ctl
-	replies chan ctlReply // from the control reader to the requester
-	ctlDone chan struct{} // closed when the control reader exits
-	ctlErr  error         // why the control reader exited; read after ctlDone
-	once    sync.Once     // for Close
-	closed  chan struct{} // closed by Close
+	reqMu      sync.Mutex    // one request at a time on ctl
+	reqTimeout time.Duration // how long a request waits for its reply
+	replies    chan ctlReply // from the control reader to the requester
+	ctlDone    chan struct{} // closed when the control reader exits
+	ctlErr     error         // why the control reader exited; read after ctlDone
+	once       sync.Once     // for Close
+	closed     chan struct{} // closed by Close
 
 	mu        sync.Mutex // guards the fields below
 	path      string     // network path once bound or connected
@@ -36,6 +37,7 @@ type Socket struct {
 	modeSet   bool       // SetMode was called
 	file      fileID     // the network file's identity, once bound or connected by path
 	ended     bool       // the daemon said this socket's leaving ended the network
+	hung      error      // why the control connection was given up: a reply that never came
 	vde       *vdeServer // the VDE service of ServeVDE, or nil
 	bound     bool
 	connected bool
@@ -75,21 +77,25 @@ func NewSocket(proto Protocol) (*Socket, error) {
 }
 
 // newSocket makes a socket for proto on the control connection dial makes.
-func newSocket(proto Protocol, dial func() (*net.UnixConn, error)) (*Socket, error) {
+func newSocket(proto Protocol, dial func() (*net.UnixConn, error), timeout time.Duration) (*Socket, error) {
 	ctl, err := dial()
 	if err != nil {
 		return nil, &net.OpError{Op: "socket", Net: "ipn", Err: err}
 	}
+	if timeout <= 0 {
+		timeout = DefaultRequestTimeout
+	}
 	s := &Socket{
-		proto:   proto,
-		ctl:     ctl,
-		replies: make(chan ctlReply),
-		ctlDone: make(chan struct{}),
-		closed:  make(chan struct{}),
-		mode:    DefaultMode,
-		port:    -1,
-		fastOff: os.Getenv(spec.FastPathEnv) == "0",
-		ctlTick: make(chan struct{}),
+		proto:      proto,
+		ctl:        ctl,
+		reqTimeout: timeout,
+		replies:    make(chan ctlReply),
+		ctlDone:    make(chan struct{}),
+		closed:     make(chan struct{}),
+		mode:       DefaultMode,
+		port:       -1,
+		fastOff:    os.Getenv(spec.FastPathEnv) == "0",
+		ctlTick:    make(chan struct{}),
 	}
 	go s.readControl()
 	hello := make([]byte, 4)
