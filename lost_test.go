@@ -77,7 +77,7 @@ func TestCommandsSayTheDaemonWentAway(t *testing.T) {
 			cmds["dump"] = start(t, nil, env, ipnc, "dump", net)
 			cmds["vde"] = start(t, nil, env, ipnc, "vde", filepath.Join(dir, "lan"), filepath.Join(dir, "lan.vde"))
 			waitFor(t, 15*time.Second, "the members", func() bool { return portsVia(env, ipnc, net) == 5 })
-			waitFor(t, 15*time.Second, "ipn vde", func() bool { _, err := os.Stat(filepath.Join(dir, "lan.vde", "ctl")); return err == nil })
+			waitFor(t, 15*time.Second, "ipn vde serving", func() bool { return strings.Contains(cmds["vde"].stderr(), "serves VDE clients") })
 			d.cmd.Process.Signal(how)
 			d.wait(15 * time.Second)
 			for name, p := range cmds {
@@ -118,8 +118,11 @@ func TestInterruptedCommandsExitStatus(t *testing.T) {
 			_, err := os.Stat(path)
 			return err == nil
 		})
-		if c.args[0] == "cat" {
+		switch c.args[0] {
+		case "cat":
 			waitFor(t, 15*time.Second, "cat's port", func() bool { _, ports := readersOf(path); return ports == 1 })
+		case "vde":
+			waitFor(t, 15*time.Second, "ipn vde serving", func() bool { return strings.Contains(p.stderr(), "serves VDE clients") })
 		}
 		p.cmd.Process.Signal(c.sig)
 		err := p.wait(15 * time.Second)
@@ -136,10 +139,15 @@ func TestVDEServesExistingNetworkAsItIs(t *testing.T) {
 	path, _ := bindNet(t, nil) // a hub
 	dir := tempDir(t)
 	p := start(t, nil, nil, ipnc, "vde", path, filepath.Join(dir, "a.vde"))
-	waitFor(t, 15*time.Second, "ipn vde", func() bool { _, err := os.Stat(filepath.Join(dir, "a.vde", "ctl")); return err == nil })
-	if !strings.Contains(p.stderr(), "serves VDE clients") {
-		t.Errorf("ipn vde on a hub network: %q", p.stderr())
-	}
+	// It says so once it serves (its ctl appears a moment before).
+	waitFor(t, 15*time.Second, "ipn vde serving the hub network", func() bool {
+		select {
+		case <-p.done:
+			t.Fatalf("ipn vde on a hub network exited: %v: %s", p.err, p.stderr())
+		default:
+		}
+		return strings.Contains(p.stderr(), "serves VDE clients")
+	})
 	q := start(t, nil, nil, ipnc, "vde", "--proto", "switch", path, filepath.Join(dir, "b.vde"))
 	err := q.wait(15 * time.Second)
 	if e := q.stderr(); err == nil || !strings.Contains(e, "hub") || !strings.Contains(e, "switch") {
