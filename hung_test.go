@@ -1,7 +1,9 @@
 package ipn_test
 
 import (
+	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -48,6 +50,7 @@ func TestHungDaemonIsNoticed(t *testing.T) {
 
 	d.cmd.Process.Signal(syscall.SIGSTOP)
 	t.Cleanup(func() { d.cmd.Process.Signal(syscall.SIGCONT) })
+	waitFor(t, 15*time.Second, "the daemon stopped", func() bool { return procState(d.cmd.Process.Pid) == 'T' })
 
 	t0 := time.Now()
 	if _, err := mgr.NumNodes(); !errors.Is(err, syscall.ETIMEDOUT) || !strings.Contains(err.Error(), "did not answer") {
@@ -82,4 +85,18 @@ func TestHungDaemonIsNoticed(t *testing.T) {
 			t.Fatalf("%s: Send to a stopped daemon ignored its write deadline", name)
 		}
 	}
+}
+
+// procState returns the state letter of process pid (R, S, T...), or 0.
+func procState(pid int) byte {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// pid (comm) state ...: comm may hold spaces, so look after the last ')'.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 || i+2 >= len(b) {
+		return 0
+	}
+	return b[i+2]
 }
