@@ -7,16 +7,6 @@ import (
 	"testing"
 )
 
-func needRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("CI runs as root; this test must not skip there")
-		}
-		t.Skip("needs root to play another user")
-	}
-}
-
 // A link planted where the daemon's lock file goes is refused, and its
 // target left alone.
 func TestFilesBesideTheSocketFollowNoLink(t *testing.T) {
