@@ -23,6 +23,9 @@ type msg struct {
 	// one holds a reference on it, so a lossless slot lasts until every
 	// form of the message is consumed.
 	parent *msg
+	// done, if set, is the source port's count of messages the engine has
+	// finished with (see Port.SetDoneCounter): free adds one.
+	done *atomic.Uint64
 }
 
 // bytes returns the message's payload.
@@ -44,6 +47,10 @@ func (m *msg) free() {
 	if p := m.parent; p != nil {
 		m.parent = nil
 		p.decRef()
+	}
+	if d := m.done; d != nil {
+		m.done = nil
+		d.Add(1)
 	}
 	m.oob = false
 	m.n = 0

@@ -31,6 +31,9 @@ type Port struct {
 	msgsOut, bytesOut atomic.Uint64 // delivered to the node
 	drops             atomic.Uint64 // missed by the node (lossy, full queue)
 	errs              atomic.Uint64 // refused from the node (too long)
+	// doneCtr, if set, counts the node's messages the engine has finished
+	// with (SetDoneCounter).
+	doneCtr atomic.Pointer[atomic.Uint64]
 
 	leaveOnce sync.Once
 	done      chan struct{} // closed when the port has left
@@ -177,6 +180,14 @@ func (p *Port) Stats() PortStats {
 	}
 }
 
+// SetDoneCounter makes the engine add one to c for each message the node
+// sends from now on, once it has finished with it: delivered to every
+// destination, or dropped (by the policy, a full lossy queue, or a
+// receiver that left). Set it before the node can send (the daemon sets it
+// before the client has its data path); c must stay valid until every such
+// message is freed: done == Stats().MsgsIn once the reader has stopped.
+func (p *Port) SetDoneCounter(c *atomic.Uint64) { p.doneCtr.Store(c) }
+
 // Options returns the options the port joined with.
 func (p *Port) Options() PortOptions { return p.opts }
 
@@ -220,6 +231,7 @@ func (p *Port) readLoop() {
 		}
 		count, err := p.ep.Read(bufs, sizes)
 		routed, keep = routed[:0], keep[:0]
+		doneCtr := p.doneCtr.Load()
 		var msgsIn, bytesIn uint64 // counted once per batch
 		for i := 0; i < count; i++ {
 			if sizes[i] > mtu {
@@ -260,6 +272,7 @@ func (p *Port) readLoop() {
 				msgs[i] = getMsg(p.class)
 			}
 			m.refs.Store(1)
+			m.done = doneCtr
 			msgsIn++
 			bytesIn += uint64(m.n)
 			routed = append(routed, m.bytes())
