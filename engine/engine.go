@@ -45,10 +45,10 @@ type Config struct {
 	PoolSize int        // lossy: queue per receiver; lossless: messages in flight
 	Flags    Flags
 	// OnDelete, if set, runs once after the network is deleted.
-	OnDelete func()
+	OnDelete func() `json:"-"`
 	// Data is the creator's, kept with the network (the daemon keeps the
 	// network's file there); the engine does not look at it.
-	Data any
+	Data any `json:"-"`
 }
 
 // WithDefaults returns c with zero fields set to the defaults, checked
@@ -122,6 +122,7 @@ type Engine struct {
 	mu     sync.Mutex
 	nets   map[any]*Network // guarded by mu
 	closed bool             // guarded by mu
+	frozen bool             // guarded by mu: see Freeze
 }
 
 // New returns an empty engine.
@@ -151,6 +152,9 @@ func (e *Engine) Create(key any, cfg Config) (*Network, error) {
 	defer e.mu.Unlock()
 	if e.closed {
 		return nil, fmt.Errorf("engine closed: %w", syscall.ESHUTDOWN)
+	}
+	if e.frozen {
+		return nil, fmt.Errorf("the daemon is handing over to another: %w", syscall.EAGAIN)
 	}
 	if _, ok := e.nets[key]; ok {
 		return nil, syscall.EEXIST

@@ -33,6 +33,9 @@ type Network struct {
 	// view is an immutable snapshot of the members, read without locks
 	// on the data path and replaced under mu.
 	view atomic.Pointer[view]
+	// frozen is set while the engine is frozen for a hand-over: the
+	// policy's own messages are dropped and no port joins.
+	frozen atomic.Bool
 }
 
 type view struct {
@@ -78,7 +81,7 @@ func (n *Network) Emit(port int, b []byte) error {
 	if port < 0 || port >= len(v.ports) || v.ports[port] == nil {
 		return syscall.ENOTCONN
 	}
-	if !v.readers.Has(port) {
+	if !v.readers.Has(port) || n.frozen.Load() {
 		return nil
 	}
 	m := newMsgCopy(b)
@@ -178,7 +181,7 @@ type PortOptions struct {
 	Monitor bool
 	// OnLeave, if set, runs once when the port has left the network (not
 	// when Join fails); it must not block.
-	OnLeave func()
+	OnLeave func() `json:"-"`
 }
 
 // QueueLen is how many messages a port of a network of cfg may hold
@@ -219,6 +222,34 @@ func CheckWant(want int) error {
 // Join connects ep to the network as a new port, taking a reference on the
 // network, and starts the port's goroutines. The port owns ep from then on.
 func (n *Network) Join(ep endpoint.Endpoint, opts PortOptions) (*Port, error) {
+	p, err := n.attach(ep, opts, false)
+	if err != nil {
+		return nil, err
+	}
+	p.start(false)
+	return p, nil
+}
+
+// start starts the port's goroutines: only the writer if the node sends
+// no more (readDone).
+func (p *Port) start(readDone bool) {
+	if readDone {
+		close(p.readDone)
+		close(p.pause.rOut)
+		p.wg.Add(1)
+		p.running.Store(1)
+		go p.writeLoop()
+		return
+	}
+	p.wg.Add(2)
+	p.running.Store(2)
+	go p.readLoop()
+	go p.writeLoop()
+}
+
+// attach makes ep a port of the network, with no goroutines yet; quiet
+// sends no numnodes notice (a restore's ports were there all along).
+func (n *Network) attach(ep endpoint.Endpoint, opts PortOptions, quiet bool) (*Port, error) {
 	if err := CheckDescription(len(opts.Description)); err != nil {
 		return nil, err
 	}
@@ -248,8 +279,14 @@ func (n *Network) Join(ep endpoint.Endpoint, opts PortOptions) (*Port, error) {
 	p.tw, _ = ep.(endpoint.TryDirectWriter)
 	p.canRead.Store(!opts.NoRead)
 	p.canWrite.Store(!opts.NoWrite)
+	p.pause.reset()
 
 	n.mu.Lock()
+	if n.frozen.Load() { // under mu: Freeze takes the ports under it
+		n.mu.Unlock()
+		n.Release()
+		return nil, fmt.Errorf("the daemon is handing over to another: %w", syscall.EAGAIN)
+	}
 	used := policy.NewPortSet(len(n.ports))
 	for i, q := range n.ports {
 		if q != nil {
@@ -273,13 +310,10 @@ func (n *Network) Join(ep endpoint.Endpoint, opts PortOptions) (*Port, error) {
 	if lp, ok := n.policy.(policy.LinkPorter); ok && opts.Link {
 		lp.LinkPort(num)
 	}
-	n.notifyCountsLocked()
+	if !quiet {
+		n.notifyCountsLocked()
+	}
 	n.mu.Unlock()
-
-	p.wg.Add(2)
-	p.running.Store(2)
-	go p.readLoop()
-	go p.writeLoop()
 	return p, nil
 }
 

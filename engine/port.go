@@ -43,6 +43,8 @@ type Port struct {
 	// the port's reference on the network, so that the policy is never
 	// closed while this port's reader may still be routing.
 	running atomic.Int32
+
+	pause pause // a hand-over's (handover.go)
 }
 
 // Num returns the port number.
@@ -202,8 +204,17 @@ func (p *Port) CanWrite() bool { return p.canWrite.Load() }
 // An io.EOF from the endpoint stops the reader only: the node sends no more
 // but may still receive. Any other error makes the port leave.
 func (p *Port) readLoop() {
-	defer p.exit()
-	defer close(p.readDone)
+	paused := false
+	defer func() {
+		p.pause.reader = paused // before rOut: Freeze reads it after
+		close(p.pause.rOut)
+		if paused { // kept for Thaw or a hand-over: no exit
+			p.wg.Done()
+			return
+		}
+		close(p.readDone)
+		p.exit()
+	}()
 	n := p.net
 	batch := p.ep.BatchSize()
 	if batch < 1 {
@@ -225,7 +236,15 @@ func (p *Port) readLoop() {
 	}()
 	mtu := n.cfg.MTU
 	flex := n.cfg.Flags&FlexMTU != 0
+	if len(p.pause.held) > 0 && p.routeHeld(dst) {
+		paused = true
+		return
+	}
 	for {
+		if p.pause.on.Load() {
+			paused = true
+			return
+		}
 		for i, m := range msgs {
 			bufs[i] = m.buf[:mtu]
 		}
@@ -255,6 +274,14 @@ func (p *Port) readLoop() {
 						p.msgsIn.Add(msgsIn)
 						p.bytesIn.Add(bytesIn)
 						return
+					case <-p.pause.r:
+						// Keep this message and the batch's rest for
+						// whoever resumes the port.
+						p.msgsIn.Add(msgsIn)
+						p.bytesIn.Add(bytesIn)
+						p.hold(bufs[i:count], sizes[i:count])
+						paused = true
+						return
 					}
 				}
 				msgs[i].token = n.tokens
@@ -282,6 +309,10 @@ func (p *Port) readLoop() {
 		p.bytesIn.Add(bytesIn)
 		p.route(routed, keep, dst)
 		if err != nil {
+			if p.pause.on.Load() && endpoint.Paused(err) {
+				paused = true
+				return
+			}
 			if !errors.Is(err, io.EOF) {
 				p.leave()
 			}
@@ -350,7 +381,16 @@ func (p *Port) mirror(m *msg, v *view) {
 
 // writeLoop moves queued messages to the endpoint, out-of-band ones first.
 func (p *Port) writeLoop() {
-	defer p.exit()
+	paused := false
+	defer func() {
+		p.pause.writer = paused
+		close(p.pause.wOut)
+		if paused {
+			p.wg.Done()
+			return
+		}
+		p.exit()
+	}()
 	batch := p.ep.BatchSize()
 	if batch < 1 {
 		batch = 1
@@ -364,8 +404,17 @@ func (p *Port) writeLoop() {
 		case <-p.done:
 			p.q.flush(true)
 			return
+		case <-p.pause.w:
+			paused = true
+			return
 		}
 		for {
+			select {
+			case <-p.pause.w:
+				paused = true
+				return
+			default:
+			}
 			msgs, oob = p.q.pop(msgs, oob)
 			if len(msgs) == 0 && len(oob) == 0 {
 				break
@@ -373,6 +422,10 @@ func (p *Port) writeLoop() {
 			err := p.writeBatch(msgs, oob, bufs)
 			clear(msgs)
 			clear(oob)
+			if err == errPausedWrite {
+				paused = true
+				return
+			}
 			if err != nil {
 				p.leave()
 				p.q.flush(true)
@@ -384,11 +437,12 @@ func (p *Port) writeLoop() {
 
 // writeBatch writes oob then msgs and drops the queue's references on all.
 func (p *Port) writeBatch(msgs, oob []*msg, bufs [][]byte) error {
+	kept := 0 // the last kept of msgs stay for a resume, their references held
 	defer func() {
 		for _, m := range oob {
 			m.decRef()
 		}
-		for _, m := range msgs {
+		for _, m := range msgs[:len(msgs)-kept] {
 			m.decRef()
 		}
 		p.q.done(len(oob) + len(msgs))
@@ -412,6 +466,11 @@ func (p *Port) writeBatch(msgs, oob []*msg, bufs [][]byte) error {
 	for _, b := range bufs[:written] {
 		p.msgsOut.Add(1)
 		p.bytesOut.Add(uint64(len(b)))
+	}
+	if err != nil && p.pause.on.Load() && endpoint.Paused(err) {
+		kept = len(msgs) - written
+		p.pause.unsent = append(p.pause.unsent, msgs[written:]...)
+		return errPausedWrite
 	}
 	if err == nil && written < len(bufs) {
 		p.drops.Add(uint64(len(bufs) - written)) // the endpoint had no room

@@ -273,3 +273,14 @@ func (Base) Option(name string) (string, error) {
 
 // Close implements Policy.Close; it does nothing.
 func (Base) Close() {}
+
+// Saver is implemented by policies whose state (learnt addresses, VLANs,
+// settings) can pass to another daemon in a takeover. Both methods run
+// under the network's lock, with the ports already there (Restore runs
+// after the restored ports have joined).
+type Saver interface {
+	// Save returns the policy's state.
+	Save() ([]byte, error)
+	// Restore sets the state Save returned, maybe in another process.
+	Restore(state []byte) error
+}

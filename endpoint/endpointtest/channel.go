@@ -19,11 +19,15 @@ type Endpoint struct {
 	oob  chan []byte
 	stop chan struct{}
 	once sync.Once
+
+	mu     sync.Mutex
+	pr, pw chan struct{} // guarded by mu: closed while paused (Pauser)
 }
 
 var (
 	_ endpoint.Endpoint  = (*Endpoint)(nil)
 	_ endpoint.OOBWriter = (*Endpoint)(nil)
+	_ endpoint.Pauser    = (*Endpoint)(nil)
 )
 
 // New returns an endpoint whose channels each buffer size messages.
@@ -33,7 +37,44 @@ func New(size int) *Endpoint {
 		out:  make(chan []byte, size),
 		oob:  make(chan []byte, size),
 		stop: make(chan struct{}),
+		pr:   make(chan struct{}),
+		pw:   make(chan struct{}),
 	}
+}
+
+func (e *Endpoint) pauses() (r, w chan struct{}) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.pr, e.pw
+}
+
+// PauseRead implements endpoint.Pauser.
+func (e *Endpoint) PauseRead() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	select {
+	case <-e.pr:
+	default:
+		close(e.pr)
+	}
+}
+
+// PauseWrite implements endpoint.Pauser.
+func (e *Endpoint) PauseWrite() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	select {
+	case <-e.pw:
+	default:
+		close(e.pw)
+	}
+}
+
+// Resume implements endpoint.Pauser.
+func (e *Endpoint) Resume() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.pr, e.pw = make(chan struct{}), make(chan struct{})
 }
 
 // Inject sends msg into the network as the node; it blocks while the
@@ -70,6 +111,7 @@ func (e *Endpoint) Recv(ctx context.Context) ([]byte, error) {
 func (e *Endpoint) Read(bufs [][]byte, sizes []int) (int, error) {
 	var m []byte
 	var ok bool
+	paused, _ := e.pauses()
 	select {
 	case m, ok = <-e.in:
 		if !ok {
@@ -77,6 +119,8 @@ func (e *Endpoint) Read(bufs [][]byte, sizes []int) (int, error) {
 		}
 	case <-e.stop:
 		return 0, net.ErrClosed
+	case <-paused:
+		return 0, endpoint.ErrPaused
 	}
 	n := 0
 	for {
@@ -99,11 +143,14 @@ func (e *Endpoint) Read(bufs [][]byte, sizes []int) (int, error) {
 
 // Write implements endpoint.Endpoint.Write. It blocks while C is full.
 func (e *Endpoint) Write(msgs [][]byte) (int, error) {
+	_, paused := e.pauses()
 	for i, b := range msgs {
 		select {
 		case e.out <- append([]byte(nil), b...):
 		case <-e.stop:
 			return i, net.ErrClosed
+		case <-paused:
+			return i, endpoint.ErrPaused
 		}
 	}
 	return len(msgs), nil
