@@ -227,7 +227,14 @@ type Producer struct {
 // Producer returns the producing end of ring i.
 func (r *Region) Producer(i int) *Producer {
 	p := &Producer{ring: r.ring(i)}
-	p.freeTo = p.n
+	// Where the ring is now: a region another process used (a daemon
+	// taking over) is resumed, not restarted. Impossible indices leave
+	// freeTo at next, for Put to report.
+	p.next = p.tail.Load()
+	p.freeTo = p.next
+	if h := p.head.Load(); p.next-h <= p.n {
+		p.freeTo = h + p.n
+	}
 	return p
 }
 
@@ -297,7 +304,10 @@ type Consumer struct {
 
 // Consumer returns the consuming end of ring i.
 func (r *Region) Consumer(i int) *Consumer {
-	return &Consumer{ring: r.ring(i)}
+	c := &Consumer{ring: r.ring(i)}
+	c.next = c.head.Load() // resumed where it is, as a Producer
+	c.avail = c.next
+	return c
 }
 
 // Pop copies the next message into b and reports its length (longer than b

@@ -8,6 +8,7 @@ import (
 	"os"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/ipn-project/ipn/internal/yield"
 	"golang.org/x/sys/unix"
@@ -178,3 +179,21 @@ func File(fd int, name string) (*os.File, syscall.RawConn, error) {
 	}
 	return f, raw, nil
 }
+
+// Dup returns a new descriptor (close-on-exec) of raw's, which the caller
+// owns: to pass to another process.
+func Dup(raw syscall.RawConn) (int, error) {
+	dup := -1
+	var derr error
+	err := raw.Control(func(fd uintptr) {
+		dup, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
+	})
+	if err == nil {
+		err = derr
+	}
+	return dup, err
+}
+
+// Past is a deadline long gone: setting it stops a blocked Read or Write
+// on a socket or file at once, with os.ErrDeadlineExceeded.
+var Past = time.Unix(1, 0)

@@ -12,6 +12,7 @@ import (
 	"os"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -31,6 +32,7 @@ type Endpoint struct {
 var (
 	_ endpoint.Endpoint     = (*Endpoint)(nil)
 	_ endpoint.DirectWriter = (*Endpoint)(nil)
+	_ endpoint.Pauser       = (*Endpoint)(nil)
 )
 
 // New returns an endpoint on fd, a bound AF_PACKET SOCK_RAW socket it owns
@@ -85,3 +87,16 @@ func (e *Endpoint) Close() error {
 	e.once.Do(func() { e.err = e.f.Close() })
 	return e.err
 }
+
+// PauseRead implements endpoint.Pauser.
+func (e *Endpoint) PauseRead() { e.f.SetReadDeadline(sockio.Past) }
+
+// PauseWrite implements endpoint.Pauser.
+func (e *Endpoint) PauseWrite() { e.f.SetWriteDeadline(sockio.Past) }
+
+// Resume implements endpoint.Pauser.
+func (e *Endpoint) Resume() { e.f.SetDeadline(time.Time{}) }
+
+// Dup returns a copy of the descriptor, to make the endpoint again with
+// New in another process.
+func (e *Endpoint) Dup() (int, error) { return sockio.Dup(e.raw) }

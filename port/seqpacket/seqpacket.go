@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -29,6 +30,7 @@ type Endpoint struct {
 var (
 	_ endpoint.Endpoint  = (*Endpoint)(nil)
 	_ endpoint.OOBWriter = (*Endpoint)(nil)
+	_ endpoint.Pauser    = (*Endpoint)(nil)
 )
 
 // New returns an endpoint on conn, which it owns. oob, if not nil, delivers
@@ -95,3 +97,15 @@ func (e *Endpoint) Close() error {
 	e.once.Do(func() { e.err = e.conn.Close() })
 	return e.err
 }
+
+// PauseRead implements endpoint.Pauser.
+func (e *Endpoint) PauseRead() { e.conn.SetReadDeadline(sockio.Past) }
+
+// PauseWrite implements endpoint.Pauser.
+func (e *Endpoint) PauseWrite() { e.conn.SetWriteDeadline(sockio.Past) }
+
+// Resume implements endpoint.Pauser.
+func (e *Endpoint) Resume() { e.conn.SetDeadline(time.Time{}) }
+
+// Conn returns the endpoint's socket.
+func (e *Endpoint) Conn() *net.UnixConn { return e.conn }

@@ -41,6 +41,8 @@ type Endpoint struct {
 	lossless bool
 	oob      func([]byte) error
 	closed   atomic.Bool
+	pausedR  atomic.Bool // Read returns ErrPaused rather than wait
+	pausedW  atomic.Bool // a lossless write returns rather than wait
 	peerGone atomic.Bool // the member will write no more
 	broken   atomic.Bool // the member published impossible indices or lengths
 	once     sync.Once
@@ -51,6 +53,7 @@ var (
 	_ endpoint.DirectWriter    = (*Endpoint)(nil)
 	_ endpoint.TryDirectWriter = (*Endpoint)(nil)
 	_ endpoint.OOBWriter       = (*Endpoint)(nil)
+	_ endpoint.Pauser          = (*Endpoint)(nil)
 )
 
 // New makes the rings for messages of up to mtu bytes. In a lossless
@@ -72,6 +75,73 @@ func New(mtu int, lossless bool, oob func([]byte) error) (*Endpoint, error) {
 	e.out = region.Producer(shmring.ToMember)
 	return e, nil
 }
+
+// Adopt returns the endpoint of rings that another daemon made with New
+// and passed on (a takeover), from the descriptors DupFDs gave, which it
+// owns from then on (closed on error). It resumes the rings where they are.
+func Adopt(fds []int, lossless bool, oob func([]byte) error) (*Endpoint, error) {
+	if len(fds) != 5 {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+		return nil, fmt.Errorf("adopt rings: want 5 descriptors, got %d: %w", len(fds), unix.EINVAL)
+	}
+	region, err := shmring.Map(fds[0])
+	if err != nil {
+		for _, fd := range fds[1:] {
+			unix.Close(fd)
+		}
+		return nil, fmt.Errorf("adopt rings: %w", err)
+	}
+	e := &Endpoint{region: region, lossless: lossless, oob: oob}
+	for i, w := range []**shmring.Waker{&e.inData, &e.inSpace, &e.outData, &e.outSpace} {
+		if *w, err = shmring.WakerFromFD(fds[1+i]); err != nil {
+			for _, fd := range fds[2+i:] {
+				unix.Close(fd)
+			}
+			e.drop()
+			return nil, fmt.Errorf("adopt rings: %w", err)
+		}
+	}
+	e.in = region.Consumer(shmring.ToDaemon)
+	e.out = region.Producer(shmring.ToMember)
+	// The member may have slept on either ring while no daemon served.
+	e.outData.Wake()
+	e.inSpace.Wake()
+	return e, nil
+}
+
+// drop releases the endpoint's memory and descriptors without telling
+// the member anything: for an endpoint that never served.
+func (e *Endpoint) drop() {
+	for _, w := range []*shmring.Waker{e.inData, e.inSpace, e.outData, e.outSpace} {
+		if w != nil {
+			w.Close()
+		}
+	}
+	e.region.Close()
+}
+
+// PauseRead implements endpoint.Pauser.
+func (e *Endpoint) PauseRead() {
+	e.pausedR.Store(true)
+	e.inData.Wake()
+}
+
+// PauseWrite implements endpoint.Pauser.
+func (e *Endpoint) PauseWrite() {
+	e.pausedW.Store(true)
+	e.outSpace.Wake()
+}
+
+// Resume implements endpoint.Pauser.
+func (e *Endpoint) Resume() {
+	e.pausedR.Store(false)
+	e.pausedW.Store(false)
+}
+
+func (e *Endpoint) readStop() bool  { return e.stopped() || e.pausedR.Load() }
+func (e *Endpoint) writeStop() bool { return e.closed.Load() || e.pausedW.Load() }
 
 // DupFDs returns copies of the descriptors the member needs, in the order
 // the protocol passes them: the memfd, then the eventfds woken when its ring
@@ -134,7 +204,10 @@ func (e *Endpoint) Read(bufs [][]byte, sizes []int) (int, error) {
 		if e.peerGone.Load() {
 			return 0, io.EOF
 		}
-		if err := e.in.WaitData(e.inData, e.stopped); err != nil {
+		if e.pausedR.Load() {
+			return 0, endpoint.ErrPaused
+		}
+		if err := e.in.WaitData(e.inData, e.readStop); err != nil {
 			if errors.Is(err, shmring.ErrCorrupt) {
 				e.corrupt()
 			}
@@ -177,7 +250,10 @@ func (e *Endpoint) WriteDirect(msg []byte) bool {
 			e.starved()
 			return false
 		}
-		if err := e.out.WaitSpace(e.outSpace, e.closed.Load); err != nil || e.closed.Load() {
+		if e.pausedW.Load() {
+			return false // not written: Write says why
+		}
+		if err := e.out.WaitSpace(e.outSpace, e.writeStop); err != nil || e.closed.Load() {
 			if errors.Is(err, shmring.ErrCorrupt) {
 				e.corrupt()
 			}
@@ -235,6 +311,8 @@ func (e *Endpoint) Write(msgs [][]byte) (int, error) {
 	for _, m := range msgs {
 		if e.WriteDirect(m) {
 			n++
+		} else if e.lossless && e.pausedW.Load() && !e.closed.Load() {
+			return n, endpoint.ErrPaused // the rest stay the caller's
 		}
 	}
 	if e.closed.Load() {

@@ -8,6 +8,7 @@ import (
 	"net"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -21,6 +22,7 @@ type Endpoint struct {
 	rawc syscall.RawConn
 	one  *sockio.OneWriter // for WriteDirect
 	oob  []byte            // the credentials each datagram carries, or nil
+	from *unix.Ucred       // those credentials, or nil
 	once sync.Once
 	err  error
 }
@@ -28,6 +30,7 @@ type Endpoint struct {
 var (
 	_ endpoint.Endpoint     = (*Endpoint)(nil)
 	_ endpoint.DirectWriter = (*Endpoint)(nil)
+	_ endpoint.Pauser       = (*Endpoint)(nil)
 )
 
 // New returns an endpoint on conn, a connected SOCK_DGRAM socket it owns.
@@ -42,7 +45,7 @@ func New(conn *net.UnixConn, sender *unix.Ucred) (*Endpoint, error) {
 	}
 	e := &Endpoint{conn: conn, rawc: raw, one: sockio.NewOneWriter(raw)}
 	if sender != nil {
-		e.oob = unix.UnixCredentials(sender)
+		e.oob, e.from = unix.UnixCredentials(sender), sender
 		e.one.SetControl(e.oob)
 	}
 	return e, nil
@@ -73,4 +76,21 @@ func (e *Endpoint) BatchSize() int { return 32 }
 func (e *Endpoint) Close() error {
 	e.once.Do(func() { e.err = e.conn.Close() })
 	return e.err
+}
+
+// PauseRead implements endpoint.Pauser.
+func (e *Endpoint) PauseRead() { e.conn.SetReadDeadline(sockio.Past) }
+
+// PauseWrite implements endpoint.Pauser.
+func (e *Endpoint) PauseWrite() { e.conn.SetWriteDeadline(sockio.Past) }
+
+// Resume implements endpoint.Pauser.
+func (e *Endpoint) Resume() { e.conn.SetDeadline(time.Time{}) }
+
+// Dup returns a copy of the data socket's descriptor and the credentials
+// its datagrams carry (nil: the daemon's own), to make the endpoint again
+// with New in another process.
+func (e *Endpoint) Dup() (int, *unix.Ucred, error) {
+	fd, err := sockio.Dup(e.rawc)
+	return fd, e.from, err
 }
