@@ -23,21 +23,32 @@ func (s *Socket) Bind(path string) error {
 	if err != nil {
 		return s.opError("bind", err)
 	}
-	s.mu.Lock()
-	if s.bound || s.connected {
+	err = s.stateCall(func(cc *ctlConn) error {
+		s.mu.Lock()
+		if s.bound || s.connected {
+			s.mu.Unlock()
+			return syscall.EINVAL
+		}
+		mode, rejoin := s.mode, s.rj.on
 		s.mu.Unlock()
-		return s.opError("bind", syscall.EINVAL)
-	}
-	mode := s.mode
-	s.mu.Unlock()
-
-	id, err := s.bindAt(abs, mode)
+		id, err := s.bindAt(cc, abs, mode)
+		if err != nil {
+			return err
+		}
+		s.mu.Lock()
+		s.bound, s.path, s.file = true, abs, id
+		s.mu.Unlock()
+		if rejoin {
+			if fd, err := unix.Open(abs, unix.O_PATH|unix.O_CLOEXEC, 0); err == nil {
+				s.learnNet(cc, abs, fd)
+				unix.Close(fd)
+			}
+		}
+		return nil
+	})
 	if err != nil {
 		return &net.OpError{Op: "bind", Net: "ipn", Addr: Addr(abs), Err: err}
 	}
-	s.mu.Lock()
-	s.bound, s.path, s.file = true, abs, id
-	s.mu.Unlock()
 	return nil
 }
 
@@ -46,7 +57,7 @@ func (s *Socket) Bind(path string) error {
 // the one there (EEXIST), and binds it. It works in the directory opened
 // once: a file it made and that the bind refused is removed only if the
 // directory still holds that very file, whatever was renamed meanwhile.
-func (s *Socket) bindAt(path string, mode os.FileMode) (fileID, error) {
+func (s *Socket) bindAt(cc *ctlConn, path string, mode os.FileMode) (fileID, error) {
 	dir, err := unix.Open(filepath.Dir(path), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fileID{}, err
@@ -70,7 +81,7 @@ func (s *Socket) bindAt(path string, mode os.FileMode) (fileID, error) {
 		return fileID{}, err
 	}
 	id := fileID{uint64(st.Dev), st.Ino}
-	if _, _, err := s.request(wire.OpBind, []byte(path), fd); err != nil {
+	if _, _, err := s.requestOn(cc, wire.OpBind, []byte(path), fd); err != nil {
 		if created {
 			unlinkIf(dir, base, id)
 		}
@@ -133,7 +144,7 @@ func (s *Socket) Connect(path string) error {
 		return s.opError("connect", syscall.EDESTADDRREQ)
 	}
 	if bound && abs == boundPath {
-		return s.connect(abs, -1, fileID{})
+		return s.stateCall(func(cc *ctlConn) error { return s.connect(cc, abs, -1, fileID{}) })
 	}
 	fd, err := unix.Open(abs, unix.O_PATH|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -144,7 +155,7 @@ func (s *Socket) Connect(path string) error {
 	if err := unix.Fstat(fd, &st); err != nil {
 		return &net.OpError{Op: "connect", Net: "ipn", Addr: Addr(abs), Err: err}
 	}
-	return s.connect(abs, fd, fileID{uint64(st.Dev), st.Ino})
+	return s.stateCall(func(cc *ctlConn) error { return s.connect(cc, abs, fd, fileID{uint64(st.Dev), st.Ino}) })
 }
 
 // ConnectFile joins the network whose file f is, opened by the caller
@@ -163,43 +174,92 @@ func (s *Socket) ConnectFile(f *os.File) error {
 		return &net.OpError{Op: "connect", Net: "ipn", Addr: Addr(f.Name()), Err: err}
 	}
 	var cerr error
-	if err := raw.Control(func(fd uintptr) { cerr = s.connect(f.Name(), int(fd), fileID{}) }); err != nil {
+	if err := raw.Control(func(fd uintptr) {
+		cerr = s.stateCall(func(cc *ctlConn) error { return s.connect(cc, f.Name(), int(fd), fileID{}) })
+		s.mu.Lock()
+		if cerr == nil && s.rj.on && s.rj.connFD < 0 {
+			// A re-join connects to that very file again.
+			s.rj.connFD, _ = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
+		}
+		s.mu.Unlock()
+	}); err != nil {
 		return &net.OpError{Op: "connect", Net: "ipn", Addr: Addr(f.Name()), Err: err}
 	}
 	return cerr
 }
 
-// connect joins the network of the file fd (the bound one if fd is -1),
-// named abs; id, if set, is the file's identity for removeEnded.
-func (s *Socket) connect(abs string, fd int, id fileID) error {
+// connect joins, on cc, the network of the file fd (the bound one if fd
+// is -1), named abs; id, if set, is the file's identity for removeEnded.
+// The caller holds the state lock (stateCall).
+func (s *Socket) connect(cc *ctlConn, abs string, fd int, id fileID) error {
+	s.mu.Lock()
+	wantFast := !s.fastOff
+	s.mu.Unlock()
+	dp, rep, st, err := s.dialData(cc, abs, fd, wantFast)
+	if err != nil {
+		return &net.OpError{Op: "connect", Net: "ipn", Addr: Addr(abs), Err: err}
+	}
+	s.oobMu.Lock()
+	s.mu.Lock()
+	s.connected, s.path, s.dp, s.rj.status = true, abs, dp, st
+	if fd >= 0 {
+		s.file = id
+	}
+	s.port, s.mtu = int(rep.Port), int(rep.MTU)
+	s.canRead, s.canWrite = rep.CanRead, rep.CanWrite
+	s.rj.netProto = Protocol(rep.Proto)
+	wdl := s.wdl
+	s.mu.Unlock()
+	dp.setWriteDeadline(wdl)
+	if len(s.oobq) > 0 {
+		dp.interrupt() // a Recv serves the queue first
+	}
+	s.oobMu.Unlock()
+	return nil
+}
+
+// dialData asks the daemon of cc for a port of the network of fd (the
+// bound one if fd is -1), named abs, and returns its data path, the reply
+// and the port's status page (nil from an older daemon, which passes none).
+func (s *Socket) dialData(cc *ctlConn, abs string, fd int, wantFast bool) (dataPath, wire.ConnectReply, *statusView, error) {
+	var rep wire.ConnectReply
 	var fds []int
 	if fd >= 0 {
 		fds = []int{fd}
 	}
-	s.mu.Lock()
-	wantFast := !s.fastOff
-	s.mu.Unlock()
 	if wantFast {
 		// A daemon that does not know the option answers the socket way.
-		if err := s.setOpt(wire.OptFastPath, wire.U32(1)); err != nil && !errors.Is(err, syscall.ENOPROTOOPT) {
-			return &net.OpError{Op: "connect", Net: "ipn", Addr: Addr(abs), Err: err}
+		if _, _, err := s.requestOn(cc, wire.OpSetOpt, append(wire.U32(wire.OptFastPath), wire.U32(1)...)); err != nil && !errors.Is(err, syscall.ENOPROTOOPT) {
+			return nil, rep, nil, err
 		}
 	}
-	body, rfds, err := s.request(wire.OpConnect, []byte(abs), fds...)
-	if err == nil && len(rfds) != 1 && (!wantFast || len(rfds) != wire.FastPathFDs) {
+	body, rfds, err := s.requestOn(cc, wire.OpConnect, []byte(abs), fds...)
+	if err != nil {
+		return nil, rep, nil, err
+	}
+	// The data descriptors, then the status page.
+	data := 0
+	switch n := len(rfds); {
+	case n == 1 || n == 2:
+		data = 1
+	case wantFast && (n == wire.FastPathFDs || n == wire.FastPathFDs+1):
+		data = wire.FastPathFDs
+	default:
 		closeFDs(rfds)
-		err = fmt.Errorf("daemon passed %d descriptors: %w", len(rfds), syscall.EPROTO)
+		return nil, rep, nil, fmt.Errorf("daemon passed %d descriptors: %w", n, syscall.EPROTO)
 	}
-	var rep wire.ConnectReply
-	if err == nil {
-		if rep, err = wire.DecodeConnectReply(body); err != nil {
-			closeFDs(rfds)
-		}
+	if rep, err = wire.DecodeConnectReply(body); err != nil {
+		closeFDs(rfds)
+		return nil, rep, nil, err
+	}
+	var st *statusView
+	if len(rfds) > data {
+		st, _ = mapStatus(rfds[data]) // without it, only the count is unknown
 	}
 	var dp dataPath
-	if err == nil && len(rfds) == wire.FastPathFDs {
-		dp, err = newFastPath(rfds)
-	} else if err == nil {
+	if data == wire.FastPathFDs {
+		dp, err = newFastPath(rfds[:data])
+	} else {
 		f := os.NewFile(uintptr(rfds[0]), "ipn-data")
 		var c net.Conn
 		c, err = net.FileConn(f)
@@ -209,22 +269,10 @@ func (s *Socket) connect(abs string, fd int, id fileID) error {
 		}
 	}
 	if err != nil {
-		return &net.OpError{Op: "connect", Net: "ipn", Addr: Addr(abs), Err: err}
+		if st != nil {
+			st.close()
+		}
+		return nil, rep, nil, err
 	}
-	s.oobMu.Lock()
-	s.mu.Lock()
-	s.connected, s.path, s.dp = true, abs, dp
-	if fd >= 0 {
-		s.file = id
-	}
-	s.port, s.mtu = int(rep.Port), int(rep.MTU)
-	s.canRead, s.canWrite = rep.CanRead, rep.CanWrite
-	wdl := s.wdl
-	s.mu.Unlock()
-	dp.setWriteDeadline(wdl)
-	if len(s.oobq) > 0 {
-		dp.interrupt() // a Recv serves the queue first
-	}
-	s.oobMu.Unlock()
-	return nil
+	return dp, rep, st, nil
 }

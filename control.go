@@ -18,19 +18,19 @@ import (
 
 // readControl reads the control connection: replies go to the requester,
 // out-of-band messages to the queue Recv serves first.
-func (s *Socket) readControl() {
-	defer close(s.ctlDone)
-	defer s.daemonGone()
+func (s *Socket) readControl(cc *ctlConn) {
+	defer close(cc.done)
+	defer s.daemonGone(cc)
 	buf := make([]byte, wire.ReplyHeaderLen+65536+64)
 	for {
-		pkt, fds, err := wire.Recv(s.ctl, buf)
+		pkt, fds, err := wire.Recv(cc.c, buf)
 		if err != nil {
-			s.ctlErr = err
+			cc.err = err
 			return
 		}
 		op, body, err := wire.Split(pkt)
 		if err != nil {
-			s.ctlErr = err
+			cc.err = err
 			return
 		}
 		switch op {
@@ -46,7 +46,7 @@ func (s *Socket) readControl() {
 		s.tick()
 		r := ctlReply{op: op, body: append([]byte(nil), body...), fds: fds}
 		select {
-		case s.replies <- r:
+		case cc.replies <- r:
 		case <-s.closed:
 			closeFDs(r.fds)
 			return
@@ -54,13 +54,20 @@ func (s *Socket) readControl() {
 	}
 }
 
-// daemonGone ends the data path's waits when the control connection ends:
-// with no daemon, no one will fill or empty the fast path's rings.
-func (s *Socket) daemonGone() {
+// daemonGone ends the data path's waits when the control connection cc
+// ends: with no daemon, no one will fill or empty the fast path's rings. A
+// socket that does not re-join is then done.
+func (s *Socket) daemonGone(cc *ctlConn) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.dp != nil {
+	current := s.cc == cc
+	if current && s.dp != nil {
 		s.dp.daemonGone()
+	}
+	rejoin := s.rj.on
+	s.mu.Unlock()
+	s.bump()
+	if current && !rejoin {
+		s.finish(s.lostDaemon(cc, cc.err))
 	}
 }
 
@@ -72,19 +79,19 @@ func (s *Socket) tick() {
 	s.oobMu.Unlock()
 }
 
-// ctlAlive reports whether the control reader still runs.
-func (s *Socket) ctlAlive() bool {
+// ctlAlive reports whether the control reader of cc still runs.
+func ctlAlive(cc *ctlConn) bool {
 	select {
-	case <-s.ctlDone:
+	case <-cc.done:
 		return false
 	default:
 		return true
 	}
 }
 
-// ctlPending reports whether a packet waits on the control connection.
-func (s *Socket) ctlPending() bool {
-	return wire.Poll(s.ctl, unix.POLLIN)&unix.POLLIN != 0
+// ctlPending reports whether a packet waits on the control connection cc.
+func ctlPending(cc *ctlConn) bool {
+	return wire.Poll(cc.c, unix.POLLIN)&unix.POLLIN != 0
 }
 
 // pushOOB queues an out-of-band message and wakes a Recv waiting on the
@@ -104,35 +111,53 @@ func (s *Socket) pushOOB(m []byte) {
 }
 
 // request sends op with body (and fds) and waits for the reply's body and
-// descriptors, or the errno the daemon answered.
+// descriptors, or the errno the daemon answered. While the socket
+// re-joins, it waits for it; a request the daemon's going failed is made
+// again on the new connection. (Requests that change what a re-join
+// replays go through stateCall.)
 func (s *Socket) request(op uint16, body []byte, fds ...int) ([]byte, []int, error) {
-	s.reqMu.Lock()
-	defer s.reqMu.Unlock()
+	for {
+		cc, err := s.waitConn()
+		if err != nil {
+			return nil, nil, err
+		}
+		rbody, rfds, err := s.requestOn(cc, op, body, fds...)
+		if err != nil && s.rejoinAfter(cc) {
+			continue
+		}
+		return rbody, rfds, err
+	}
+}
+
+// requestOn makes a request on the control connection cc.
+func (s *Socket) requestOn(cc *ctlConn, op uint16, body []byte, fds ...int) ([]byte, []int, error) {
+	cc.reqMu.Lock()
+	defer cc.reqMu.Unlock()
 	select {
 	case <-s.closed:
 		return nil, nil, net.ErrClosed
 	default:
 	}
-	if err := wire.Send(s.ctl, wire.Packet(op, body), fds...); err != nil {
+	if err := wire.Send(cc.c, wire.Packet(op, body), fds...); err != nil {
 		// A daemon that refused the connection said why before it
 		// closed it: that reply is the answer.
 		select {
-		case r := <-s.replies:
+		case r := <-cc.replies:
 			if rbody, rerr := wire.SplitReply(r.body); rerr != nil {
 				closeFDs(r.fds)
 				return rbody, nil, rerr
 			}
 			closeFDs(r.fds)
-		case <-s.ctlDone:
+		case <-cc.done:
 		}
-		return nil, nil, s.lostDaemon(err)
+		return nil, nil, s.lostDaemon(cc, err)
 	}
 	timer := time.NewTimer(s.reqTimeout)
 	defer timer.Stop()
 	select {
 	case <-timer.C:
-		return nil, nil, s.giveUp(op)
-	case r := <-s.replies:
+		return nil, nil, s.giveUp(cc, op)
+	case r := <-cc.replies:
 		if r.op != op|wire.ReplyBit {
 			closeFDs(r.fds)
 			return nil, nil, fmt.Errorf("daemon answered op %#x to op %d: %w", r.op, op, syscall.EPROTO)
@@ -143,8 +168,8 @@ func (s *Socket) request(op uint16, body []byte, fds ...int) ([]byte, []int, err
 			return nil, nil, err
 		}
 		return rbody, r.fds, nil
-	case <-s.ctlDone:
-		return nil, nil, s.lostDaemon(s.ctlErr)
+	case <-cc.done:
+		return nil, nil, s.lostDaemon(cc, cc.err)
 	case <-s.closed:
 		return nil, nil, net.ErrClosed
 	}
@@ -154,23 +179,23 @@ func (s *Socket) request(op uint16, body []byte, fds ...int) ([]byte, []int, err
 // within the request timeout (stopped, hung, or too loaded to serve): a
 // reply that came later would answer the wrong request. The socket is
 // unusable from then on, and says why.
-func (s *Socket) giveUp(op uint16) error {
+func (s *Socket) giveUp(cc *ctlConn, op uint16) error {
 	err := fmt.Errorf("the ipn daemon at %s did not answer request %d within %v (stopped or hung?): %w",
-		s.ctl.RemoteAddr(), op, s.reqTimeout, syscall.ETIMEDOUT)
+		cc.c.RemoteAddr(), op, s.reqTimeout, syscall.ETIMEDOUT)
 	s.mu.Lock()
-	if s.hung == nil {
-		s.hung = err
+	if cc.hung == nil {
+		cc.hung = err
 	}
 	s.mu.Unlock()
-	s.ctl.Close()
+	cc.c.Close()
 	return err
 }
 
 // lostDaemon describes a control connection that broke: the daemon
 // stopped or died, and every network this socket had is lost.
-func (s *Socket) lostDaemon(err error) error {
+func (s *Socket) lostDaemon(cc *ctlConn, err error) error {
 	s.mu.Lock()
-	hung := s.hung
+	hung := cc.hung
 	s.mu.Unlock()
 	if hung != nil {
 		return hung
@@ -179,7 +204,13 @@ func (s *Socket) lostDaemon(err error) error {
 	if err != nil && !errors.Is(err, io.EOF) {
 		why = fmt.Sprintf(" (%v)", err)
 	}
-	return fmt.Errorf("the ipn daemon at %s went away%s: the network is lost: %w", s.ctl.RemoteAddr(), why, syscall.ECONNRESET)
+	lost := ""
+	if n, known := s.Lost(); !known {
+		lost = "; an unknown number of messages sent were lost"
+	} else if n > 0 {
+		lost = fmt.Sprintf("; %s sent before were lost", plural(n, "message"))
+	}
+	return fmt.Errorf("the ipn daemon at %s went away%s: the network is lost%s: %w", cc.c.RemoteAddr(), why, lost, syscall.ECONNRESET)
 }
 
 // lostWait bounds how long a data path that ended waits for the control
@@ -189,38 +220,42 @@ const lostWait = 500 * time.Millisecond
 // lost is the error of a data path the daemon ended while the socket could
 // still use it: the daemon went away, or (its control connection still up)
 // it dropped this socket's port.
-func (s *Socket) lost() error {
+func (s *Socket) lost(cc *ctlConn) error {
 	t := time.NewTimer(lostWait)
 	defer t.Stop()
 	select {
 	case <-s.closed:
 		return net.ErrClosed
-	case <-s.ctlDone:
+	case <-cc.done:
 		if s.isClosed() {
 			return net.ErrClosed
 		}
-		return s.lostDaemon(s.ctlErr)
+		return s.lostDaemon(cc, cc.err)
 	case <-t.C:
 		return fmt.Errorf("the ipn daemon dropped this port: %w", syscall.ECONNRESET)
 	}
 }
 
 // Done returns a channel that is closed when the socket's connection to the
-// daemon ends: after Close, or when the daemon stopped or died.
-func (s *Socket) Done() <-chan struct{} { return s.ctlDone }
+// daemon ends for good: after Close, or when the daemon stopped or died
+// (with SetRejoin, only if it cannot re-join: see Err).
+func (s *Socket) Done() <-chan struct{} { return s.done }
 
 // Err returns nil until Done is closed; then net.ErrClosed if the socket
-// was closed, else why the daemon is gone (an error wrapping ECONNRESET).
+// was closed, else why the daemon is gone (an error wrapping ECONNRESET,
+// or ETIMEDOUT for a daemon that stopped answering).
 func (s *Socket) Err() error {
 	select {
-	case <-s.ctlDone:
+	case <-s.done:
 	default:
 		return nil
 	}
 	if s.isClosed() {
 		return net.ErrClosed
 	}
-	return s.lostDaemon(s.ctlErr)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.doneErr
 }
 
 // newReadSocket makes a socket for a request that only reads what a

@@ -12,23 +12,26 @@ import (
 	"github.com/ipn-project/ipn/internal/wire"
 )
 
-// sendCheck returns the data path if the socket may send n bytes.
-func (s *Socket) sendCheck(n int) (dataPath, error) {
+// sendCheck returns the data path, its control connection and the MTU if
+// the socket may send n bytes; errRejoining while it re-joins.
+func (s *Socket) sendCheck(n int) (dataPath, *ctlConn, int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch {
 	case s.isClosed():
-		return nil, net.ErrClosed
+		return nil, nil, 0, net.ErrClosed
 	case !s.connected:
-		return nil, syscall.ENOTCONN
+		return nil, nil, 0, syscall.ENOTCONN
+	case s.dp == nil:
+		return nil, s.cc, 0, errRejoining
 	case s.shutWrite || !s.canWrite:
-		return nil, syscall.EPIPE
+		return nil, nil, 0, syscall.EPIPE
 	case n > s.mtu:
-		return nil, syscall.EOVERFLOW
+		return nil, nil, 0, syscall.EOVERFLOW
 	case n == 0:
-		return nil, fmt.Errorf("empty message: %w", syscall.EINVAL)
+		return nil, nil, 0, fmt.Errorf("empty message: %w", syscall.EINVAL)
 	}
-	return s.dp, nil
+	return s.dp, s.cc, s.mtu, nil
 }
 
 // Send sends msg as one message to the network. It fails with EOVERFLOW
@@ -36,14 +39,55 @@ func (s *Socket) sendCheck(n int) (dataPath, error) {
 // ENOTCONN before Connect, and with an error wrapping ECONNRESET when the
 // daemon went away. In a lossless network it blocks while the
 // network's pool is full (up to the write deadline).
+//
+// With SetRejoin, a Send while the socket re-joins waits for it (up to the
+// write deadline) instead of failing.
 func (s *Socket) Send(msg []byte) error {
-	dp, err := s.sendCheck(len(msg))
-	if err == nil {
-		one := [1][]byte{msg}
-		_, err = send(dp, one[:])
-		err = s.sendErr(err)
-	}
+	one := [1][]byte{msg}
+	_, err := s.sendAll(one[:])
 	return s.opError("send", err)
+}
+
+// sendAll sends msgs in order, up to the first that Send would refuse,
+// and returns how many it sent. Each message a data path accepted counts
+// in sent; while the socket re-joins, it waits.
+func (s *Socket) sendAll(msgs [][]byte) (int, error) {
+	done := 0
+	for {
+		s.gate.RLock()
+		dp, cc, mtu, err := s.sendCheck(len(msgs[done]))
+		if err != nil {
+			s.gate.RUnlock()
+			if err == errRejoining {
+				if err = s.waitRejoin(cc, true); err == nil {
+					continue
+				}
+			}
+			return done, err
+		}
+		ok := done + 1
+		for ok < len(msgs) && len(msgs[ok]) > 0 && len(msgs[ok]) <= mtu {
+			ok++
+		}
+		n, err := send(dp, msgs[done:ok])
+		s.sent.Add(uint64(n))
+		s.gate.RUnlock()
+		done += n
+		if err != nil {
+			if !errors.Is(err, syscall.EPIPE) && !errors.Is(err, syscall.ECONNRESET) {
+				return done, err
+			}
+			// A data path the daemon closed: the network is lost, or
+			// with SetRejoin, the socket re-joins and sends the rest.
+			if err = s.afterLost(cc, true); err != nil {
+				return done, err
+			}
+			continue
+		}
+		if done == len(msgs) {
+			return done, nil
+		}
+	}
 }
 
 // send and recv call dp's methods on its concrete type (the two kinds of
@@ -69,15 +113,6 @@ func recv(dp dataPath, ms []Message, deadline time.Time, gen uint64) (int, error
 	panic("ipn: a data path of no known kind")
 }
 
-// sendErr maps the error of a send that sendCheck allowed: a data path the
-// daemon closed means the network is lost.
-func (s *Socket) sendErr(err error) error {
-	if errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) {
-		return s.lost()
-	}
-	return err
-}
-
 // SendBatch sends msgs in order, each as one message, and returns how many
 // it sent; it stops at the first that Send would refuse, with Send's error.
 // On the fast path a batch costs the daemon one wake-up at most.
@@ -85,34 +120,13 @@ func (s *Socket) SendBatch(msgs [][]byte) (int, error) {
 	if len(msgs) == 0 {
 		return 0, nil
 	}
-	dp, err := s.sendCheck(len(msgs[0]))
-	if err != nil {
-		return 0, s.opError("send", err)
-	}
-	s.mu.Lock()
-	mtu := s.mtu
-	s.mu.Unlock()
-	ok := len(msgs)
-	for i, m := range msgs {
-		if len(m) == 0 || len(m) > mtu {
-			ok = i
-			break
-		}
-	}
-	sent := 0
-	if ok > 0 {
-		sent, err = send(dp, msgs[:ok])
-		err = s.sendErr(err)
-	}
-	if err == nil && ok < len(msgs) {
-		_, err = s.sendCheck(len(msgs[ok]))
-	}
+	sent, err := s.sendAll(msgs)
 	return sent, s.opError("send", err)
 }
 
 // SendOOB sends msg out of band to the nodes that handle OOB messages.
 func (s *Socket) SendOOB(msg []byte) error {
-	if _, err := s.sendCheck(len(msg)); err != nil {
+	if _, _, _, err := s.sendCheck(len(msg)); err != nil && err != errRejoining {
 		return s.opError("sendoob", err)
 	}
 	_, _, err := s.request(wire.OpSendOOB, msg)
@@ -140,7 +154,8 @@ func (s *Socket) Read(b []byte) (int, error) {
 // any more, an error wrapping ECONNRESET when the daemon went away (the
 // network is lost; Err says the same), EPIPE if only the receive side is
 // shut down, ENOTCONN before Connect, and os.ErrDeadlineExceeded (wrapped)
-// when the read deadline passes.
+// when the read deadline passes. With SetRejoin, a Recv while the socket
+// re-joins returns what the old daemon had delivered, then waits.
 func (s *Socket) Recv(b []byte) (int, MsgFlags, error) {
 	ms := [1]Message{{Buf: b}}
 	if _, err := s.recv(ms[:]); err != nil {
@@ -186,8 +201,12 @@ func (s *Socket) recv(ms []Message) (int, error) {
 			return copyMsg(&ms[0], m, 0)
 		}
 		s.mu.Lock()
-		dp, connected, closed := s.dp, s.connected, s.isClosed()
+		dp, cc, connected, closed := s.dp, s.cc, s.connected, s.isClosed()
 		canRead, canWrite := s.canRead && !s.shutRead, s.canWrite && !s.shutWrite
+		var old dataPath // a daemon's that went: read it to its end first
+		if len(s.rj.drain) > 0 {
+			old = s.rj.drain[0]
+		}
 		s.mu.Unlock()
 		var err error
 		switch {
@@ -206,6 +225,22 @@ func (s *Socket) recv(ms []Message) (int, error) {
 				return 0, io.EOF
 			}
 			return 0, s.opError("recv", err)
+		}
+		if old != nil {
+			s.oobMu.Unlock()
+			got, err := recv(old, ms[:1], time.Time{}, old.gen())
+			if err != nil {
+				s.drained(old)
+				continue
+			}
+			return got, nil
+		}
+		if dp == nil { // re-joining
+			s.oobMu.Unlock()
+			if err := s.waitRejoin(cc, false); err != nil {
+				return 0, s.opError("recv", err)
+			}
+			continue
 		}
 		// An out-of-band message queued, or a deadline set, from now on
 		// interrupts the wait: it is taken after gen.
@@ -226,8 +261,12 @@ func (s *Socket) recv(ms []Message) (int, error) {
 			}
 			if errors.Is(err, io.EOF) {
 				// Only the daemon ends the data path of a socket that
-				// may still receive: the network is lost.
-				return 0, s.opError("recv", s.lost())
+				// may still receive: the network is lost, or with
+				// SetRejoin, the socket re-joins.
+				if err := s.afterLost(cc, false); err != nil {
+					return 0, s.opError("recv", err)
+				}
+				continue
 			}
 			return 0, s.opError("recv", unwrapNet(err))
 		}
@@ -272,13 +311,14 @@ func (s *Socket) oobBefore() bool {
 		if queued {
 			return true
 		}
-		if !s.ctlAlive() || !s.ctlPending() {
+		cc := s.conn()
+		if !ctlAlive(cc) || !ctlPending(cc) {
 			return false
 		}
 		t := time.NewTimer(ctlWait)
 		select {
 		case <-tick:
-		case <-s.ctlDone:
+		case <-cc.done:
 		case <-t.C:
 			t.Stop()
 			return false
@@ -297,7 +337,6 @@ func (s *Socket) SetDeadline(t time.Time) error {
 // Recv waiting takes the new deadline at once.
 func (s *Socket) SetReadDeadline(t time.Time) error {
 	s.oobMu.Lock()
-	defer s.oobMu.Unlock()
 	s.rdl = t
 	s.mu.Lock()
 	dp := s.dp
@@ -305,16 +344,20 @@ func (s *Socket) SetReadDeadline(t time.Time) error {
 	if dp != nil {
 		dp.interrupt() // a Recv waiting looks at rdl again
 	}
+	s.oobMu.Unlock()
+	s.bump() // and one waiting for a re-join
 	return nil
 }
 
 // SetWriteDeadline sets when Send gives up; the zero time means never.
 func (s *Socket) SetWriteDeadline(t time.Time) error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.wdl = t
+	var err error
 	if s.dp != nil {
-		return s.dp.setWriteDeadline(t)
+		err = s.dp.setWriteDeadline(t)
 	}
-	return nil
+	s.mu.Unlock()
+	s.bump() // a Send waiting for a re-join looks at it again
+	return err
 }

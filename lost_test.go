@@ -57,9 +57,9 @@ func portsVia(env []string, ipnc, path string) int {
 	return len(nets[0].Ports)
 }
 
-// Every command that holds a network says so and exits with status 1 when
-// its daemon goes away, killed or stopped, instead of exiting 0 in silence
-// or serving nothing.
+// Every command that holds a network, told not to re-join (--no-rejoin),
+// says so and exits with status 1 when its daemon goes away, killed or
+// stopped, instead of exiting 0 in silence or serving nothing.
 func TestCommandsSayTheDaemonWentAway(t *testing.T) {
 	requireRoot(t)
 	ipnc := ipnCommand(t)
@@ -69,13 +69,13 @@ func TestCommandsSayTheDaemonWentAway(t *testing.T) {
 			env := []string{"IPN_SOCKET=" + sock}
 			dir := tempDir(t)
 			net := filepath.Join(dir, "net")
-			cmds := map[string]*proc{"cat --bind": start(t, nil, env, ipnc, "cat", "--bind", "--recv-only", net)}
+			cmds := map[string]*proc{"cat --bind": start(t, nil, env, ipnc, "cat", "--no-rejoin", "--bind", "--recv-only", net)}
 			waitFor(t, 15*time.Second, "the binder", func() bool { return portsVia(env, ipnc, net) == 1 })
-			cmds["cat (fast path)"] = start(t, nil, env, ipnc, "cat", "--recv-only", net)
-			cmds["cat (socket path)"] = start(t, nil, append(env, "IPN_FASTPATH=0"), ipnc, "cat", "--recv-only", net)
-			cmds["cat --send-only"] = start(t, nil, env, ipnc, "cat", "--send-only", net)
-			cmds["dump"] = start(t, nil, env, ipnc, "dump", net)
-			cmds["vde"] = start(t, nil, env, ipnc, "vde", filepath.Join(dir, "lan"), filepath.Join(dir, "lan.vde"))
+			cmds["cat (fast path)"] = start(t, nil, env, ipnc, "cat", "--no-rejoin", "--recv-only", net)
+			cmds["cat (socket path)"] = start(t, nil, append(env, "IPN_FASTPATH=0"), ipnc, "cat", "--no-rejoin", "--recv-only", net)
+			cmds["cat --send-only"] = start(t, nil, env, ipnc, "cat", "--no-rejoin", "--send-only", net)
+			cmds["dump"] = start(t, nil, env, ipnc, "dump", "--no-rejoin", net)
+			cmds["vde"] = start(t, nil, env, ipnc, "vde", "--no-rejoin", filepath.Join(dir, "lan"), filepath.Join(dir, "lan.vde"))
 			waitFor(t, 15*time.Second, "the members", func() bool { return portsVia(env, ipnc, net) == 5 })
 			waitFor(t, 15*time.Second, "ipn vde serving", func() bool { return strings.Contains(cmds["vde"].stderr(), "serves VDE clients") })
 			d.cmd.Process.Signal(how)

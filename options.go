@@ -9,9 +9,15 @@ import (
 	"github.com/ipn-project/ipn/internal/wire"
 )
 
+// setOpt sets an option, recording it for a re-join to replay.
 func (s *Socket) setOpt(opt uint32, val []byte) error {
-	_, _, err := s.request(wire.OpSetOpt, append(wire.U32(opt), val...))
-	return err
+	return s.stateCall(func(cc *ctlConn) error {
+		if _, _, err := s.requestOn(cc, wire.OpSetOpt, append(wire.U32(opt), val...)); err != nil {
+			return err
+		}
+		s.recordOpt(opt, val)
+		return nil
+	})
 }
 
 func (s *Socket) getOpt(opt uint32) ([]byte, error) {

@@ -338,7 +338,9 @@ func TestCommandHelp(t *testing.T) {
 }
 
 // rawConnect sends OpConnect for path on the raw client c and returns the
-// reply and its descriptors, failing unless there are want of them.
+// reply and its data descriptors, failing unless there are want of them
+// (and, for a client of protocol 2, the status page after them, which it
+// closes).
 func rawConnect(t *testing.T, c *net.UnixConn, path string, want int) ([]byte, []int) {
 	t.Helper()
 	fd, err := unix.Open(path, unix.O_PATH|unix.O_CLOEXEC, 0)
@@ -350,11 +352,45 @@ func rawConnect(t *testing.T, c *net.UnixConn, path string, want int) ([]byte, [
 		t.Fatal(err)
 	}
 	reply, fds, err := wire.Recv(c, make([]byte, 256))
-	if err != nil || len(fds) != want {
+	if err != nil || (len(fds) != want && len(fds) != want+1) {
 		closeAll(fds)
-		t.Fatalf("connect reply: %v, %d fds, want %d", err, len(fds), want)
+		t.Fatalf("connect reply: %v, %d fds, want %d (and the status page)", err, len(fds), want)
 	}
-	return reply, fds
+	closeAll(fds[want:])
+	return reply, fds[:want]
+}
+
+// A client says its protocol version at hello and the daemon answers with
+// its own: a client of version 1 gets the data socket alone at connect,
+// one of version 2 the status page after it too (docs/protocol.md).
+func TestRawClientVersions(t *testing.T) {
+	path, _ := bindNet(t, nil)
+	for _, v := range []uint16{1, 2} {
+		c := rawClient(t)
+		if err := wire.Send(c, hello(v, 0)); err != nil {
+			t.Fatal(err)
+		}
+		reply, _, err := wire.Recv(c, make([]byte, 256))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, body, _ := wire.Split(reply)
+		if dv, build := wire.DecodeHelloReply(body[4:]); dv != wire.Version || build == "" {
+			t.Errorf("hello of version %d: the daemon said version %d, build %q", v, dv, build)
+		}
+		fd, err := unix.Open(path, unix.O_PATH|unix.O_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wire.Send(c, wire.Packet(wire.OpConnect, []byte(path)), fd)
+		unix.Close(fd)
+		_, fds, err := wire.Recv(c, make([]byte, 256))
+		closeAll(fds)
+		if want := int(v); err != nil || len(fds) != want {
+			t.Errorf("connect of a client of version %d: %v, %d descriptors, want %d", v, err, len(fds), want)
+		}
+		c.Close()
+	}
 }
 
 // A raw client joins with plain sockets, as docs/protocol.md describes; an

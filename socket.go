@@ -19,26 +19,34 @@ import (
 //
 // Send and Recv may be called concurrently with each other and with the
 // option calls; Close unblocks them all.
+//
+// Lock order: gate, then oobMu, then mu.
 type Socket struct {
-	proto Protocol
-	ctl   *net.UnixConn
+	proto      Protocol
+	dial       func() (*net.UnixConn, error) // the Dialer's, for re-joining
+	reqTimeout time.Duration                 // how long a request waits for its reply
+	once       sync.Once                     // for Close
+	closing    chan struct{}                 // closed when Close begins
+	closed     chan struct{}                 // closed by Close
+	done       chan struct{}                 // Done; closed by finish
+	doneOnce   sync.Once
 
-	reqMu      sync.Mutex    // one request at a time on ctl
-	reqTimeout time.Duration // how long a request waits for its reply
-	replies    chan ctlReply // from the control reader to the requester
-	ctlDone    chan struct{} // closed when the control reader exits
-	ctlErr     error         // why the control reader exited; read after ctlDone
-	once       sync.Once     // for Close
-	closed     chan struct{} // closed by Close
+	// gate is held shared by each Send while it uses the data path, and
+	// exclusively by the re-join to retire it: sent then counts, exactly,
+	// what that data path accepted.
+	gate sync.RWMutex
+	sent atomic.Uint64 // messages the current data path accepted
 
 	mu        sync.Mutex // guards the fields below
+	cc        *ctlConn   // the control connection to the daemon
+	doneErr   error      // why the socket is finished, once done is closed
 	path      string     // network path once bound or connected
 	mode      os.FileMode
 	modeSet   bool       // SetMode was called
 	file      fileID     // the network file's identity, once bound or connected by path
 	ended     bool       // the daemon said this socket's leaving ended the network
-	hung      error      // why the control connection was given up: a reply that never came
 	vde       *vdeServer // the VDE service of ServeVDE, or nil
+	rj        rejoinState
 	bound     bool
 	connected bool
 	dp        dataPath // how messages move once connected: sockPath or fastPath
@@ -64,6 +72,20 @@ type Socket struct {
 	fastOff bool // guarded by mu: Connect must not ask for the fast path
 }
 
+// ctlConn is one control connection to a daemon and its reader.
+type ctlConn struct {
+	c       *net.UnixConn
+	reqMu   sync.Mutex    // one request at a time on c
+	replies chan ctlReply // from the control reader to the requester
+	done    chan struct{} // closed when the control reader exits
+	err     error         // why the control reader exited; read after done
+	hung    error         // guarded by Socket.mu: why c was given up, a reply that never came
+}
+
+func newCtlConn(c *net.UnixConn) *ctlConn {
+	return &ctlConn{c: c, replies: make(chan ctlReply), done: make(chan struct{})}
+}
+
 type ctlReply struct {
 	op   uint16
 	body []byte
@@ -87,25 +109,50 @@ func newSocket(proto Protocol, dial func() (*net.UnixConn, error), timeout time.
 	}
 	s := &Socket{
 		proto:      proto,
-		ctl:        ctl,
+		dial:       dial,
+		cc:         newCtlConn(ctl),
 		reqTimeout: timeout,
-		replies:    make(chan ctlReply),
-		ctlDone:    make(chan struct{}),
+		closing:    make(chan struct{}),
 		closed:     make(chan struct{}),
+		done:       make(chan struct{}),
 		mode:       DefaultMode,
 		port:       -1,
 		fastOff:    os.Getenv(spec.FastPathEnv) == "0",
 		ctlTick:    make(chan struct{}),
 	}
-	go s.readControl()
-	hello := make([]byte, 4)
-	hello[0], hello[1] = byte(wire.Version), byte(wire.Version>>8)
-	hello[2], hello[3] = byte(proto), byte(proto>>8)
-	if _, _, err := s.request(wire.OpHello, hello); err != nil {
+	s.rj.init()
+	go s.readControl(s.cc)
+	if err := s.hello(s.cc, proto); err != nil {
 		s.Close()
 		return nil, &net.OpError{Op: "socket", Net: "ipn", Err: err}
 	}
 	return s, nil
+}
+
+// hello says hello on cc for protocol proto.
+func (s *Socket) hello(cc *ctlConn, proto Protocol) error {
+	hello := make([]byte, 4)
+	hello[0], hello[1] = byte(wire.Version), byte(wire.Version>>8)
+	hello[2], hello[3] = byte(proto), byte(proto>>8)
+	_, _, err := s.requestOn(cc, wire.OpHello, hello)
+	return err
+}
+
+// conn returns the current control connection.
+func (s *Socket) conn() *ctlConn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cc
+}
+
+// finish closes Done, once; err says why (nil: Close).
+func (s *Socket) finish(err error) {
+	s.doneOnce.Do(func() {
+		s.mu.Lock()
+		s.doneErr = err
+		s.mu.Unlock()
+		close(s.done)
+	})
 }
 
 func closeFDs(fds []int) {
@@ -160,13 +207,19 @@ func (s *Socket) Shutdown(how How) error {
 	if how&^ShutReadWrite != 0 || how == 0 {
 		return s.opError("shutdown", syscall.EINVAL)
 	}
-	if _, _, err := s.request(wire.OpShutdown, wire.U32(uint32(how))); err != nil {
+	err := s.stateCall(func(cc *ctlConn) error {
+		if _, _, err := s.requestOn(cc, wire.OpShutdown, wire.U32(uint32(how))); err != nil {
+			return err
+		}
+		s.mu.Lock()
+		s.shutRead = s.shutRead || how&ShutRead != 0
+		s.shutWrite = s.shutWrite || how&ShutWrite != 0
+		s.mu.Unlock()
+		return nil
+	})
+	if err != nil {
 		return s.opError("shutdown", err)
 	}
-	s.mu.Lock()
-	s.shutRead = s.shutRead || how&ShutRead != 0
-	s.shutWrite = s.shutWrite || how&ShutWrite != 0
-	s.mu.Unlock()
 	if how&ShutRead != 0 {
 		s.oobMu.Lock()
 		s.oobq, s.held = nil, nil
@@ -204,9 +257,11 @@ const ctlWait = 100 * time.Millisecond
 // closeTimeout bounds how long Close waits for the daemon.
 const closeTimeout = 5 * time.Second
 
-// Close leaves the network and releases the socket. It is idempotent.
+// Close leaves the network and releases the socket, stopping its re-join
+// if one runs. It is idempotent.
 func (s *Socket) Close() error {
 	s.once.Do(func() {
+		close(s.closing) // a re-join stops, and requests stop waiting for one
 		s.mu.Lock()
 		v := s.vde
 		s.mu.Unlock()
@@ -214,25 +269,33 @@ func (s *Socket) Close() error {
 			v.stop() // its clients' requests need the control connection
 		}
 		close(s.closed)
+		s.rj.wg.Wait() // the re-join has stopped: cc and dp stay as they are
 		// Data first: the daemon takes what was sent up to the data
 		// socket's end before it drops the port, when ctl closes.
 		s.mu.Lock()
-		if s.dp != nil {
-			s.dp.close()
-		}
+		cc, dp, drain := s.cc, s.dp, s.rj.drain
+		s.rj.drain = nil
 		s.mu.Unlock()
+		if dp != nil {
+			dp.close()
+		}
+		for _, d := range drain {
+			d.close()
+		}
 		// Then wait, briefly, for the daemon to release the port: a
 		// port is free again once Close returns.
-		s.ctl.CloseWrite()
+		cc.c.CloseWrite()
 		t := time.NewTimer(closeTimeout)
 		select {
-		case <-s.ctlDone:
+		case <-cc.done:
 		case <-t.C:
 		}
 		t.Stop()
-		s.ctl.Close()
-		<-s.ctlDone
+		cc.c.Close()
+		<-cc.done
+		s.rj.release()
 		s.removeEnded()
+		s.finish(nil)
 	})
 	return nil
 }

@@ -111,10 +111,17 @@ type vdeServer struct {
 // vdeClient is one VDE port: its client's control stream, the port, and
 // the name of the switch-side data socket in the directory.
 type vdeClient struct {
-	ctl  *net.UnixConn
-	port int
-	name string
-	id   fileID
+	ctl   *net.UnixConn
+	name  string
+	id    fileID
+	who   string
+	descr string
+
+	mu   sync.Mutex
+	port int // guarded by mu
+	// data is this process's copy of the switch's data socket, kept (when
+	// the socket re-joins) to hand to a new daemon, or -1; guarded by mu.
+	data int
 }
 
 func newVDEServer(s *Socket, dir, netPath string, opts VDEOptions) (*vdeServer, error) {
@@ -386,7 +393,67 @@ func (v *vdeServer) serve(ctl *net.UnixConn, peer vdePeer) {
 // leave ends a client's port and removes its data socket's name.
 func (v *vdeServer) leave(cl *vdeClient) {
 	v.unlink(cl.name, cl.id) // before the port goes: a listing without it means no file
-	v.s.request(wire.OpVDELeave, wire.U32(uint32(cl.port)))
+	cl.mu.Lock()
+	port := cl.port
+	if cl.data >= 0 {
+		unix.Close(cl.data)
+		cl.data = -1
+	}
+	cl.mu.Unlock()
+	v.s.request(wire.OpVDELeave, wire.U32(uint32(port)))
+}
+
+// rejoin makes the clients ports of the network again, after the socket
+// re-joined a new daemon: each with its control stream and the data
+// socket this process kept, asking for the port it had. A client that
+// cannot be (its data socket was not kept, or the daemon refuses) is
+// told, its control stream closed, and named in the log.
+func (v *vdeServer) rejoin() {
+	v.mu.Lock()
+	clients := make([]*vdeClient, 0, len(v.clients))
+	for cl := range v.clients {
+		clients = append(clients, cl)
+	}
+	v.mu.Unlock()
+	for _, cl := range clients {
+		if err := v.rejoinClient(cl); err != nil {
+			v.log.Warn("vde: client lost when the daemon went away", "dir", v.dir, "client", cl.who, "err", err)
+			cl.ctl.Close() // serve then removes it
+			continue
+		}
+		v.log.Info("vde: client joined again after the daemon went away", "dir", v.dir, "client", cl.who, "port", cl.port)
+	}
+}
+
+func (v *vdeServer) rejoinClient(cl *vdeClient) error {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	if cl.data < 0 {
+		return fmt.Errorf("its data socket was not kept: %w", syscall.ENOTCONN)
+	}
+	raw, err := cl.ctl.SyscallConn()
+	if err != nil {
+		return err
+	}
+	stream := -1
+	var derr error
+	if err := raw.Control(func(fd uintptr) { stream, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return err
+	}
+	if derr != nil {
+		return derr
+	}
+	defer unix.Close(stream)
+	body, _, err := v.s.request(wire.OpVDEJoin, wire.EncodeVDEJoin(cl.port, cl.descr), stream, cl.data)
+	var p uint32
+	if err == nil {
+		p, err = wire.GetU32(body)
+	}
+	if err != nil {
+		return err
+	}
+	cl.port = int(p)
+	return nil
 }
 
 // readRequest reads a client's request: one write of at most
@@ -435,7 +502,14 @@ func (v *vdeServer) join(ctl *net.UnixConn, peer vdePeer) (*vdeClient, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: data socket %s: %w", who, req.Path, err)
 	}
-	defer unix.Close(data) // the daemon has its own once the port is made
+	// The daemon has its own once the port is made; a socket that
+	// re-joins keeps this one for the next daemon.
+	keep := v.s.rejoinOn()
+	defer func() {
+		if !keep {
+			unix.Close(data)
+		}
+	}()
 	// The daemon reads who the client is from the control stream itself.
 	var stream int
 	var derr error
@@ -453,10 +527,14 @@ func (v *vdeServer) join(ctl *net.UnixConn, peer vdePeer) (*vdeClient, error) {
 		return nil, fmt.Errorf("%s: %w", who, err)
 	}
 	port := int(p)
-	cl := &vdeClient{ctl: ctl, port: port, name: fmt.Sprintf("%03d.%d", port, data)}
+	cl := &vdeClient{ctl: ctl, port: port, name: fmt.Sprintf("%03d.%d", port, data), who: who, descr: req.Descr, data: -1}
 	if err := v.bindData(cl, data, cc); err != nil {
+		keep = false
 		v.s.request(wire.OpVDELeave, wire.U32(uint32(port)))
 		return nil, fmt.Errorf("%s: %w", who, err)
+	}
+	if keep {
+		cl.data = data
 	}
 	if _, err := ctl.Write(vdeproto.EncodeAddr(filepath.Join(v.dir, cl.name))); err != nil {
 		v.leave(cl)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -28,7 +29,19 @@ func TestHello(t *testing.T) {
 	_, _, err := c.request(wire.OpGetOpt, wire.U32(wire.OptMTU))
 	wantErr(t, "get before hello", err, syscall.EPROTO)
 	_, _, err = c.request(wire.OpHello, helloBody(wire.Version+1, 0))
-	wantErr(t, "hello of another version", err, syscall.EPROTONOSUPPORT, "protocol version 2")
+	wantErr(t, "hello of a newer version", err, syscall.EPROTONOSUPPORT,
+		fmt.Sprintf("protocol version %d", wire.Version+1), fmt.Sprintf("speaks %d..%d", wire.MinVersion, wire.Version), "ipn daemon --takeover")
+	_, _, err = c.request(wire.OpHello, helloBody(0, 0))
+	wantErr(t, "hello of version 0", err, syscall.EPROTONOSUPPORT, "protocol version 0")
+	// A client of the oldest version is served, and told the daemon's.
+	old := dial(t, d.Socket)
+	res, _, err := old.request(wire.OpHello, helloBody(wire.MinVersion, 0))
+	if err != nil {
+		t.Fatalf("hello of version %d: %v", wire.MinVersion, err)
+	}
+	if v, build := wire.DecodeHelloReply(res); v != wire.Version || build == "" {
+		t.Errorf("hello reply: version %d build %q, want %d and a build", v, build, wire.Version)
+	}
 	_, _, err = c.request(wire.OpHello, helloBody(wire.Version, 999))
 	wantErr(t, "hello of an unknown policy", err, syscall.EPROTONOSUPPORT, "policy 999")
 	_, _, err = c.request(wire.OpHello, []byte{1})

@@ -17,6 +17,7 @@ import (
 	"github.com/ipn-project/ipn/endpoint"
 	"github.com/ipn-project/ipn/engine"
 	"github.com/ipn-project/ipn/internal/shmring"
+	"github.com/ipn-project/ipn/internal/spec"
 	"github.com/ipn-project/ipn/internal/wire"
 	"github.com/ipn-project/ipn/policy"
 	"github.com/ipn-project/ipn/port/seqpacket"
@@ -37,6 +38,7 @@ type session struct {
 
 	// The fields below belong to the serve goroutine.
 	hello     bool
+	version   int        // the protocol version the client said at hello
 	proto     policy.Tag // said at hello; Any: whatever the network's is
 	netCfg    engine.Config
 	portOpts  engine.PortOptions
@@ -47,6 +49,7 @@ type session struct {
 	data      *net.UnixConn        // daemon's end of the data socket, or nil
 	wantFast  bool                 // the client asked for the fast path
 	fast      *shm.Endpoint        // the port's rings on the fast path, or nil
+	status    *statusPage          // the port's status page (status.go), or nil
 	vde       map[int]*engine.Port // ports of VDE clients this session serves
 	paged     []byte               // a paged answer being read (OpList, OpPolicy)
 	pagedOp   uint16               // the op it answers
@@ -162,7 +165,9 @@ func (ss *session) handle(op uint16, body []byte, fds []int) (reply []byte, rfds
 	var res []byte
 	switch op {
 	case wire.OpHello:
-		err = ss.doHello(body)
+		if err = ss.doHello(body); err == nil {
+			res = wire.EncodeHelloReply(wire.Version, spec.Build())
+		}
 	case wire.OpSetOpt:
 		err = ss.doSetOpt(body)
 	case wire.OpGetOpt:
@@ -202,13 +207,14 @@ func (ss *session) doHello(body []byte) error {
 		return wire.ErrMalformed
 	}
 	v, proto := uint16(body[0])|uint16(body[1])<<8, policy.Tag(uint16(body[2])|uint16(body[3])<<8)
-	if v != wire.Version {
-		return fmt.Errorf("protocol version %d: %w", v, syscall.EPROTONOSUPPORT)
+	if v < wire.MinVersion || v > wire.Version {
+		return fmt.Errorf("protocol version %d: this daemon (%s) speaks %d..%d: replace it with a newer one (ipn daemon --takeover) or use an older program: %w",
+			v, spec.Build(), wire.MinVersion, wire.Version, syscall.EPROTONOSUPPORT)
 	}
 	if _, _, ok := policy.Lookup(proto); proto != policy.Any && !ok {
 		return fmt.Errorf("policy %d: %w", proto, syscall.EPROTONOSUPPORT)
 	}
-	ss.hello, ss.proto = true, proto
+	ss.hello, ss.proto, ss.version = true, proto, int(v)
 	return nil
 }
 
@@ -569,17 +575,47 @@ func (ss *session) doConnect(fds []int) (reply []byte, rfds []int, err error) {
 			ep = seqpacket.Lossy{Endpoint: sp}
 		}
 	}
+	// The status page, after the data descriptors; without one (no
+	// memfd), the client only cannot count what a crash lost. It is
+	// charged nothing: one page a port, bounded by the port limit.
+	var st *statusPage
+	var serr error
+	if ss.version >= 2 { // a client of version 1 takes the data descriptors only
+		st, serr = newStatusPage()
+	}
+	if serr != nil {
+		ss.srv.log.Warn("no status page", "client", ss.cred, "err", serr)
+	} else if st != nil {
+		if fd := st.FD(); fd >= 0 {
+			rfds = append(rfds, fd)
+		} else {
+			st.Close()
+			st = nil
+		}
+	}
 	uid, acct, charge := ss.cred.UID, ss.srv.acct, held
-	opts.OnLeave = func() { acct.give(uid, charge) }
+	opts.OnLeave = func() {
+		acct.give(uid, charge)
+		if st != nil {
+			st.leave()
+		}
+	}
 	port, err := n.Join(ep, opts)
 	if err != nil {
 		ep.Close()
 		closeFDs(rfds)
+		if st != nil {
+			st.Close()
+		}
 		ss.data, ss.fast = nil, nil
 		if errors.Is(err, syscall.EADDRNOTAVAIL) {
 			err = withHint(err, "ipn ls "+cfg.Name+" shows who holds the ports")
 		}
 		return nil, nil, err
+	}
+	if st != nil {
+		st.attach(port) // before the reply: the client cannot send yet
+		ss.status = st
 	}
 	ss.port = port
 	ss.holds.Store(true)

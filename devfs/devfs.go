@@ -158,6 +158,9 @@ type Options struct {
 	// Lines makes the files line-oriented (see the package documentation):
 	// reads end each message with '\n', writes strip one trailing '\n'.
 	Lines bool
+	// Rejoin makes each open file's socket re-join its network when the
+	// daemon goes away (ipn.Socket.SetRejoin), instead of failing.
+	Rejoin bool
 }
 
 // FS is the file system: its root directory and the files open in it.
@@ -527,6 +530,11 @@ func (n *netNode) Open(ctx context.Context, req *fuse.OpenRequest, resp *fuse.Op
 		return fail(err)
 	}
 	h.s = s
+	if n.fs.opts.Rejoin {
+		if err := s.SetRejoin(true); err != nil {
+			return fail(err)
+		}
+	}
 	if !wantW {
 		if err := s.Shutdown(ipn.ShutWrite); err != nil {
 			return fail(err)

@@ -25,6 +25,7 @@ type catOptions struct {
 	count                    int
 	notices                  bool
 	vde                      string
+	noRejoin                 bool
 }
 
 func catCmd() *cobra.Command {
@@ -45,8 +46,11 @@ without w it only receives; --send-only without w, --recv-only without r
 
 When stdin ends, cat keeps receiving until interrupted (exit status 130
 for SIGINT, 143 for SIGTERM) or --count messages arrived (status 0); with
---send-only it exits. If the daemon goes away, the network is lost: cat
-says so and exits with status 1.
+--send-only it exits. If the daemon goes away, cat re-joins when a daemon
+answers again (started anew if none runs), making the network again with
+--bind, and goes on; it says so on stderr, with the number of messages it
+had sent that the old daemon never delivered. With --no-rejoin the network
+is lost instead: cat says so and exits with status 1.
 
 The network's shape (--ports, --mtu, --pool, --lossless, --excl, --mode,
 --vde) is set by --bind; given without it, they are refused.
@@ -77,6 +81,7 @@ Examples:
 	f.IntVarP(&o.count, "count", "n", 0, "exit after receiving this many messages")
 	f.BoolVar(&o.notices, "notices", false, "print notices of reader/writer counts to stderr")
 	f.StringVar(&o.vde, "vde", "", "with --bind, also serve the network to VDE clients at this directory")
+	f.BoolVar(&o.noRejoin, "no-rejoin", false, "exit when the daemon goes away instead of re-joining")
 	return cmd
 }
 
@@ -86,7 +91,7 @@ var bindOnly = []string{"ports", "mtu", "pool", "lossless", "excl", "mode", "vde
 
 // setup makes the socket, sets its options and binds/connects it; changed
 // reports whether the user gave a flag.
-func (o *catOptions) setup(path string, changed func(string) bool) (*ipn.Socket, error) {
+func (o *catOptions) setup(path string, changed func(string) bool, stderr io.Writer) (*ipn.Socket, error) {
 	if o.recvOnly && o.sendOnly {
 		return nil, errors.New("--recv-only and --send-only exclude each other")
 	}
@@ -130,6 +135,7 @@ func (o *catOptions) setup(path string, changed func(string) bool) (*ipn.Socket,
 	// A flag given is passed on as given, 0 included: the daemon refuses
 	// what is out of range, saying what is allowed.
 	steps := []func() error{
+		func() error { return setRejoin(s, !o.noRejoin, "ipn cat", path, stderr) },
 		func() error { return s.SetMode(os.FileMode(mode)) },
 		func() error { return setIf(changed("ports"), s.SetNumNodes, o.ports) },
 		func() error { return setIf(changed("mtu"), s.SetMTU, o.mtu) },
@@ -197,7 +203,7 @@ func setIf(cond bool, set func(int) error, v int) error {
 }
 
 func runCat(ctx context.Context, cmd *cobra.Command, path string, o *catOptions) error {
-	s, err := o.setup(path, cmd.Flags().Changed)
+	s, err := o.setup(path, cmd.Flags().Changed, cmd.ErrOrStderr())
 	if err != nil {
 		return err
 	}
@@ -342,6 +348,40 @@ func catRecv(s *ipn.Socket, out io.Writer, o *catOptions, stderr io.Writer) erro
 		got++
 	}
 	return nil
+}
+
+// setRejoin makes s re-join (if on) when its daemon goes away, telling
+// stderr each time as prog: "ipn cat: NET: the daemon at SOCK restarted;
+// rejoined as port 3; 12 messages sent before were lost".
+func setRejoin(s *ipn.Socket, on bool, prog, path string, stderr io.Writer) error {
+	if !on {
+		return nil
+	}
+	s.OnRejoin(func(r ipn.Rejoin) {
+		if !r.Rejoined {
+			fmt.Fprintf(stderr, "%s: %s: the daemon at %s went away; re-joining\n", prog, path, r.Daemon)
+			return
+		}
+		as := "joined again"
+		if r.Port >= 0 {
+			as = fmt.Sprintf("rejoined as port %d", r.Port)
+		}
+		fmt.Fprintf(stderr, "%s: %s: the daemon at %s restarted; %s; %s\n", prog, path, r.Daemon, as, lostText(r.Lost, r.LostKnown))
+	})
+	return s.SetRejoin(true)
+}
+
+// lostText says how many messages sent before a daemon went away were lost.
+func lostText(n uint64, known bool) string {
+	switch {
+	case !known:
+		return "an unknown number of messages sent before were lost (the daemon kept no count)"
+	case n == 0:
+		return "no message sent before was lost"
+	case n == 1:
+		return "1 message sent before was lost"
+	}
+	return fmt.Sprintf("%d messages sent before were lost", n)
 }
 
 // daemonRuns fails, starting no daemon, when none runs: then there is no

@@ -32,8 +32,9 @@ func init() {
 const dumpSnaplen = 65535
 
 type dumpOptions struct {
-	write string
-	count int
+	write    string
+	count    int
+	noRejoin bool
 }
 
 func dumpCmd() *cobra.Command {
@@ -70,9 +71,11 @@ record stamped with its receive time and flushed at once, so a reader
 following the file (or a pipe, with -w -) sees frames as they arrive.
 
 dump runs until it has captured -c frames (exit status 0), is interrupted
-(SIGINT, SIGTERM: status 130, 143) or loses the network because the daemon
-went away (status 1, saying so); then it closes the output cleanly and
-prints "ipn dump: N frames captured" to stderr.
+(SIGINT, SIGTERM: status 130, 143) or, with --no-rejoin, loses the network
+because the daemon went away (status 1, saying so); then it closes the
+output cleanly and prints "ipn dump: N frames captured" to stderr. Without
+--no-rejoin, when the daemon goes away dump joins again once a daemon
+serves the network (saying so on stderr) and goes on capturing.
 
 Capturing needs r permission on the network file, and a monitor port x
 (manage) too, since it sees the members' unicast traffic; w is not needed.
@@ -98,6 +101,7 @@ Examples:
 	f := cmd.Flags()
 	f.StringVarP(&o.write, "write", "w", "", "write a pcap capture to `FILE` (- for stdout) instead of decoded lines")
 	f.IntVarP(&o.count, "count", "c", 0, "exit after capturing `N` frames (0: no limit)")
+	f.BoolVar(&o.noRejoin, "no-rejoin", false, "exit when the daemon goes away instead of re-joining")
 	return cmd
 }
 
@@ -105,17 +109,17 @@ Examples:
 // user may not manage the network (no x) or the daemon has no monitor
 // ports, as an ordinary receiver, saying so on stderr. It explains the
 // errors a user can fix.
-func joinToCapture(path string) (*ipn.Socket, error) {
+func joinToCapture(path string, rejoin bool) (*ipn.Socket, error) {
 	if _, err := ipn.List(path); errors.Is(err, ipn.ErrNoDaemon) {
 		return nil, fmt.Errorf("%w: no network at %s to capture", err, path)
 	}
-	s, err := joinReceiveOnly(path, true)
+	s, err := joinReceiveOnly(path, true, rejoin)
 	if errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.ENOPROTOOPT) {
 		why := "no x (manage) permission on the network file"
 		if errors.Is(err, syscall.ENOPROTOOPT) {
 			why = "the ipn daemon has no monitor ports"
 		}
-		if s, err = joinReceiveOnly(path, false); err == nil && s.CanRead() {
+		if s, err = joinReceiveOnly(path, false, rejoin); err == nil && s.CanRead() {
 			fmt.Fprintf(os.Stderr, "ipn dump: %s, so no monitor port: capturing only what the network's policy delivers to this port (on a hub, every frame; on a switch, only flooded ones)\n", why)
 		}
 	}
@@ -136,12 +140,15 @@ func joinToCapture(path string) (*ipn.Socket, error) {
 
 // joinReceiveOnly joins the network at path with its send side shut down,
 // as a monitor port if monitor is set.
-func joinReceiveOnly(path string, monitor bool) (*ipn.Socket, error) {
+func joinReceiveOnly(path string, monitor, rejoin bool) (*ipn.Socket, error) {
 	s, err := ipn.NewSocket(ipn.Any)
 	if err != nil {
 		return nil, err
 	}
-	err = s.SetDescription("ipn dump")
+	err = setRejoin(s, rejoin, "ipn dump", path, os.Stderr)
+	if err == nil {
+		err = s.SetDescription("ipn dump")
+	}
 	if err == nil && monitor {
 		err = s.SetMonitor(true)
 	}
@@ -168,7 +175,7 @@ func runDump(ctx context.Context, cmd *cobra.Command, path string, o *dumpOption
 	if o.count < 0 {
 		return fmt.Errorf("--count %d: want 0 (no limit) or more", o.count)
 	}
-	s, err := joinToCapture(path)
+	s, err := joinToCapture(path, !o.noRejoin)
 	if err != nil {
 		return err
 	}

@@ -16,7 +16,7 @@ func init() { commands = append(commands, mountCmd) }
 
 func mountCmd() *cobra.Command {
 	var nets []string
-	var debug, lines bool
+	var debug, lines, noRejoin bool
 	cmd := &cobra.Command{
 		Use:   "mount DIR",
 		Short: "Show networks as device files in DIR (FUSE)",
@@ -48,12 +48,13 @@ Examples:
   head -n1 /dev/ipn/tmp_chat           # receive one, as a line`,
 		Args: cobra.ExactArgs(1),
 		RunE: interruptible(func(ctx context.Context, cmd *cobra.Command, args []string) error {
-			return runMount(ctx, args[0], nets, devfs.Options{Lines: lines}, debug)
+			return runMount(ctx, args[0], nets, devfs.Options{Lines: lines, Rejoin: !noRejoin}, debug)
 		}),
 	}
 	cmd.Flags().StringArrayVar(&nets, "net", nil, "show only the network at this path (repeatable)")
 	cmd.Flags().BoolVar(&lines, "lines", false, "line mode: reads add a missing trailing newline, writes strip one")
 	cmd.Flags().BoolVar(&debug, "debug", false, "log FUSE requests")
+	cmd.Flags().BoolVar(&noRejoin, "no-rejoin", false, "an open file fails when the daemon goes away, instead of re-joining")
 	return cmd
 }
 

@@ -26,6 +26,7 @@ func plugCmd() *cobra.Command {
 		reconnect bool
 		descr     string
 		persist   bool
+		noRejoin  bool
 	)
 	cmd := &cobra.Command{
 		Use:   "plug PATH URL",
@@ -72,7 +73,10 @@ UDP, VXLAN and vxvde carry no authentication and no encryption: run them on
 a trusted segment or inside WireGuard or IPsec (docs/multihost.md).
 
 When the far end goes away, plug exits with an error (0 when stdin just
-ended), or with --reconnect opens it again, waiting longer each time.`,
+ended), or with --reconnect opens it again, waiting longer each time.
+When the daemon goes away, a cable's plug re-joins the network once a
+daemon answers again and goes on (--no-rejoin: it exits with status 1);
+a tap:// or grab:// plug exits, its port gone with the daemon.`,
 		Args: cobra.ExactArgs(2),
 		RunE: interruptible(func(ctx context.Context, cmd *cobra.Command, args []string) error {
 			if scheme, name, ok := strings.Cut(args[1], "://"); ok && (scheme == "tap" || scheme == "grab") {
@@ -84,12 +88,13 @@ ended), or with --reconnect opens it again, waiting longer each time.`,
 			if err := checkScheme(args[1]); err != nil {
 				return err
 			}
-			return runPlug(ctx, cmd, args[0], args[1], reconnect, descr)
+			return runPlug(ctx, cmd, args[0], args[1], reconnect, descr, !noRejoin)
 		}),
 	}
 	cmd.Flags().BoolVar(&reconnect, "reconnect", false, "open the far end again when it goes away")
 	cmd.Flags().StringVar(&descr, "descr", "", "port description (default: cable URL)")
 	cmd.Flags().BoolVar(&persist, "persist", false, "tap://, grab://: the port stays after plug exits")
+	cmd.Flags().BoolVar(&noRejoin, "no-rejoin", false, "exit when the daemon goes away instead of re-joining")
 	return cmd
 }
 
@@ -116,12 +121,15 @@ func checkScheme(url string) error {
 	return nil
 }
 
-func runPlug(ctx context.Context, cmd *cobra.Command, path, url string, reconnect bool, descr string) error {
+func runPlug(ctx context.Context, cmd *cobra.Command, path, url string, reconnect bool, descr string, rejoin bool) error {
 	s, err := ipn.NewSocket(ipn.Any)
 	if err != nil {
 		return err
 	}
 	defer s.Close()
+	if err := setRejoin(s, rejoin, "ipn plug", path, cmd.ErrOrStderr()); err != nil {
+		return err
+	}
 	if descr == "" {
 		descr = "cable " + url
 		if len(descr) > 128 {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"strings"
@@ -20,6 +21,7 @@ func init() {
 
 func vdeCmd() *cobra.Command {
 	var proto, mode, group string
+	var noRejoin bool
 	cmd := &cobra.Command{
 		Use:   "vde PATH DIR",
 		Short: "Serve a network to VDE clients (QEMU, vde_plug) at a VDE switch directory",
@@ -44,7 +46,13 @@ default the network file's); DIR gets r-x for the same classes.
 
 Each client's rights come from the network file's rights for its user,
 ACLs included (no w: it only receives; no r: it only sends; neither:
-refused), bounded by yours; its data socket must be its own.`,
+refused), bounded by yours; its data socket must be its own.
+
+When the daemon goes away, ipn vde binds the network again once a daemon
+answers (making it again, with its shape), keeps serving new clients, and
+hands the clients it served to the new daemon with the data sockets it
+kept; a client it cannot hand over is named in its log and its control
+stream closed. With --no-rejoin it exits with status 1 instead.`,
 		Args: cobra.ExactArgs(2),
 		RunE: interruptible(func(ctx context.Context, cmd *cobra.Command, args []string) error {
 			p, ok := ipn.ProtocolByName(proto)
@@ -60,7 +68,7 @@ refused), bounded by yours; its data socket must be its own.`,
 				opts.Mode = os.FileMode(m)
 			}
 			opts.Group = group
-			s, err := bindVDE(args[0], p, cmd.Flags().Changed("proto"))
+			s, err := bindVDE(args[0], p, cmd.Flags().Changed("proto"), !noRejoin, cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
@@ -79,6 +87,7 @@ refused), bounded by yours; its data socket must be its own.`,
 	}
 	cmd.Flags().StringVarP(&proto, "proto", "p", "switch", "policy of a network made here; an existing network is served as it is unless --proto names a policy, which must then be its own")
 	cmd.Flags().StringVarP(&mode, "mode", "m", "", "octal mode of DIR/ctl, as vde_switch -m (default: what the network file's rights need)")
+	cmd.Flags().BoolVar(&noRejoin, "no-rejoin", false, "exit when the daemon goes away instead of re-joining")
 	cmd.Flags().StringVarP(&group, "group", "g", "", "group of DIR and DIR/ctl, name or number, as vde_switch -g (default: the network file's)")
 	return cmd
 }
@@ -86,13 +95,15 @@ refused), bounded by yours; its data socket must be its own.`,
 // bindVDE binds the network at path to serve it: a network made here gets
 // proto; an existing one is taken as it is, unless the user asked for
 // proto, which must then be the network's.
-func bindVDE(path string, proto ipn.Protocol, asked bool) (*ipn.Socket, error) {
+func bindVDE(path string, proto ipn.Protocol, asked, rejoin bool, stderr io.Writer) (*ipn.Socket, error) {
 	for {
 		s, err := ipn.NewSocket(proto)
 		if err != nil {
 			return nil, err
 		}
-		err = s.Bind(path)
+		if err = setRejoin(s, rejoin, "ipn vde", path, stderr); err == nil {
+			err = s.Bind(path)
+		}
 		if err == nil {
 			return s, nil
 		}

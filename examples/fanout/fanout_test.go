@@ -189,7 +189,8 @@ func TestFanoutEndToEnd(t *testing.T) {
 	}
 
 	cat := func(name string, args ...string) *proc {
-		return start(t, name, env, ipnBin, append(append([]string{"cat"}, args...), media)...)
+		// --no-rejoin: the members end with the server, below.
+		return start(t, name, env, ipnBin, append(append([]string{"cat", "--no-rejoin"}, args...), media)...)
 	}
 	a, b, c := cat("consumer A"), cat("consumer B"), cat("consumer C")
 	a.send("+audio")

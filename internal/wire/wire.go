@@ -22,8 +22,28 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Version is the protocol version a client announces in OpHello.
-const Version = 1
+// Version is the protocol version a client announces in OpHello, and the
+// newest a daemon speaks. Version 2 added the status page of a connect's
+// reply and the hello's reply (EncodeHelloReply).
+const Version = 2
+
+// MinVersion is the oldest protocol version a daemon still serves.
+const MinVersion = 1
+
+// EncodeHelloReply encodes the body of a daemon's reply to OpHello: the
+// protocol version it speaks (u16), then its build (spec.Build).
+func EncodeHelloReply(version int, build string) []byte {
+	return append([]byte{byte(version), byte(version >> 8)}, build...)
+}
+
+// DecodeHelloReply parses a hello's reply: a daemon of version 1 says
+// nothing (version 1, build "").
+func DecodeHelloReply(b []byte) (version int, build string) {
+	if len(b) < 2 {
+		return 1, ""
+	}
+	return int(b[0]) | int(b[1])<<8, string(b[2:])
+}
 
 // Ops of the control protocol.
 const (
@@ -264,6 +284,18 @@ type ConnectReply struct {
 	CanRead  bool
 	CanWrite bool
 }
+
+// A Connect reply passes, after the data descriptors (the data socket, or
+// FastPathFDs), one more: the member's status page, a memfd of
+// StatusPageSize bytes, little-endian, that the client maps read-only. At
+// 0 is StatusMagic; at StatusDoneOffset a u64, the count of the member's
+// messages the daemon has finished with (delivered to every destination,
+// or dropped). A reply without it is an older daemon's.
+const (
+	StatusPageSize   = 4096
+	StatusMagic      = 0x31544154534e5049 // "IPNSTAT1"
+	StatusDoneOffset = 8
+)
 
 // ConnectReplyLen is the encoded length of a ConnectReply.
 const ConnectReplyLen = 12
