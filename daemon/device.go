@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -29,11 +30,28 @@ type devKey struct {
 }
 
 type devPort struct {
-	key     devKey
-	port    *engine.Port // set under devices.mu once joined
-	maker   uint32       // the user who attached it
-	persist bool         // guarded by devices.mu
-	owner   *session     // guarded by devices.mu; nil when no session holds it
+	key   devKey
+	port  *engine.Port // set under devices.mu once joined
+	maker uint32       // the user who attached it
+	// kind (wire.DevTap or wire.DevGrab) and its sides, as attached, are
+	// set before the port is known, or, for a port taken over from
+	// another daemon, when its holder entry is adopted (holderClient.mu).
+	kind    byte
+	noRead  bool
+	noWrite bool
+	persist bool     // guarded by devices.mu
+	owner   *session // guarded by devices.mu; nil when no session holds it
+
+	// Its entry in the holder (holder_daemon.go), while persistent.
+	held bool // guarded by devices.mu; the holder has its entry
+	gone bool // guarded by devices.mu; the port has left
+	// hid is its entry's id in the holder; hfds the descriptors the entry
+	// is put with (dups of the device's and of the network file's, kept
+	// from attach to unhold, so that they cannot be closed and reused
+	// under a put); meta the metadata last put. Guarded by holderClient.mu.
+	hid  string
+	hfds []int
+	meta []byte
 }
 
 // devices are the device ports of a daemon.
@@ -41,6 +59,9 @@ type devices struct {
 	mu     sync.Mutex
 	byKey  map[devKey]*devPort       // guarded by mu
 	byPort map[*engine.Port]*devPort // guarded by mu
+
+	srv    atomic.Pointer[server] // the daemon's, set at start and at attach
+	holder holderClient           // the holder of the persistent ones
 }
 
 func newDevices() devices {
@@ -106,50 +127,55 @@ func (ss *session) doDevice(body []byte, fds []int) ([]byte, error) {
 	if len(name) >= unix.IFNAMSIZ || printable([]byte(name)) != name || strings.ContainsAny(name, "/ ") {
 		return nil, fmt.Errorf("device name %q: %w", name, syscall.EINVAL)
 	}
+	ds.srv.Store(ss.srv)
+	persist := flags&wire.DevPersist != 0
+	d := &devPort{key: key, maker: ss.cred.UID, kind: kind, noRead: !r.R, noWrite: !r.W, persist: persist, owner: ss}
+	if persist {
+		// The descriptors the holder gets, dups of the client's.
+		if d.hfds, err = dupFDs(fd, nf.fd); err != nil {
+			return nil, err
+		}
+	}
 	keep, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
+		closeFDs(d.hfds)
 		return nil, err
 	}
-	var ep endpoint.Endpoint
-	var descr string
-	switch kind {
-	case wire.DevTap:
-		if err := checkTap(keep, name); err != nil {
-			unix.Close(keep)
-			return nil, err
-		}
-		descr = "tap " + name
-		ep, err = tap.New(keep, name)
-	case wire.DevGrab:
-		if err := checkPacket(keep); err != nil {
-			unix.Close(keep)
-			return nil, err
-		}
-		descr = "grab " + name
-		ep, err = grab.New(keep, name)
-	default:
-		unix.Close(keep)
-		return nil, fmt.Errorf("device kind %d: %w", kind, syscall.EINVAL)
+	port, err := ds.attach(ss.srv, d, keep, -1)
+	if err != nil {
+		closeFDs(d.hfds)
+		return nil, err
 	}
+	ss.srv.log.Info("device port", "network", ss.bound.Name(), "port", port.Num(), "device", port.Options().Description,
+		"sides", r.String()[:2], "persist", persist, "by", ss.cred)
+	if persist {
+		ds.hold(d)
+	}
+	return wire.U32(uint32(port.Num())), nil
+}
+
+// attach makes the device fd (owned from then on) the port d of network
+// d.key.net, at port want (-1: any), charging its maker a port.
+func (ds *devices) attach(srv *server, d *devPort, fd int, want int) (*engine.Port, error) {
+	ep, descr, err := deviceEndpoint(d.kind, fd, d.key.name)
 	if err != nil {
 		return nil, err
 	}
-	if err := ss.srv.acct.take(ss.cred.UID, usage{ports: 1}); err != nil {
+	uid, acct := d.maker, srv.acct
+	if err := acct.take(uid, usage{ports: 1}); err != nil {
 		ep.Close()
 		return nil, err
 	}
-	uid, acct := ss.cred.UID, ss.srv.acct
 	ds.mu.Lock()
-	if ds.byKey[key] != nil {
+	if ds.byKey[d.key] != nil {
 		ds.mu.Unlock()
 		ep.Close()
 		acct.give(uid, usage{ports: 1})
-		return nil, fmt.Errorf("device %s already attached: %w", name, syscall.EADDRINUSE)
+		return nil, fmt.Errorf("device %s already attached: %w", d.key.name, syscall.EADDRINUSE)
 	}
-	d := &devPort{key: key, maker: uid, persist: flags&wire.DevPersist != 0, owner: ss}
-	port, err := ss.bound.Join(ep, engine.PortOptions{
-		Want: -1, Description: descr, Peer: fmt.Sprintf("device uid %d", uid), // listings ask describe
-		NoRead: !r.R, NoWrite: !r.W,
+	port, err := d.key.net.Join(ep, engine.PortOptions{
+		Want: want, Description: descr, Peer: fmt.Sprintf("device uid %d", uid), // listings ask describe
+		NoRead: d.noRead, NoWrite: d.noWrite,
 		// A tap or a grabbed interface leads to the kernel's networks,
 		// where a bridge may close a loop: a link, which loop probes test.
 		Link: true,
@@ -166,21 +192,75 @@ func (ss *session) doDevice(body []byte, fds []int) ([]byte, error) {
 	}
 	// The port's leaving waits for mu, so it sees d complete.
 	d.port = port
-	ds.byKey[key], ds.byPort[port] = d, d
+	ds.byKey[d.key], ds.byPort[port] = d, d
 	ds.mu.Unlock()
-	ss.srv.log.Info("device port", "network", ss.bound.Name(), "port", port.Num(), "device", descr,
-		"sides", r.String()[:2], "persist", flags&wire.DevPersist != 0, "by", ss.cred)
-	return wire.U32(uint32(port.Num())), nil
+	return port, nil
 }
 
-// forget drops the device port d once its port has left.
+// deviceEndpoint returns a port's endpoint on fd, a device of kind named
+// name, which owns fd from then on, and the port's description. It closes
+// fd if it is not such a device.
+func deviceEndpoint(kind byte, fd int, name string) (endpoint.Endpoint, string, error) {
+	switch kind {
+	case wire.DevTap:
+		if err := checkTap(fd, name); err != nil {
+			unix.Close(fd)
+			return nil, "", err
+		}
+		ep, err := tap.New(fd, name)
+		return ep, "tap " + name, err
+	case wire.DevGrab:
+		if err := checkPacket(fd); err != nil {
+			unix.Close(fd)
+			return nil, "", err
+		}
+		ep, err := grab.New(fd, name)
+		return ep, "grab " + name, err
+	}
+	unix.Close(fd)
+	return nil, "", fmt.Errorf("device kind %d: %w", kind, syscall.EINVAL)
+}
+
+// dupFDs returns dups of fds, or none.
+func dupFDs(fds ...int) ([]int, error) {
+	var out []int
+	for _, fd := range fds {
+		d, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			closeFDs(out)
+			return nil, fmt.Errorf("dup: %w", err)
+		}
+		out = append(out, d)
+	}
+	return out, nil
+}
+
+// forget drops the device port d once its port has left, and its entry
+// in the holder unless the daemon is stopping (the next daemon brings it
+// back then).
 func (ds *devices) forget(d *devPort) {
 	ds.mu.Lock()
-	defer ds.mu.Unlock()
 	if ds.byKey[d.key] == d {
 		delete(ds.byKey, d.key)
 	}
 	delete(ds.byPort, d.port)
+	d.gone = true
+	holding := d.held || d.persist // it may have descriptors for the holder
+	ds.mu.Unlock()
+	if holding {
+		srv := ds.srv.Load()
+		go ds.unhold(d, srv != nil && !stopping(srv)) // OnLeave must not block
+	}
+}
+
+// stopping reports whether the daemon srv is stopping.
+func stopping(srv *server) bool {
+	select {
+	case <-srv.stop:
+		return true
+	default:
+		return false
+	}
 }
 
 // mayTake reports whether ss may take over or clear d: its maker's user,
@@ -259,6 +339,7 @@ func (ds *devices) clearPersist(ss *session, key devKey, nf *netFile) error {
 	d.persist = false
 	orphan := d.owner == nil
 	ds.mu.Unlock()
+	ds.unhold(d, true)
 	if orphan {
 		d.port.Close()
 	}

@@ -125,6 +125,7 @@ func Serve(ctx context.Context, cfg Config) error {
 	if cfg.IdleExit > 0 {
 		s.idle = time.AfterFunc(cfg.IdleExit, cancel)
 	}
+	s.restoreHeld()
 	s.log.Info("serving", "socket", cfg.Socket, "pid", os.Getpid(), "uid", os.Geteuid())
 	if cfg.Ready != nil {
 		cfg.Ready()

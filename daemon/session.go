@@ -406,47 +406,61 @@ func (ss *session) create(fd int, id fileID, st *unix.Stat_t) (*engine.Network, 
 	if ss.cred.UID != 0 && ss.cred.UID != st.Uid {
 		return nil, ss.noNetwork(st, fmt.Errorf("only its owner (uid %d) may make one: %w", st.Uid, syscall.ECONNREFUSED))
 	}
+	cfg := ss.netCfg
+	cfg.Proto = ss.proto
+	n, err := ss.srv.createNetwork(fd, id, cfg, ss.cred.UID, "")
+	if err != nil {
+		return nil, err
+	}
+	ss.srv.log.Info("network created", "path", n.Name(), "proto", n.Config().Proto, "by", ss.cred)
+	return n, nil
+}
+
+// createNetwork makes a network of cfg on the file behind fd (of identity
+// id), which has no live network, charging creator for it. Its name is the
+// file's path, or name if the file has none (removed) and name is not "".
+func (s *server) createNetwork(fd int, id fileID, cfg engine.Config, creator uint32, name string) (*engine.Network, error) {
 	nf, err := pin(fd, id)
 	if err != nil {
 		return nil, err
 	}
 	path := nf.name()
 	if path == "" {
+		path = name
+	}
+	if path == "" {
 		nf.close()
 		return nil, fmt.Errorf("the network file has no path (removed?): %w", syscall.ENOENT)
 	}
-	cfg := ss.netCfg
-	cfg.Proto = ss.proto
 	cfg, err = cfg.WithDefaults()
 	if err != nil {
 		nf.close()
 		return nil, err
 	}
 	cfg.Name, cfg.Data = path, nf
-	nf.creator, nf.memory = ss.cred.UID, netMemory(cfg)
+	nf.creator, nf.memory = creator, netMemory(cfg)
 	charge := usage{networks: 1, memory: nf.memory} // the policy's tables once it exists
-	if err := ss.srv.acct.take(nf.creator, charge); err != nil {
+	if err := s.acct.take(nf.creator, charge); err != nil {
 		nf.close()
 		return nil, err
 	}
-	acct := ss.srv.acct
+	acct := s.acct
 	cfg.OnDelete = func() {
 		nf.mu.Lock()
 		acct.give(nf.creator, usage{networks: 1, memory: nf.memory})
 		nf.mu.Unlock()
 		nf.close()
 	}
-	n, err := ss.srv.engine.Create(id, cfg)
+	n, err := s.engine.Create(id, cfg)
 	if err != nil {
 		acct.give(nf.creator, charge)
 		nf.close()
 		return nil, err
 	}
-	if err := ss.srv.recharge(n, func() error { return nil }, nil); err != nil {
+	if err := s.recharge(n, func() error { return nil }, nil); err != nil {
 		n.Release() // gives back the charge
 		return nil, err
 	}
-	ss.srv.log.Info("network created", "path", path, "proto", n.Config().Proto, "by", ss.cred)
 	return n, nil
 }
 

@@ -119,6 +119,7 @@ func lastLine(path string) string {
 // one, and then exits; otherwise it returns at once. Package
 // daemon/autostart calls it from its init.
 func RunIfChild() {
+	runHolderIfChild() // the holder of device ports (holder.go), if that is what this process is
 	switch os.Getenv(childEnv) {
 	case "1":
 		// Stage one: start the daemon itself, detached, and go.

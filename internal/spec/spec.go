@@ -62,6 +62,9 @@ const (
 	FastPathEnv = "IPN_FASTPATH"
 	// DaemonChildEnv marks a program re-executed to be a daemon.
 	DaemonChildEnv = "IPN_DAEMON_CHILD"
+	// HolderChildEnv marks a program a daemon re-executed to be its
+	// holder of persistent device ports.
+	HolderChildEnv = "IPN_HOLDER_CHILD"
 	// SpinEnv sets how long a side of the fast path (a client or the
 	// daemon) polls its ring before it sleeps: a duration such as 50us,
 	// or 0 never to poll (see shmring.Spin).
