@@ -48,6 +48,10 @@ type Config struct {
 	// HelloTimeout is how long a new connection may take to say hello
 	// before it is dropped; DefaultHelloTimeout if zero.
 	HelloTimeout time.Duration
+	// Takeover makes the daemon take over from the one serving Socket,
+	// which hands it every network, port and member (see takeover.go),
+	// or start afresh if none serves there.
+	Takeover bool
 	// MaxFiles, if positive, sets the daemon's descriptor limit
 	// (RLIMIT_NOFILE); otherwise root's daemon takes as many as the
 	// kernel allows a process.
@@ -76,6 +80,14 @@ type server struct {
 	idle     *time.Timer           // guarded by mu; nil unless IdleExit
 	wg       sync.WaitGroup
 
+	// A takeover's (takeover.go): lock is the daemon lock's file; gate,
+	// while not nil, parks the accept loop, which says so on parked;
+	// handed is closed once another daemon owns everything.
+	lock   *os.File
+	gate   chan struct{} // guarded by mu
+	parked chan struct{}
+	handed chan struct{}
+
 	devices devices
 }
 
@@ -96,6 +108,8 @@ func newServer(cfg Config) *server {
 		refusing: make(chan struct{}, 64),
 		sessions: make(map[*session]struct{}),
 		devices:  newDevices(),
+		parked:   make(chan struct{}, 1),
+		handed:   make(chan struct{}),
 	}
 }
 
@@ -106,19 +120,43 @@ func Serve(ctx context.Context, cfg Config) error {
 		cfg.Socket = DefaultSocket()
 	}
 	s := newServer(cfg)
-	lock, err := lockDaemon(cfg.Socket)
-	if err != nil {
-		return err
-	}
-	defer lock.Close()
-	ln, err := listen(cfg.Socket)
-	if err != nil {
-		return err
-	}
-	s.ln = ln
 	if err := setFileLimit(cfg.MaxFiles); err != nil {
-		ln.Close()
 		return err
+	}
+	took := false
+	if cfg.Takeover {
+		switch err := s.takeOver(); {
+		case err == nil:
+			took = true
+		case errors.Is(err, errNone):
+			s.log.Info("no daemon to take over; starting afresh", "socket", cfg.Socket)
+		default:
+			return err
+		}
+	}
+	if !took {
+		lock, err := lockDaemon(cfg.Socket)
+		if err != nil {
+			return err
+		}
+		ln, err := listen(cfg.Socket)
+		if err != nil {
+			lock.Close()
+			return err
+		}
+		s.ln, s.lock = ln, lock
+	}
+	defer s.lock.Close()
+	ln := s.ln
+	tln, err := s.listenTakeover()
+	if err != nil {
+		s.log.Warn("no takeovers", "err", err)
+	} else {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.serveTakeovers(tln)
+		}()
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -130,17 +168,31 @@ func Serve(ctx context.Context, cfg Config) error {
 	if cfg.Ready != nil {
 		cfg.Ready()
 	}
+	if err := notifySystemd(); err != nil {
+		s.log.Warn("cannot tell systemd the daemon is ready", "err", err)
+	}
 	acceptDone := make(chan struct{})
 	go func() {
 		defer close(acceptDone)
 		s.acceptLoop()
 	}()
-	<-ctx.Done()
+	select {
+	case <-ctx.Done():
+	case <-s.handed:
+		// Everything is the new daemon's: leave it as it is, closing
+		// nothing (the process's exit closes this one's copies).
+		s.log.Info("exiting after the takeover")
+		return nil
+	}
 	s.log.Info("stopping")
 	close(s.stop)
 	// Unlink first so that no new client reaches this daemon.
 	os.Remove(cfg.Socket)
 	ln.Close()
+	if tln != nil {
+		os.Remove(TakeoverSocket(cfg.Socket))
+		tln.Close()
+	}
 	<-acceptDone
 	s.engine.Close()
 	s.mu.Lock()
@@ -202,6 +254,20 @@ func (s *server) acceptLoop() {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
+			s.mu.Lock()
+			gate := s.gate
+			s.mu.Unlock()
+			if gate != nil { // a takeover's freeze: wait until it is over
+				s.parked <- struct{}{}
+				select {
+				case <-gate:
+					continue
+				case <-s.handed:
+					return
+				case <-s.stop:
+					return
+				}
+			}
 			pause = min(max(2*pause, 5*time.Millisecond), time.Second)
 			s.log.Warn("accept failed; retrying", "err", err, "pause", pause)
 			t := time.NewTimer(pause)
@@ -246,6 +312,16 @@ func (s *server) admit(conn *net.UnixConn) {
 	ss := &session{srv: s, conn: conn, cred: c}
 	s.mu.Lock()
 	s.sessions[ss] = struct{}{}
+	s.mu.Unlock()
+	s.run(ss)
+}
+
+// run serves a session of s.sessions on a goroutine of its own, until the
+// client goes (the session is then dropped, and its connection given back
+// to its user's account) or a takeover's freeze stops it.
+func (s *server) run(ss *session) {
+	ss.out = make(chan struct{})
+	s.mu.Lock()
 	if s.idle != nil {
 		s.idle.Stop()
 	}
@@ -253,8 +329,11 @@ func (s *server) admit(conn *net.UnixConn) {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		ss.serve()
-		s.acct.give(c.UID, usage{conns: 1})
+		defer close(ss.out)
+		if ss.serve() {
+			return // frozen: it stays for a takeover, or resumes
+		}
+		s.acct.give(ss.cred.UID, usage{conns: 1})
 		s.mu.Lock()
 		delete(s.sessions, ss)
 		if s.idle != nil && len(s.sessions) == 0 {

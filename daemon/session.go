@@ -32,6 +32,10 @@ type session struct {
 	cred cred
 
 	wmu sync.Mutex // serializes writes on conn (replies and OOB events)
+	// frozen stops serve between two requests, for a takeover; out is
+	// closed when serve has returned (run).
+	frozen atomic.Bool
+	out    chan struct{}
 	// holds is set once the session is bound or connected: its network
 	// ends if the daemon stops.
 	holds atomic.Bool
@@ -57,28 +61,39 @@ type session struct {
 
 // serve answers the client's requests until it closes the connection or
 // breaks the protocol, then releases everything the session holds.
-func (ss *session) serve() {
-	defer ss.close()
-	ss.portOpts.Want = -1
+// serve reports true if a takeover's freeze stopped it: then it has
+// released nothing, and the session may be served again or handed over.
+func (ss *session) serve() (frozen bool) {
+	defer func() {
+		if !frozen {
+			ss.close()
+		}
+	}()
 	buf := make([]byte, wire.HeaderLen+engine.MaxMTU+64)
-	ss.conn.SetReadDeadline(time.Now().Add(ss.srv.cfg.HelloTimeout))
+	if !ss.hello {
+		ss.portOpts.Want = -1
+		ss.conn.SetReadDeadline(time.Now().Add(ss.srv.cfg.HelloTimeout))
+	}
 	for {
 		pkt, fds, err := wire.Recv(ss.conn, buf)
 		if err != nil {
+			if ss.frozen.Load() && errors.Is(err, os.ErrDeadlineExceeded) {
+				return true
+			}
 			switch {
 			case errors.Is(err, os.ErrDeadlineExceeded):
 				ss.srv.log.Warn("dropping client that did not say hello", "client", ss.cred, "after", ss.srv.cfg.HelloTimeout)
 			case !wire.IsEOF(err) && !errors.Is(err, net.ErrClosed):
 				ss.srv.log.Warn("dropping client", "client", ss.cred, "err", err)
 			}
-			return
+			return false
 		}
 
 		op, body, err := wire.Split(pkt)
 		if err != nil {
 			closeFDs(fds)
 			ss.srv.log.Warn("dropping client", "client", ss.cred, "err", err)
-			return
+			return false
 		}
 		wasHello := ss.hello
 		reply, rfds := ss.handle(op, body, fds)
@@ -89,7 +104,7 @@ func (ss *session) serve() {
 		sendErr := ss.send(reply, rfds...)
 		closeFDs(rfds)
 		if sendErr != nil {
-			return
+			return false
 		}
 	}
 }

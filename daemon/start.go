@@ -41,12 +41,25 @@ func Start(socket string) error {
 	if socket == "" {
 		socket = DefaultSocket()
 	}
-	return start(socket)
+	return start(socket, false)
 }
+
+// StartTakeover starts a daemon in the background on socket (DefaultSocket()
+// if empty) that takes over from the one serving there, if one does (see
+// Config.Takeover), and returns once it serves.
+func StartTakeover(socket string) error {
+	if socket == "" {
+		socket = DefaultSocket()
+	}
+	return start(socket, true)
+}
+
+// takeoverEnv tells the re-executed daemon to take over.
+const takeoverEnv = "IPN_DAEMON_TAKEOVER"
 
 // start runs a daemon on socket and waits until it serves. A lock makes
 // racing starters take turns; the later ones find the daemon running.
-func start(socket string) error {
+func start(socket string, takeover bool) error {
 	if err := CheckSocket(socket); err != nil {
 		return fmt.Errorf("start ipn daemon: %w", err)
 	}
@@ -63,7 +76,9 @@ func start(socket string) error {
 	}
 	if c, err := ctlsock.Dial(socket); err == nil {
 		c.Close()
-		return nil
+		if !takeover {
+			return nil
+		}
 	} else if errors.Is(err, ctlsock.ErrNotDaemon) {
 		return err
 	}
@@ -86,6 +101,9 @@ func start(socket string) error {
 	// daemon is adopted by init and this process leaves no zombie.
 	cmd := exec.Command(exe)
 	cmd.Env = append(os.Environ(), childEnv+"=1", SocketEnv+"="+socket)
+	if takeover {
+		cmd.Env = append(cmd.Env, takeoverEnv+"=1")
+	}
 	cmd.Stderr = logf
 	cmd.ExtraFiles = []*os.File{w}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -138,11 +156,14 @@ func RunIfChild() {
 		os.Exit(0)
 	case "2":
 		os.Unsetenv(childEnv)
+		takeover := os.Getenv(takeoverEnv) == "1"
+		os.Unsetenv(takeoverEnv)
 		ready := os.NewFile(3, "ready")
 		log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 		err := Serve(ctx, Config{
 			IdleExit: AutoIdleExit,
+			Takeover: takeover,
 			Logger:   log,
 			Ready: func() {
 				ready.Write([]byte{1})

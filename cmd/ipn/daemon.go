@@ -28,6 +28,7 @@ func daemonCmd() *cobra.Command {
 		memMiB     int64
 		hello      time.Duration
 		maxFiles   int
+		takeover   bool
 	)
 	cmd := &cobra.Command{
 		Use:   "daemon",
@@ -40,6 +41,12 @@ $IPN_SOCKET overrides the place. Programs start a daemon by themselves when
 none answers, so this command is for running one as a service.
 SIGTERM or SIGINT stops it, closing every port.
 
+--takeover replaces the daemon serving the socket (to upgrade it) without
+its members noticing: the running daemon hands this one every network,
+port, member and queued message, then exits; if this one fails, the old
+one serves on. Only the daemon's own user (root for the system daemon) may
+take over. With no daemon there, it starts as usual.
+
 Each user but root is limited (--max-*), so that no user can exhaust the
 daemon for the others; a request over a limit fails and names it.`,
 		Args: cobra.NoArgs,
@@ -51,7 +58,11 @@ daemon for the others; a request over a limit fails and names it.`,
 				return err
 			}
 			if !foreground {
-				if err := daemon.Start(socket); err != nil {
+				start := daemon.Start
+				if takeover {
+					start = daemon.StartTakeover
+				}
+				if err := start(socket); err != nil {
 					return err
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "ipn daemon serving %s\n", socket)
@@ -88,10 +99,12 @@ daemon for the others; a request over a limit fails and names it.`,
 				Limits:       limits,
 				HelloTimeout: hello,
 				MaxFiles:     maxFiles,
+				Takeover:     takeover,
 			})
 		},
 	}
 	cmd.Flags().BoolVarP(&foreground, "foreground", "f", false, "serve in this process instead of starting a background daemon")
+	cmd.Flags().BoolVar(&takeover, "takeover", false, "take over from the daemon serving the socket, which hands everything over and exits (an upgrade)")
 	cmd.Flags().StringVar(&socket, "socket", "", "control socket path (default $IPN_SOCKET, "+daemon.SystemSocket+" for root, else per user)")
 	cmd.Flags().StringVar(&cpuprofile, "cpuprofile", "", "with --foreground, write a CPU profile (go tool pprof) here when stopped")
 	cmd.Flags().BoolVar(&noFast, "no-fast-path", false, "with --foreground, give every member a socket, not shared-memory rings")

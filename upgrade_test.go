@@ -1,0 +1,319 @@
+package ipn_test
+
+import (
+	"encoding/binary"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ipn-project/ipn"
+)
+
+// The tests of this file upgrade a daemon under load: ipn daemon
+// --takeover, run as a process of its own, takes everything from the
+// daemon serving the socket, which exits; members notice nothing.
+
+// takeoverDaemon runs "ipn daemon -f --takeover" on sock and waits until
+// old, the daemon it replaces, has exited with status 0.
+func takeoverDaemon(t *testing.T, sock string, old *proc) *proc {
+	t.Helper()
+	d := start(t, nil, nil, ipnCommand(t), "daemon", "-f", "--takeover", "--socket", sock)
+	if err := old.wait(15 * time.Second); err != nil {
+		t.Fatalf("the old daemon, taken over: %v\nits log:\n%s\nthe new one's:\n%s", err, old.stderr(), d.stderr())
+	}
+	select {
+	case <-d.done:
+		t.Fatalf("the new daemon exited: %v\n%s", d.err, d.stderr())
+	default:
+	}
+	return d
+}
+
+// streamer sends numbered messages (its id, then a sequence number) as
+// fast as the network takes them, until stop.
+type streamer struct {
+	id   byte
+	sent atomic.Uint64
+	err  error
+	done chan struct{}
+}
+
+func stream(s *ipn.Socket, id byte, stop <-chan struct{}) *streamer {
+	st := &streamer{id: id, done: make(chan struct{})}
+	go func() {
+		defer close(st.done)
+		msg := make([]byte, 64)
+		msg[0] = id
+		for i := uint64(0); ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			binary.LittleEndian.PutUint64(msg[1:], i)
+			if err := s.Send(msg); err != nil {
+				st.err = err
+				return
+			}
+			st.sent.Store(i + 1)
+		}
+	}()
+	return st
+}
+
+// checker receives the streams on s and checks that each sender's
+// messages arrive once each, in order.
+type checker struct {
+	mu     sync.Mutex
+	next   map[byte]uint64
+	bad    error
+	last   time.Time
+	maxGap time.Duration // the longest wait between two messages
+}
+
+func check(t *testing.T, s *ipn.Socket) *checker {
+	c := &checker{next: map[byte]uint64{}}
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			n, _, err := s.Recv(buf)
+			if err != nil {
+				return
+			}
+			if n != 64 {
+				continue // a loop probe
+			}
+			id, seq := buf[0], binary.LittleEndian.Uint64(buf[1:])
+			c.mu.Lock()
+			if now := time.Now(); !c.last.IsZero() && now.Sub(c.last) > c.maxGap {
+				c.maxGap = now.Sub(c.last)
+			}
+			c.last = time.Now()
+			if want := c.next[id]; seq != want && c.bad == nil {
+				c.bad = fmt.Errorf("from sender %d: message %d, want %d", id, seq, want)
+			}
+			c.next[id] = seq + 1
+			c.mu.Unlock()
+		}
+	}()
+	return c
+}
+
+func (c *checker) got(id byte) uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.next[id]
+}
+
+var pingRE = regexp.MustCompile(`(\d+) packets transmitted, (\d+) received`)
+
+// Two upgrades under load: a lossless hub carries two streams at full
+// rate, one sent on the fast path and one on a socket, to a receiver on
+// each; every receiver gets every message once and in order. On a switch
+// network, a tap in a namespace pings another, and Debian's vde_plug
+// exchanges frames with a member, across both upgrades.
+func TestUpgradeUnderLoad(t *testing.T) {
+	netnsNeed(t, "ping", "vde_plug")
+	sock, d1 := ownDaemon(t)
+	dial := &ipn.Dialer{Socket: sock}
+	env := []string{"IPN_SOCKET=" + sock}
+	dir := tempDir(t)
+
+	hub := filepath.Join(dir, "hub")
+	mgr, err := dial.NewSocket(ipn.Hub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mgr.Close()
+	mgr.SetFlags(ipn.Lossless)
+	mgr.SetMsgPoolSize(256)
+	if err := mgr.Bind(hub); err != nil {
+		t.Fatal(err)
+	}
+	joinHub := func(fast bool, how ipn.How) *ipn.Socket {
+		s, err := dial.NewSocket(ipn.Any)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		s.SetFastPath(fast)
+		if err := s.Connect(hub); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Shutdown(how); err != nil {
+			t.Fatal(err)
+		}
+		if s.FastPath() != fast {
+			t.Fatalf("fast path %v, want %v", s.FastPath(), fast)
+		}
+		return s
+	}
+	fastRecv, sockRecv := check(t, joinHub(true, ipn.ShutWrite)), check(t, joinHub(false, ipn.ShutWrite))
+	stop := make(chan struct{})
+	senders := []*streamer{stream(joinHub(true, ipn.ShutRead), 1, stop), stream(joinHub(false, ipn.ShutRead), 2, stop)}
+
+	// The switch: two taps in two namespaces, and a VDE client.
+	sw := filepath.Join(dir, "switch")
+	bindAtWith(t, dial, ipn.VDESwitch, sw)
+	ns1, ns2 := netnsAdd(t, "upg1"), netnsAdd(t, "upg2")
+	tap1, tap2 := devName("ua"), devName("ub")
+	for i, x := range [][2]string{{ns1, tap1}, {ns2, tap2}} {
+		p := start(t, nil, env, "ip", "netns", "exec", x[0], ipnCommand(t), "plug", sw, "tap://"+x[1])
+		waitFor(t, waitProcs, "tap "+x[1], func() bool {
+			select {
+			case <-p.done:
+				t.Fatalf("ipn plug tap://%s: %v\n%s", x[1], p.err, p.stderr())
+			default:
+			}
+			_, err := exec.Command("ip", "-n", x[0], "link", "show", x[1]).CombinedOutput()
+			return err == nil && portsVia(env, ipnCommand(t), sw) == i+1
+		})
+		netnsRun(t, x[0], fmt.Sprintf("addr add 10.78.0.%d/24 dev %s", i+1, x[1]), "link set "+x[1]+" up")
+	}
+	nsPing(t, ns1, "10.78.0.2")
+	ping := start(t, nil, nil, "ip", "netns", "exec", ns1, "ping", "-i", "0.01", "-c", "300", "-W", "2", "10.78.0.2")
+	vdeDir := filepath.Join(dir, "switch.vde")
+	vs := start(t, nil, env, ipnCommand(t), "vde", sw, vdeDir)
+	waitFor(t, waitProcs, "ipn vde serving", func() bool { return strings.Contains(vs.stderr(), "serves VDE clients") })
+	vp := startVdePlug(t, ns1, "vde://"+vdeDir)
+	member := memberWith(t, dial, sw)
+	exchange := func(when string) {
+		t.Helper()
+		f := ethFrame([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, macOf(0x41), "from vde_plug "+when)
+		vp.send(t, f)
+		recvUntilPayload(t, member, "from vde_plug "+when)
+		g := ethFrame(macOf(0x41), macOf(0x42), "to vde_plug "+when)
+		if err := member.Send(g); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.After(waitProcs)
+		for {
+			select {
+			case f, ok := <-vp.frames:
+				if !ok {
+					t.Fatal("vde_plug's output ended")
+				}
+				if string(f) != string(g) {
+					continue // the namespaces' own multicast
+				}
+			case <-deadline:
+				t.Fatalf("vde_plug did not get the frame %s", when)
+			}
+			break
+		}
+	}
+	exchange("before")
+
+	progress := func(what string) {
+		t.Helper()
+		a, b := fastRecv.got(1), sockRecv.got(2)
+		waitFor(t, waitProcs, what, func() bool { return fastRecv.got(1) > a+1000 && sockRecv.got(2) > b+1000 })
+	}
+	progress("the streams flowing")
+	d2 := takeoverDaemon(t, sock, d1)
+	progress("the streams after the first upgrade")
+	exchange("after one upgrade")
+	d3 := takeoverDaemon(t, sock, d2)
+	progress("the streams after the second upgrade")
+	exchange("after two upgrades")
+	close(stop)
+	for _, s := range senders {
+		<-s.done
+		if s.err != nil {
+			t.Fatalf("sender %d: %v", s.id, s.err)
+		}
+	}
+	for _, c := range []*checker{fastRecv, sockRecv} {
+		waitFor(t, waitProcs, "every message", func() bool {
+			return c.got(1) == senders[0].sent.Load() && c.got(2) == senders[1].sent.Load()
+		})
+		if c.bad != nil {
+			t.Fatal(c.bad)
+		}
+	}
+	t.Logf("sent %d (fast path) and %d (socket) messages across two upgrades; each receiver got every one once, in order; longest pause %v (fast path), %v (socket)",
+		senders[0].sent.Load(), senders[1].sent.Load(), fastRecv.maxGap.Round(time.Microsecond), sockRecv.maxGap.Round(time.Microsecond))
+	for _, d := range []*proc{d1, d2} {
+		for _, l := range strings.Split(d.stderr(), "\n") {
+			if strings.Contains(l, "handed over") || strings.Contains(l, "took over") {
+				t.Log(l)
+			}
+		}
+	}
+
+	if err := ping.wait(30 * time.Second); err != nil {
+		t.Logf("ping: %v", err)
+	}
+	var out string
+	for l := range ping.lines {
+		out += l + "\n"
+	}
+	m := pingRE.FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("ping said:\n%s", out)
+	}
+	sent, got := atoi(m[1]), atoi(m[2])
+	t.Logf("tap pings across the upgrades: %d sent, %d answered", sent, got)
+	if got < sent-1 {
+		t.Errorf("tap pings across two upgrades: %d of %d answered", got, sent)
+	}
+	if err := mgr.SetDescription("still managed"); err != nil {
+		t.Errorf("the manager's socket after the upgrades: %v", err)
+	}
+	_ = d3
+}
+
+func atoi(s string) int { n, _ := strconv.Atoi(s); return n }
+
+// bindAtWith binds a network of proto at path through dial, for the
+// test's duration.
+func bindAtWith(t *testing.T, dial *ipn.Dialer, proto ipn.Protocol, path string) *ipn.Socket {
+	t.Helper()
+	s, err := dial.NewSocket(proto)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	if err := s.Bind(path); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// memberWith connects a member to path through dial.
+func memberWith(t *testing.T, dial *ipn.Dialer, path string) *ipn.Socket {
+	t.Helper()
+	s, err := dial.NewSocket(ipn.Any)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	if err := s.Connect(path); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// recvUntilPayload receives on s until a frame ends with payload.
+func recvUntilPayload(t *testing.T, s *ipn.Socket, payload string) {
+	t.Helper()
+	buf := make([]byte, 2048)
+	s.SetReadDeadline(time.Now().Add(waitProcs))
+	defer s.SetReadDeadline(time.Time{})
+	for {
+		n, _, err := s.Recv(buf)
+		if err != nil {
+			t.Fatalf("waiting for %q: %v", payload, err)
+		}
+		if n >= len(payload) && string(buf[n-len(payload):n]) == payload {
+			return
+		}
+	}
+}
