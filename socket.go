@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -70,6 +71,9 @@ type Socket struct {
 	mayGetOOB atomic.Bool
 
 	fastOff bool // guarded by mu: Connect must not ask for the fast path
+
+	daemonProto int    // guarded by mu: the protocol version spoken (hello)
+	daemonBuild string // guarded by mu: the daemon's build, as it said
 }
 
 // ctlConn is one control connection to a daemon and its reader.
@@ -129,14 +133,43 @@ func newSocket(proto Protocol, dial func() (*net.UnixConn, error), timeout time.
 	return s, nil
 }
 
-// hello says hello on cc for protocol proto.
+// hello says hello on cc for protocol proto, in this library's protocol
+// version or, to a daemon of an older build that refuses it, in the
+// newest the daemon speaks, and keeps the daemon's version and build.
 func (s *Socket) hello(cc *ctlConn, proto Protocol) error {
-	hello := make([]byte, 4)
-	hello[0], hello[1] = byte(wire.Version), byte(wire.Version>>8)
-	hello[2], hello[3] = byte(proto), byte(proto>>8)
-	_, _, err := s.requestOn(cc, wire.OpHello, hello)
-	return err
+	for v := wire.Version; ; v-- {
+		hello := []byte{byte(v), byte(v >> 8), byte(proto), byte(proto >> 8)}
+		res, _, err := s.requestOn(cc, wire.OpHello, hello)
+		var we *wire.Error
+		if err != nil && v > wire.MinVersion && errors.As(err, &we) && we.Errno == syscall.EPROTONOSUPPORT &&
+			strings.HasPrefix(we.Text, "protocol version ") {
+			continue // an older daemon: say hello as it speaks
+		}
+		if err != nil {
+			return err
+		}
+		dv, build := wire.DecodeHelloReply(res)
+		s.mu.Lock()
+		s.daemonProto, s.daemonBuild = min(v, dv), build
+		s.mu.Unlock()
+		return nil
+	}
 }
+
+// DaemonVersion returns the protocol version the socket speaks with its
+// daemon, the daemon's or this library's (wire.Version), whichever is
+// older, and the daemon's build ("" for a daemon of protocol 1). A
+// version older than this library's means an older daemon: ipn daemon
+// --takeover replaces it (one of protocol 1 predates takeovers: it must be
+// stopped and started instead).
+func (s *Socket) DaemonVersion() (protocol int, build string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.daemonProto, s.daemonBuild
+}
+
+// ProtocolVersion is the newest protocol version this library speaks.
+const ProtocolVersion = wire.Version
 
 // conn returns the current control connection.
 func (s *Socket) conn() *ctlConn {

@@ -3,6 +3,7 @@ package ipn_test
 import (
 	"encoding/binary"
 	"fmt"
+	"net"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -316,4 +317,64 @@ func recvUntilPayload(t *testing.T, s *ipn.Socket, payload string) {
 			return
 		}
 	}
+}
+
+// protocol1Commit is a commit of this repository from before protocol 2
+// and takeovers: a daemon of an older build, for TestOlderDaemon.
+const protocol1Commit = "ae1a9e5"
+
+// A daemon of an older build (protocol 1, before takeovers, built from
+// this repository's history) is noticed: the commands say so and how to
+// replace it, and work with it; ipn daemon --takeover refuses to touch it
+// and says why, and it serves on.
+func TestOlderDaemon(t *testing.T) {
+	requireRoot(t)
+	if err := exec.Command("git", "cat-file", "-e", protocol1Commit+"^{commit}").Run(); err != nil {
+		t.Skipf("this clone lacks commit %s, the older build: %v", protocol1Commit, err)
+	}
+	src := filepath.Join(tempDir(t), "old")
+	build := exec.Command("sh", "-c", "mkdir -p "+src+" && git archive "+protocol1Commit+" | tar -x -C "+src+" && cd "+src+" && go build -o ipn-old ./cmd/ipn")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build the older ipn: %v\n%s", err, out)
+	}
+	sock := filepath.Join(tempDir(t), "daemon", "ipn.sock")
+	old := start(t, nil, nil, filepath.Join(src, "ipn-old"), "daemon", "-f", "--socket", sock)
+	env := []string{"IPN_SOCKET=" + sock}
+	waitFor(t, waitProcs, "the older daemon", func() bool { return sockReady(sock) })
+	path := filepath.Join(tempDir(t), "net")
+	recv := start(t, nil, env, ipnCommand(t), "cat", "--bind", "--recv-only", path)
+	waitFor(t, waitProcs, "the notice", func() bool { return strings.Contains(recv.stderr(), "older build (protocol 1") })
+	if !strings.Contains(recv.stderr(), "predates takeovers") {
+		t.Errorf("the notice does not say how to replace the daemon: %q", recv.stderr())
+	}
+	waitFor(t, waitProcs, "the receiver", func() bool { return portsVia(env, ipnCommand(t), path) == 1 })
+	send := start(t, nil, env, ipnCommand(t), "cat", "--send-only", path)
+	fmt.Fprintln(send.stdin, "through the older daemon")
+	if got := recv.line(waitProcs); got != "through the older daemon" {
+		t.Fatalf("received %q", got)
+	}
+
+	tk := exec.Command(ipnCommand(t), "daemon", "-f", "--takeover", "--socket", sock)
+	out, err := tk.CombinedOutput()
+	if exitStatus(err) != 1 || !strings.Contains(string(out), "offers no takeover") {
+		t.Errorf("ipn daemon --takeover of an older daemon: %v\n%s\nwant status 1, saying it offers no takeover", err, out)
+	}
+	select {
+	case <-old.done:
+		t.Fatalf("the older daemon exited: %v", old.err)
+	default:
+	}
+	fmt.Fprintln(send.stdin, "still served")
+	if got := recv.line(waitProcs); got != "still served" {
+		t.Fatalf("after the refused takeover, received %q", got)
+	}
+}
+
+// sockReady reports whether a daemon answers at sock.
+func sockReady(sock string) bool {
+	c, err := net.Dial("unixpacket", sock)
+	if err == nil {
+		c.Close()
+	}
+	return err == nil
 }

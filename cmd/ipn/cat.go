@@ -354,6 +354,7 @@ func catRecv(s *ipn.Socket, out io.Writer, o *catOptions, stderr io.Writer) erro
 // stderr each time as prog: "ipn cat: NET: the daemon at SOCK restarted;
 // rejoined as port 3; 12 messages sent before were lost".
 func setRejoin(s *ipn.Socket, on bool, prog, path string, stderr io.Writer) error {
+	noticeOldDaemon(s, stderr)
 	if !on {
 		return nil
 	}

@@ -191,6 +191,7 @@ func runDevicePlug(ctx context.Context, cmd *cobra.Command, path, scheme, name s
 		return err
 	}
 	defer s.Close()
+	noticeOldDaemon(s, cmd.ErrOrStderr())
 	if err := s.Bind(path); err != nil {
 		return err
 	}
