@@ -123,6 +123,12 @@ func (p *Port) Shutdown(read, write bool) {
 	n.mu.Unlock()
 	if read {
 		p.q.flush(false)
+		// A write under way may wait for room that the node, which
+		// reads no more, never makes (holding lossless slots): it ends,
+		// and what it had not written is dropped (writeBatch).
+		if pr, ok := p.ep.(endpoint.Pauser); ok {
+			pr.PauseWrite()
+		}
 	}
 }
 
@@ -471,6 +477,13 @@ func (p *Port) writeBatch(msgs, oob []*msg, bufs [][]byte) error {
 		kept = len(msgs) - written
 		p.pause.unsent = append(p.pause.unsent, msgs[written:]...)
 		return errPausedWrite
+	}
+	if err != nil && !p.canRead.Load() {
+		// The receive side was shut down while this batch was being
+		// written (the daemon shuts the node's socket's direction too):
+		// the rest is dropped, as Shutdown drops what is queued, and
+		// the port stays for what the node sends.
+		err = nil
 	}
 	if err == nil && written < len(bufs) {
 		p.drops.Add(uint64(len(bufs) - written)) // the endpoint had no room
