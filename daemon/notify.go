@@ -16,6 +16,7 @@ func notifySystemd() error {
 	if path == "" {
 		return nil
 	}
+	os.Unsetenv("NOTIFY_SOCKET") // for this daemon only, not what it starts
 	if path[0] == '@' { // an abstract socket
 		path = "\x00" + path[1:]
 	}

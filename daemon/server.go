@@ -87,6 +87,10 @@ type server struct {
 	gate   chan struct{} // guarded by mu
 	parked chan struct{}
 	handed chan struct{}
+	// handMu makes a hand-over and the daemon's stop exclusive: each
+	// holds it throughout; stopping, under it, refuses hand-overs.
+	handMu   sync.Mutex
+	stopping bool
 
 	devices devices
 }
@@ -161,9 +165,19 @@ func Serve(ctx context.Context, cfg Config) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	if cfg.IdleExit > 0 {
+		s.mu.Lock()
 		s.idle = time.AfterFunc(cfg.IdleExit, cancel)
+		if len(s.sessions) > 0 { // taken over: clients are here already
+			s.idle.Stop()
+		}
+		s.mu.Unlock()
 	}
 	s.restoreHeld()
+	if took {
+		// Persistent device ports handed over that the holder does not
+		// keep yet go there (a holder starts if need be).
+		s.devices.resumeHolder()
+	}
 	s.log.Info("serving", "socket", cfg.Socket, "pid", os.Getpid(), "uid", os.Geteuid())
 	if cfg.Ready != nil {
 		cfg.Ready()
@@ -179,10 +193,19 @@ func Serve(ctx context.Context, cfg Config) error {
 	select {
 	case <-ctx.Done():
 	case <-s.handed:
-		// Everything is the new daemon's: leave it as it is, closing
-		// nothing (the process's exit closes this one's copies).
+	}
+	// A hand-over under way ends first; none starts after.
+	s.handMu.Lock()
+	s.stopping = true
+	s.handMu.Unlock()
+	select {
+	case <-s.handed:
+		// Everything is the new daemon's: this one lets its copies go,
+		// telling no one anything.
+		s.abandon()
 		s.log.Info("exiting after the takeover")
 		return nil
+	default:
 	}
 	s.log.Info("stopping")
 	close(s.stop)
@@ -194,6 +217,14 @@ func Serve(ctx context.Context, cfg Config) error {
 		tln.Close()
 	}
 	<-acceptDone
+	// A port's writer may be stuck writing a notice to a client that does
+	// not read its control connection: it gets a moment, then fails, so
+	// that its port can close.
+	s.mu.Lock()
+	for ss := range s.sessions {
+		ss.conn.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+	}
+	s.mu.Unlock()
 	s.engine.Close()
 	s.mu.Lock()
 	for ss := range s.sessions {

@@ -75,6 +75,9 @@ func (ss *session) serve() (frozen bool) {
 		ss.conn.SetReadDeadline(time.Now().Add(ss.srv.cfg.HelloTimeout))
 	}
 	for {
+		if ss.frozen.Load() { // a freeze that came while a request was handled
+			return true
+		}
 		pkt, fds, err := wire.Recv(ss.conn, buf)
 		if err != nil {
 			if ss.frozen.Load() && errors.Is(err, os.ErrDeadlineExceeded) {

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -103,6 +104,10 @@ func start(socket string, takeover bool) error {
 	cmd.Env = append(os.Environ(), childEnv+"=1", SocketEnv+"="+socket)
 	if takeover {
 		cmd.Env = append(cmd.Env, takeoverEnv+"=1")
+	} else {
+		// A daemon a program starts for itself is no service's: only
+		// a takeover's (a service's reload) tells systemd.
+		cmd.Env = slices.DeleteFunc(cmd.Env, func(kv string) bool { return strings.HasPrefix(kv, "NOTIFY_SOCKET=") })
 	}
 	cmd.Stderr = logf
 	cmd.ExtraFiles = []*os.File{w}

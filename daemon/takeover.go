@@ -1,12 +1,15 @@
 package daemon
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -18,6 +21,7 @@ import (
 	"github.com/ipn-project/ipn/internal/shmring"
 	"github.com/ipn-project/ipn/internal/sockio"
 	"github.com/ipn-project/ipn/internal/spec"
+	"github.com/ipn-project/ipn/internal/wire"
 	"github.com/ipn-project/ipn/policy"
 	"github.com/ipn-project/ipn/port/grab"
 	"github.com/ipn-project/ipn/port/seqpacket"
@@ -96,14 +100,15 @@ type netState struct {
 type portState struct {
 	Kind     string // see endpointOf
 	FDs      []int
-	Name     string       `json:",omitempty"` // a device's
-	Sender   *unix.Ucred  `json:",omitempty"` // a VDE port's datagram credentials
-	Lossless bool         `json:",omitempty"`
-	Session  int          // the session whose port this is (member, VDE), or -1
-	UID      uint32       // the user charged for it
-	Shm      int64        `json:",omitempty"` // fast-path memory charged
-	Status   int          // the member's status page's descriptor, or -1
-	Device   *deviceState `json:",omitempty"`
+	Name     string        `json:",omitempty"` // a device's
+	Sender   *unix.Ucred   `json:",omitempty"` // a VDE port's datagram credentials
+	Lossless bool          `json:",omitempty"`
+	Session  int           // the session whose port this is (member, VDE), or -1
+	UID      uint32        // the user charged for it
+	Shm      int64         `json:",omitempty"` // fast-path memory charged
+	Status   int           // the member's status page's descriptor, or -1
+	Ring     *shm.Position `json:",omitempty"` // a fast-path port's rings
+	Device   *deviceState  `json:",omitempty"`
 }
 
 type deviceState struct {
@@ -187,12 +192,18 @@ func (s *server) serveTakeovers(ln *net.UnixListener) {
 			continue
 		}
 		conn.Close()
-		return // handed over: the daemon is stopping
+		ln.Close() // its file is the new daemon's now: not unlinked
+		return     // handed over: the daemon is stopping
 	}
 }
 
 // handOver gives everything to the daemon on conn, or, failing, resumes.
 func (s *server) handOver(conn *net.UnixConn, by cred) error {
+	s.handMu.Lock()
+	defer s.handMu.Unlock()
+	if s.stopping {
+		return fmt.Errorf("the daemon is stopping: %w", syscall.ESHUTDOWN)
+	}
 	conn.SetDeadline(time.Now().Add(takeoverTimeout))
 	buf := make([]byte, 4096)
 	kind, body, _, err := recvPiece(conn, buf)
@@ -247,11 +258,16 @@ type frozenServer struct {
 }
 
 // freeze stops accepting, every session between two requests, then every
-// port.
+// port. A session whose client does not read its replies is dropped (its
+// write fails): it cannot hold a takeover up.
 func (s *server) freeze() (*frozenServer, error) {
 	s.mu.Lock()
 	s.gate = make(chan struct{})
 	s.mu.Unlock()
+	select { // a token from a freeze that failed before the loop parked
+	case <-s.parked:
+	default:
+	}
 	s.ln.SetDeadline(sockio.Past)
 	select {
 	case <-s.parked:
@@ -264,20 +280,30 @@ func (s *server) freeze() (*frozenServer, error) {
 		f.sessions = append(f.sessions, ss)
 	}
 	s.mu.Unlock()
-	for _, ss := range f.sessions {
-		ss.frozen.Store(true)
-		ss.conn.SetReadDeadline(sockio.Past)
-	}
-	t := time.NewTimer(freezeTimeout)
-	defer t.Stop()
-	for _, ss := range f.sessions {
-		select {
-		case <-ss.out:
-		case <-t.C:
-			return nil, s.unfreeze(f, fmt.Errorf("session of %v did not stop between requests: %w", ss.cred, syscall.ETIMEDOUT))
+	// The engine marks its ports as pausing first: then a port's writer
+	// whose out-of-band write to a session's connection fails at the
+	// deadline below keeps the message, and stops.
+	ef, err := s.engine.Freeze(freezeTimeout, func() error {
+		// A reply or notice being written has a second to go out: a
+		// client that does not read for that long loses its session (a
+		// reply) or waits for the new daemon (a notice, kept).
+		wdl := time.Now().Add(time.Second)
+		for _, ss := range f.sessions {
+			ss.frozen.Store(true)
+			ss.conn.SetReadDeadline(sockio.Past)
+			ss.conn.SetWriteDeadline(wdl)
 		}
-	}
-	ef, err := s.engine.Freeze(freezeTimeout)
+		t := time.NewTimer(freezeTimeout)
+		defer t.Stop()
+		for _, ss := range f.sessions {
+			select {
+			case <-ss.out:
+			case <-t.C:
+				return fmt.Errorf("session of %v did not stop between requests: %w", ss.cred, syscall.ETIMEDOUT)
+			}
+		}
+		return nil
+	})
 	if err != nil {
 		return nil, s.unfreeze(f, err)
 	}
@@ -291,16 +317,27 @@ func (s *server) thaw(f *frozenServer) {
 	s.unfreeze(f, nil)
 }
 
-// unfreeze restarts the sessions of f (nil: none were stopped) and the
+// unfreeze restarts the sessions of f (nil: none were stopped) that are
+// still the server's (one whose client went meanwhile is not), and the
 // accept loop, and returns err.
 func (s *server) unfreeze(f *frozenServer, err error) error {
 	if f != nil {
 		for _, ss := range f.sessions {
+			// The deadline first: a session still serving must not see
+			// it once it is no longer frozen (it would be dropped).
+			ss.conn.SetDeadline(time.Time{})
 			ss.frozen.Store(false)
-			ss.conn.SetReadDeadline(time.Time{})
 			select {
-			case <-ss.out: // stopped: start it again
-				s.run(ss)
+			case <-ss.out: // stopped: start it again, if still ours
+				s.mu.Lock()
+				_, ours := s.sessions[ss]
+				s.mu.Unlock()
+				if ours {
+					if !ss.hello {
+						ss.conn.SetReadDeadline(time.Now().Add(s.cfg.HelloTimeout))
+					}
+					s.run(ss)
+				}
 			default: // a session that did not stop serves on
 			}
 		}
@@ -401,6 +438,8 @@ func (s *server) save(ef *engine.Frozen) (*state, []int, error) {
 			switch ep := p.Endpoint().(type) {
 			case *shm.Endpoint:
 				pst.Kind, pst.Lossless = "shm", nw.Config().Flags&engine.Lossless != 0
+				pos := ep.Position()
+				pst.Ring = &pos
 				dups, err := ep.DupFDs()
 				if err != nil {
 					return fail(err)
@@ -544,18 +583,57 @@ func (s *server) takeOver() error {
 		sendPiece(conn, 'X', []byte(err.Error()))
 		return fmt.Errorf("take over %s: %w", s.cfg.Socket, err)
 	}
+	conn.SetDeadline(time.Now().Add(takeoverTimeout)) // restoring took its time
 	if err := sendPiece(conn, 'R', nil); err != nil {
 		closeFDs(fds)
 		return fmt.Errorf("take over %s: %w", s.cfg.Socket, err)
 	}
 	buf := make([]byte, 64)
-	if kind, _, _, err := recvPiece(conn, buf); err != nil || kind != 'G' {
-		closeFDs(fds)
-		return fmt.Errorf("take over %s: the old daemon did not let go: %v: %w", s.cfg.Socket, err, syscall.EPROTO)
+	kind, _, _, err := recvPiece(conn, buf)
+	if err != nil || kind != 'G' {
+		// The old daemon let go, or resumed. If it is gone (it died
+		// after it read ready), no one else serves: this one does.
+		if !waitGone(c.pid, freezeTimeout) {
+			closeFDs(fds)
+			return fmt.Errorf("take over %s: the old daemon did not let go: %v: %w", s.cfg.Socket, err, syscall.EPROTO)
+		}
+		s.log.Warn("the old daemon died before it let go; serving what it handed over", "pid", c.pid)
 	}
 	start()
+	closeFDs(fds) // what was made of them holds its own copies
 	s.log.Info("took over", "from pid", c.pid, "build", st.Build, "networks", len(st.Networks), "sessions", len(st.Sessions))
 	return nil
+}
+
+// processGone reports whether the process pid has exited (or was never
+// this daemon's user's to signal).
+func processGone(pid int32) bool {
+	if pid <= 0 {
+		return false
+	}
+	err := syscall.Kill(int(pid), 0)
+	if err == nil {
+		// A zombie is gone too: its descriptors are closed.
+		b, rerr := os.ReadFile("/proc/" + strconv.Itoa(int(pid)) + "/stat")
+		if rerr != nil {
+			return true
+		}
+		if i := bytes.LastIndexByte(b, ')'); i >= 0 && i+2 < len(b) {
+			return b[i+2] == 'Z' || b[i+2] == 'X'
+		}
+		return false
+	}
+	return errors.Is(err, syscall.ESRCH)
+}
+
+// waitGone waits, up to d, for the process pid to be gone.
+func waitGone(pid int32, d time.Duration) bool {
+	for t0 := time.Now(); !processGone(pid); time.Sleep(10 * time.Millisecond) {
+		if time.Since(t0) > d {
+			return false
+		}
+	}
+	return true
 }
 
 // errNone says there was no daemon to take over.
@@ -651,6 +729,14 @@ func (s *server) restore(st *state, fds []int) (start func(), err error) {
 		return sessions[i]
 	}
 	var starts []func()
+	// Sessions whose port could not be made again go, as if their client
+	// had left, and what their lost ports held is given back.
+	dropped := map[*session]bool{}
+	type usageOf struct {
+		uid uint32
+		u   usage
+	}
+	var gone []usageOf
 	type devRestore struct {
 		d   *devPort
 		num int
@@ -685,16 +771,39 @@ func (s *server) restore(st *state, fds []int) (start func(), err error) {
 		ns.Engine.Config = cfg
 		ns.Engine.Key = id
 		var owners []*session
-		for pi := range ns.Ports {
+		for pi := 0; pi < len(ns.Ports); pi++ {
 			ps := &ns.Ports[pi]
 			ep, ss, err := s.endpointOf(ps, sessionAt, take)
 			if err != nil {
-				return nil, fmt.Errorf("network %s port %d: %w", cfg.Name, ns.Engine.Ports[pi].Num, err)
+				// One member's port (whose rings it spoilt, say) does not
+				// stop the takeover: it goes, with its session.
+				num := ns.Engine.Ports[pi].Num
+				s.log.Warn("a port could not be taken over; it goes", "network", cfg.Name, "port", num, "err", err)
+				if ss := sessionAt(ps.Session); ss != nil {
+					dropped[ss] = true
+				}
+				gone = append(gone, usageOf{ps.UID, usage{ports: 1, shm: ps.Shm}})
+				ns.Ports = slices.Delete(ns.Ports, pi, pi+1)
+				ns.Engine.Ports = slices.Delete(ns.Engine.Ports, pi, pi+1)
+				pi--
+				continue
 			}
 			ns.Engine.Ports[pi].Endpoint = ep
 			uid, charge := ps.UID, usage{ports: 1, shm: ps.Shm}
 			if ps.Device != nil {
-				d := &devPort{key: devKey{name: ps.Name}, maker: ps.Device.Maker, persist: ps.Device.Persist, owner: sessionAt(ps.Device.Owner)}
+				eps := &ns.Engine.Ports[pi]
+				d := &devPort{key: devKey{name: ps.Name}, maker: ps.Device.Maker, persist: ps.Device.Persist, owner: sessionAt(ps.Device.Owner),
+					kind: wire.DevTap, noRead: !eps.CanRead, noWrite: !eps.CanWrite}
+				if ps.Kind == "grab" {
+					d.kind = wire.DevGrab
+				}
+				if d.persist && len(ps.FDs) > 0 && ps.FDs[0] >= 0 && ps.FDs[0] < len(fds) {
+					// The descriptors the holder gets (restoreHeld
+					// puts it there if it does not hold it yet).
+					if d.hfds, err = dupFDs(fds[ps.FDs[0]], ffd); err != nil {
+						return nil, err
+					}
+				}
 				ds := &s.devices
 				ns.Engine.Ports[pi].Options.OnLeave = func() {
 					acct.give(uid, charge)
@@ -801,10 +910,16 @@ func (s *server) restore(st *state, fds []int) (start func(), err error) {
 		for _, f := range starts {
 			f()
 		}
+		for _, g := range gone {
+			s.acct.give(g.uid, g.u)
+		}
 		for _, ss := range sessions {
 			s.mu.Lock()
 			s.sessions[ss] = struct{}{}
 			s.mu.Unlock()
+			if dropped[ss] {
+				ss.conn.CloseRead() // serve ends at once, releasing the rest
+			}
 			s.run(ss)
 		}
 	}, nil
@@ -835,7 +950,11 @@ func (s *server) endpointOf(ps *portState, sessionAt func(int) *session, take fu
 			}
 			mine = append(mine, fd)
 		}
-		e, err := shm.Adopt(mine, ps.Lossless, oob)
+		if ps.Ring == nil {
+			closeFDs(mine)
+			return nil, nil, fmt.Errorf("shm port without its position: %w", syscall.EINVAL)
+		}
+		e, err := shm.Adopt(mine, *ps.Ring, ps.Lossless, oob)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -984,4 +1103,31 @@ func recvState(conn *net.UnixConn) (*state, []int, error) {
 			return nil, nil, fmt.Errorf("takeover packet %q: %w", kind, syscall.EPROTO)
 		}
 	}
+}
+
+// abandon lets go of every descriptor and mapping of a daemon that handed
+// everything over, telling no member anything: the new daemon has its own
+// copies (closing these is seen by no one), and the rings are not marked
+// closed. Nothing of this server runs any more.
+func (s *server) abandon() {
+	s.devices.detachHolder()
+	for _, n := range s.engine.Networks() {
+		for _, p := range n.Ports() {
+			if a, ok := p.Endpoint().(interface{ Abandon() }); ok {
+				a.Abandon()
+			} else {
+				p.Endpoint().Close()
+			}
+		}
+		netFileOf(n).close()
+	}
+	s.mu.Lock()
+	for ss := range s.sessions {
+		ss.conn.Close()
+		if ss.status != nil {
+			ss.status.Close()
+		}
+	}
+	s.mu.Unlock()
+	s.ln.Close()
 }

@@ -209,9 +209,13 @@ func streamCheck(t *testing.T, a, b *net.UnixConn) (expect func(n uint64), stop 
 			}
 		}
 	}()
-	got := make(chan uint64, 1024)
+	// The receiver never waits for the test: a lossless sender waits for
+	// it, and stop waits for the sender.
+	var mu sync.Mutex
+	var got []uint64
+	recvDone := make(chan struct{})
 	go func() {
-		defer close(got)
+		defer close(recvDone)
 		buf := make([]byte, 2048)
 		for {
 			b.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -220,17 +224,35 @@ func streamCheck(t *testing.T, a, b *net.UnixConn) (expect func(n uint64), stop 
 				return
 			}
 			if !loop.IsProbe(buf[:n]) {
-				got <- binary.LittleEndian.Uint64(buf)
+				mu.Lock()
+				got = append(got, binary.LittleEndian.Uint64(buf))
+				mu.Unlock()
 			}
 		}
 	}()
 	next := uint64(0)
 	expect = func(upTo uint64) {
 		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
 		for next < upTo {
-			v, ok := <-got
-			if !ok {
-				t.Fatalf("receiver stopped at %d", next)
+			mu.Lock()
+			have := uint64(len(got))
+			var v uint64
+			if next < have {
+				v = got[next]
+			}
+			mu.Unlock()
+			if next >= have {
+				select {
+				case <-recvDone:
+					t.Fatalf("receiver stopped at %d", next)
+				default:
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("received %d messages, want %d", next, upTo)
+				}
+				time.Sleep(time.Millisecond)
+				continue
 			}
 			if v != next {
 				t.Fatalf("received %d, want %d: lost or repeated", v, next)
@@ -337,6 +359,10 @@ func TestNotifySystemd(t *testing.T) {
 	}
 	d := serve(t, daemon.Config{})
 	read("the daemon")
+	if os.Getenv("NOTIFY_SOCKET") != "" {
+		t.Error("the daemon left NOTIFY_SOCKET for what it starts")
+	}
+	t.Setenv("NOTIFY_SOCKET", path) // the new daemon is another process, in life
 	takeOver(t, d.Socket)
 	read("the daemon that took over")
 }

@@ -30,6 +30,8 @@ type pause struct {
 	writer bool          // the writer stopped for the pause
 	held   [][]byte      // read from the node and not routed yet
 	unsent []*msg        // taken from the queue and not written yet, in order
+	// unsentOOB are the out-of-band ones taken and not written yet.
+	unsentOOB []*msg
 }
 
 func (ps *pause) reset() {
@@ -101,9 +103,13 @@ type Frozen struct {
 // Freeze stops every port of every network, in at most timeout, keeping
 // every message (see the package's hand-over): no port reads or writes,
 // policies' own messages (Emit) are dropped, and no network or port may be
-// made, until Thaw. If the ports do not all stop in time, Freeze thaws
-// them and fails with ETIMEDOUT.
-func (e *Engine) Freeze(timeout time.Duration) (*Frozen, error) {
+// made, until Thaw. First it marks every port as pausing, so that a
+// write that fails as paused (endpoint.Paused) keeps its messages; then it
+// calls before, if not nil (the daemon stops its sessions there, whose
+// connections carry ports' out-of-band messages), and stops the readers,
+// then the writers. If before fails or the ports do not all stop in time,
+// Freeze thaws them and fails.
+func (e *Engine) Freeze(timeout time.Duration, before func() error) (*Frozen, error) {
 	e.mu.Lock()
 	if e.frozen {
 		e.mu.Unlock()
@@ -121,9 +127,22 @@ func (e *Engine) Freeze(timeout time.Duration) (*Frozen, error) {
 		for _, p := range n.ports {
 			if p != nil {
 				f.ports = append(f.ports, p)
+				p.pause.on.Store(true)
 			}
 		}
 		n.mu.Unlock()
+	}
+	if before != nil {
+		if err := before(); err != nil {
+			for _, p := range f.ports {
+				close(p.pause.r)
+				close(p.pause.w)
+				<-p.pause.rOut
+				<-p.pause.wOut
+			}
+			f.Thaw()
+			return nil, err
+		}
 	}
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
@@ -138,7 +157,6 @@ func (e *Engine) Freeze(timeout time.Duration) (*Frozen, error) {
 		return nil
 	}
 	for _, p := range f.ports {
-		p.pause.on.Store(true)
 		close(p.pause.r)
 		if pr, ok := p.ep.(endpoint.Pauser); ok {
 			pr.PauseRead()
@@ -180,12 +198,13 @@ func (p *Port) live() bool {
 func (f *Frozen) Thaw() {
 	for _, p := range f.ports {
 		reader, writer := p.pause.reader, p.pause.writer
-		unsent := p.pause.unsent
+		unsent, unsentOOB := p.pause.unsent, p.pause.unsentOOB
 		held := p.pause.held
 		p.pause.reset()
-		p.pause.unsent = nil
+		p.pause.unsent, p.pause.unsentOOB = nil, nil
 		p.pause.held = held
 		p.q.unpop(unsent)
+		p.q.unpopOOB(unsentOOB)
 		if pr, ok := p.ep.(endpoint.Pauser); ok {
 			pr.Resume()
 		}
@@ -274,6 +293,7 @@ func (f *Frozen) Save() ([]NetworkState, error) {
 			}
 		}
 		index := map[*msg]int{}
+		var forms []*msg // the message of each of st.Msgs
 		ref := func(m *msg) int {
 			if i, ok := index[m]; ok {
 				return i
@@ -283,6 +303,7 @@ func (f *Frozen) Save() ([]NetworkState, error) {
 			if num, ok := src[m.done]; ok && m.done != nil {
 				from = num
 			}
+			forms = append(forms, m)
 			index[m] = len(st.Msgs)
 			st.Msgs = append(st.Msgs, MsgState{Data: append([]byte(nil), m.bytes()...), OOB: m.oob, Slot: slot, Src: from})
 			return index[m]
@@ -308,10 +329,21 @@ func (f *Frozen) Save() ([]NetworkState, error) {
 			for _, m := range queued {
 				ps.Queue = append(ps.Queue, ref(m))
 			}
-			for _, m := range oob {
+			for _, m := range append(append([]*msg(nil), p.pause.unsentOOB...), oob...) {
 				ps.OOB = append(ps.OOB, ref(m))
 			}
 			st.Ports = append(st.Ports, ps)
+		}
+		// A second form whose first is not queued anywhere counts, when
+		// freed, for the first (which it holds, and which counts then).
+		for i, m := range forms {
+			if p := m.parent; p != nil && p.done != nil {
+				if num, ok := src[p.done]; ok {
+					if _, queued := index[p]; !queued {
+						st.Msgs[i].Src = num
+					}
+				}
+			}
 		}
 		out = append(out, st)
 	}
@@ -440,6 +472,12 @@ func (n *Network) Discard() {
 	}
 	n.mu.Unlock()
 	for _, p := range ports {
+		// The messages restored count for no one: the daemon they came
+		// from still holds them, and counts them.
+		queued, oob := p.q.peek()
+		for _, m := range append(queued, oob...) {
+			m.done = nil
+		}
 		p.q.flush(true)
 		p.discard()
 	}
@@ -474,6 +512,19 @@ func (q *queue) peek() (msgs, oob []*msg) {
 		msgs = append(msgs, q.ring[(q.head+i)%len(q.ring)])
 	}
 	return msgs, append(oob, q.oob...)
+}
+
+// unpopOOB puts out-of-band msgs, taken by pop and not written, back
+// before the others waiting.
+func (q *queue) unpopOOB(msgs []*msg) {
+	if len(msgs) == 0 {
+		return
+	}
+	q.mu.Lock()
+	q.oob = append(append([]*msg(nil), msgs...), q.oob...)
+	q.pending.Add(int32(len(msgs)))
+	q.mu.Unlock()
+	q.signal()
 }
 
 // unpop puts msgs, taken by pop and not written, back at the queue's head,

@@ -42,7 +42,7 @@ func TestFreezeRestore(t *testing.T) {
 	// reader waits for room with messages in hand (it has read at least
 	// 8 once 12 are injected: its inbound channel holds 4).
 	waitFor(t, func() bool { return count.Load() >= 12 })
-	f, err := old.Freeze(time.Second)
+	f, err := old.Freeze(time.Second, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -133,7 +133,7 @@ func TestFreezeThaw(t *testing.T) {
 		}
 	}()
 	waitFor(t, func() bool { return count.Load() >= 12 })
-	f, err := e.Freeze(time.Second)
+	f, err := e.Freeze(time.Second, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

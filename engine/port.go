@@ -247,9 +247,11 @@ func (p *Port) readLoop() {
 		return
 	}
 	for {
-		if p.pause.on.Load() {
+		select {
+		case <-p.pause.r:
 			paused = true
 			return
+		default:
 		}
 		for i, m := range msgs {
 			bufs[i] = m.buf[:mtu]
@@ -443,9 +445,11 @@ func (p *Port) writeLoop() {
 
 // writeBatch writes oob then msgs and drops the queue's references on all.
 func (p *Port) writeBatch(msgs, oob []*msg, bufs [][]byte) error {
-	kept := 0 // the last kept of msgs stay for a resume, their references held
+	// The last kept of msgs and keptOOB of oob stay for a resume, their
+	// references held (a pause).
+	kept, keptOOB := 0, 0
 	defer func() {
-		for _, m := range oob {
+		for _, m := range oob[:len(oob)-keptOOB] {
 			m.decRef()
 		}
 		for _, m := range msgs[:len(msgs)-kept] {
@@ -453,11 +457,17 @@ func (p *Port) writeBatch(msgs, oob []*msg, bufs [][]byte) error {
 		}
 		p.q.done(len(oob) + len(msgs))
 	}()
-	for _, m := range oob {
+	for i, m := range oob {
 		if p.oobw == nil {
 			continue
 		}
 		if err := p.oobw.WriteOOB(m.bytes()); err != nil {
+			if p.pause.on.Load() && endpoint.Paused(err) {
+				keptOOB, kept = len(oob)-i, len(msgs)
+				p.pause.unsentOOB = append(p.pause.unsentOOB, oob[i:]...)
+				p.pause.unsent = append(p.pause.unsent, msgs...)
+				return errPausedWrite
+			}
 			return err
 		}
 	}

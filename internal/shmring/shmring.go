@@ -150,6 +150,31 @@ func Map(fd int) (*Region, error) {
 	return r, nil
 }
 
+// MapAs maps the region of memfd fd with layout l, which the caller knows
+// (a daemon taking over from the one that made it), not the one the
+// shared header says: it checks only the file's size. It takes ownership
+// of fd.
+func MapAs(fd int, l Layout) (*Region, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("ring memory: %w", err)
+	}
+	if !l.valid() || st.Size != int64(l.Bytes()) {
+		unix.Close(fd)
+		return nil, fmt.Errorf("ring memory of %d bytes, layout %+v: %w", st.Size, l, syscall.EPROTO)
+	}
+	mem, err := unix.Mmap(fd, 0, l.Bytes(), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("map ring memory: %w", err)
+	}
+	return &Region{mem: mem, layout: l, fd: fd}, nil
+}
+
+// Layout returns the region's layout.
+func (r *Region) Layout() Layout { return r.layout }
+
 // FD returns the region's memfd, to pass to the member.
 func (r *Region) FD() int { return r.fd }
 
@@ -225,18 +250,22 @@ type Producer struct {
 }
 
 // Producer returns the producing end of ring i.
-func (r *Region) Producer(i int) *Producer {
-	p := &Producer{ring: r.ring(i)}
-	// Where the ring is now: a region another process used (a daemon
-	// taking over) is resumed, not restarted. Impossible indices leave
-	// freeTo at next, for Put to report.
-	p.next = p.tail.Load()
-	p.freeTo = p.next
-	if h := p.head.Load(); p.next-h <= p.n {
-		p.freeTo = h + p.n
+func (r *Region) Producer(i int) *Producer { return r.ProducerAt(i, 0) }
+
+// ProducerAt returns the producing end of ring i resumed at its private
+// index next (Next of the end another process had: a daemon taking over),
+// whatever the shared memory says.
+func (r *Region) ProducerAt(i int, next uint64) *Producer {
+	p := &Producer{ring: r.ring(i), next: next}
+	p.freeTo = next // Put looks at the consumer's head first
+	if next == 0 {
+		p.freeTo = p.n
 	}
 	return p
 }
+
+// Next returns the producer's private index: how many it has put.
+func (p *Producer) Next() uint64 { return p.next }
 
 // Push copies msg into the next slot and publishes it. It reports false if
 // the ring is full; ErrCorrupt if the consumer published an impossible
@@ -303,12 +332,16 @@ type Consumer struct {
 }
 
 // Consumer returns the consuming end of ring i.
-func (r *Region) Consumer(i int) *Consumer {
-	c := &Consumer{ring: r.ring(i)}
-	c.next = c.head.Load() // resumed where it is, as a Producer
-	c.avail = c.next
-	return c
+func (r *Region) Consumer(i int) *Consumer { return r.ConsumerAt(i, 0) }
+
+// ConsumerAt returns the consuming end of ring i resumed at its private
+// index next, as ProducerAt.
+func (r *Region) ConsumerAt(i int, next uint64) *Consumer {
+	return &Consumer{ring: r.ring(i), next: next, avail: next}
 }
+
+// Next returns the consumer's private index: how many it has popped.
+func (c *Consumer) Next() uint64 { return c.next }
 
 // Pop copies the next message into b and reports its length (longer than b
 // if it was truncated); ok is false if the ring is empty. The slot is

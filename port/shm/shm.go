@@ -76,17 +76,35 @@ func New(mtu int, lossless bool, oob func([]byte) error) (*Endpoint, error) {
 	return e, nil
 }
 
+// Position is where the daemon's side of a member's rings stands: what
+// another daemon needs, with DupFDs' descriptors, to go on from there
+// (Adopt). The member's side of the shared memory is not trusted for it.
+type Position struct {
+	Layout shmring.Layout
+	In     uint64 // messages taken from the member's ring
+	Out    uint64 // messages put into the ring to the member
+}
+
+// Position returns the endpoint's position; call it while paused.
+func (e *Endpoint) Position() Position {
+	e.rmu.Lock()
+	defer e.rmu.Unlock()
+	e.wmu.Lock()
+	defer e.wmu.Unlock()
+	return Position{Layout: e.region.Layout(), In: e.in.Next(), Out: e.out.Next()}
+}
+
 // Adopt returns the endpoint of rings that another daemon made with New
 // and passed on (a takeover), from the descriptors DupFDs gave, which it
-// owns from then on (closed on error). It resumes the rings where they are.
-func Adopt(fds []int, lossless bool, oob func([]byte) error) (*Endpoint, error) {
+// owns from then on (closed on error), resumed at pos.
+func Adopt(fds []int, pos Position, lossless bool, oob func([]byte) error) (*Endpoint, error) {
 	if len(fds) != 5 {
 		for _, fd := range fds {
 			unix.Close(fd)
 		}
 		return nil, fmt.Errorf("adopt rings: want 5 descriptors, got %d: %w", len(fds), unix.EINVAL)
 	}
-	region, err := shmring.Map(fds[0])
+	region, err := shmring.MapAs(fds[0], pos.Layout)
 	if err != nil {
 		for _, fd := range fds[1:] {
 			unix.Close(fd)
@@ -103,8 +121,8 @@ func Adopt(fds []int, lossless bool, oob func([]byte) error) (*Endpoint, error) 
 			return nil, fmt.Errorf("adopt rings: %w", err)
 		}
 	}
-	e.in = region.Consumer(shmring.ToDaemon)
-	e.out = region.Producer(shmring.ToMember)
+	e.in = region.ConsumerAt(shmring.ToDaemon, pos.In)
+	e.out = region.ProducerAt(shmring.ToMember, pos.Out)
 	// The member may have slept on either ring while no daemon served.
 	e.outData.Wake()
 	e.inSpace.Wake()
@@ -363,4 +381,18 @@ func (e *Endpoint) Close() error {
 		e.wmu.Unlock()
 	})
 	return nil
+}
+
+// Abandon releases the endpoint's memory and descriptors without telling
+// the member anything, for a daemon that handed the rings to another: it
+// does not mark the region closed, as Close does.
+func (e *Endpoint) Abandon() {
+	e.once.Do(func() {
+		e.closed.Store(true)
+		e.wmu.Lock()
+		e.rmu.Lock()
+		e.drop()
+		e.rmu.Unlock()
+		e.wmu.Unlock()
+	})
 }
