@@ -19,7 +19,7 @@ import (
 )
 
 // Crash recovery: a socket with SetRejoin re-joins by itself when its
-// daemon goes away (docs/reliability-client.md). One goroutine per such
+// daemon goes away (docs/reliability.md). One goroutine per such
 // socket, rejoinLoop, waits for the control connection to end, retires
 // the data path (counting what it lost), then dials a daemon again,
 // replays the socket's state, and puts the new connection and data path
@@ -100,7 +100,7 @@ func (r *rejoinState) release() {
 // errRejoining is sendCheck's while the socket re-joins.
 var errRejoining = errors.New("re-joining")
 
-// SetRejoin makes the socket, before Bind or Connect, re-join by itself when its daemon goes away (see docs/reliability-client.md).
+// SetRejoin makes the socket, before Bind or Connect, re-join by itself when its daemon goes away (see docs/reliability.md).
 func (s *Socket) SetRejoin(on bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -325,6 +325,7 @@ func (s *Socket) rejoinLoop() {
 		t0 := time.Now()
 		sent, lost, known := s.retire()
 		daemon := cc.c.RemoteAddr().String()
+		cc.c.Close() // its reader has stopped: nothing reads it any more
 		s.notify(Rejoin{Daemon: daemon, Err: why, Port: -1, Lost: lost, LostKnown: known, Sent: sent})
 		port, err := s.rejoinRetry()
 		if err != nil {
