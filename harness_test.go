@@ -391,6 +391,14 @@ func userDaemon(t *testing.T, cred *syscall.Credential) (home string, env []stri
 func ownDaemon(t *testing.T, args ...string) (string, *proc) {
 	t.Helper()
 	sock := filepath.Join(tempDir(t), "daemon", "ipn.sock")
+	return sock, daemonAt(t, sock, args...)
+}
+
+// daemonAt runs "ipn daemon -f" as a process of its own (one a test can
+// kill or stop) on the control socket sock, with extra arguments, and
+// returns once it answers.
+func daemonAt(t *testing.T, sock string, args ...string) *proc {
+	t.Helper()
 	d := start(t, nil, nil, ipnCommand(t), append([]string{"daemon", "-f", "--socket", sock}, args...)...)
 	waitFor(t, 15*time.Second, "the daemon at "+sock, func() bool {
 		select {
@@ -398,11 +406,16 @@ func ownDaemon(t *testing.T, args ...string) (string, *proc) {
 			t.Fatalf("daemon exited: %v: %s", d.err, d.stderr())
 		default:
 		}
-		c, err := net.Dial("unixpacket", sock)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
+		return sockReady(sock)
 	})
-	return sock, d
+	return d
+}
+
+// sockReady reports whether a daemon answers at sock.
+func sockReady(sock string) bool {
+	c, err := net.Dial("unixpacket", sock)
+	if err == nil {
+		c.Close()
+	}
+	return err == nil
 }

@@ -38,19 +38,7 @@ func init() {
 // answers.
 func holderDaemon(t *testing.T, sock string) *proc {
 	t.Helper()
-	d := start(t, nil, nil, ipnCommand(t), "daemon", "-f", "--socket", sock)
-	waitFor(t, waitProcs, "the daemon at "+sock, func() bool {
-		select {
-		case <-d.done:
-			t.Fatalf("daemon exited: %v: %s", d.err, d.stderr())
-		default:
-		}
-		c, err := net.Dial("unixpacket", sock)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	})
+	d := daemonAt(t, sock)
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("daemon pid %d stderr:\n%s", d.cmd.Process.Pid, d.stderr())

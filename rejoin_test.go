@@ -19,26 +19,6 @@ import (
 	"github.com/ipn-project/ipn"
 )
 
-// daemonAt runs a daemon of the test's own, as a process that can be
-// killed, on the control socket sock, and returns once it answers.
-func daemonAt(t *testing.T, sock string) *proc {
-	t.Helper()
-	d := start(t, nil, nil, ipnCommand(t), "daemon", "-f", "--socket", sock)
-	waitFor(t, 15*time.Second, "the daemon at "+sock, func() bool {
-		select {
-		case <-d.done:
-			t.Fatalf("daemon exited: %v: %s", d.err, d.stderr())
-		default:
-		}
-		c, err := net.Dial("unixpacket", sock)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	})
-	return d
-}
-
 // killDaemon SIGKILLs the daemon d and waits until it is gone.
 func killDaemon(t *testing.T, d *proc) {
 	t.Helper()

@@ -3,7 +3,6 @@ package ipn_test
 import (
 	"encoding/binary"
 	"fmt"
-	"net"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -37,8 +36,16 @@ func takeoverDaemon(t *testing.T, sock string, old *proc) *proc {
 	return d
 }
 
-// streamer sends numbered messages (its id, then a sequence number) as
-// fast as the network takes them, until stop.
+// The messages of a streamer: a broadcast Ethernet frame of streamLen
+// bytes from a MAC of the streamer's own (so that a switch floods it),
+// its payload the streamer's id and the message's sequence number.
+const (
+	streamLen = 64
+	streamID  = 14 // offset of the id; the sequence number follows
+)
+
+// streamer sends numbered messages as fast as the network takes them,
+// until stop.
 type streamer struct {
 	id   byte
 	sent atomic.Uint64
@@ -50,15 +57,17 @@ func stream(s *ipn.Socket, id byte, stop <-chan struct{}) *streamer {
 	st := &streamer{id: id, done: make(chan struct{})}
 	go func() {
 		defer close(st.done)
-		msg := make([]byte, 64)
-		msg[0] = id
+		msg := make([]byte, streamLen)
+		copy(msg, ethFrame([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, macOf(id), ""))
+		msg[12], msg[13] = 0x88, 0xb5 // an EtherType for experiments
+		msg[streamID] = id
 		for i := uint64(0); ; i++ {
 			select {
 			case <-stop:
 				return
 			default:
 			}
-			binary.LittleEndian.PutUint64(msg[1:], i)
+			binary.LittleEndian.PutUint64(msg[streamID+1:], i)
 			if err := s.Send(msg); err != nil {
 				st.err = err
 				return
@@ -69,17 +78,19 @@ func stream(s *ipn.Socket, id byte, stop <-chan struct{}) *streamer {
 	return st
 }
 
-// checker receives the streams on s and checks that each sender's
-// messages arrive once each, in order.
+// checker receives the streams on s: it counts each sender's messages,
+// the ones skipped (gaps), and the longest wait between two, and notes
+// the first that came twice or out of order.
 type checker struct {
 	mu     sync.Mutex
 	next   map[byte]uint64
-	bad    error
+	gaps   uint64 // messages skipped
+	bad    error  // a message repeated or out of order
 	last   time.Time
-	maxGap time.Duration // the longest wait between two messages
+	maxGap time.Duration
 }
 
-func check(t *testing.T, s *ipn.Socket) *checker {
+func check(s *ipn.Socket) *checker {
 	c := &checker{next: map[byte]uint64{}}
 	go func() {
 		buf := make([]byte, 2048)
@@ -88,19 +99,23 @@ func check(t *testing.T, s *ipn.Socket) *checker {
 			if err != nil {
 				return
 			}
-			if n != 64 {
+			if n != streamLen {
 				continue // a loop probe
 			}
-			id, seq := buf[0], binary.LittleEndian.Uint64(buf[1:])
+			id, seq := buf[streamID], binary.LittleEndian.Uint64(buf[streamID+1:])
+			now := time.Now()
 			c.mu.Lock()
-			if now := time.Now(); !c.last.IsZero() && now.Sub(c.last) > c.maxGap {
+			if !c.last.IsZero() && now.Sub(c.last) > c.maxGap {
 				c.maxGap = now.Sub(c.last)
 			}
-			c.last = time.Now()
-			if want := c.next[id]; seq != want && c.bad == nil {
-				c.bad = fmt.Errorf("from sender %d: message %d, want %d", id, seq, want)
+			c.last = now
+			switch want := c.next[id]; {
+			case seq < want && c.bad == nil:
+				c.bad = fmt.Errorf("from sender %d: message %d after %d: repeated or out of order", id, seq, want-1)
+			case seq > want:
+				c.gaps += seq - want
 			}
-			c.next[id] = seq + 1
+			c.next[id] = max(c.next[id], seq+1)
 			c.mu.Unlock()
 		}
 	}()
@@ -111,6 +126,13 @@ func (c *checker) got(id byte) uint64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.next[id]
+}
+
+// err returns the first message repeated or out of order, or nil.
+func (c *checker) err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.bad
 }
 
 var pingRE = regexp.MustCompile(`(\d+) packets transmitted, (\d+) received`)
@@ -156,13 +178,26 @@ func TestUpgradeUnderLoad(t *testing.T) {
 		}
 		return s
 	}
-	fastRecv, sockRecv := check(t, joinHub(true, ipn.ShutWrite)), check(t, joinHub(false, ipn.ShutWrite))
+	fastRecv, sockRecv := check(joinHub(true, ipn.ShutWrite)), check(joinHub(false, ipn.ShutWrite))
 	stop := make(chan struct{})
 	senders := []*streamer{stream(joinHub(true, ipn.ShutRead), 1, stop), stream(joinHub(false, ipn.ShutRead), 2, stop)}
 
+	// A lossless switch carries a third stream, fast path to socket.
+	lsw := filepath.Join(dir, "lossless-switch")
+	bindAtWith(t, dial, ipn.VDESwitch, lsw, func(s *ipn.Socket) { s.SetFlags(ipn.Lossless) })
+	joinSwitch := func(fast bool, how ipn.How) *ipn.Socket {
+		s := memberWith(t, dial, lsw, func(s *ipn.Socket) { s.SetFastPath(fast) })
+		if err := s.Shutdown(how); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	swRecv := check(joinSwitch(false, ipn.ShutWrite))
+	senders = append(senders, stream(joinSwitch(true, ipn.ShutRead), 3, stop))
+
 	// The switch: two taps in two namespaces, and a VDE client.
 	sw := filepath.Join(dir, "switch")
-	bindAtWith(t, dial, ipn.VDESwitch, sw)
+	bindAtWith(t, dial, ipn.VDESwitch, sw, nil)
 	ns1, ns2 := netnsAdd(t, "upg1"), netnsAdd(t, "upg2")
 	tap1, tap2 := devName("ua"), devName("ub")
 	for i, x := range [][2]string{{ns1, tap1}, {ns2, tap2}} {
@@ -184,7 +219,7 @@ func TestUpgradeUnderLoad(t *testing.T) {
 	vs := start(t, nil, env, ipnCommand(t), "vde", sw, vdeDir)
 	waitFor(t, waitProcs, "ipn vde serving", func() bool { return strings.Contains(vs.stderr(), "serves VDE clients") })
 	vp := startVdePlug(t, ns1, "vde://"+vdeDir)
-	member := memberWith(t, dial, sw)
+	member := memberWith(t, dial, sw, nil)
 	exchange := func(when string) {
 		t.Helper()
 		f := ethFrame([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, macOf(0x41), "from vde_plug "+when)
@@ -214,8 +249,10 @@ func TestUpgradeUnderLoad(t *testing.T) {
 
 	progress := func(what string) {
 		t.Helper()
-		a, b := fastRecv.got(1), sockRecv.got(2)
-		waitFor(t, waitProcs, what, func() bool { return fastRecv.got(1) > a+1000 && sockRecv.got(2) > b+1000 })
+		a, b, c := fastRecv.got(1), sockRecv.got(2), swRecv.got(3)
+		waitFor(t, waitProcs, what, func() bool {
+			return fastRecv.got(1) > a+1000 && sockRecv.got(2) > b+1000 && swRecv.got(3) > c+1000
+		})
 	}
 	progress("the streams flowing")
 	d2 := takeoverDaemon(t, sock, d1)
@@ -231,16 +268,21 @@ func TestUpgradeUnderLoad(t *testing.T) {
 			t.Fatalf("sender %d: %v", s.id, s.err)
 		}
 	}
-	for _, c := range []*checker{fastRecv, sockRecv} {
+	waitFor(t, waitProcs, "every message on the switch", func() bool { return swRecv.got(3) == senders[2].sent.Load() })
+	for _, c := range []*checker{fastRecv, sockRecv, swRecv} {
 		waitFor(t, waitProcs, "every message", func() bool {
-			return c.got(1) == senders[0].sent.Load() && c.got(2) == senders[1].sent.Load()
+			return c == swRecv || c.got(1) == senders[0].sent.Load() && c.got(2) == senders[1].sent.Load()
 		})
-		if c.bad != nil {
-			t.Fatal(c.bad)
+		if err := c.err(); err != nil {
+			t.Fatal(err)
+		}
+		if c.gaps != 0 {
+			t.Fatalf("%d messages lost across the upgrades", c.gaps)
 		}
 	}
-	t.Logf("sent %d (fast path) and %d (socket) messages across two upgrades; each receiver got every one once, in order; longest pause %v (fast path), %v (socket)",
-		senders[0].sent.Load(), senders[1].sent.Load(), fastRecv.maxGap.Round(time.Microsecond), sockRecv.maxGap.Round(time.Microsecond))
+	t.Logf("sent %d (fast path) and %d (socket) messages on the hub, %d on the switch, across two upgrades; each receiver got every one once, in order; longest pause %v (fast path), %v (socket), %v (switch)",
+		senders[0].sent.Load(), senders[1].sent.Load(), senders[2].sent.Load(),
+		fastRecv.maxGap.Round(time.Microsecond), sockRecv.maxGap.Round(time.Microsecond), swRecv.maxGap.Round(time.Microsecond))
 	for _, d := range []*proc{d1, d2} {
 		for _, l := range strings.Split(d.stderr(), "\n") {
 			if strings.Contains(l, "handed over") || strings.Contains(l, "took over") {
@@ -274,28 +316,35 @@ func TestUpgradeUnderLoad(t *testing.T) {
 func atoi(s string) int { n, _ := strconv.Atoi(s); return n }
 
 // bindAtWith binds a network of proto at path through dial, for the
-// test's duration.
-func bindAtWith(t *testing.T, dial *ipn.Dialer, proto ipn.Protocol, path string) *ipn.Socket {
+// test's duration, with the options opts sets (nil: none).
+func bindAtWith(t *testing.T, dial *ipn.Dialer, proto ipn.Protocol, path string, opts func(*ipn.Socket)) *ipn.Socket {
 	t.Helper()
 	s, err := dial.NewSocket(proto)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
+	if opts != nil {
+		opts(s)
+	}
 	if err := s.Bind(path); err != nil {
 		t.Fatal(err)
 	}
 	return s
 }
 
-// memberWith connects a member to path through dial.
-func memberWith(t *testing.T, dial *ipn.Dialer, path string) *ipn.Socket {
+// memberWith connects a member to path through dial, with the options
+// opts sets (nil: none).
+func memberWith(t *testing.T, dial *ipn.Dialer, path string, opts func(*ipn.Socket)) *ipn.Socket {
 	t.Helper()
 	s, err := dial.NewSocket(ipn.Any)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
+	if opts != nil {
+		opts(s)
+	}
 	if err := s.Connect(path); err != nil {
 		t.Fatal(err)
 	}
@@ -368,13 +417,4 @@ func TestOlderDaemon(t *testing.T) {
 	if got := recv.line(waitProcs); got != "still served" {
 		t.Fatalf("after the refused takeover, received %q", got)
 	}
-}
-
-// sockReady reports whether a daemon answers at sock.
-func sockReady(sock string) bool {
-	c, err := net.Dial("unixpacket", sock)
-	if err == nil {
-		c.Close()
-	}
-	return err == nil
 }
