@@ -17,7 +17,8 @@ func notifySystemd() error {
 		return nil
 	}
 	os.Unsetenv("NOTIFY_SOCKET") // for this daemon only, not what it starts
-	if path[0] == '@' { // an abstract socket
+	// An abstract socket.
+	if path[0] == '@' {
 		path = "\x00" + path[1:]
 	}
 	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: path, Net: "unixgram"})

@@ -217,4 +217,3 @@ func (w hookWriter) Write(b []byte) (int, error) {
 	w.hook(string(b))
 	return len(b), nil
 }
-
