@@ -3,6 +3,8 @@ package ipn_test
 import (
 	"encoding/binary"
 	"fmt"
+	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -10,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -417,4 +420,49 @@ func TestOlderDaemon(t *testing.T) {
 	if got := recv.line(waitProcs); got != "still served" {
 		t.Fatalf("after the refused takeover, received %q", got)
 	}
+}
+
+// ipn daemon --takeover without -f takes over in the background, with the
+// options it is given (as a service's reload runs it), and returns once
+// the new daemon serves; the old one exits, the members go on.
+func TestTakeoverInBackground(t *testing.T) {
+	requireRoot(t)
+	sock, old := ownDaemon(t)
+	env := []string{"IPN_SOCKET=" + sock}
+	path := filepath.Join(tempDir(t), "net")
+	recv := start(t, nil, env, ipnCommand(t), "cat", "--bind", "--recv-only", path)
+	waitFor(t, waitProcs, "the receiver", func() bool { return portsVia(env, ipnCommand(t), path) == 1 })
+	out, err := exec.Command(ipnCommand(t), "daemon", "--takeover", "--socket", sock, "--hello-timeout", "1s").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "serving") {
+		t.Fatalf("ipn daemon --takeover: %v\n%s", err, out)
+	}
+	if err := old.wait(waitProcs); err != nil {
+		t.Fatalf("the old daemon: %v\n%s", err, old.stderr())
+	}
+	send := start(t, nil, env, ipnCommand(t), "cat", "--send-only", path)
+	fmt.Fprintln(send.stdin, "after the takeover")
+	if got := recv.line(waitProcs); got != "after the takeover" {
+		t.Fatalf("received %q", got)
+	}
+	// The new daemon has the option it was given: a silent connection
+	// is dropped after 1 s, not the default 10.
+	c, err := net.Dial("unixpacket", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	t0 := time.Now()
+	c.SetReadDeadline(t0.Add(8 * time.Second))
+	if _, err := c.Read(make([]byte, 64)); err == nil || time.Since(t0) > 5*time.Second {
+		t.Errorf("a silent connection after %v: %v; want it dropped after 1 s (--hello-timeout)", time.Since(t0).Round(time.Millisecond), err)
+	}
+	// The background daemon is no test process's: stop it, found by its
+	// log (the socket's credentials name the process that listened first).
+	log, _ := os.ReadFile(sock + ".log")
+	m := regexp.MustCompile(`msg=serving .* pid=(\d+)`).FindAllSubmatch(log, -1)
+	if len(m) == 0 {
+		t.Fatalf("no daemon serving in the log:\n%s", log)
+	}
+	syscall.Kill(atoi(string(m[len(m)-1][1])), syscall.SIGTERM)
+	waitFor(t, waitProcs, "the background daemon to stop", func() bool { return !sockReady(sock) })
 }

@@ -6,17 +6,15 @@ import (
 	"strconv"
 )
 
-// notifySystemd tells systemd, when it started the daemon (NOTIFY_SOCKET,
-// sd_notify(3)), that the daemon serves, and which process it is now: a
-// takeover's new daemon becomes the service's main process (the unit
-// needs NotifyAccess=all, as a reload by ipn daemon --takeover runs it
-// outside the main process). Without systemd it does nothing.
-func notifySystemd() error {
-	path := os.Getenv("NOTIFY_SOCKET")
+// notifySystemd tells systemd (path is NOTIFY_SOCKET's, sd_notify(3); ""
+// without systemd: nothing to do) that the daemon serves, and which
+// process it is now: a takeover's new daemon becomes the service's main
+// process (the unit needs NotifyAccess=all, as a reload by ipn daemon
+// --takeover runs it outside the main process).
+func notifySystemd(path string) error {
 	if path == "" {
 		return nil
 	}
-	os.Unsetenv("NOTIFY_SOCKET") // for this daemon only, not what it starts
 	// An abstract socket.
 	if path[0] == '@' {
 		path = "\x00" + path[1:]

@@ -124,6 +124,10 @@ func Serve(ctx context.Context, cfg Config) error {
 		cfg.Socket = DefaultSocket()
 	}
 	s := newServer(cfg)
+	// systemd's notify socket is this daemon's alone, not what it starts
+	// (a holder).
+	notify := os.Getenv("NOTIFY_SOCKET")
+	os.Unsetenv("NOTIFY_SOCKET")
 	if err := setFileLimit(cfg.MaxFiles); err != nil {
 		return err
 	}
@@ -182,7 +186,7 @@ func Serve(ctx context.Context, cfg Config) error {
 	if cfg.Ready != nil {
 		cfg.Ready()
 	}
-	if err := notifySystemd(); err != nil {
+	if err := notifySystemd(notify); err != nil {
 		s.log.Warn("cannot tell systemd the daemon is ready", "err", err)
 	}
 	acceptDone := make(chan struct{})

@@ -33,9 +33,12 @@ type session struct {
 
 	wmu sync.Mutex // serializes writes on conn (replies and OOB events)
 	// frozen stops serve between two requests, for a takeover; out is
-	// closed when serve has returned (run).
-	frozen atomic.Bool
-	out    chan struct{}
+	// closed when serve has returned (run). stopped, under fmu, says that
+	// serve stopped for the freeze: whoever thaws serves it again.
+	frozen  atomic.Bool
+	out     chan struct{}
+	fmu     sync.Mutex
+	stopped bool
 	// holds is set once the session is bound or connected: its network
 	// ends if the daemon stops.
 	holds atomic.Bool
@@ -75,13 +78,18 @@ func (ss *session) serve() (frozen bool) {
 		ss.conn.SetReadDeadline(time.Now().Add(ss.srv.cfg.HelloTimeout))
 	}
 	for {
-		if ss.frozen.Load() { // a freeze that came while a request was handled
+		if ss.stopFrozen() { // a freeze that came while a request was handled
 			return true
 		}
 		pkt, fds, err := wire.Recv(ss.conn, buf)
 		if err != nil {
-			if ss.frozen.Load() && errors.Is(err, os.ErrDeadlineExceeded) {
-				return true
+			if errors.Is(err, os.ErrDeadlineExceeded) && (ss.hello || ss.frozen.Load()) {
+				// The freeze's deadline (a session that said hello has
+				// no other): stop, or serve on if it is over already.
+				if ss.stopFrozen() {
+					return true
+				}
+				continue
 			}
 			switch {
 			case errors.Is(err, os.ErrDeadlineExceeded):
@@ -110,6 +118,28 @@ func (ss *session) serve() (frozen bool) {
 			return false
 		}
 	}
+}
+
+// stopFrozen reports whether the session is frozen, and if so marks it
+// stopped, for thaw to serve it again.
+func (ss *session) stopFrozen() bool {
+	ss.fmu.Lock()
+	defer ss.fmu.Unlock()
+	if ss.frozen.Load() {
+		ss.stopped = true
+	}
+	return ss.stopped
+}
+
+// thaw ends the session's freeze and reports whether serve had stopped
+// for it (then the caller serves it again).
+func (ss *session) thaw() bool {
+	ss.fmu.Lock()
+	defer ss.fmu.Unlock()
+	ss.frozen.Store(false)
+	was := ss.stopped
+	ss.stopped = false
+	return was
 }
 
 // send writes one packet to the client.

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -42,25 +43,40 @@ func Start(socket string) error {
 	if socket == "" {
 		socket = DefaultSocket()
 	}
-	return start(socket, false)
+	return start(socket, "")
 }
 
-// StartTakeover starts a daemon in the background on socket (DefaultSocket()
-// if empty) that takes over from the one serving there, if one does (see
-// Config.Takeover), and returns once it serves.
-func StartTakeover(socket string) error {
-	if socket == "" {
-		socket = DefaultSocket()
+// StartTakeover starts a daemon of cfg (its socket DefaultSocket() if
+// empty) in the background that takes over from the one serving there, if
+// one does (see Config.Takeover), and returns once it serves. Of cfg it
+// keeps the limits, IdleExit, NoFastPath, HelloTimeout and MaxFiles.
+func StartTakeover(cfg Config) error {
+	if cfg.Socket == "" {
+		cfg.Socket = DefaultSocket()
 	}
-	return start(socket, true)
+	b, err := json.Marshal(childConfig{cfg.IdleExit, cfg.NoFastPath, cfg.Limits, cfg.HelloTimeout, cfg.MaxFiles})
+	if err != nil {
+		return err
+	}
+	return start(cfg.Socket, string(b))
 }
 
-// takeoverEnv tells the re-executed daemon to take over.
+// takeoverEnv tells the re-executed daemon to take over, with the
+// configuration (childConfig, JSON) it holds.
 const takeoverEnv = "IPN_DAEMON_TAKEOVER"
+
+// childConfig is what a re-executed daemon that takes over serves with.
+type childConfig struct {
+	IdleExit     time.Duration
+	NoFastPath   bool
+	Limits       Limits
+	HelloTimeout time.Duration
+	MaxFiles     int
+}
 
 // start runs a daemon on socket and waits until it serves. A lock makes
 // racing starters take turns; the later ones find the daemon running.
-func start(socket string, takeover bool) error {
+func start(socket, takeover string) error {
 	if err := CheckSocket(socket); err != nil {
 		return fmt.Errorf("start ipn daemon: %w", err)
 	}
@@ -77,7 +93,7 @@ func start(socket string, takeover bool) error {
 	}
 	if c, err := ctlsock.Dial(socket); err == nil {
 		c.Close()
-		if !takeover {
+		if takeover == "" {
 			return nil
 		}
 	} else if errors.Is(err, ctlsock.ErrNotDaemon) {
@@ -102,8 +118,8 @@ func start(socket string, takeover bool) error {
 	// daemon is adopted by init and this process leaves no zombie.
 	cmd := exec.Command(exe)
 	cmd.Env = append(os.Environ(), childEnv+"=1", SocketEnv+"="+socket)
-	if takeover {
-		cmd.Env = append(cmd.Env, takeoverEnv+"=1")
+	if takeover != "" {
+		cmd.Env = append(cmd.Env, takeoverEnv+"="+takeover)
 	} else {
 		// A daemon a program starts for itself is no service's: only
 		// a takeover's (a service's reload) tells systemd.
@@ -117,7 +133,11 @@ func start(socket string, takeover bool) error {
 	if err != nil {
 		return fmt.Errorf("start ipn daemon: %w", err)
 	}
-	r.SetReadDeadline(time.Now().Add(startTimeout))
+	wait := startTimeout
+	if takeover != "" {
+		wait += takeoverTimeout + freezeTimeout // a hand-over may take that long
+	}
+	r.SetReadDeadline(time.Now().Add(wait))
 	var b [1]byte
 	if _, err := io.ReadFull(r, b[:]); err != nil {
 		return fmt.Errorf("start ipn daemon: it did not come up (%v); see %s%s", err, logPath, lastLine(logPath))
@@ -161,20 +181,26 @@ func RunIfChild() {
 		os.Exit(0)
 	case "2":
 		os.Unsetenv(childEnv)
-		takeover := os.Getenv(takeoverEnv) == "1"
+		cfg := Config{IdleExit: AutoIdleExit}
+		if tc := os.Getenv(takeoverEnv); tc != "" {
+			var c childConfig
+			if err := json.Unmarshal([]byte(tc), &c); err != nil {
+				fmt.Fprintln(os.Stderr, "ipn daemon:", err)
+				os.Exit(1)
+			}
+			cfg = Config{Takeover: true, IdleExit: c.IdleExit, NoFastPath: c.NoFastPath, Limits: c.Limits,
+				HelloTimeout: c.HelloTimeout, MaxFiles: c.MaxFiles}
+		}
 		os.Unsetenv(takeoverEnv)
 		ready := os.NewFile(3, "ready")
 		log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-		err := Serve(ctx, Config{
-			IdleExit: AutoIdleExit,
-			Takeover: takeover,
-			Logger:   log,
-			Ready: func() {
-				ready.Write([]byte{1})
-				ready.Close()
-			},
-		})
+		cfg.Logger = log
+		cfg.Ready = func() {
+			ready.Write([]byte{1})
+			ready.Close()
+		}
+		err := Serve(ctx, cfg)
 		stop()
 		if err != nil && !errors.Is(err, ErrRunning) {
 			log.Error("daemon", "err", err)

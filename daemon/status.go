@@ -32,6 +32,8 @@ type statusPage struct {
 	mu   sync.Mutex
 	port *engine.Port // set by attach
 	left bool         // the port left (leave ran)
+
+	closeOnce sync.Once
 }
 
 // newStatusPage makes a status page, mapped, its count at 0.
@@ -138,15 +140,18 @@ func (st *statusPage) retire(p *engine.Port) {
 	st.Close()
 }
 
-// Close unmaps the page and closes its memfd if it still has it; only for
-// a page no message points at (its port never joined, or retire says so).
+// Close unmaps the page and closes its memfd, once (retire and a
+// takeover's abandon may both call it); only for a page no message points
+// at (its port never joined, or retire says so).
 func (st *statusPage) Close() {
-	if st.fd >= 0 {
-		unix.Close(st.fd)
-		st.fd = -1
-	}
-	if st.mem != nil {
-		unix.Munmap(st.mem)
-		st.mem, st.Done = nil, nil
-	}
+	st.closeOnce.Do(func() {
+		if st.fd >= 0 {
+			unix.Close(st.fd)
+			st.fd = -1
+		}
+		if st.mem != nil {
+			unix.Munmap(st.mem)
+			st.mem, st.Done = nil, nil
+		}
+	})
 }

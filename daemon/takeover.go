@@ -207,8 +207,11 @@ func (s *server) handOver(conn *net.UnixConn, by cred) error {
 	conn.SetDeadline(time.Now().Add(takeoverTimeout))
 	buf := make([]byte, 4096)
 	kind, body, _, err := recvPiece(conn, buf)
-	if err != nil || kind != 'H' {
-		return fmt.Errorf("takeover hello: %v: %w", err, syscall.EPROTO)
+	if err != nil {
+		return fmt.Errorf("takeover hello: %w", err)
+	}
+	if kind != 'H' {
+		return fmt.Errorf("takeover: a %q packet, not a hello: %w", kind, syscall.EPROTO)
 	}
 	var hello takeoverHello
 	if err := json.Unmarshal(body, &hello); err != nil {
@@ -232,6 +235,7 @@ func (s *server) handOver(conn *net.UnixConn, by cred) error {
 	}
 	closeFDs(fds)
 	if err == nil {
+		conn.SetDeadline(time.Now().Add(takeoverTimeout)) // for its restore
 		kind, body, _, err = recvPiece(conn, buf)
 		switch {
 		case err != nil:
@@ -240,13 +244,22 @@ func (s *server) handOver(conn *net.UnixConn, by cred) error {
 			err = fmt.Errorf("the new daemon failed: %s", body)
 		}
 	}
+	if err == nil {
+		// The new daemon starts once it reads this; if it cannot, it
+		// is gone, and this one serves on.
+		if err = sendPiece(conn, 'G', nil); err != nil {
+			err = fmt.Errorf("the new daemon went away when it was ready: %w", err)
+		}
+	}
 	if err != nil {
+		// Said before resuming: a new daemon that reads it never
+		// serves what it got (without it, it serves only once this one
+		// is gone).
+		sendPiece(conn, 'X', []byte(err.Error()))
 		s.thaw(frozen)
 		return err
 	}
-	// From here the new daemon owns everything: it starts once told.
-	close(s.handed)
-	sendPiece(conn, 'G', nil)
+	close(s.handed) // everything is the new daemon's
 	s.log.Info("handed over", "to pid", hello.PID, "networks", len(st.Networks), "sessions", len(st.Sessions), "took", time.Since(t0).Round(time.Microsecond))
 	return nil
 }
@@ -303,7 +316,7 @@ func (s *server) freeze() (*frozenServer, error) {
 			}
 		}
 		return nil
-	})
+	}, func() { f.clearDeadlines() })
 	if err != nil {
 		return nil, s.unfreeze(f, err)
 	}
@@ -311,8 +324,18 @@ func (s *server) freeze() (*frozenServer, error) {
 	return f, nil
 }
 
+// clearDeadlines takes the freeze's deadlines off the sessions'
+// connections, before the ports resume: a port's writer that finds one
+// there fails its notice, and its port leaves.
+func (f *frozenServer) clearDeadlines() {
+	for _, ss := range f.sessions {
+		ss.conn.SetDeadline(time.Time{})
+	}
+}
+
 // thaw resumes a frozen server where it stopped.
 func (s *server) thaw(f *frozenServer) {
+	f.clearDeadlines()
 	f.engine.Thaw()
 	s.unfreeze(f, nil)
 }
@@ -326,19 +349,18 @@ func (s *server) unfreeze(f *frozenServer, err error) error {
 			// The deadline first: a session still serving must not see
 			// it once it is no longer frozen (it would be dropped).
 			ss.conn.SetDeadline(time.Time{})
-			ss.frozen.Store(false)
-			select {
-			case <-ss.out: // stopped: start it again, if still ours
-				s.mu.Lock()
-				_, ours := s.sessions[ss]
-				s.mu.Unlock()
-				if ours {
-					if !ss.hello {
-						ss.conn.SetReadDeadline(time.Now().Add(s.cfg.HelloTimeout))
-					}
-					s.run(ss)
+			if !ss.thaw() {
+				continue // it did not stop: it serves on
+			}
+			<-ss.out // its goroutine ends at once
+			s.mu.Lock()
+			_, ours := s.sessions[ss]
+			s.mu.Unlock()
+			if ours { // (a session whose client went is not)
+				if !ss.hello {
+					ss.conn.SetReadDeadline(time.Now().Add(s.cfg.HelloTimeout))
 				}
-			default: // a session that did not stop serves on
+				s.run(ss)
 			}
 		}
 	}
@@ -589,10 +611,14 @@ func (s *server) takeOver() error {
 		return fmt.Errorf("take over %s: %w", s.cfg.Socket, err)
 	}
 	buf := make([]byte, 64)
-	kind, _, _, err := recvPiece(conn, buf)
-	if err != nil || kind != 'G' {
-		// The old daemon let go, or resumed. If it is gone (it died
-		// after it read ready), no one else serves: this one does.
+	kind, body, _, err := recvPiece(conn, buf)
+	switch {
+	case err == nil && kind == 'X':
+		closeFDs(fds)
+		return fmt.Errorf("take over %s: the old daemon resumed: %s: %w", s.cfg.Socket, body, syscall.ECANCELED)
+	case err != nil || kind != 'G':
+		// No word: if the old daemon is gone (it died after it read
+		// ready), no one else serves: this one does.
 		if !waitGone(c.pid, freezeTimeout) {
 			closeFDs(fds)
 			return fmt.Errorf("take over %s: the old daemon did not let go: %v: %w", s.cfg.Socket, err, syscall.EPROTO)

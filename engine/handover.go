@@ -108,8 +108,9 @@ type Frozen struct {
 // calls before, if not nil (the daemon stops its sessions there, whose
 // connections carry ports' out-of-band messages), and stops the readers,
 // then the writers. If before fails or the ports do not all stop in time,
-// Freeze thaws them and fails.
-func (e *Engine) Freeze(timeout time.Duration, before func() error) (*Frozen, error) {
+// Freeze stops them all, calls undo (if not nil: what before did that the
+// restarted ports must not meet), thaws them and fails.
+func (e *Engine) Freeze(timeout time.Duration, before func() error, undo func()) (*Frozen, error) {
 	e.mu.Lock()
 	if e.frozen {
 		e.mu.Unlock()
@@ -132,16 +133,39 @@ func (e *Engine) Freeze(timeout time.Duration, before func() error) (*Frozen, er
 		}
 		n.mu.Unlock()
 	}
+	stopReaders := func() {
+		for _, p := range f.ports {
+			closeOnce(p.pause.r)
+			if pr, ok := p.ep.(endpoint.Pauser); ok {
+				pr.PauseRead()
+			}
+		}
+	}
+	stopWriters := func() {
+		for _, p := range f.ports {
+			closeOnce(p.pause.w)
+			if pr, ok := p.ep.(endpoint.Pauser); ok {
+				pr.PauseWrite()
+			}
+		}
+	}
+	fail := func(err error) (*Frozen, error) {
+		// Every loop stops (each wait a pause interrupts), then restarts.
+		stopReaders()
+		stopWriters()
+		for _, p := range f.ports {
+			<-p.pause.rOut
+			<-p.pause.wOut
+		}
+		if undo != nil {
+			undo()
+		}
+		f.Thaw()
+		return nil, err
+	}
 	if before != nil {
 		if err := before(); err != nil {
-			for _, p := range f.ports {
-				close(p.pause.r)
-				close(p.pause.w)
-				<-p.pause.rOut
-				<-p.pause.wOut
-			}
-			f.Thaw()
-			return nil, err
+			return fail(err)
 		}
 	}
 	deadline := time.NewTimer(timeout)
@@ -156,32 +180,24 @@ func (e *Engine) Freeze(timeout time.Duration, before func() error) (*Frozen, er
 		}
 		return nil
 	}
-	for _, p := range f.ports {
-		close(p.pause.r)
-		if pr, ok := p.ep.(endpoint.Pauser); ok {
-			pr.PauseRead()
-		}
+	stopReaders()
+	if err := wait(func(p *Port) chan struct{} { return p.pause.rOut }); err != nil {
+		return fail(err)
 	}
-	err := wait(func(p *Port) chan struct{} { return p.pause.rOut })
-	if err == nil {
-		for _, p := range f.ports {
-			close(p.pause.w)
-			if pr, ok := p.ep.(endpoint.Pauser); ok {
-				pr.PauseWrite()
-			}
-		}
-		err = wait(func(p *Port) chan struct{} { return p.pause.wOut })
-	}
-	if err != nil {
-		// Let every loop finish stopping before it is restarted.
-		for _, p := range f.ports {
-			<-p.pause.rOut
-			<-p.pause.wOut
-		}
-		f.Thaw()
-		return nil, err
+	stopWriters()
+	if err := wait(func(p *Port) chan struct{} { return p.pause.wOut }); err != nil {
+		return fail(err)
 	}
 	return f, nil
+}
+
+// closeOnce closes ch unless it is closed already; one goroutine calls it.
+func closeOnce(ch chan struct{}) {
+	select {
+	case <-ch:
+	default:
+		close(ch)
+	}
 }
 
 // live reports whether p was stopped by the freeze, not by leaving.
@@ -447,6 +463,11 @@ func (e *Engine) Restore(st *NetworkState) (n *Network, start func(), err error)
 		}
 	}
 	for _, m := range msgs {
+		if m.refs.Load() == 1 {
+			// Queued only for a port that is not here: it counts for
+			// no one, since the daemon it came from may resume it.
+			m.done = nil
+		}
 		m.decRef() // the table's reference
 	}
 	readDone := make([]bool, len(ports))

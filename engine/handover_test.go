@@ -3,6 +3,7 @@ package engine_test
 import (
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -42,7 +43,7 @@ func TestFreezeRestore(t *testing.T) {
 	// reader waits for room with messages in hand (it has read at least
 	// 8 once 12 are injected: its inbound channel holds 4).
 	waitFor(t, func() bool { return count.Load() >= 12 })
-	f, err := old.Freeze(time.Second, nil)
+	f, err := old.Freeze(time.Second, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -133,7 +134,7 @@ func TestFreezeThaw(t *testing.T) {
 		}
 	}()
 	waitFor(t, func() bool { return count.Load() >= 12 })
-	f, err := e.Freeze(time.Second, nil)
+	f, err := e.Freeze(time.Second, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,5 +181,32 @@ func waitStats(t *testing.T, n *engine.Network, num int, ok func(engine.PortStat
 			t.Fatalf("port %d's counters never came", num)
 		}
 		time.Sleep(time.Millisecond)
+	}
+}
+
+// A freeze whose before fails stops every port (idle readers and writers
+// included) and resumes them: it neither hangs nor loses a port.
+func TestFreezeBeforeFails(t *testing.T) {
+	e, n := create(t, engine.Config{Flags: engine.Lossless})
+	a, b := join(t, n, engine.PortOptions{}), join(t, n, engine.PortOptions{})
+	undone := false
+	done := make(chan error, 1)
+	go func() {
+		_, err := e.Freeze(time.Second, func() error { return errors.New("sessions would not stop") }, func() { undone = true })
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !undone {
+			t.Fatalf("freeze: %v, undo run %v; want the error, undone", err, undone)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a freeze whose before failed hung")
+	}
+	if err := a.ep.Inject(ctx(t), []byte("after")); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := b.ep.Recv(ctx(t)); err != nil || string(m) != "after" {
+		t.Fatalf("after the failed freeze: %q, %v", m, err)
 	}
 }

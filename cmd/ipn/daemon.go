@@ -57,12 +57,8 @@ daemon for the others; a request over a limit fails and names it.`,
 			if err := daemon.CheckSocket(socket); err != nil {
 				return err
 			}
-			if !foreground {
-				start := daemon.Start
-				if takeover {
-					start = daemon.StartTakeover
-				}
-				if err := start(socket); err != nil {
+			if !foreground && !takeover {
+				if err := daemon.Start(socket); err != nil {
 					return err
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "ipn daemon serving %s\n", socket)
@@ -91,7 +87,7 @@ daemon for the others; a request over a limit fails and names it.`,
 			if hello <= 0 {
 				return fmt.Errorf("--hello-timeout %v: want a positive duration", hello)
 			}
-			return daemon.Serve(ctx, daemon.Config{
+			cfg := daemon.Config{
 				Socket:       socket,
 				IdleExit:     idle,
 				Logger:       slog.New(slog.NewTextHandler(os.Stderr, nil)),
@@ -100,22 +96,30 @@ daemon for the others; a request over a limit fails and names it.`,
 				HelloTimeout: hello,
 				MaxFiles:     maxFiles,
 				Takeover:     takeover,
-			})
+			}
+			if !foreground { // --takeover in the background, with these options
+				if err := daemon.StartTakeover(cfg); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "ipn daemon serving %s\n", socket)
+				return nil
+			}
+			return daemon.Serve(ctx, cfg)
 		},
 	}
 	cmd.Flags().BoolVarP(&foreground, "foreground", "f", false, "serve in this process instead of starting a background daemon")
 	cmd.Flags().BoolVar(&takeover, "takeover", false, "take over from the daemon serving the socket, which hands everything over and exits (an upgrade)")
 	cmd.Flags().StringVar(&socket, "socket", "", "control socket path (default $IPN_SOCKET, "+daemon.SystemSocket+" for root, else per user)")
-	cmd.Flags().StringVar(&cpuprofile, "cpuprofile", "", "with --foreground, write a CPU profile (go tool pprof) here when stopped")
-	cmd.Flags().BoolVar(&noFast, "no-fast-path", false, "with --foreground, give every member a socket, not shared-memory rings")
-	cmd.Flags().DurationVar(&idle, "idle-exit", 0, "with --foreground, exit after this long without clients (0: never)")
+	cmd.Flags().StringVar(&cpuprofile, "cpuprofile", "", "with --foreground or --takeover, write a CPU profile (go tool pprof) here when stopped")
+	cmd.Flags().BoolVar(&noFast, "no-fast-path", false, "with --foreground or --takeover, give every member a socket, not shared-memory rings")
+	cmd.Flags().DurationVar(&idle, "idle-exit", 0, "with --foreground or --takeover, exit after this long without clients (0: never)")
 	d := daemon.DefaultLimits
-	cmd.Flags().IntVar(&limits.Networks, "max-networks", d.Networks, "with --foreground, most networks a user may have")
-	cmd.Flags().IntVar(&limits.Ports, "max-ports", d.Ports, "with --foreground, most ports a user's requests may hold")
-	cmd.Flags().IntVar(&limits.Conns, "max-conns", d.Conns, "with --foreground, most connections a user may have to the daemon")
-	cmd.Flags().Int64Var(&shmMiB, "max-shm", d.Shm>>20, "with --foreground, MiB of fast-path rings a user's members may have (then sockets)")
-	cmd.Flags().Int64Var(&memMiB, "max-memory", d.Memory>>20, "with --foreground, MiB of messages a user's networks may hold")
-	cmd.Flags().DurationVar(&hello, "hello-timeout", daemon.DefaultHelloTimeout, "with --foreground, how long a new connection may stay silent")
-	cmd.Flags().IntVar(&maxFiles, "max-files", 0, "with --foreground, the daemon's descriptor limit (0: root takes the kernel's most)")
+	cmd.Flags().IntVar(&limits.Networks, "max-networks", d.Networks, "with --foreground or --takeover, most networks a user may have")
+	cmd.Flags().IntVar(&limits.Ports, "max-ports", d.Ports, "with --foreground or --takeover, most ports a user's requests may hold")
+	cmd.Flags().IntVar(&limits.Conns, "max-conns", d.Conns, "with --foreground or --takeover, most connections a user may have to the daemon")
+	cmd.Flags().Int64Var(&shmMiB, "max-shm", d.Shm>>20, "with --foreground or --takeover, MiB of fast-path rings a user's members may have (then sockets)")
+	cmd.Flags().Int64Var(&memMiB, "max-memory", d.Memory>>20, "with --foreground or --takeover, MiB of messages a user's networks may hold")
+	cmd.Flags().DurationVar(&hello, "hello-timeout", daemon.DefaultHelloTimeout, "with --foreground or --takeover, how long a new connection may stay silent")
+	cmd.Flags().IntVar(&maxFiles, "max-files", 0, "with --foreground or --takeover, the daemon's descriptor limit (0: root takes the kernel's most)")
 	return cmd
 }
