@@ -108,21 +108,27 @@ func lsPorts(t *testing.T, sock, path string) map[string]ipn.PortInfo {
 // port stays. It returns the port's number.
 func holderPlug(t *testing.T, sock, ns, path, name string) int {
 	t.Helper()
+	return holderPlugAs(t, sock, ns, path, "tap", name)
+}
+
+// holderPlugAs is holderPlug for a device of scheme (tap or grab).
+func holderPlugAs(t *testing.T, sock, ns, path, scheme, name string) int {
+	t.Helper()
 	p := start(t, nil, []string{"IPN_SOCKET=" + sock, "IPN_NO_AUTOSTART=1"},
-		"ip", "netns", "exec", ns, ipnCommand(t), "plug", "--persist", path, "tap://"+name)
+		"ip", "netns", "exec", ns, ipnCommand(t), "plug", "--persist", path, scheme+"://"+name)
 	var port ipn.PortInfo
-	waitFor(t, waitProcs, "tap "+name+" attached", func() bool {
+	waitFor(t, waitProcs, scheme+" "+name+" attached", func() bool {
 		select {
 		case <-p.done:
-			t.Fatalf("ipn plug tap://%s exited: %v\n%s", name, p.err, p.stderr())
+			t.Fatalf("ipn plug %s://%s exited: %v\n%s", scheme, name, p.err, p.stderr())
 		default:
 		}
 		var ok bool
-		port, ok = lsPorts(t, sock, path)["tap "+name]
+		port, ok = lsPorts(t, sock, path)[scheme+" "+name]
 		return ok
 	})
 	if !port.Persist {
-		t.Fatalf("tap %s: port %+v, want a persistent one", name, port)
+		t.Fatalf("%s %s: port %+v, want a persistent one", scheme, name, port)
 	}
 	syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
 	p.wait(waitProcs)
@@ -365,4 +371,51 @@ func unwrapErrno(err error) error {
 		return errno
 	}
 	return err
+}
+
+// A persistent grab outlives the daemon's SIGKILL too: the holder keeps
+// its packet socket (and the interface its promiscuous mode), and the next
+// daemon brings the port back at its number, a ping crossing it again.
+func TestHolderGrabSurvivesCrash(t *testing.T) {
+	netnsNeed(t, "ping")
+	sock := filepath.Join(tempDir(t), "d", "ipn.sock")
+	d := holderDaemon(t, sock)
+	killHolder(t, sock)
+	path := filepath.Join(tempDir(t), "net")
+	binder, err := (&ipn.Dialer{Socket: sock}).NewSocket(ipn.VDESwitch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := binder.Bind(path); err != nil {
+		t.Fatal(err)
+	}
+	ns1, ns2, ns3 := netnsAdd(t, "hg1"), netnsAdd(t, "hg2"), netnsAdd(t, "hg3")
+	netnsIP(t, "-n", ns1, "link", "add", "veth1", "type", "veth", "peer", "name", "veth2", "netns", ns2)
+	netnsRun(t, ns1, "addr add 10.74.0.1/24 dev veth1", "link set veth1 up")
+	netnsRun(t, ns2, "link set veth2 up")
+	grabbed := holderPlugAs(t, sock, ns2, path, "grab", "veth2")
+	tap := devName("hg")
+	holderPlug(t, sock, ns3, path, tap)
+	netnsRun(t, ns3, "addr add 10.74.0.2/24 dev "+tap, "link set "+tap+" up")
+	for _, dev := range [][2]string{{ns2, "veth2"}, {ns3, tap}} {
+		t.Cleanup(func() {
+			c := exec.Command(ipnCommand(t), "device", path, "clear", dev[1])
+			c.Env = append(os.Environ(), "IPN_SOCKET="+sock, "IPN_NO_AUTOSTART=1")
+			c.Run()
+		})
+	}
+	binder.Close()
+	nsPing(t, ns1, "10.74.0.2")
+	promisc, _ := promiscuity(t, ns2, "veth2")
+
+	syscall.Kill(d.cmd.Process.Pid, syscall.SIGKILL)
+	d.wait(waitProcs)
+	if n, _ := promiscuity(t, ns2, "veth2"); n != promisc {
+		t.Errorf("veth2's promiscuity %d after the daemon's SIGKILL, %d before: the holder should keep the grab", n, promisc)
+	}
+	holderDaemon(t, sock)
+	if p, ok := lsPorts(t, sock, path)["grab veth2"]; !ok || p.Port != grabbed || !p.Persist {
+		t.Errorf("after a new daemon, grab veth2: %+v (listed %v); want persistent port %d", p, ok, grabbed)
+	}
+	nsPing(t, ns1, "10.74.0.2")
 }
