@@ -197,3 +197,27 @@ func Dup(raw syscall.RawConn) (int, error) {
 // Past is a deadline long gone: setting it stops a blocked Read or Write
 // on a socket or file at once, with os.ErrDeadlineExceeded.
 var Past = time.Unix(1, 0)
+
+// Pauser pauses an endpoint on a file or socket that Go's poller manages
+// by deadlines in the past: a blocked Read or Write returns at once with
+// os.ErrDeadlineExceeded, consuming nothing. Endpoints embed it for
+// endpoint.Pauser's methods.
+type Pauser struct{ d deadliner }
+
+type deadliner interface {
+	SetDeadline(time.Time) error
+	SetReadDeadline(time.Time) error
+	SetWriteDeadline(time.Time) error
+}
+
+// NewPauser returns the Pauser of f, an *os.File or a net.Conn.
+func NewPauser(f deadliner) Pauser { return Pauser{f} }
+
+// PauseRead stops reads until Resume.
+func (p Pauser) PauseRead() { p.d.SetReadDeadline(Past) }
+
+// PauseWrite stops writes until Resume.
+func (p Pauser) PauseWrite() { p.d.SetWriteDeadline(Past) }
+
+// Resume undoes PauseRead and PauseWrite.
+func (p Pauser) Resume() { p.d.SetDeadline(time.Time{}) }

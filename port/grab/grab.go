@@ -12,7 +12,6 @@ import (
 	"os"
 	"sync"
 	"syscall"
-	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -22,11 +21,12 @@ import (
 
 // Endpoint is the IPN side of a grabbed interface.
 type Endpoint struct {
-	f    *os.File
-	raw  syscall.RawConn
-	one  *sockio.OneWriter // for WriteDirect
-	once sync.Once
-	err  error
+	sockio.Pauser // endpoint.Pauser, by the socket's deadlines
+	f             *os.File
+	raw           syscall.RawConn
+	one           *sockio.OneWriter // for WriteDirect
+	once          sync.Once
+	err           error
 }
 
 var (
@@ -42,7 +42,7 @@ func New(fd int, iface string) (*Endpoint, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Endpoint{f: f, raw: raw, one: sockio.NewOneWriter(raw)}, nil
+	return &Endpoint{Pauser: sockio.NewPauser(f), f: f, raw: raw, one: sockio.NewOneWriter(raw)}, nil
 }
 
 // Read implements endpoint.Endpoint.Read: the frames the interface
@@ -87,15 +87,6 @@ func (e *Endpoint) Close() error {
 	e.once.Do(func() { e.err = e.f.Close() })
 	return e.err
 }
-
-// PauseRead implements endpoint.Pauser.
-func (e *Endpoint) PauseRead() { e.f.SetReadDeadline(sockio.Past) }
-
-// PauseWrite implements endpoint.Pauser.
-func (e *Endpoint) PauseWrite() { e.f.SetWriteDeadline(sockio.Past) }
-
-// Resume implements endpoint.Pauser.
-func (e *Endpoint) Resume() { e.f.SetDeadline(time.Time{}) }
 
 // Dup returns a copy of the descriptor, to make the endpoint again with
 // New in another process.

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"sync"
-	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -18,13 +17,14 @@ import (
 
 // Endpoint carries a port's messages over a SOCK_SEQPACKET socket.
 type Endpoint struct {
-	conn *net.UnixConn
-	r    *sockio.Reader    // recvmmsg
-	w    *sockio.Writer    // sendmmsg
-	one  *sockio.OneWriter // Lossy's inline writes
-	oob  func([]byte) error
-	once sync.Once
-	err  error
+	sockio.Pauser // endpoint.Pauser, by the socket's deadlines
+	conn          *net.UnixConn
+	r             *sockio.Reader    // recvmmsg
+	w             *sockio.Writer    // sendmmsg
+	one           *sockio.OneWriter // Lossy's inline writes
+	oob           func([]byte) error
+	once          sync.Once
+	err           error
 }
 
 var (
@@ -37,7 +37,7 @@ var (
 // out-of-band messages (the daemon sends them on the control connection).
 func New(conn *net.UnixConn, oob func([]byte) error) *Endpoint {
 	raw, _ := conn.SyscallConn()
-	return &Endpoint{conn: conn, r: sockio.NewReader(raw, false), w: sockio.NewWriter(raw),
+	return &Endpoint{Pauser: sockio.NewPauser(conn), conn: conn, r: sockio.NewReader(raw, false), w: sockio.NewWriter(raw),
 		one: sockio.NewOneWriter(raw), oob: oob}
 }
 
@@ -97,15 +97,6 @@ func (e *Endpoint) Close() error {
 	e.once.Do(func() { e.err = e.conn.Close() })
 	return e.err
 }
-
-// PauseRead implements endpoint.Pauser.
-func (e *Endpoint) PauseRead() { e.conn.SetReadDeadline(sockio.Past) }
-
-// PauseWrite implements endpoint.Pauser.
-func (e *Endpoint) PauseWrite() { e.conn.SetWriteDeadline(sockio.Past) }
-
-// Resume implements endpoint.Pauser.
-func (e *Endpoint) Resume() { e.conn.SetDeadline(time.Time{}) }
 
 // Conn returns the endpoint's socket.
 func (e *Endpoint) Conn() *net.UnixConn { return e.conn }

@@ -15,7 +15,6 @@ import (
 	"os"
 	"sync"
 	"syscall"
-	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -25,14 +24,15 @@ import (
 
 // Endpoint is the IPN side of a tap interface.
 type Endpoint struct {
-	f       *os.File
-	raw     syscall.RawConn
-	one     *sockio.OneWriter                         // for WriteDirect
-	iov     [2][]byte                                 // Read's: the caller's buffer, then scratch
-	read    func(fd int, b []byte) (int, bool, error) // e.readFrame, bound once
-	scratch []byte                                    // catches the rest of a frame longer than its buffer
-	once    sync.Once
-	err     error
+	sockio.Pauser // endpoint.Pauser, by the file's deadlines
+	f             *os.File
+	raw           syscall.RawConn
+	one           *sockio.OneWriter                         // for WriteDirect
+	iov           [2][]byte                                 // Read's: the caller's buffer, then scratch
+	read          func(fd int, b []byte) (int, bool, error) // e.readFrame, bound once
+	scratch       []byte                                    // catches the rest of a frame longer than its buffer
+	once          sync.Once
+	err           error
 }
 
 var (
@@ -49,7 +49,7 @@ func New(fd int, name string) (*Endpoint, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &Endpoint{f: f, raw: raw, one: sockio.NewOneWriter(raw), scratch: make([]byte, 65536)}
+	e := &Endpoint{Pauser: sockio.NewPauser(f), f: f, raw: raw, one: sockio.NewOneWriter(raw), scratch: make([]byte, 65536)}
 	e.read = e.readFrame
 	return e, nil
 }
@@ -92,15 +92,6 @@ func (e *Endpoint) Close() error {
 	e.once.Do(func() { e.err = e.f.Close() })
 	return e.err
 }
-
-// PauseRead implements endpoint.Pauser.
-func (e *Endpoint) PauseRead() { e.f.SetReadDeadline(sockio.Past) }
-
-// PauseWrite implements endpoint.Pauser.
-func (e *Endpoint) PauseWrite() { e.f.SetWriteDeadline(sockio.Past) }
-
-// Resume implements endpoint.Pauser.
-func (e *Endpoint) Resume() { e.f.SetDeadline(time.Time{}) }
 
 // Dup returns a copy of the descriptor, to make the endpoint again with
 // New in another process.

@@ -8,7 +8,6 @@ import (
 	"net"
 	"sync"
 	"syscall"
-	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -18,13 +17,14 @@ import (
 
 // Endpoint is the switch's data socket of one VDE port.
 type Endpoint struct {
-	conn *net.UnixConn
-	rawc syscall.RawConn
-	one  *sockio.OneWriter // for WriteDirect
-	oob  []byte            // the credentials each datagram carries, or nil
-	from *unix.Ucred       // those credentials, or nil
-	once sync.Once
-	err  error
+	sockio.Pauser // endpoint.Pauser, by the socket's deadlines
+	conn          *net.UnixConn
+	rawc          syscall.RawConn
+	one           *sockio.OneWriter // for WriteDirect
+	oob           []byte            // the credentials each datagram carries, or nil
+	from          *unix.Ucred       // those credentials, or nil
+	once          sync.Once
+	err           error
 }
 
 var (
@@ -43,7 +43,7 @@ func New(conn *net.UnixConn, sender *unix.Ucred) (*Endpoint, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &Endpoint{conn: conn, rawc: raw, one: sockio.NewOneWriter(raw)}
+	e := &Endpoint{Pauser: sockio.NewPauser(conn), conn: conn, rawc: raw, one: sockio.NewOneWriter(raw)}
 	if sender != nil {
 		e.oob, e.from = unix.UnixCredentials(sender), sender
 		e.one.SetControl(e.oob)
@@ -77,15 +77,6 @@ func (e *Endpoint) Close() error {
 	e.once.Do(func() { e.err = e.conn.Close() })
 	return e.err
 }
-
-// PauseRead implements endpoint.Pauser.
-func (e *Endpoint) PauseRead() { e.conn.SetReadDeadline(sockio.Past) }
-
-// PauseWrite implements endpoint.Pauser.
-func (e *Endpoint) PauseWrite() { e.conn.SetWriteDeadline(sockio.Past) }
-
-// Resume implements endpoint.Pauser.
-func (e *Endpoint) Resume() { e.conn.SetDeadline(time.Time{}) }
 
 // Dup returns a copy of the data socket's descriptor and the credentials
 // its datagrams carry (nil: the daemon's own), to make the endpoint again
