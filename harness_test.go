@@ -219,7 +219,13 @@ func bindNetAt(t *testing.T, path string) (string, *ipn.Socket) {
 // by opts, for as long as the test runs, and connects to it if join.
 func bindAt(t testing.TB, proto ipn.Protocol, path string, opts func(*ipn.Socket), join bool) *ipn.Socket {
 	t.Helper()
-	s, err := ipn.NewSocket(proto)
+	return bindVia(t, ipn.DefaultDialer, proto, path, opts, join)
+}
+
+// bindVia is bindAt through the daemon dial reaches.
+func bindVia(t testing.TB, dial *ipn.Dialer, proto ipn.Protocol, path string, opts func(*ipn.Socket), join bool) *ipn.Socket {
+	t.Helper()
+	s, err := dial.NewSocket(proto)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -241,7 +247,13 @@ func bindAt(t testing.TB, proto ipn.Protocol, path string, opts func(*ipn.Socket
 // member connects a new socket to path, applying opts before Connect.
 func member(t testing.TB, path string, opts func(*ipn.Socket)) *ipn.Socket {
 	t.Helper()
-	s, err := ipn.NewSocket(ipn.Any)
+	return memberVia(t, ipn.DefaultDialer, path, opts)
+}
+
+// memberVia is member through the daemon dial reaches.
+func memberVia(t testing.TB, dial *ipn.Dialer, path string, opts func(*ipn.Socket)) *ipn.Socket {
+	t.Helper()
+	s, err := dial.NewSocket(ipn.Any)
 	if err != nil {
 		t.Fatal(err)
 	}

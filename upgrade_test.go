@@ -187,9 +187,9 @@ func TestUpgradeUnderLoad(t *testing.T) {
 
 	// A lossless switch carries a third stream, fast path to socket.
 	lsw := filepath.Join(dir, "lossless-switch")
-	bindAtWith(t, dial, ipn.VDESwitch, lsw, func(s *ipn.Socket) { s.SetFlags(ipn.Lossless) })
+	bindVia(t, dial, ipn.VDESwitch, lsw, func(s *ipn.Socket) { s.SetFlags(ipn.Lossless) }, false)
 	joinSwitch := func(fast bool, how ipn.How) *ipn.Socket {
-		s := memberWith(t, dial, lsw, func(s *ipn.Socket) { s.SetFastPath(fast) })
+		s := memberVia(t, dial, lsw, func(s *ipn.Socket) { s.SetFastPath(fast) })
 		if err := s.Shutdown(how); err != nil {
 			t.Fatal(err)
 		}
@@ -200,7 +200,7 @@ func TestUpgradeUnderLoad(t *testing.T) {
 
 	// The switch: two taps in two namespaces, and a VDE client.
 	sw := filepath.Join(dir, "switch")
-	bindAtWith(t, dial, ipn.VDESwitch, sw, nil)
+	bindVia(t, dial, ipn.VDESwitch, sw, nil, false)
 	ns1, ns2 := netnsAdd(t, "upg1"), netnsAdd(t, "upg2")
 	tap1, tap2 := devName("ua"), devName("ub")
 	for i, x := range [][2]string{{ns1, tap1}, {ns2, tap2}} {
@@ -222,7 +222,7 @@ func TestUpgradeUnderLoad(t *testing.T) {
 	vs := start(t, nil, env, ipnCommand(t), "vde", sw, vdeDir)
 	waitFor(t, waitProcs, "ipn vde serving", func() bool { return strings.Contains(vs.stderr(), "serves VDE clients") })
 	vp := startVdePlug(t, ns1, "vde://"+vdeDir)
-	member := memberWith(t, dial, sw, nil)
+	member := memberVia(t, dial, sw, nil)
 	exchange := func(when string) {
 		t.Helper()
 		f := ethFrame([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, macOf(0x41), "from vde_plug "+when)
@@ -317,42 +317,6 @@ func TestUpgradeUnderLoad(t *testing.T) {
 }
 
 func atoi(s string) int { n, _ := strconv.Atoi(s); return n }
-
-// bindAtWith binds a network of proto at path through dial, for the
-// test's duration, with the options opts sets (nil: none).
-func bindAtWith(t *testing.T, dial *ipn.Dialer, proto ipn.Protocol, path string, opts func(*ipn.Socket)) *ipn.Socket {
-	t.Helper()
-	s, err := dial.NewSocket(proto)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	if opts != nil {
-		opts(s)
-	}
-	if err := s.Bind(path); err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
-
-// memberWith connects a member to path through dial, with the options
-// opts sets (nil: none).
-func memberWith(t *testing.T, dial *ipn.Dialer, path string, opts func(*ipn.Socket)) *ipn.Socket {
-	t.Helper()
-	s, err := dial.NewSocket(ipn.Any)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	if opts != nil {
-		opts(s)
-	}
-	if err := s.Connect(path); err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
 
 // recvUntilPayload receives on s until a frame ends with payload.
 func recvUntilPayload(t *testing.T, s *ipn.Socket, payload string) {
