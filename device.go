@@ -29,7 +29,11 @@ func (s *Socket) AttachTap(name string, persist bool) (int, error) {
 	if err != nil {
 		return -1, s.opError("attachtap", err)
 	}
-	fd, actual, err := openTap(name, mtu)
+	// A daemon of protocol 3 reads a tap's virtio-net headers (offloads:
+	// TCP moves in super-frames); an older one would take them for
+	// frames.
+	proto, _ := s.DaemonVersion()
+	fd, actual, err := openTap(name, mtu, proto >= 3)
 	if err != nil {
 		return -1, s.opError("attachtap", err)
 	}
@@ -116,8 +120,9 @@ func (s *Socket) attachDevice(op string, kind byte, name string, persist bool, f
 // openTap creates or attaches the tap name, gives it the MTU of a network
 // of MTU netMTU (tapMTU) and sets it up; it returns the descriptor and the
 // interface's name (the kernel's choice for "" or a pattern such as
-// "tap%d").
-func openTap(name string, netMTU int) (int, string, error) {
+// "tap%d"). With vnetHdr it opens it with IFF_VNET_HDR, for the daemon's
+// offloads.
+func openTap(name string, netMTU int, vnetHdr bool) (int, string, error) {
 	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		if errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM) {
@@ -130,7 +135,11 @@ func openTap(name string, netMTU int) (int, string, error) {
 		unix.Close(fd)
 		return -1, "", fmt.Errorf("tap %q: %w", name, err)
 	}
-	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI)
+	flags := uint16(unix.IFF_TAP | unix.IFF_NO_PI)
+	if vnetHdr {
+		flags |= unix.IFF_VNET_HDR
+	}
+	ifr.SetUint16(flags)
 	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
 		unix.Close(fd)
 		if errors.Is(err, unix.EPERM) {

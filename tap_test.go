@@ -373,18 +373,25 @@ func TestGrabMTU(t *testing.T) {
 }
 
 // TCP from a veth's peer, through the grabbed veth and an IPN switch, to a
-// tap, both ways. The peer has its tx checksum offload off
-// (docs/multihost.md): with it on, its TCP segments reach the grab with
-// their checksums unfinished, ipn passes them on as they are, and the
-// tap's kernel drops them while ping works.
+// tap, both ways, with the veth's offloads as they come (on: its TCP
+// segments reach the grab as super-frames with their checksums unfinished,
+// which the grab's virtio-net header says) and off.
 func TestGrabTCP(t *testing.T) {
+	for _, offloads := range []string{"on", "off"} {
+		t.Run("offloads "+offloads, func(t *testing.T) { testGrabTCP(t, offloads) })
+	}
+}
+
+func testGrabTCP(t *testing.T, offloads string) {
 	netnsNeed(t, "ping", "ethtool")
 	ns1, ns2, ns3 := netnsAdd(t, "gt1"), netnsAdd(t, "gt2"), netnsAdd(t, "gt3")
 	netnsIP(t, "-n", ns1, "link", "add", "veth1", "type", "veth", "peer", "name", "veth2", "netns", ns2)
 	netnsRun(t, ns1, "addr add 10.78.1.1/24 dev veth1", "link set veth1 up")
 	netnsRun(t, ns2, "link set veth2 up")
-	if out, err := nsCmd(ns1, "ethtool", "-K", "veth1", "tx", "off"); err != nil {
-		t.Fatalf("ethtool -K veth1 tx off: %v\n%s", err, out)
+	if offloads == "off" {
+		if out, err := nsCmd(ns1, "ethtool", "-K", "veth1", "tx", "off"); err != nil {
+			t.Fatalf("ethtool -K veth1 tx off: %v\n%s", err, out)
+		}
 	}
 	path, _ := devSwitch(t)
 	devPlug(t, ns2, path, "grab", "veth2")
@@ -395,4 +402,50 @@ func TestGrabTCP(t *testing.T) {
 	const size = 1 << 20
 	transfer(t, ns1, ns3, "10.78.1.2:5001", size)
 	transfer(t, ns3, ns1, "10.78.1.1:5002", size)
+}
+
+// Taps have offloads (IFF_VNET_HDR, TSO): TCP leaves a tap in super-frames
+// of up to 64 KiB. Across an ipn:// cable, whose members take ordinary
+// frames, the daemon cuts them into segments with finished checksums, and
+// merges them again into the far tap: a transfer both ways arrives intact,
+// and the far network's tap port saw fewer, larger messages than the cable
+// carried (the merge).
+func TestTapOffloadsAcrossCable(t *testing.T) {
+	netnsNeed(t, "ping")
+	ns1, ns2, nsc := netnsAdd(t, "toc1"), netnsAdd(t, "toc2"), netnsAdd(t, "tocc")
+	path1, _ := devSwitch(t)
+	path2, _ := devSwitch(t)
+	tap1, tap2 := devName("oa"), devName("ob")
+	devPlug(t, ns1, path1, "tap", tap1)
+	devPlug(t, ns2, path2, "tap", tap2)
+	netnsPlug(t, nsc, path1, "ipn://"+path2)
+	netnsRun(t, ns1, "addr add 10.76.0.1/24 dev "+tap1, "link set "+tap1+" up")
+	netnsRun(t, ns2, "addr add 10.76.0.2/24 dev "+tap2, "link set "+tap2+" up")
+	if out, err := nsCmd(ns1, "ethtool", "-k", tap1); err == nil && !strings.Contains(out, "tcp-segmentation-offload: on") {
+		t.Fatalf("tap %s has no TSO:\n%s", tap1, out)
+	}
+	nsPing(t, ns1, "10.76.0.2")
+	const size = 8 << 20
+	transfer(t, ns1, ns2, "10.76.0.2:5001", size)
+	transfer(t, ns2, ns1, "10.76.0.1:5002", size)
+	in := devicePort(path1, "tap "+tap1)
+	if in == nil {
+		t.Fatal("the tap port is gone")
+	}
+	// In path1 the tap sent super-frames (far fewer messages than 8 MB
+	// of 1514-byte frames); in ns2 the tap's kernel took in merged ones
+	// (it counts a super-frame as one packet).
+	if in.BytesIn < size || in.MsgsIn > size/1448/4 {
+		t.Errorf("tap %s sent %d messages, %d bytes: not super-frames", tap1, in.MsgsIn, in.BytesIn)
+	}
+	rx, err := nsCmd(ns2, "cat", "/sys/class/net/"+tap2+"/statistics/rx_packets", "/sys/class/net/"+tap2+"/statistics/rx_bytes")
+	if err != nil {
+		t.Fatalf("tap %s statistics: %v\n%s", tap2, err, rx)
+	}
+	var packets, bytes int
+	fmt.Sscan(rx, &packets, &bytes)
+	if bytes < size || packets > size/1448/2 {
+		t.Errorf("tap %s took in %d packets, %d bytes: not merged", tap2, packets, bytes)
+	}
+	t.Logf("tap %s sent %d messages for %d bytes; tap %s took in %d packets for %d", tap1, in.MsgsIn, in.BytesIn, tap2, packets, bytes)
 }

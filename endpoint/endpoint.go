@@ -10,7 +10,10 @@
 // connected socket is one too (ipn.Endpoint).
 package endpoint
 
-import "github.com/ipn-project/ipn/internal/yield"
+import (
+	"github.com/ipn-project/ipn/endpoint/vnet"
+	"github.com/ipn-project/ipn/internal/yield"
+)
 
 // Endpoint moves batches of messages for one port. Read and Write may be
 // called concurrently with each other, each from a single goroutine.
@@ -41,6 +44,41 @@ type Endpoint interface {
 type OOBWriter interface {
 	// WriteOOB delivers one out-of-band message.
 	WriteOOB(msg []byte) error
+}
+
+// Offloader is implemented by endpoints that can move frames with a
+// virtio-net header (a tap with IFF_VNET_HDR): super-frames of up to
+// vnet.MaxFrame bytes, to be cut into segments by whoever cannot take them,
+// and frames whose checksum is left to finish. When Offloads reports true,
+// the engine calls ReadOffload and WriteOffload instead of Read and Write,
+// and cuts super-frames and finishes checksums for the network's other
+// ports.
+type Offloader interface {
+	// Offloads reports whether the endpoint moves headers; it never
+	// changes.
+	Offloads() bool
+	// ReadOffload is Read, with each message's header in hdrs[i].
+	ReadOffload(bufs [][]byte, sizes []int, hdrs []vnet.Hdr) (n int, err error)
+	// WriteOffload is Write, with msgs[i]'s header in hdrs[i].
+	WriteOffload(msgs [][]byte, hdrs []vnet.Hdr) (n int, err error)
+}
+
+// DirectOffloader is implemented by DirectWriters with offloads: the
+// engine delivers them super-frames and frames with a checksum to finish
+// inline too.
+type DirectOffloader interface {
+	// WriteDirectOffload is WriteDirect, with msg's header h.
+	WriteDirectOffload(msg []byte, h vnet.Hdr) bool
+}
+
+// DirectBatchWriter is implemented by DirectOffloaders that take, inline,
+// the messages one batch of a sender has for them at once, so that they
+// can merge them (a tap merges TCP segments into super-frames: the
+// receive offload a NIC does).
+type DirectBatchWriter interface {
+	// WriteDirectBatch is WriteDirectOffload of each of msgs, with its
+	// header hdrs[i], in order; it returns how many were delivered.
+	WriteDirectBatch(msgs [][]byte, hdrs []vnet.Hdr) int
 }
 
 // DirectWriter is implemented by endpoints whose writes never block (a

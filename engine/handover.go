@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ipn-project/ipn/endpoint"
+	"github.com/ipn-project/ipn/endpoint/vnet"
 	"github.com/ipn-project/ipn/policy"
 )
 
@@ -45,13 +46,25 @@ func (ps *pause) reset() {
 var errPausedWrite = errors.New("write paused")
 
 // hold keeps copies of the messages a pausing reader read and has not
-// routed, for routeHeld.
-func (p *Port) hold(bufs [][]byte, sizes []int) {
+// routed, for routeHeld; hdrs, if not nil, are their headers: a
+// super-frame is held as its segments.
+func (p *Port) hold(bufs [][]byte, sizes []int, hdrs []vnet.Hdr) {
 	for i, b := range bufs {
-		if sizes[i] <= len(b) {
-			p.pause.held = append(p.pause.held, append([]byte(nil), b[:sizes[i]]...))
-		} else {
+		if sizes[i] > len(b) {
 			p.errs.Add(1)
+			continue
+		}
+		if hdrs == nil || hdrs[i].Plain() {
+			p.pause.held = append(p.pause.held, append([]byte(nil), b[:sizes[i]]...))
+			continue
+		}
+		segs, err := segment(b[:sizes[i]], hdrs[i], nil, nil)
+		if err != nil {
+			p.errs.Add(1)
+			continue
+		}
+		for _, s := range segs {
+			p.pause.held = append(p.pause.held, append([]byte(nil), s...))
 		}
 	}
 }
@@ -285,6 +298,9 @@ type MsgState struct {
 	// Src is the number of the port that sent it, whose count of
 	// finished messages it adds to when freed (SetDoneCounter); -1: none.
 	Src int
+	// Vnet is its virtio-net header, if it came from an endpoint with
+	// offloads.
+	Vnet vnet.Hdr `json:",omitzero"`
 }
 
 // Save describes the frozen networks and the ports they still have.
@@ -321,7 +337,7 @@ func (f *Frozen) Save() ([]NetworkState, error) {
 			}
 			forms = append(forms, m)
 			index[m] = len(st.Msgs)
-			st.Msgs = append(st.Msgs, MsgState{Data: append([]byte(nil), m.bytes()...), OOB: m.oob, Slot: slot, Src: from})
+			st.Msgs = append(st.Msgs, MsgState{Data: append([]byte(nil), m.bytes()...), OOB: m.oob, Slot: slot, Src: from, Vnet: m.vh})
 			return index[m]
 		}
 		for _, p := range f.ports {
@@ -419,11 +435,11 @@ func (e *Engine) Restore(st *NetworkState) (n *Network, start func(), err error)
 	}
 	msgs := make([]*msg, len(st.Msgs))
 	for i, ms := range st.Msgs {
-		if len(ms.Data) > n.cfg.MTU {
+		if len(ms.Data) > n.cfg.MTU && (!ms.Vnet.GSO() || len(ms.Data) > vnet.MaxFrame) {
 			return fail(fmt.Errorf("restore %s: a queued message of %d bytes: %w", n.Name(), len(ms.Data), syscall.EMSGSIZE))
 		}
 		m := newMsgCopy(ms.Data)
-		m.oob = ms.OOB
+		m.oob, m.vh = ms.OOB, ms.Vnet
 		for _, p := range ports {
 			if p.num == ms.Src {
 				m.done = p.doneCtr.Load()

@@ -5,6 +5,7 @@ import (
 	"sync/atomic"
 	"unsafe"
 
+	"github.com/ipn-project/ipn/endpoint/vnet"
 	"github.com/ipn-project/ipn/internal/spec"
 )
 
@@ -15,6 +16,10 @@ type msg struct {
 	n    int
 	refs atomic.Int32
 	oob  bool
+	// vh is the virtio-net header of a message read from an endpoint
+	// with offloads (a super-frame to cut, a checksum to finish); zero
+	// for an ordinary message.
+	vh vnet.Hdr
 	// token, if non-nil, is the lossless network's in-flight semaphore; a
 	// slot is taken for the message and given back when it is freed.
 	token chan struct{}
@@ -53,13 +58,15 @@ func (m *msg) free() {
 		d.Add(1)
 	}
 	m.oob = false
+	m.vh = vnet.Hdr{}
 	m.n = 0
 	pools[m.class].Put(m)
 }
 
 // Buffer size classes. A message is read into a buffer of the smallest class
-// that holds the network's MTU.
-var classSizes = [...]int{2048, 9216, 65536}
+// that holds the network's MTU; an endpoint with offloads reads into the
+// last, which holds a super-frame (vnet.MaxFrame).
+var classSizes = [...]int{2048, 9216, 65536, 69632}
 
 // MaxMTU is the largest MTU a network may have.
 const MaxMTU = spec.MaxMTU

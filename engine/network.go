@@ -8,6 +8,7 @@ import (
 	"syscall"
 
 	"github.com/ipn-project/ipn/endpoint"
+	"github.com/ipn-project/ipn/endpoint/vnet"
 	"github.com/ipn-project/ipn/internal/spec"
 	"github.com/ipn-project/ipn/policy"
 )
@@ -277,6 +278,16 @@ func (n *Network) attach(ep endpoint.Endpoint, opts PortOptions, quiet bool) (*P
 	p.oobw, _ = ep.(endpoint.OOBWriter)
 	p.dw, _ = ep.(endpoint.DirectWriter)
 	p.tw, _ = ep.(endpoint.TryDirectWriter)
+	if o, ok := ep.(endpoint.Offloader); ok && o.Offloads() {
+		p.off = o
+		p.class = max(p.class, classFor(vnet.MaxFrame))
+		if p.dw != nil {
+			p.dwo, _ = ep.(endpoint.DirectOffloader)
+		}
+		if p.dwo != nil {
+			p.dbw, _ = ep.(endpoint.DirectBatchWriter)
+		}
+	}
 	p.canRead.Store(!opts.NoRead)
 	p.canWrite.Store(!opts.NoWrite)
 	p.pause.reset()
@@ -423,8 +434,10 @@ func (n *Network) ChangeNumPorts(num int) error {
 
 // deliver hands m to every port in dst that still receives, taking one
 // reference per receiver, and drops the caller's reference. Receivers whose
-// queue is full miss the message (lossy) and count a drop.
-func (n *Network) deliver(m *msg, dst *policy.PortSet, v *view) {
+// queue is full miss the message (lossy) and count a drop. If ib is not
+// nil, DirectBatchWriters get m in ib, for the sender to write when its
+// batch is routed.
+func (n *Network) deliver(m *msg, dst *policy.PortSet, v *view, ib *inlineBatch) {
 	dst.Intersect(v.readers)
 	count := dst.Len()
 	if count == 0 {
@@ -439,6 +452,33 @@ func (n *Network) deliver(m *msg, dst *policy.PortSet, v *view) {
 		case m.oob:
 			ok = port.q.pushOOB(m)
 			if !ok {
+				port.drops.Add(1)
+			}
+		case ib != nil && port.dbw != nil && (port.q.idle() || ib.has(port)):
+			ib.add(port, m) // keeps the reference until flush
+			ok = true
+		case port.dwo != nil && port.q.idle():
+			// Inline with its header, as for port.dw below.
+			port.writeDirectOffload(m.bytes(), m.vh)
+			ok = false
+		case ib != nil && !m.vh.Plain() && !m.vh.GSO() && port.dwo == nil && port.dw != nil &&
+			(n.tokens == nil || port.tw == nil) && port.q.idle():
+			// A checksum to finish: inline, finished once for every
+			// such receiver (lossless ones wait for room in their
+			// writer). A super-frame goes to the port's writer, which
+			// writes its segments in one batch.
+			segs, err := ib.cut(m)
+			if err != nil {
+				port.errs.Add(1)
+			}
+			for _, seg := range segs {
+				port.writeDirect(seg)
+			}
+			ok = false
+		case !m.vh.Plain():
+			// A super-frame, or a checksum to finish: the port's writer
+			// cuts it (writeSegmented), or gives it its header.
+			if ok = port.q.push(m); !ok {
 				port.drops.Add(1)
 			}
 		case n.tokens != nil && port.tw != nil:
@@ -464,6 +504,9 @@ func (n *Network) deliver(m *msg, dst *policy.PortSet, v *view) {
 		if !ok {
 			m.decRef()
 		}
+	}
+	if ib != nil && ib.cutOf == m {
+		ib.cutOf = nil // m may be freed now, and its buffer reused
 	}
 	m.decRef()
 }

@@ -7,17 +7,25 @@ import (
 	"sync/atomic"
 
 	"github.com/ipn-project/ipn/endpoint"
+	"github.com/ipn-project/ipn/endpoint/vnet"
 	"github.com/ipn-project/ipn/policy"
 )
 
 // Port is a node connected to a network.
 type Port struct {
-	net   *Network
-	num   int
-	ep    endpoint.Endpoint
-	oobw  endpoint.OOBWriter       // nil if ep takes no out-of-band messages
-	dw    endpoint.DirectWriter    // non-nil: ordinary messages bypass the queue
-	tw    endpoint.TryDirectWriter // non-nil: in a lossless network, tried inline
+	net  *Network
+	num  int
+	ep   endpoint.Endpoint
+	oobw endpoint.OOBWriter         // nil if ep takes no out-of-band messages
+	dw   endpoint.DirectWriter      // non-nil: ordinary messages bypass the queue
+	tw   endpoint.TryDirectWriter   // non-nil: in a lossless network, tried inline
+	off  endpoint.Offloader         // non-nil: ep moves virtio-net headers
+	dwo  endpoint.DirectOffloader   // non-nil with off and dw: inline with headers
+	dbw  endpoint.DirectBatchWriter // non-nil with dwo: a batch's inline at once
+
+	seg   segmenter   // the writer's, for super-frames to an endpoint without offloads
+	ib    inlineBatch // the reader's: its batch's messages for DirectBatchWriters
+	hdrs  []vnet.Hdr  // the writer's, for an endpoint with offloads
 	opts  PortOptions
 	q     *queue
 	class int // buffer size class for reads
@@ -148,7 +156,7 @@ func (p *Port) SendOOB(b []byte) {
 	}
 	m := newMsgCopy(b)
 	m.oob = true
-	n.deliver(m, &dst, v)
+	n.deliver(m, &dst, v, nil)
 }
 
 // PortStats are a port's counters.
@@ -162,6 +170,16 @@ type PortStats struct {
 // writeDirect delivers m inline to a DirectWriter endpoint, counting it.
 func (p *Port) writeDirect(m []byte) {
 	if p.dw.WriteDirect(m) {
+		p.msgsOut.Add(1)
+		p.bytesOut.Add(uint64(len(m)))
+	} else {
+		p.drops.Add(1)
+	}
+}
+
+// writeDirectOffload is writeDirect of a message with header h.
+func (p *Port) writeDirectOffload(m []byte, h vnet.Hdr) {
+	if p.dwo.WriteDirectOffload(m, h) {
 		p.msgsOut.Add(1)
 		p.bytesOut.Add(uint64(len(m)))
 	} else {
@@ -232,6 +250,10 @@ func (p *Port) readLoop() {
 	routed := make([][]byte, 0, batch)
 	keep := make([]*msg, 0, batch)
 	dst := make([]policy.Delivery, batch)
+	var hdrs []vnet.Hdr // the endpoint's headers, if it has offloads
+	if p.off != nil {
+		hdrs = make([]vnet.Hdr, batch)
+	}
 	for i := range msgs {
 		msgs[i] = getMsg(p.class)
 	}
@@ -253,15 +275,24 @@ func (p *Port) readLoop() {
 			return
 		default:
 		}
-		for i, m := range msgs {
-			bufs[i] = m.buf[:mtu]
+		var count int
+		var err error
+		if hdrs != nil {
+			for i, m := range msgs {
+				bufs[i] = m.buf[:max(mtu, vnet.MaxFrame)]
+			}
+			count, err = p.off.ReadOffload(bufs, sizes, hdrs)
+		} else {
+			for i, m := range msgs {
+				bufs[i] = m.buf[:mtu]
+			}
+			count, err = p.ep.Read(bufs, sizes)
 		}
-		count, err := p.ep.Read(bufs, sizes)
 		routed, keep = routed[:0], keep[:0]
 		doneCtr := p.doneCtr.Load()
 		var msgsIn, bytesIn uint64 // counted once per batch
 		for i := 0; i < count; i++ {
-			if sizes[i] > mtu {
+			if sizes[i] > mtu && (hdrs == nil || !hdrs[i].GSO() || sizes[i] > vnet.MaxFrame) {
 				p.errs.Add(1)
 				continue
 			}
@@ -287,7 +318,7 @@ func (p *Port) readLoop() {
 						// whoever resumes the port.
 						p.msgsIn.Add(msgsIn)
 						p.bytesIn.Add(bytesIn)
-						p.hold(bufs[i:count], sizes[i:count])
+						p.hold(bufs[i:count], sizes[i:count], hdrs)
 						paused = true
 						return
 					}
@@ -305,6 +336,9 @@ func (p *Port) readLoop() {
 				m = small
 			} else {
 				msgs[i] = getMsg(p.class)
+			}
+			if hdrs != nil {
+				m.vh = hdrs[i]
 			}
 			m.refs.Store(1)
 			m.done = doneCtr
@@ -341,6 +375,7 @@ func (p *Port) route(routed [][]byte, keep []*msg, dst []policy.Delivery) {
 		dst[i].Reset()
 	}
 	n.policy.Route(p.num, routed, &v.members, dst[:len(keep)])
+	ib := &p.ib
 	mon := v.hasMonitors
 	for i, m := range keep {
 		d := &dst[i]
@@ -359,16 +394,18 @@ func (p *Port) route(routed [][]byte, keep []*msg, dst []policy.Delivery) {
 			// messages sent, not their forms (a lossless port's queue
 			// holds two forms per slot).
 			alt := newMsgCopy(d.Alt)
+			alt.vh = shiftHdr(m.vh, len(d.Alt)-m.n)
 			m.refs.Add(1)
 			alt.parent = m
-			n.deliver(alt, &d.AltPorts, v)
+			n.deliver(alt, &d.AltPorts, v, ib)
 		}
 		if d.Invalid {
 			m.decRef()
 			continue
 		}
-		n.deliver(m, &d.Ports, v)
+		n.deliver(m, &d.Ports, v, ib)
 	}
+	ib.flush()
 }
 
 // mirror delivers m, as its node sent it, to the network's monitors, which
@@ -380,11 +417,13 @@ func (p *Port) mirror(m *msg, v *view) {
 	n := p.net
 	p.mon.CopyFrom(v.monitors)
 	if n.tokens != nil {
-		n.deliver(newMsgCopy(m.bytes()), &p.mon, v)
+		c := newMsgCopy(m.bytes())
+		c.vh = m.vh
+		n.deliver(c, &p.mon, v, nil)
 		return
 	}
 	m.refs.Add(1)
-	n.deliver(m, &p.mon, v)
+	n.deliver(m, &p.mon, v, nil)
 }
 
 // writeLoop moves queued messages to the endpoint, out-of-band ones first.
@@ -474,15 +513,7 @@ func (p *Port) writeBatch(msgs, oob []*msg, bufs [][]byte) error {
 	if len(msgs) == 0 {
 		return nil
 	}
-	bufs = bufs[:0]
-	for _, m := range msgs {
-		bufs = append(bufs, m.bytes())
-	}
-	written, err := p.ep.Write(bufs)
-	for _, b := range bufs[:written] {
-		p.msgsOut.Add(1)
-		p.bytesOut.Add(uint64(len(b)))
-	}
+	written, err := p.write(msgs, bufs)
 	if err != nil && p.pause.on.Load() && endpoint.Paused(err) {
 		kept = len(msgs) - written
 		p.pause.unsent = append(p.pause.unsent, msgs[written:]...)
@@ -495,8 +526,47 @@ func (p *Port) writeBatch(msgs, oob []*msg, bufs [][]byte) error {
 		// the port stays for what the node sends.
 		err = nil
 	}
-	if err == nil && written < len(bufs) {
-		p.drops.Add(uint64(len(bufs) - written)) // the endpoint had no room
+	if err == nil && written < len(msgs) {
+		p.drops.Add(uint64(len(msgs) - written)) // the endpoint had no room
 	}
 	return err
+}
+
+// write writes msgs to the endpoint, counting what it wrote, and returns
+// how many it wrote: all but those the endpoint dropped, or those before
+// an error. It gives an endpoint with offloads each message's header, and
+// cuts super-frames and finishes checksums for one without.
+func (p *Port) write(msgs []*msg, bufs [][]byte) (int, error) {
+	bufs = bufs[:0]
+	work := false
+	for _, m := range msgs {
+		bufs = append(bufs, m.bytes())
+		work = work || !m.vh.Plain()
+	}
+	var n int
+	var err error
+	switch {
+	case p.off != nil:
+		p.hdrs = p.hdrs[:0]
+		for _, m := range msgs {
+			p.hdrs = append(p.hdrs, m.vh)
+		}
+		n, err = p.off.WriteOffload(bufs, p.hdrs)
+	case work:
+		return p.writeSegmented(msgs)
+	default:
+		n, err = p.ep.Write(bufs)
+	}
+	p.countOut(bufs[:n])
+	return n, err
+}
+
+// countOut counts bufs as delivered to the node.
+func (p *Port) countOut(bufs [][]byte) {
+	var bytes uint64
+	for _, b := range bufs {
+		bytes += uint64(len(b))
+	}
+	p.msgsOut.Add(uint64(len(bufs)))
+	p.bytesOut.Add(bytes)
 }

@@ -128,13 +128,40 @@ type OneWriter struct {
 	yield yield.Yielder // guarded by mu
 	oob   []byte        // sent with each message; set before use
 	fn    func(fd uintptr) bool
+	iov   [2][]byte // guarded by mu: WriteHdr's header and message
+	hbuf  [16]byte  // guarded by mu: WriteHdr's copy of its header
+	fnv   func(fd uintptr) bool
 }
 
 // NewOneWriter returns a OneWriter on raw.
 func NewOneWriter(raw syscall.RawConn) *OneWriter {
 	w := &OneWriter{raw: raw}
-	w.fn = w.write
+	w.fn, w.fnv = w.write, w.writev
 	return w
+}
+
+func (w *OneWriter) writev(fd uintptr) bool {
+	_, err := unix.Writev(int(fd), w.iov[:])
+	w.sent, w.full = err == nil, err == unix.EAGAIN || err == unix.ENOBUFS
+	return true
+}
+
+// WriteHdr writes hdr (at most 16 bytes) then m in one system call
+// (writev: a virtio-net header and its frame), as Write writes m; it sends
+// no control message.
+func (w *OneWriter) WriteHdr(hdr, m []byte) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.iov[0], w.iov[1], w.sent, w.full = w.hbuf[:copy(w.hbuf[:], hdr)], m, false, false
+	w.raw.Write(w.fnv)
+	w.iov[0], w.iov[1] = nil, nil
+	switch {
+	case w.sent:
+		w.yield.Progressed()
+	case w.full:
+		w.yield.Dropped()
+	}
+	return w.sent
 }
 
 // SetControl makes w send the control message oob with each message (the
@@ -221,3 +248,26 @@ func (p Pauser) PauseWrite() { p.d.SetWriteDeadline(Past) }
 
 // Resume undoes PauseRead and PauseWrite.
 func (p Pauser) Resume() { p.d.SetDeadline(time.Time{}) }
+
+// SizeFor raises fd's send buffer so that one message of max bytes fits
+// (a Unix datagram or SOCK_SEQPACKET packet is refused with EMSGSIZE when
+// longer than the sender's buffer), with SO_SNDBUFFORCE where the caller
+// may (CAP_NET_ADMIN), else SO_SNDBUF, which the kernel caps at
+// net.core.wmem_max. It never lowers the buffer, and reports the longest
+// message the buffer then takes.
+func SizeFor(fd, max int) int {
+	// The kernel doubles what is set, for its bookkeeping; a packet may
+	// be as long as the buffer less a little.
+	want := max/2 + 64<<10
+	if cur, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF); err == nil && cur-64<<10 >= max {
+		return cur - 64<<10
+	}
+	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, want) != nil {
+		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, want)
+	}
+	cur, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF)
+	if err != nil {
+		return 0
+	}
+	return cur - 64<<10
+}

@@ -24,8 +24,9 @@ import (
 
 // Version is the protocol version a client announces in OpHello, and the
 // newest a daemon speaks. Version 2 added the status page of a connect's
-// reply and the hello's reply (EncodeHelloReply).
-const Version = 2
+// reply and the hello's reply (EncodeHelloReply); version 3, taps opened
+// with IFF_VNET_HDR (a daemon of version 3 takes them with offloads).
+const Version = 3
 
 // MinVersion is the oldest protocol version a daemon still serves.
 const MinVersion = 1
