@@ -16,6 +16,17 @@ import (
 	_ "github.com/ipn-project/ipn/policy/vdeswitch"
 )
 
+// joinEP joins ep to n, until the test ends.
+func joinEP(t *testing.T, n *engine.Network, ep endpoint.Endpoint) *engine.Port {
+	t.Helper()
+	p, err := n.Join(ep, engine.PortOptions{Want: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	return p
+}
+
 // vframe is a frame with its virtio-net header.
 type vframe struct {
 	b []byte
@@ -211,17 +222,10 @@ func TestOffloadSuperFrames(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			_, n := create(t, engine.Config{Flags: flags})
 			src := newOffEP()
-			join2 := func(ep endpoint.Endpoint) {
-				p, err := n.Join(ep, engine.PortOptions{Want: -1})
-				if err != nil {
-					t.Fatal(err)
-				}
-				t.Cleanup(p.Close)
-			}
-			join2(src)
+			joinEP(t, n, src)
 			off, direct := newOffEP(), offDirectEP{newOffEP()}
-			join2(off)
-			join2(direct)
+			joinEP(t, n, off)
+			joinEP(t, n, direct)
 			plain := join(t, n, engine.PortOptions{})
 
 			for _, size := range []int{10000, 700, 65000} {
@@ -254,11 +258,7 @@ func TestOffloadPlainToOffload(t *testing.T) {
 	_, n := create(t, engine.Config{})
 	plain := join(t, n, engine.PortOptions{})
 	off := newOffEP()
-	p, err := n.Join(off, engine.PortOptions{Want: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(p.Close)
+	joinEP(t, n, off)
 	f := []byte("an ordinary frame, from a port without offloads")
 	if err := plain.ep.Inject(ctx(t), f); err != nil {
 		t.Fatal(err)
@@ -274,11 +274,7 @@ func TestOffloadPlainToOffload(t *testing.T) {
 func TestOffloadLongFrameRefused(t *testing.T) {
 	_, n := create(t, engine.Config{})
 	src := newOffEP()
-	sp, err := n.Join(src, engine.PortOptions{Want: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(sp.Close)
+	sp := joinEP(t, n, src)
 	plain := join(t, n, engine.PortOptions{})
 	long := superFrame(1, 2, 3000, 1448)
 	long.h = vnet.Hdr{}
@@ -301,11 +297,7 @@ func TestOffloadLongFrameRefused(t *testing.T) {
 func TestOffloadBadHeader(t *testing.T) {
 	_, n := create(t, engine.Config{})
 	src := newOffEP()
-	sp, err := n.Join(src, engine.PortOptions{Want: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(sp.Close)
+	joinEP(t, n, src)
 	plain := join(t, n, engine.PortOptions{})
 	bad := superFrame(1, 2, 5000, 1448)
 	bad.h.CsumStart = 60000
@@ -357,11 +349,7 @@ func TestOffloadVLANForm(t *testing.T) {
 	}
 	t.Cleanup(n.Release)
 	src := newOffEP()
-	sp, err := n.Join(src, engine.PortOptions{Want: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(sp.Close)
+	sp := joinEP(t, n, src)
 	trunk := join(t, n, engine.PortOptions{})
 	for _, o := range [][2]string{{"vlan.add", "10"}, {"port.vlan", fmt.Sprintf("%d 10", sp.Num())}, {"port.trunk", fmt.Sprintf("%d 10", trunk.port.Num())}} {
 		if err := n.SetPolicyOption(o[0], o[1]); err != nil {
