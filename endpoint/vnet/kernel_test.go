@@ -5,11 +5,8 @@ package vnet_test
 import (
 	"bufio"
 	"context"
-	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
-	"io"
-	"math/rand"
 	"net"
 	"os"
 	"os/exec"
@@ -26,6 +23,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ipn-project/ipn/endpoint/vnet"
+	"github.com/ipn-project/ipn/internal/transfer"
 )
 
 // The tests of this file put two taps opened with IFF_VNET_HDR and
@@ -80,51 +78,9 @@ func helper(args []string) error {
 	}
 	switch {
 	case args[0] == "tcprecv":
-		ln, err := net.Listen("tcp", args[1])
-		if err != nil {
-			return err
-		}
-		defer ln.Close()
-		fmt.Println("listening")
-		c, err := ln.Accept()
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		start := time.Now()
-		h := sha256.New()
-		n, err := io.Copy(h, c)
-		if err != nil {
-			return err
-		}
-		fmt.Printf("got %d %x %f\n", n, h.Sum(nil), time.Since(start).Seconds())
-		return nil
+		return transfer.Recv(args[1], os.Stdout)
 	case args[0] == "tcpsend" && len(nums) == 1:
-		// 1 MiB of random bytes, repeated with each copy's number in it:
-		// quick to make (even under the race detector), and no two
-		// segments alike.
-		block := make([]byte, 1<<20)
-		rand.New(rand.NewSource(int64(nums[0]))).Read(block)
-		data := make([]byte, nums[0])
-		for off := 0; off < len(data); off += len(block) {
-			copy(data[off:], block)
-			for i := 0; i < len(block) && off+i+8 <= len(data); i += 1024 {
-				binary.BigEndian.PutUint64(data[off+i:], uint64(off+i))
-			}
-		}
-		c, err := net.DialTimeout("tcp", args[1], 10*time.Second)
-		if err != nil {
-			return err
-		}
-		if _, err := c.Write(data); err != nil {
-			c.Close()
-			return err
-		}
-		if err := c.Close(); err != nil {
-			return err
-		}
-		fmt.Printf("sent %x\n", sha256.Sum256(data))
-		return nil
+		return transfer.Send(args[1], nums[0], os.Stdout)
 	case args[0] == "udprecv" && len(nums) == 2:
 		c, err := net.ListenPacket("udp", args[1])
 		if err != nil {
