@@ -9,6 +9,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ipn-project/ipn/internal/spec"
 	"github.com/ipn-project/ipn/internal/wire"
 )
 
@@ -27,7 +28,7 @@ func (s *Socket) sendCheck(n int) (dataPath, *ctlConn, int, error) {
 	case s.shutWrite || !s.canWrite:
 		return nil, nil, 0, syscall.EPIPE
 	case n > s.mtu:
-		return nil, nil, 0, syscall.EOVERFLOW
+		return nil, nil, 0, tooLong(n, s.mtu, "the network's MTU")
 	case n == 0:
 		return nil, nil, 0, fmt.Errorf("empty message: %w", syscall.EINVAL)
 	}
@@ -35,7 +36,7 @@ func (s *Socket) sendCheck(n int) (dataPath, *ctlConn, int, error) {
 }
 
 // Send sends msg as one message to the network. It fails with EOVERFLOW
-// if msg is longer than the MTU, EPIPE if the socket may not send,
+// (errors.Is matches EMSGSIZE too) if msg is longer than the MTU, EPIPE if the socket may not send,
 // ENOTCONN before Connect, and with an error wrapping ECONNRESET when the
 // daemon went away. In a lossless network it blocks while the
 // network's pool is full (up to the write deadline).
@@ -90,6 +91,26 @@ func (s *Socket) sendAll(msgs [][]byte) (int, error) {
 	}
 }
 
+// errTooLong is a message refused for its length: EOVERFLOW, as IPN has
+// it, which errors.Is matches with EMSGSIZE too, the errno of a socket's
+// too-long datagram.
+type errTooLong struct {
+	n, max int
+	what   string
+}
+
+func tooLong(n, max int, what string) error { return &errTooLong{n, max, what} }
+
+func (e *errTooLong) Error() string {
+	return fmt.Sprintf("message of %d bytes is over %s, %d bytes: %v", e.n, e.what, e.max, syscall.EOVERFLOW)
+}
+
+// Unwrap returns EOVERFLOW.
+func (e *errTooLong) Unwrap() error { return syscall.EOVERFLOW }
+
+// Is matches EMSGSIZE as well.
+func (e *errTooLong) Is(target error) bool { return target == syscall.EMSGSIZE }
+
 // send and recv call dp's methods on its concrete type (the two kinds of
 // data path): through the interface, their arguments (a caller's
 // one-message batch) would escape to the heap, an allocation a message.
@@ -128,6 +149,9 @@ func (s *Socket) SendBatch(msgs [][]byte) (int, error) {
 func (s *Socket) SendOOB(msg []byte) error {
 	if _, _, _, err := s.sendCheck(len(msg)); err != nil && err != errRejoining {
 		return s.opError("sendoob", err)
+	}
+	if len(msg) > spec.MaxOOB {
+		return s.opError("sendoob", tooLong(len(msg), spec.MaxOOB, "the longest out-of-band message"))
 	}
 	_, _, err := s.request(wire.OpSendOOB, msg)
 	return s.opError("sendoob", err)

@@ -1,11 +1,14 @@
 package ipn
 
 import (
+	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -87,7 +90,7 @@ func (p *sockPath) close() { p.conn.Close() }
 func (p *sockPath) send(msgs [][]byte) (int, error) {
 	if len(msgs) == 1 {
 		if _, err := p.conn.Write(msgs[0]); err != nil {
-			return 0, unwrapNet(err)
+			return 0, p.sendErr(len(msgs[0]), unwrapNet(err))
 		}
 		return 1, nil
 	}
@@ -100,7 +103,28 @@ func (p *sockPath) send(msgs [][]byte) (int, error) {
 		}
 		p.wb = sockio.NewWriter(raw)
 	}
-	return p.wb.Write(msgs)
+	n, err := p.wb.Write(msgs)
+	if err != nil && n < len(msgs) {
+		err = p.sendErr(len(msgs[n]), err)
+	}
+	return n, err
+}
+
+// sendErr explains an EMSGSIZE from the data socket: the message is
+// longer than its send buffer takes, which a daemon not run by root
+// cannot raise past net.core.wmem_max.
+func (p *sockPath) sendErr(n int, err error) error {
+	if !errors.Is(err, syscall.EMSGSIZE) {
+		return err
+	}
+	max := 0
+	if raw, rerr := p.conn.SyscallConn(); rerr == nil {
+		raw.Control(func(fd uintptr) {
+			max, _ = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF)
+		})
+	}
+	return fmt.Errorf("message of %d bytes is over what the data socket takes (send buffer %d bytes; a daemon not run by root is bound by net.core.wmem_max): %w",
+		n, max, err)
 }
 
 func (p *sockPath) recv(ms []Message, deadline time.Time, gen uint64) (int, error) {

@@ -130,9 +130,11 @@ func (a *accounts) give(uid uint32, d usage) {
 
 // netMemory is the memory a network of cfg may hold, its policy aside: each
 // port may hold a queue of messages and as many out-of-band ones, each in
-// a buffer of the MTU's size class, and 1 KiB; a lossless network holds
-// the messages in flight too, at most the pool (its queues hold those, or
-// copies outside the pool: a monitor's, the policy's probes).
+// a buffer of the MTU's size class (64 KiB at most), and 1 KiB; big
+// messages (over 64 KiB) are bounded by engine.BigBudget, and the data
+// sockets that carry them by twice the MTU a port; a lossless network
+// holds the messages in flight too, at most the pool (its queues hold
+// those, or copies outside the pool: a monitor's, the policy's probes).
 func netMemory(cfg engine.Config) int64 {
 	msg, q, ports := int64(engine.MsgBytes(cfg.MTU)), int64(engine.QueueLen(cfg)), int64(cfg.NumPorts)
 	perPort := 1024 + 16*q + q*msg // the slots, and the out-of-band messages
@@ -140,7 +142,16 @@ func netMemory(cfg engine.Config) int64 {
 	if cfg.Flags&engine.Lossless != 0 {
 		held += int64(cfg.PoolSize) * msg
 	}
-	return held + ports*perPort
+	// Messages over 64 KiB are not in the pool's buffers: the network
+	// holds at most its budget of them at once, whatever their number.
+	// The kernel holds more for it: each member's data socket is sized
+	// to take a message of the MTU each way (a member that never reads
+	// pins its receive side full).
+	var socks int64
+	if big := engine.BigBudget(cfg.MTU); big > 0 {
+		socks = ports * 2 * int64(cfg.MTU)
+	}
+	return held + ports*perPort + engine.BigBudget(cfg.MTU) + socks
 }
 
 // memoryOf is what network n may hold now: netMemory and its policy's

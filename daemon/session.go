@@ -17,6 +17,7 @@ import (
 	"github.com/ipn-project/ipn/endpoint"
 	"github.com/ipn-project/ipn/engine"
 	"github.com/ipn-project/ipn/internal/shmring"
+	"github.com/ipn-project/ipn/internal/sockio"
 	"github.com/ipn-project/ipn/internal/spec"
 	"github.com/ipn-project/ipn/internal/wire"
 	"github.com/ipn-project/ipn/policy"
@@ -72,7 +73,7 @@ func (ss *session) serve() (frozen bool) {
 			ss.close()
 		}
 	}()
-	buf := make([]byte, wire.HeaderLen+engine.MaxMTU+64)
+	buf := make([]byte, wire.HeaderLen+spec.MaxOOB+64)
 	if !ss.hello {
 		ss.portOpts.Want = -1
 		ss.conn.SetReadDeadline(time.Now().Add(ss.srv.cfg.HelloTimeout))
@@ -608,9 +609,11 @@ func (ss *session) doConnect(fds []int) (reply []byte, rfds []int, err error) {
 	opts.NoRead, opts.NoWrite = !canRead, !canWrite
 	opts.Peer = ss.cred.String()
 	var ep endpoint.Endpoint
-	if ss.wantFast {
+	if ss.wantFast && cfg.MTU <= engine.BigMin {
 		// The rings, if they can be made and the user has room for them;
-		// else the data socket.
+		// else the data socket. A network with big messages (an MTU
+		// over 64 KiB) uses the socket: its messages do not fit the
+		// rings' slots, and one path keeps them in order.
 		fast, fds, ring, ferr := ss.rings(cfg)
 		if ferr != nil {
 			ss.srv.log.Warn("no fast path, using a socket", "client", ss.cred, "err", ferr)
@@ -622,6 +625,13 @@ func (ss *session) doConnect(fds []int) (reply []byte, rfds []int, err error) {
 		pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
 			return nil, nil, err
+		}
+		if cfg.MTU > engine.BigMin {
+			// Both ends' send buffers hold a message of the MTU: forced
+			// by a daemon run by root, else as far as wmem_max lets
+			// (docs/protocol.md).
+			sockio.SizeFor(pair[0], cfg.MTU)
+			sockio.SizeFor(pair[1], cfg.MTU)
 		}
 		f := os.NewFile(uintptr(pair[0]), "ipn-data")
 		c, err := net.FileConn(f)
@@ -754,7 +764,7 @@ func (ss *session) doSendOOB(body []byte) error {
 	if !ss.port.CanWrite() {
 		return syscall.EPIPE
 	}
-	if len(body) > ss.port.Network().Config().MTU {
+	if len(body) > min(ss.port.Network().Config().MTU, spec.MaxOOB) {
 		return syscall.EOVERFLOW
 	}
 	ss.port.SendOOB(body)

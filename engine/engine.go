@@ -148,6 +148,9 @@ func (e *Engine) Create(key any, cfg Config) (*Network, error) {
 	if cfg.Flags&Lossless != 0 {
 		n.tokens = make(chan struct{}, cfg.PoolSize)
 	}
+	if b := BigBudget(cfg.MTU); b > 0 {
+		n.big = newBudget(b)
+	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.closed {

@@ -31,6 +31,8 @@ type msg struct {
 	// done, if set, is the source port's count of messages the engine has
 	// finished with (see Port.SetDoneCounter): free adds one.
 	done *atomic.Uint64
+	// big, if set, is the network's budget a big message is charged to.
+	big *budget
 }
 
 // bytes returns the message's payload.
@@ -60,6 +62,14 @@ func (m *msg) free() {
 	m.oob = false
 	m.vh = vnet.Hdr{}
 	m.n = 0
+	if m.isBig() {
+		if b := m.big; b != nil {
+			m.big = nil
+			b.give(int64(len(m.buf)))
+		}
+		m.buf = nil // not pooled: the collector takes it
+		return
+	}
 	pools[m.class].Put(m)
 }
 
@@ -80,10 +90,11 @@ func init() {
 	}
 }
 
-// MsgBytes is the most memory one message of a network of that MTU holds:
-// its pooled buffer and its bookkeeping.
+// MsgBytes is the most memory one pooled message of a network of that MTU
+// holds: its buffer and its bookkeeping. Big messages (over BigMin) are
+// bounded apart, by BigBudget.
 func MsgBytes(mtu int) int {
-	return classSizes[classFor(mtu)] + int(unsafe.Sizeof(msg{}))
+	return classSizes[classFor(min(mtu, BigMin))] + int(unsafe.Sizeof(msg{}))
 }
 
 // classFor returns the size class whose buffers hold n bytes.
@@ -101,9 +112,16 @@ func getMsg(c int) *msg {
 	return pools[c].Get().(*msg)
 }
 
-// newMsgCopy returns a message holding a copy of b, with one reference.
+// newMsgCopy returns a message holding a copy of b, with one reference; a
+// copy of a big message is big, charged to no budget (the callers bound
+// them otherwise: a hand-over's held messages, a policy's second form).
 func newMsgCopy(b []byte) *msg {
-	m := getMsg(classFor(len(b)))
+	var m *msg
+	if len(b) > classSizes[len(classSizes)-1] {
+		m = newBig(len(b), nil)
+	} else {
+		m = getMsg(classFor(len(b)))
+	}
 	m.n = copy(m.buf, b)
 	m.refs.Store(1)
 	return m

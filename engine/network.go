@@ -21,6 +21,8 @@ type Network struct {
 	policy policy.Policy
 	// tokens holds one slot per lossless message in flight; nil when lossy.
 	tokens chan struct{}
+	// big is the room for big messages (big.go); nil if the MTU has none.
+	big *budget
 
 	refs int // guarded by engine.mu
 
@@ -273,7 +275,7 @@ func (n *Network) attach(ep endpoint.Endpoint, opts PortOptions, quiet bool) (*P
 		q:        newQueue(queueLen(n.cfg)),
 		done:     make(chan struct{}),
 		readDone: make(chan struct{}),
-		class:    classFor(n.cfg.MTU),
+		class:    classFor(min(n.cfg.MTU, BigMin)),
 	}
 	p.oobw, _ = ep.(endpoint.OOBWriter)
 	p.dw, _ = ep.(endpoint.DirectWriter)
@@ -454,7 +456,13 @@ func (n *Network) deliver(m *msg, dst *policy.PortSet, v *view, ib *inlineBatch)
 			if !ok {
 				port.drops.Add(1)
 			}
-		case ib != nil && port.dbw != nil && (port.q.idle() || ib.has(port)):
+		case m.isBig() && (ib == nil || !ib.has(port)):
+			// A big message goes to the port's writer, which may wait
+			// for room: never inline (big.go).
+			if ok = port.q.push(m); !ok {
+				port.drops.Add(1)
+			}
+		case ib != nil && port.dbw != nil && !m.oob && (port.q.idle() || ib.has(port)):
 			ib.add(port, m) // keeps the reference until flush
 			ok = true
 		case port.dwo != nil && port.q.idle():

@@ -264,6 +264,14 @@ func (p *Port) readLoop() {
 	}()
 	mtu := n.cfg.MTU
 	flex := n.cfg.Flags&FlexMTU != 0
+	// A network with big messages reads them through the endpoint's
+	// ReadBig, into buffers grow makes (big.go).
+	var br endpoint.BigReader
+	var grow func(i, size int) []byte
+	if n.big != nil && hdrs == nil {
+		br, _ = p.ep.(endpoint.BigReader)
+		grow = func(i, size int) []byte { return p.growBig(msgs, i, size) }
+	}
 	if len(p.pause.held) > 0 && p.routeHeld(dst) {
 		paused = true
 		return
@@ -284,15 +292,25 @@ func (p *Port) readLoop() {
 			count, err = p.off.ReadOffload(bufs, sizes, hdrs)
 		} else {
 			for i, m := range msgs {
-				bufs[i] = m.buf[:mtu]
+				if m.isBig() { // grown for a message the endpoint did not keep
+					m.free()
+					m = getMsg(p.class)
+					msgs[i] = m
+				}
+				bufs[i] = m.buf[:min(mtu, len(m.buf))]
 			}
-			count, err = p.ep.Read(bufs, sizes)
+			if br != nil {
+				count, err = br.ReadBig(bufs, sizes, grow)
+			} else {
+				count, err = p.ep.Read(bufs, sizes)
+			}
 		}
 		routed, keep = routed[:0], keep[:0]
 		doneCtr := p.doneCtr.Load()
 		var msgsIn, bytesIn uint64 // counted once per batch
 		for i := 0; i < count; i++ {
-			if sizes[i] > mtu && (hdrs == nil || !hdrs[i].GSO() || sizes[i] > vnet.MaxFrame) {
+			if sizes[i] > mtu && (hdrs == nil || !hdrs[i].GSO() || sizes[i] > vnet.MaxFrame) ||
+				hdrs == nil && sizes[i] > len(msgs[i].buf) { // truncated: longer than BigMin
 				p.errs.Add(1)
 				continue
 			}
@@ -363,6 +381,32 @@ func (p *Port) readLoop() {
 	}
 }
 
+// growBig is the reader's grow for endpoint.BigReader: it makes msgs[i] a
+// big message of size bytes charged to the network's budget, waiting for
+// room in a lossless network, and returns its buffer; nil (the message is
+// dropped, counted) if it is over the MTU, if a lossy network has no room,
+// or if the port leaves or pauses meanwhile.
+func (p *Port) growBig(msgs []*msg, i, size int) []byte {
+	n := p.net
+	if size > n.cfg.MTU {
+		p.errs.Add(1)
+		return nil
+	}
+	var ok bool
+	if n.tokens != nil {
+		ok = n.big.take(int64(size), p.done, p.pause.r)
+	} else {
+		ok = n.big.take(int64(size))
+	}
+	if !ok {
+		p.drops.Add(1)
+		return nil
+	}
+	msgs[i].free()
+	msgs[i] = newBig(size, n.big)
+	return msgs[i].buf
+}
+
 // route asks the policy where keep's messages go and delivers them;
 // routed[i] is keep[i]'s payload.
 func (p *Port) route(routed [][]byte, keep []*msg, dst []policy.Delivery) {
@@ -417,7 +461,24 @@ func (p *Port) mirror(m *msg, v *view) {
 	n := p.net
 	p.mon.CopyFrom(v.monitors)
 	if n.tokens != nil {
-		c := newMsgCopy(m.bytes())
+		var c *msg
+		if m.isBig() {
+			// A big copy only if there is room now: a monitor never
+			// makes senders wait.
+			if n.big == nil || !n.big.take(int64(m.n)) {
+				for i := p.mon.Next(0); i >= 0; i = p.mon.Next(i + 1) {
+					if q := v.ports[i]; q != nil {
+						q.drops.Add(1)
+					}
+				}
+				return
+			}
+			c = newBig(m.n, n.big)
+			c.n = copy(c.buf, m.bytes())
+			c.refs.Store(1)
+		} else {
+			c = newMsgCopy(m.bytes())
+		}
 		c.vh = m.vh
 		n.deliver(c, &p.mon, v, nil)
 		return

@@ -45,9 +45,15 @@ const (
 	DefaultMTU      = 1514
 	DefaultPorts    = 64
 	DefaultPoolSize = 8
-	MaxMTU          = 65535
-	MaxPorts        = 65536
-	MaxPoolSize     = 1 << 16
+	// MaxMTU is 4 MiB: the longest packet a Unix SOCK_SEQPACKET socket
+	// carries is about 4 MiB + 68 KiB (the kernel's largest linear
+	// allocation and its page fragments); 64 MiB needs fragments on the
+	// data socket (issue 14).
+	MaxMTU = 4 << 20
+	// MaxOOB is the longest out-of-band message, whatever the MTU.
+	MaxOOB      = 65535
+	MaxPorts    = 65536
+	MaxPoolSize = 1 << 16
 	// MaxDescription is the longest port description, in bytes.
 	MaxDescription = 128
 )

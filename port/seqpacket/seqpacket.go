@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -31,6 +32,7 @@ var (
 	_ endpoint.Endpoint  = (*Endpoint)(nil)
 	_ endpoint.OOBWriter = (*Endpoint)(nil)
 	_ endpoint.Pauser    = (*Endpoint)(nil)
+	_ endpoint.BigReader = (*Endpoint)(nil)
 )
 
 // New returns an endpoint on conn, which it owns. oob, if not nil, delivers
@@ -67,6 +69,77 @@ func (e *Endpoint) Read(bufs [][]byte, sizes []int) (int, error) {
 			continue
 		}
 		return n, err
+	}
+}
+
+// ReadBig implements endpoint.BigReader: it reads one packet at a time,
+// its length peeked first (MSG_PEEK|MSG_TRUNC), two system calls a
+// message, so that a long one goes whole into the buffer grow makes.
+func (e *Endpoint) ReadBig(bufs [][]byte, sizes []int, grow func(i, size int) []byte) (int, error) {
+	raw, err := e.conn.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	for {
+		n, empty := 0, false
+		var rerr error
+		err := raw.Read(func(fd uintptr) bool {
+			for n < len(bufs) {
+				l, _, err := unix.Recvfrom(int(fd), nil, unix.MSG_PEEK|unix.MSG_TRUNC|unix.MSG_DONTWAIT)
+				if err == nil && l == 0 {
+					// An empty packet, or the end: take it.
+					_, _, err = unix.Recvfrom(int(fd), nil, unix.MSG_DONTWAIT)
+					if err == nil {
+						empty = n == 0
+						return true
+					}
+				}
+				if err != nil {
+					if sockio.Again(err) {
+						return n > 0
+					}
+					if n == 0 {
+						rerr = os.NewSyscallError("recvfrom", err)
+					}
+					return true
+				}
+				b, big := bufs[n], false
+				if l > len(b) {
+					if b, big = grow(n, l), true; b == nil {
+						// Refused: consume and drop it.
+						if _, _, err := unix.Recvfrom(int(fd), nil, unix.MSG_TRUNC|unix.MSG_DONTWAIT); err != nil {
+							return true
+						}
+						continue
+					}
+				}
+				got, _, err := unix.Recvfrom(int(fd), b[:l], unix.MSG_DONTWAIT)
+				if err != nil {
+					if n == 0 {
+						rerr = os.NewSyscallError("recvfrom", err)
+					}
+					return true
+				}
+				sizes[n] = got
+				n++
+				if big {
+					return true // at most one big message a batch
+				}
+			}
+			return true
+		})
+		if n > 0 {
+			return n, nil
+		}
+		if err != nil {
+			return 0, err
+		}
+		if rerr != nil {
+			return 0, rerr
+		}
+		if empty && e.hungUp() {
+			return 0, io.EOF
+		}
 	}
 }
 
