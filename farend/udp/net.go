@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/net/ipv4"
@@ -31,23 +30,6 @@ func NewBatchConn(c *net.UDPConn, v6 bool) BatchConn {
 		return ipv6.NewPacketConn(c)
 	}
 	return ipv4.NewPacketConn(c)
-}
-
-// ReadBatch reads a batch of datagrams into ms with bc, past Transient
-// errors (an ICMP port unreachable for an earlier send, say); once closed
-// is set or the socket is closed, it returns net.ErrClosed.
-func ReadBatch(bc BatchConn, ms []ipv4.Message, closed *atomic.Bool) (int, error) {
-	for {
-		n, err := bc.ReadBatch(ms, 0)
-		switch {
-		case err == nil:
-			return n, nil
-		case closed.Load() || errors.Is(err, net.ErrClosed):
-			return 0, net.ErrClosed
-		case !Transient(err):
-			return 0, err
-		}
-	}
 }
 
 // multicastConn is what ipv4.PacketConn and ipv6.PacketConn share for

@@ -18,6 +18,12 @@
 // Like a wire, the link loses frames rather than failing: a send that finds
 // no route or a peer not yet listening drops the frame, and the endpoint
 // goes on until it is closed.
+//
+// Frames move in batches, many per system call, with UDP segmentation and
+// receive coalescing where the kernel has them (see Conn, which the vxlan
+// and vxvde far ends use too). For segmentation a datagram must fit the
+// route's MTU unfragmented: 1514-byte frames need an MTU of 1542 (1550 for
+// VXLAN); with less they still go, one per message, fragmented.
 package udp
 
 import (
@@ -27,28 +33,24 @@ import (
 	"net"
 	"net/netip"
 	"strings"
-	"sync"
-	"sync/atomic"
-
-	"golang.org/x/net/ipv4"
-	"golang.org/x/sys/unix"
 
 	"github.com/ipn-project/ipn/endpoint"
 )
 
-// BatchSize is the number of datagrams one Read or Write moves with one
-// system call.
-const BatchSize = 16
+// BatchSize is the most datagrams one Read returns or one Write sends
+// with one system call without offloads; with them a system call carries
+// runs of up to 64 datagrams (see Conn).
+const BatchSize = 64
+
+// recvBatch is how many messages (datagrams or coalesced runs of them) a
+// Read reads with one system call.
+const recvBatch = 16
 
 // Endpoint is a UDP far end. Read and Write may run concurrently, each from
 // one goroutine.
 type Endpoint struct {
-	conn   *net.UDPConn
-	bc     BatchConn
-	closed atomic.Bool
-	once   sync.Once
-	rms    []ipv4.Message // Read's
-	wms    []ipv4.Message // Write's
+	conn *Conn
+	rb   *RecvBatch // Read's
 }
 
 var _ endpoint.Endpoint = (*Endpoint)(nil)
@@ -102,96 +104,51 @@ func New(c *net.UDPConn) *Endpoint {
 	if ra, ok := c.RemoteAddr().(*net.UDPAddr); ok {
 		v6 = ra.AddrPort().Addr().Unmap().Is6()
 	}
-	e := &Endpoint{
-		conn: c,
-		bc:   NewBatchConn(c, v6),
-		rms:  make([]ipv4.Message, BatchSize),
-		wms:  make([]ipv4.Message, BatchSize),
-	}
-	for i := range e.rms {
-		e.rms[i].Buffers = make([][]byte, 1)
-		e.wms[i].Buffers = make([][]byte, 1)
-	}
-	return e
+	return &Endpoint{conn: NewConn(c, v6, BatchSize), rb: NewRecvBatch(recvBatch)}
 }
 
+// Stats returns the counts of the endpoint's socket.
+func (e *Endpoint) Stats() Stats { return e.conn.Stats() }
+
 // LocalAddr returns the address the endpoint is bound to.
-func (e *Endpoint) LocalAddr() *net.UDPAddr { return e.conn.LocalAddr().(*net.UDPAddr) }
+func (e *Endpoint) LocalAddr() *net.UDPAddr { return e.conn.UDPConn().LocalAddr().(*net.UDPAddr) }
 
 // Read implements endpoint.Endpoint.Read: it blocks for at least one
-// datagram and returns those already queued, up to len(bufs) and
-// BatchSize.
+// datagram and returns those already received, up to len(bufs).
 func (e *Endpoint) Read(bufs [][]byte, sizes []int) (int, error) {
-	ms := e.rms[:min(len(bufs), len(e.rms))]
-	for i := range ms {
-		ms[i].Buffers[0] = bufs[i]
-	}
-	defer func() {
-		for i := range ms {
-			ms[i].Buffers[0], ms[i].Addr = nil, nil
+	k := 0
+	for k < len(bufs) {
+		d, ok := e.rb.Next()
+		if !ok {
+			if k > 0 {
+				return k, nil
+			}
+			if err := e.conn.Recv(e.rb); err != nil {
+				if errors.Is(err, net.ErrClosed) {
+					return 0, err
+				}
+				return 0, fmt.Errorf("udp: %w", err)
+			}
+			continue
 		}
-	}()
-	n, err := ReadBatch(e.bc, ms, &e.closed)
-	if err != nil {
-		if errors.Is(err, net.ErrClosed) {
-			return 0, err
+		sizes[k] = len(d.B)
+		if copy(bufs[k], d.B) < len(d.B) || d.Trunc {
+			sizes[k] = len(bufs[k]) + 1
 		}
-		return 0, fmt.Errorf("udp: %w", err)
+		k++
 	}
-	for i := 0; i < n; i++ {
-		sizes[i] = ms[i].N
-		if ms[i].Flags&unix.MSG_TRUNC != 0 {
-			sizes[i] = len(bufs[i]) + 1
-		}
-	}
-	return n, nil
+	return k, nil
 }
 
 // Write implements endpoint.Endpoint.Write. A datagram the network does
 // not take (see the package doc) is lost, not an error; Write fails only
 // once the endpoint is closed.
 func (e *Endpoint) Write(msgs [][]byte) (int, error) {
-	done := 0
-	defer func() {
-		for i := range e.wms {
-			e.wms[i].Buffers[0] = nil
-		}
-	}()
-	for done < len(msgs) {
-		ms := e.wms[:min(len(msgs)-done, len(e.wms))]
-		for i := range ms {
-			ms[i].Buffers[0] = msgs[done+i]
-		}
-		sent, err := WriteAll(e.bc, ms)
-		done += sent
-		if err != nil {
-			if e.closed.Load() || errors.Is(err, net.ErrClosed) {
-				return done, net.ErrClosed
-			}
-			return done, fmt.Errorf("udp: %w", err)
-		}
+	n, err := e.conn.Write(nil, msgs, nil)
+	if err != nil && !errors.Is(err, net.ErrClosed) {
+		err = fmt.Errorf("udp: %w", err)
 	}
-	return done, nil
-}
-
-// WriteAll sends ms with as few system calls as it can, dropping the
-// datagrams that fail with a Transient error. It returns how many it sent
-// or dropped and the first other error.
-func WriteAll(bc BatchConn, ms []ipv4.Message) (int, error) {
-	done := 0
-	for done < len(ms) {
-		n, err := bc.WriteBatch(ms[done:], 0)
-		done += max(n, 0) // -1 on error
-		if err != nil {
-			if !Transient(err) {
-				return done, err
-			}
-			done++ // the datagram that failed is lost
-		} else if n == 0 {
-			return done, errors.New("sendmmsg sent nothing")
-		}
-	}
-	return done, nil
+	return n, err
 }
 
 // BatchSize implements endpoint.Endpoint.BatchSize.
@@ -199,11 +156,4 @@ func (e *Endpoint) BatchSize() int { return BatchSize }
 
 // Close implements endpoint.Endpoint.Close: it closes the socket, which
 // ends a Read or Write in progress with net.ErrClosed.
-func (e *Endpoint) Close() error {
-	var err error
-	e.once.Do(func() {
-		e.closed.Store(true)
-		err = e.conn.Close()
-	})
-	return err
-}
+func (e *Endpoint) Close() error { return e.conn.Close() }

@@ -283,3 +283,35 @@ func TestAllow(t *testing.T) {
 		}
 	}
 }
+
+// A Write of equal frames goes in one system call as one run; the other
+// end reads the run coalesced and every frame back as it was.
+func TestEndpointRuns(t *testing.T) {
+	a, b, _, _ := pair(t)
+	if s := b.(*udp.Endpoint).Stats(); !s.GSO || !s.GRO {
+		t.Skipf("the kernel has no UDP GSO or GRO: %+v", s)
+	}
+	var want [][]byte
+	for i := 0; i < 44; i++ {
+		f := frame(strings.Repeat(string(rune('a'+i%26)), 1500))
+		if i == 43 {
+			f = frame("short")
+		}
+		want = append(want, f)
+	}
+	if n, err := a.Write(want); n != len(want) || err != nil {
+		t.Fatalf("write: %d %v", n, err)
+	}
+	got := readFrames(t, b, len(want), 5*time.Second)
+	for i := range want {
+		if !bytes.Equal(got[i], want[i]) {
+			t.Fatalf("frame %d: %d bytes, want %d", i, len(got[i]), len(want[i]))
+		}
+	}
+	if s := a.(*udp.Endpoint).Stats(); s.SendCalls != 1 || s.SendGSO != 1 || s.SendDatagrams != 44 {
+		t.Errorf("a's stats %+v: want 1 call, 1 run of 44", s)
+	}
+	if s := b.(*udp.Endpoint).Stats(); s.RecvGRO != 1 || s.RecvDatagrams != 44 || s.RecvCalls != 1 {
+		t.Errorf("b's stats %+v: want 1 call, 1 coalesced message of 44", s)
+	}
+}

@@ -41,3 +41,29 @@ func ParseHeader(b []byte) (vni uint32, ok bool) {
 	}
 	return uint32(b[4])<<16 | uint32(b[5])<<8 | uint32(b[6]), true
 }
+
+// Coalesced reports whether first, the first of the datagrams that the
+// kernel says a message of n bytes it received holds (UDP GRO), is one.
+// It is not when its frame is an IP packet as long as the whole message:
+// a datagram that a Linux VXLAN device sent with the segmentation of its
+// inner packet left to do (UDP GSO inside the tunnel), which a socket
+// with UDP_GRO receives whole, with the inner segment size for the size.
+func Coalesced(first []byte, n int) bool {
+	f := first[min(HeaderLen, len(first)):]
+	if len(f) < EthHeaderLen {
+		return true
+	}
+	off, typ := 12, uint16(f[12])<<8|uint16(f[13])
+	for (typ == 0x8100 || typ == 0x88a8) && len(f) >= off+6 {
+		off += 4
+		typ = uint16(f[off])<<8 | uint16(f[off+1])
+	}
+	ip, whole := f[off+2:], n-HeaderLen-(off+2)
+	switch {
+	case typ == 0x0800 && len(ip) >= 4:
+		return int(ip[2])<<8|int(ip[3]) != whole
+	case typ == 0x86dd && len(ip) >= 6:
+		return 40+(int(ip[4])<<8|int(ip[5])) != whole
+	}
+	return true
+}

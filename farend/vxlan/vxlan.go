@@ -45,6 +45,14 @@
 // on a trusted segment or inside an encrypted tunnel (WireGuard, IPsec).
 //
 // Sending is lossy like a wire: a datagram the network refuses is dropped.
+// Frames move in batches, with UDP segmentation and receive coalescing
+// where the kernel has them (see udp.Conn). A Linux VXLAN device whose
+// lower device offloads segmentation (a veth's defaults) may send the
+// datagrams of a socket's UDP GSO run as one frame, their segmentation
+// left to do: the endpoint cuts them, checksums finished. A TCP segment
+// it sends so (TSO) arrives as one frame longer than the MTU, with its
+// checksum unfinished, and is not cut here: turn the lower device's tx
+// offload off (docs/multihost.md).
 package vxlan
 
 import (
@@ -55,21 +63,22 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
-	"golang.org/x/net/ipv4"
-	"golang.org/x/sys/unix"
-
 	"github.com/ipn-project/ipn/endpoint"
+	"github.com/ipn-project/ipn/endpoint/vnet"
 	"github.com/ipn-project/ipn/farend/udp"
 )
 
 const (
-	// BatchSize is the number of datagrams one Read or Write moves with one
-	// system call.
-	BatchSize = 16
+	// BatchSize is the most frames one Read returns or one Write takes
+	// usefully: a Write of that many sends them with one system call, in
+	// runs of equal sizes with UDP segmentation where the kernel has it
+	// (see udp.Conn).
+	BatchSize = udp.BatchSize
+	// recvBatch is how many messages (datagrams or coalesced runs of them)
+	// a Read reads with one system call.
+	recvBatch = 16
 	// FDBSize is the most MACs a multicast endpoint remembers.
 	FDBSize = 4096
 	// FDBExpire is how long a learnt MAC lasts without traffic (as Linux's
@@ -180,21 +189,19 @@ func parsePortRange(v string) (lo, hi int, err error) {
 // Endpoint is a VXLAN far end. Read and Write may run concurrently, each
 // from one goroutine.
 type Endpoint struct {
-	cfg    Config
-	conn   *net.UDPConn
-	bc     udp.BatchConn
-	group  bool
-	dst    *net.UDPAddr // the group or the peer, at Port
-	srcLo  uint16       // unicast mode: the peer's accepted source ports,
-	srcHi  uint16       // srcLo to srcHi included
-	fdb    *FDB         // multicast mode only
-	hdr    [HeaderLen]byte
-	closed atomic.Bool
-	once   sync.Once
+	cfg   Config
+	conn  *udp.Conn
+	group bool
+	dst   *net.UDPAddr // the group or the peer, at Port
+	srcLo uint16       // unicast mode: the peer's accepted source ports,
+	srcHi uint16       // srcLo to srcHi included
+	fdb   *FDB         // multicast mode only
 
-	rms   []ipv4.Message // Read's
-	rhdrs [][HeaderLen]byte
-	wms   []ipv4.Message // Write's
+	rb      *udp.RecvBatch // Read's, with segBuf, segs and segNext
+	segBuf  []byte         // the segments of a super-frame (see cut)
+	segs    [][]byte
+	segNext int    // the first of segs not read
+	w       Sender // Write's
 }
 
 var _ endpoint.Endpoint = (*Endpoint)(nil)
@@ -222,19 +229,14 @@ func New(ctx context.Context, cfg Config) (*Endpoint, error) {
 		cfg:   cfg,
 		group: cfg.Addr.IsMulticast(),
 		dst:   net.UDPAddrFromAddrPort(netip.AddrPortFrom(cfg.Addr, uint16(cfg.Port))),
-		rms:   make([]ipv4.Message, BatchSize),
-		rhdrs: make([][HeaderLen]byte, BatchSize),
-		wms:   make([]ipv4.Message, BatchSize),
+		rb:    udp.NewRecvBatch(recvBatch),
 	}
+	e.rb.Split = Coalesced
 	e.srcLo, e.srcHi = uint16(cfg.SrcPortMin), uint16(cfg.SrcPortMax)
 	if cfg.SrcPortMin == 0 {
 		e.srcLo, e.srcHi = uint16(cfg.Port), uint16(cfg.Port)
 	}
-	PutHeader(e.hdr[:], cfg.VNI)
-	for i := range e.rms {
-		e.rms[i].Buffers = [][]byte{e.rhdrs[i][:], nil}
-		e.wms[i].Buffers = [][]byte{e.hdr[:], nil}
-	}
+	PutHeader(e.w.Hdr[:], cfg.VNI)
 	v6 := cfg.Addr.Is6()
 	bind := netip.IPv4Unspecified()
 	if v6 {
@@ -255,15 +257,16 @@ func New(ctx context.Context, cfg Config) (*Endpoint, error) {
 	if err != nil {
 		return nil, err
 	}
-	e.conn = pc.(*net.UDPConn)
-	e.bc = udp.NewBatchConn(e.conn, v6)
+	c := pc.(*net.UDPConn)
 	if e.group {
 		e.fdb = NewFDB(FDBSize, FDBExpire)
-		if err := joinGroup(e.conn, v6, ifi, cfg); err != nil {
-			e.conn.Close()
+		if err := joinGroup(c, v6, ifi, cfg); err != nil {
+			c.Close()
 			return nil, err
 		}
 	}
+	e.conn = udp.NewConn(c, v6, BatchSize)
+	e.w.Conn = e.conn
 	return e, nil
 }
 
@@ -276,65 +279,88 @@ func joinGroup(c *net.UDPConn, v6 bool, ifi *net.Interface, cfg Config) error {
 }
 
 // LocalAddr returns the address the endpoint listens on.
-func (e *Endpoint) LocalAddr() *net.UDPAddr { return e.conn.LocalAddr().(*net.UDPAddr) }
+func (e *Endpoint) LocalAddr() *net.UDPAddr { return e.conn.UDPConn().LocalAddr().(*net.UDPAddr) }
 
 // FDB returns the learnt MACs of a multicast endpoint (nil in unicast
 // mode).
 func (e *Endpoint) FDB() *FDB { return e.fdb }
 
+// Stats returns the counts of the endpoint's socket.
+func (e *Endpoint) Stats() udp.Stats { return e.conn.Stats() }
+
 // Read implements endpoint.Endpoint.Read: it blocks until at least one
-// frame of the endpoint's VNI arrives and returns those already queued.
+// frame of the endpoint's VNI arrives and returns those already received,
+// up to len(bufs).
 func (e *Endpoint) Read(bufs [][]byte, sizes []int) (int, error) {
-	ms := e.rms[:min(len(bufs), len(e.rms))]
-	for i := range ms {
-		ms[i].Buffers[1] = bufs[i]
+	k := 0
+	put := func(f []byte) {
+		sizes[k] = len(f)
+		if copy(bufs[k], f) < len(f) {
+			sizes[k] = len(bufs[k]) + 1
+		}
+		k++
 	}
-	defer func() {
-		for i := range ms {
-			ms[i].Buffers[1], ms[i].Addr = nil, nil
+	for k < len(bufs) {
+		if e.segNext < len(e.segs) {
+			put(e.segs[e.segNext])
+			e.segNext++
+			continue
 		}
-	}()
-	for {
-		n, err := udp.ReadBatch(e.bc, ms, &e.closed)
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return 0, err
+		d, ok := e.rb.Next()
+		if !ok {
+			if k > 0 {
+				return k, nil
 			}
-			return 0, fmt.Errorf("vxlan: %w", err)
+			if err := e.conn.Recv(e.rb); err != nil {
+				if errors.Is(err, net.ErrClosed) {
+					return 0, err
+				}
+				return 0, fmt.Errorf("vxlan: %w", err)
+			}
+			continue
 		}
-		k := 0
-		for i := 0; i < n; i++ {
-			m := &ms[i]
-			size := m.N - HeaderLen
-			if vni, ok := ParseHeader(e.rhdrs[i][:]); !ok || vni != e.cfg.VNI || size < EthHeaderLen {
-				continue
-			}
-			src, _ := m.Addr.(*net.UDPAddr)
-			if src == nil {
-				continue
-			}
-			from := src.AddrPort()
-			if !e.accept(from) {
-				continue // before anything is learnt from it
-			}
-			frame := bufs[i][:min(size, len(bufs[i]))]
-			if e.group && len(frame) >= 12 {
-				// Frames to the source MAC go back to the sender's VXLAN port.
-				e.fdb.Learn(frame[6:12], netip.AddrPortFrom(from.Addr(), uint16(e.cfg.Port)))
-			}
-			if k != i {
-				copy(bufs[k], frame)
-			}
-			sizes[k] = size
-			if m.Flags&unix.MSG_TRUNC != 0 || size > len(bufs[k]) {
-				sizes[k] = len(bufs[k]) + 1
-			}
-			k++
+		if vni, ok := ParseHeader(d.B); !ok || vni != e.cfg.VNI || len(d.B)-HeaderLen < EthHeaderLen {
+			continue
 		}
-		if k > 0 {
-			return k, nil
+		if !d.From.IsValid() || !e.accept(d.From) {
+			continue // before anything is learnt from it
+		}
+		frame := d.B[HeaderLen:]
+		if e.group {
+			// Frames to the source MAC go back to the sender's VXLAN port.
+			e.fdb.Learn(frame[6:12], netip.AddrPortFrom(d.From.Addr(), uint16(e.cfg.Port)))
+		}
+		if d.GSO > 0 && !d.Trunc && e.cut(frame, d.GSO) {
+			continue
+		}
+		put(frame)
+		if d.Trunc {
+			sizes[k-1] = len(bufs[k-1]) + 1
 		}
 	}
+	return k, nil
+}
+
+// cut cuts frame, the UDP datagrams that a Linux VXLAN device sent as one
+// with their segmentation left to do (UDP GSO inside the tunnel, handed to
+// a socket with UDP_GRO whole) into datagrams of size bytes of payload,
+// their checksums finished, for Read to take from segs. It reports false
+// for a frame that is not such datagrams: Read takes it whole.
+func (e *Endpoint) cut(frame []byte, size int) bool {
+	h := vnet.Hdr{GSOType: vnet.GSOUDPL4, GSOSize: uint16(min(size, 0xffff))}
+	n, err := vnet.SegmentedLen(frame, h)
+	if err != nil {
+		return false
+	}
+	if len(e.segBuf) < n {
+		e.segBuf = make([]byte, max(n, 2*udp.MaxDatagram))
+	}
+	segs, err := vnet.Segment(frame, h, e.segBuf, e.segs[:0])
+	if err != nil {
+		return false
+	}
+	e.segs, e.segNext = segs, 0
+	return true
 }
 
 // accept reports whether a datagram from src passes the source checks:
@@ -350,46 +376,51 @@ func (e *Endpoint) accept(src netip.AddrPort) bool {
 // Write implements endpoint.Endpoint.Write. Frames shorter than an
 // Ethernet header and datagrams the network refuses for the moment are
 // dropped; Write fails once the endpoint is closed (net.ErrClosed) or on
-// an error that WriteFrames does not take for a passing one.
+// an error that udp.Conn does not take for a passing one.
 func (e *Endpoint) Write(msgs [][]byte) (int, error) {
-	n, err := WriteFrames(e.bc, e.wms, msgs, e.dest)
-	if err != nil {
-		if e.closed.Load() || errors.Is(err, net.ErrClosed) {
-			return n, net.ErrClosed
-		}
-		return n, fmt.Errorf("vxlan: %w", err)
+	n, err := e.w.Send(msgs, e.dest)
+	if err != nil && !errors.Is(err, net.ErrClosed) {
+		err = fmt.Errorf("vxlan: %w", err)
 	}
-	return n, nil
+	return n, err
 }
 
-// WriteFrames sends msgs in batches of len(wms), each as a datagram of
-// the VXLAN header its message in wms already holds in Buffers[0] and the
-// frame, to dest(frame). Frames shorter than an Ethernet header are
-// dropped. It returns how many frames it took before an error.
-func WriteFrames(bc udp.BatchConn, wms []ipv4.Message, msgs [][]byte, dest func([]byte) *net.UDPAddr) (int, error) {
+// Sender sends frames as VXLAN datagrams, each Hdr then the frame, with
+// Conn: in one system call for a batch, in runs of equal sizes to one
+// destination with UDP segmentation where the kernel has it (see
+// udp.Conn). Send is for one goroutine at a time.
+type Sender struct {
+	Conn *udp.Conn
+	Hdr  [HeaderLen]byte
+
+	frames [][]byte
+	to     []*net.UDPAddr
+	idx    []int // the index in msgs of each of frames
+}
+
+// Send sends the frames of msgs that are at least an Ethernet header long,
+// each to dest(frame), and drops the others; datagrams the network refuses
+// for the moment are lost. It returns how many of msgs it took before an
+// error (net.ErrClosed once Conn is closed). It does not retain msgs.
+func (s *Sender) Send(msgs [][]byte, dest func([]byte) *net.UDPAddr) (int, error) {
+	s.frames, s.to, s.idx = s.frames[:0], s.to[:0], s.idx[:0]
 	defer func() {
-		for i := range wms {
-			wms[i].Buffers[1], wms[i].Addr = nil, nil
-		}
+		clear(s.frames)
+		clear(s.to)
 	}()
-	done := 0
-	for done < len(msgs) {
-		chunk := msgs[done:min(len(msgs), done+len(wms))]
-		ms := wms[:0]
-		for _, f := range chunk {
-			if len(f) < EthHeaderLen {
-				continue
-			}
-			ms = ms[:len(ms)+1]
-			ms[len(ms)-1].Buffers[1] = f
-			ms[len(ms)-1].Addr = dest(f)
+	for i, f := range msgs {
+		if len(f) < EthHeaderLen {
+			continue
 		}
-		if _, err := udp.WriteAll(bc, ms); err != nil {
-			return done, err
-		}
-		done += len(chunk)
+		s.frames = append(s.frames, f)
+		s.to = append(s.to, dest(f))
+		s.idx = append(s.idx, i)
 	}
-	return done, nil
+	n, err := s.Conn.Write(s.Hdr[:], s.frames, s.to)
+	if err != nil && n < len(s.idx) {
+		return s.idx[n], err
+	}
+	return len(msgs), err
 }
 
 // dest returns where frame f goes: its destination's tunnel end if it was
@@ -408,11 +439,4 @@ func (e *Endpoint) BatchSize() int { return BatchSize }
 
 // Close implements endpoint.Endpoint.Close: it closes the socket (leaving
 // the group), which ends a Read or Write in progress with net.ErrClosed.
-func (e *Endpoint) Close() error {
-	var err error
-	e.once.Do(func() {
-		e.closed.Store(true)
-		err = e.conn.Close()
-	})
-	return err
-}
+func (e *Endpoint) Close() error { return e.conn.Close() }

@@ -58,7 +58,6 @@ import (
 	"time"
 	"unsafe"
 
-	"golang.org/x/net/ipv4"
 	"golang.org/x/sys/unix"
 
 	"github.com/ipn-project/ipn/endpoint"
@@ -80,12 +79,19 @@ var (
 	DefaultGroup6 = netip.MustParseAddr("ff05:56de::1")
 )
 
-// BatchSize is the most frames one Read returns or one Write sends with
-// one system call.
-const BatchSize = 16
+// BatchSize is the most frames one Read returns or one Write takes
+// usefully: a Write of that many sends them with one system call, in runs
+// of equal sizes to one member with UDP segmentation where the kernel has
+// it (see udp.Conn).
+const BatchSize = udp.BatchSize
 
-// queueLen is how many received frames wait for Read.
-const queueLen = 64
+// Each socket's receiver reads batches of recvBatch messages (datagrams or
+// coalesced runs of them) with one system call; batches of frames, at
+// most recvBatches of them per socket, wait for Read.
+const (
+	recvBatch   = 8
+	recvBatches = 4
+)
 
 // Config is a parsed vxvde URL.
 type Config struct {
@@ -174,17 +180,16 @@ func ParseSpec(ctx context.Context, spec string) (Config, error) {
 type Endpoint struct {
 	cfg     Config
 	v6      bool
-	multi   *net.UDPConn // bound to the group, joined
-	uni     *net.UDPConn // sends; receives unicast
+	multi   *udp.Conn // bound to the group, joined
+	uni     *udp.Conn // sends; receives unicast
 	uniPort uint16
 	group   *net.UDPAddr
 	fdb     *vxlan.FDB
-	hdr     [vxlan.HeaderLen]byte
-	bc      udp.BatchConn // on uni
-	wms     []ipv4.Message
-	local   localAddrs // IPv6 only
+	w       vxlan.Sender // Write's, on uni
+	local   localAddrs   // IPv6 only
 
-	in     chan *packet
+	in     chan *batch   // frames received, for Read
+	cur    *batch        // Read's: the batch it is taking frames from
 	done   chan struct{} // closed by Close
 	failed chan struct{} // closed when a receiver fails; err says why
 	err    error
@@ -196,13 +201,14 @@ type Endpoint struct {
 
 var _ endpoint.Endpoint = (*Endpoint)(nil)
 
-// packet is a received datagram, header included.
-type packet struct {
-	buf []byte
-	n   int
+// batch is what one system call of a receiver read: the frames it kept,
+// in rb's buffers. Read takes them, then gives the batch back to free.
+type batch struct {
+	rb     *udp.RecvBatch
+	frames [][]byte
+	next   int         // the first frame Read has not taken
+	free   chan *batch // its receiver's
 }
-
-var packets = sync.Pool{New: func() any { return &packet{buf: make([]byte, 1<<16)} }}
 
 // Open opens a member of the switch spec names, the URL without
 // "vxvde://" (see the package doc).
@@ -225,15 +231,11 @@ func New(ctx context.Context, cfg Config) (*Endpoint, error) {
 		v6:     cfg.Group.Is6(),
 		group:  net.UDPAddrFromAddrPort(netip.AddrPortFrom(cfg.Group, uint16(cfg.Port))),
 		fdb:    vxlan.NewFDB(cfg.Size, cfg.Expire),
-		wms:    make([]ipv4.Message, BatchSize),
-		in:     make(chan *packet, queueLen),
+		in:     make(chan *batch, 2*recvBatches),
 		done:   make(chan struct{}),
 		failed: make(chan struct{}),
 	}
-	vxlan.PutHeader(e.hdr[:], cfg.VNI)
-	for i := range e.wms {
-		e.wms[i].Buffers = [][]byte{e.hdr[:], nil}
-	}
+	vxlan.PutHeader(e.w.Hdr[:], cfg.VNI)
 	var ifi *net.Interface
 	if cfg.Interface != "" {
 		var err error
@@ -259,20 +261,22 @@ func New(ctx context.Context, cfg Config) (*Endpoint, error) {
 	if err != nil {
 		return nil, err
 	}
-	e.multi = pc.(*net.UDPConn)
+	multi := pc.(*net.UDPConn)
 	var lc net.ListenConfig
 	if pc, err = lc.ListenPacket(ctx, network, ":0"); err != nil {
-		e.multi.Close()
+		multi.Close()
 		return nil, err
 	}
-	e.uni = pc.(*net.UDPConn)
-	e.uniPort = e.uni.LocalAddr().(*net.UDPAddr).AddrPort().Port()
-	e.bc = udp.NewBatchConn(e.uni, e.v6)
-	if err := e.setup(ifi); err != nil {
-		e.multi.Close()
-		e.uni.Close()
+	uni := pc.(*net.UDPConn)
+	e.uniPort = uni.LocalAddr().(*net.UDPAddr).AddrPort().Port()
+	if err := e.setup(multi, uni, ifi); err != nil {
+		multi.Close()
+		uni.Close()
 		return nil, err
 	}
+	e.multi = udp.NewConn(multi, e.v6, 1)
+	e.uni = udp.NewConn(uni, e.v6, BatchSize)
+	e.w.Conn = e.uni
 	e.wg.Add(2)
 	go e.receive(e.multi, true)
 	go e.receive(e.uni, false)
@@ -281,35 +285,44 @@ func New(ctx context.Context, cfg Config) (*Endpoint, error) {
 
 // setup sets how the unicast socket sends to the group and joins the group
 // on the multicast socket.
-func (e *Endpoint) setup(ifi *net.Interface) error {
-	if err := udp.SetMulticast(e.uni, e.v6, e.cfg.TTL, true, ifi); err != nil {
+func (e *Endpoint) setup(multi, uni *net.UDPConn, ifi *net.Interface) error {
+	if err := udp.SetMulticast(uni, e.v6, e.cfg.TTL, true, ifi); err != nil {
 		return err
 	}
-	return udp.JoinGroup(e.multi, e.v6, ifi, e.cfg.Group)
+	return udp.JoinGroup(multi, e.v6, ifi, e.cfg.Group)
 }
 
 // UnicastAddr returns the address of the socket the member sends from and
 // receives unicast frames on.
-func (e *Endpoint) UnicastAddr() *net.UDPAddr { return e.uni.LocalAddr().(*net.UDPAddr) }
+func (e *Endpoint) UnicastAddr() *net.UDPAddr { return e.uni.UDPConn().LocalAddr().(*net.UDPAddr) }
 
 // FDB returns the MACs the member learnt.
 func (e *Endpoint) FDB() *vxlan.FDB { return e.fdb }
 
+// Stats returns the counts of the member's sockets: the unicast one's, from
+// which it sends, and the multicast one's.
+func (e *Endpoint) Stats() (uni, multi udp.Stats) { return e.uni.Stats(), e.multi.Stats() }
+
 // receive reads datagrams from c (the multicast socket if multi) and
 // queues the frames for Read until the endpoint closes.
-func (e *Endpoint) receive(c *net.UDPConn, multi bool) {
+func (e *Endpoint) receive(c *udp.Conn, multi bool) {
 	defer e.wg.Done()
-	oob := make([]byte, 256)
+	free := make(chan *batch, recvBatches)
+	for range recvBatches {
+		b := &batch{rb: udp.NewRecvBatch(recvBatch), free: free}
+		b.rb.Split = vxlan.Coalesced
+		free <- b
+	}
 	for {
-		p := packets.Get().(*packet)
-		n, oobn, _, src, err := c.ReadMsgUDPAddrPort(p.buf, oob)
-		if err != nil {
-			packets.Put(p)
+		var b *batch
+		select {
+		case b = <-free:
+		case <-e.done:
+			return
+		}
+		if err := c.Recv(b.rb); err != nil {
 			if e.closed.Load() || errors.Is(err, net.ErrClosed) {
 				return
-			}
-			if udp.Transient(err) {
-				continue
 			}
 			e.fail.Do(func() {
 				e.err = fmt.Errorf("vxvde: %w", err)
@@ -317,15 +330,23 @@ func (e *Endpoint) receive(c *net.UDPConn, multi bool) {
 			})
 			return
 		}
-		if !e.accept(p.buf[:n], oob[:oobn], src, multi) {
-			packets.Put(p)
+		b.frames, b.next = b.frames[:0], 0
+		for {
+			d, ok := b.rb.Next()
+			if !ok {
+				break
+			}
+			if e.accept(d.B, d.OOB, d.From, multi) {
+				b.frames = append(b.frames, d.B[vxlan.HeaderLen:])
+			}
+		}
+		if len(b.frames) == 0 {
+			free <- b
 			continue
 		}
-		p.n = n
 		select {
-		case e.in <- p:
+		case e.in <- b:
 		case <-e.done:
-			packets.Put(p)
 			return
 		}
 	}
@@ -367,15 +388,9 @@ func (e *Endpoint) self(src netip.AddrPort, oob []byte) bool {
 	if e.v6 {
 		return e.local.has(src.Addr())
 	}
-	cms, err := unix.ParseSocketControlMessage(oob)
-	if err != nil {
-		return false
-	}
-	for _, cm := range cms {
-		if cm.Header.Level == unix.IPPROTO_IP && cm.Header.Type == unix.IP_PKTINFO && len(cm.Data) >= unix.SizeofInet4Pktinfo {
-			pi := (*unix.Inet4Pktinfo)(unsafe.Pointer(&cm.Data[0]))
-			return netip.AddrFrom4(pi.Spec_dst) == src.Addr()
-		}
+	if d := udp.CmsgData(oob, unix.IPPROTO_IP, unix.IP_PKTINFO); len(d) >= unix.SizeofInet4Pktinfo {
+		pi := (*unix.Inet4Pktinfo)(unsafe.Pointer(&d[0]))
+		return netip.AddrFrom4(pi.Spec_dst) == src.Addr()
 	}
 	return false
 }
@@ -383,32 +398,41 @@ func (e *Endpoint) self(src netip.AddrPort, oob []byte) bool {
 // Read implements endpoint.Endpoint.Read: it blocks for one frame and
 // returns those already received, up to len(bufs).
 func (e *Endpoint) Read(bufs [][]byte, sizes []int) (int, error) {
-	var p *packet
-	select {
-	case p = <-e.in:
-	case <-e.done:
-		return 0, net.ErrClosed
-	case <-e.failed:
-		return 0, e.err
-	}
 	n := 0
-	for {
-		f := p.buf[vxlan.HeaderLen:p.n]
-		sizes[n] = len(f)
-		if copy(bufs[n], f) < len(f) {
-			sizes[n] = len(bufs[n]) + 1
+	for n < len(bufs) {
+		if e.cur == nil {
+			if n > 0 {
+				select {
+				case e.cur = <-e.in:
+				default:
+					return n, nil
+				}
+			} else {
+				select {
+				case e.cur = <-e.in:
+				case <-e.done:
+					return 0, net.ErrClosed
+				case <-e.failed:
+					return 0, e.err
+				}
+			}
 		}
-		packets.Put(p)
-		n++
-		if n == len(bufs) {
-			return n, nil
+		b := e.cur
+		for ; n < len(bufs) && b.next < len(b.frames); n++ {
+			f := b.frames[b.next]
+			b.next++
+			sizes[n] = len(f)
+			if copy(bufs[n], f) < len(f) {
+				sizes[n] = len(bufs[n]) + 1
+			}
 		}
-		select {
-		case p = <-e.in:
-		default:
-			return n, nil
+		if b.next == len(b.frames) {
+			clear(b.frames)
+			b.free <- b // never full: it holds its receiver's batches alone
+			e.cur = nil
 		}
 	}
+	return n, nil
 }
 
 // Write implements endpoint.Endpoint.Write: frames to a learnt MAC go to
@@ -416,14 +440,11 @@ func (e *Endpoint) Read(bufs [][]byte, sizes []int) (int, error) {
 // header and datagrams the network refuses are dropped; Write fails only
 // once the endpoint is closed.
 func (e *Endpoint) Write(msgs [][]byte) (int, error) {
-	n, err := vxlan.WriteFrames(e.bc, e.wms, msgs, e.dest)
-	if err != nil {
-		if e.closed.Load() || errors.Is(err, net.ErrClosed) {
-			return n, net.ErrClosed
-		}
-		return n, fmt.Errorf("vxvde: %w", err)
+	n, err := e.w.Send(msgs, e.dest)
+	if err != nil && !errors.Is(err, net.ErrClosed) {
+		err = fmt.Errorf("vxvde: %w", err)
 	}
-	return n, nil
+	return n, err
 }
 
 // dest returns where frame f goes: the member that has its destination
@@ -446,7 +467,7 @@ func (e *Endpoint) BatchSize() int { return BatchSize }
 func (e *Endpoint) Close() error {
 	e.once.Do(func() {
 		e.closed.Store(true)
-		e.uni.WriteToUDP(e.hdr[:], e.group) // best effort, as vdeplug4
+		e.uni.UDPConn().WriteToUDP(e.w.Hdr[:], e.group) // best effort, as vdeplug4
 		close(e.done)
 		e.multi.Close()
 		e.uni.Close()

@@ -75,6 +75,9 @@ const (
 	// daemon) polls its ring before it sleeps: a duration such as 50us,
 	// or 0 never to poll (see shmring.Spin).
 	SpinEnv = "IPN_SPIN"
+	// UDPOffloadEnv, set to off, nogso or nogro, turns off the UDP
+	// segmentation and receive offloads of cables' UDP far ends.
+	UDPOffloadEnv = "IPN_UDP_OFFLOAD"
 )
 
 // SystemSocket is the control socket of a daemon run by root for all users.
