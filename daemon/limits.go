@@ -147,11 +147,15 @@ func netMemory(cfg engine.Config) int64 {
 	// The kernel holds more for it: each member's data socket is sized
 	// to take a message of the MTU each way (a member that never reads
 	// pins its receive side full).
-	var socks int64
+	// In a lossy network each port may hold one big message besides.
+	var socks, lossy int64
 	if big := engine.BigBudget(cfg.MTU); big > 0 {
 		socks = ports * 2 * int64(cfg.MTU)
+		if cfg.Flags&engine.Lossless == 0 {
+			lossy = ports * int64(cfg.MTU)
+		}
 	}
-	return held + ports*perPort + engine.BigBudget(cfg.MTU) + socks
+	return held + ports*perPort + engine.BigBudget(cfg.MTU) + socks + lossy
 }
 
 // memoryOf is what network n may hold now: netMemory and its policy's

@@ -13,6 +13,13 @@ import (
 // lossless network, and its message is dropped in a lossy one. Big
 // messages always go through a receiver's queue and writer, never inline
 // from the sender's goroutine, so that a slow receiver holds no sender.
+//
+// In a lossy network the budget bounds the messages being read only: once
+// routed, a big message is given back to it, and each receiver holds at
+// most one big message (queued or being written; another is dropped for
+// it, counted), so that a member that never reads keeps one message, not
+// the whole budget: the network holds at most BigBudget(MTU) and one MTU
+// a port.
 
 // BigMin is the longest message a pooled buffer holds: longer ones are big.
 const BigMin = 65536
@@ -85,7 +92,19 @@ func (b *budget) give(n int64) {
 // newBig returns a big message of size bytes, with no reference, charged
 // to b if b is not nil (free gives it back).
 func newBig(size int, b *budget) *msg {
-	return &msg{buf: make([]byte, size), class: bigClass, big: b}
+	m := &msg{buf: make([]byte, size), class: bigClass}
+	if b != nil {
+		m.big.Store(b)
+	}
+	return m
+}
+
+// releaseBig gives m's bytes back to the budget it is charged to, once.
+// A big message is never pooled, so this is safe after free too.
+func (m *msg) releaseBig() {
+	if b := m.big.Swap(nil); b != nil {
+		b.give(int64(len(m.buf)))
+	}
 }
 
 // isBig reports whether m is a big message.

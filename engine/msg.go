@@ -31,8 +31,10 @@ type msg struct {
 	// done, if set, is the source port's count of messages the engine has
 	// finished with (see Port.SetDoneCounter): free adds one.
 	done *atomic.Uint64
-	// big, if set, is the network's budget a big message is charged to.
-	big *budget
+	// big, if set, is the network's budget a big message is charged to;
+	// whoever swaps it out gives the bytes back (free, or a lossy
+	// network once the message is delivered: big.go).
+	big atomic.Pointer[budget]
 }
 
 // bytes returns the message's payload.
@@ -63,12 +65,8 @@ func (m *msg) free() {
 	m.vh = vnet.Hdr{}
 	m.n = 0
 	if m.isBig() {
-		if b := m.big; b != nil {
-			m.big = nil
-			b.give(int64(len(m.buf)))
-		}
-		m.buf = nil // not pooled: the collector takes it
-		return
+		m.releaseBig()
+		return // not pooled: the collector takes it
 	}
 	pools[m.class].Put(m)
 }

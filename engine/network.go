@@ -458,9 +458,15 @@ func (n *Network) deliver(m *msg, dst *policy.PortSet, v *view, ib *inlineBatch)
 			}
 		case m.isBig() && (ib == nil || !ib.has(port)):
 			// A big message goes to the port's writer, which may wait
-			// for room: never inline (big.go).
-			if ok = port.q.push(m); !ok {
+			// for room: never inline; in a lossy network, one at a time
+			// a port (big.go).
+			if n.tokens == nil && !port.bigHeld.CompareAndSwap(0, 1) {
 				port.drops.Add(1)
+			} else if ok = port.q.push(m); !ok {
+				port.drops.Add(1)
+				if n.tokens == nil {
+					port.bigHeld.Store(0)
+				}
 			}
 		case ib != nil && port.dbw != nil && !m.oob && (port.q.idle() || ib.has(port)):
 			ib.add(port, m) // keeps the reference until flush

@@ -23,12 +23,15 @@ type Port struct {
 	dwo  endpoint.DirectOffloader   // non-nil with off and dw: inline with headers
 	dbw  endpoint.DirectBatchWriter // non-nil with dwo: a batch's inline at once
 
-	seg   segmenter   // the writer's, for super-frames to an endpoint without offloads
-	ib    inlineBatch // the reader's: its batch's messages for DirectBatchWriters
-	hdrs  []vnet.Hdr  // the writer's, for an endpoint with offloads
-	opts  PortOptions
-	q     *queue
-	class int // buffer size class for reads
+	seg segmenter   // the writer's, for super-frames to an endpoint without offloads
+	ib  inlineBatch // the reader's: its batch's messages for DirectBatchWriters
+	// bigHeld is 1 while a lossy network's port holds a big message,
+	// queued or being written (big.go).
+	bigHeld atomic.Int32
+	hdrs    []vnet.Hdr // the writer's, for an endpoint with offloads
+	opts    PortOptions
+	q       *queue
+	class   int // buffer size class for reads
 
 	canRead  atomic.Bool
 	canWrite atomic.Bool
@@ -450,6 +453,15 @@ func (p *Port) route(routed [][]byte, keep []*msg, dst []policy.Delivery) {
 		n.deliver(m, &d.Ports, v, ib)
 	}
 	ib.flush()
+	if n.tokens == nil && n.big != nil {
+		// Routed: each receiver's cap bounds a lossy big message now,
+		// not the budget, which is for the messages being read.
+		for _, m := range keep {
+			if m.isBig() {
+				m.releaseBig()
+			}
+		}
+	}
 }
 
 // mirror delivers m, as its node sent it, to the network's monitors, which
@@ -553,6 +565,9 @@ func (p *Port) writeBatch(msgs, oob []*msg, bufs [][]byte) error {
 			m.decRef()
 		}
 		for _, m := range msgs[:len(msgs)-kept] {
+			if m.isBig() {
+				p.bigHeld.Store(0)
+			}
 			m.decRef()
 		}
 		p.q.done(len(oob) + len(msgs))

@@ -1,0 +1,84 @@
+package engine_test
+
+import (
+	"bytes"
+	"io"
+	"testing"
+	"time"
+
+	"github.com/ipn-project/ipn/endpoint"
+	"github.com/ipn-project/ipn/endpoint/endpointtest"
+	"github.com/ipn-project/ipn/engine"
+)
+
+// bigEP is a node that sends messages of any size (an endpoint.BigReader)
+// and receives nothing.
+type bigEP struct {
+	in   chan []byte
+	stop chan struct{}
+}
+
+var _ endpoint.BigReader = (*bigEP)(nil)
+
+func (e *bigEP) Read(bufs [][]byte, sizes []int) (int, error) {
+	return e.ReadBig(bufs, sizes, func(int, int) []byte { return nil })
+}
+
+func (e *bigEP) ReadBig(bufs [][]byte, sizes []int, grow func(i, size int) []byte) (int, error) {
+	for {
+		select {
+		case m := <-e.in:
+			b := bufs[0]
+			if len(m) > len(b) {
+				if b = grow(0, len(m)); b == nil {
+					continue // refused: dropped
+				}
+			}
+			sizes[0] = copy(b, m)
+			return 1, nil
+		case <-e.stop:
+			return 0, io.EOF
+		}
+	}
+}
+
+func (e *bigEP) Write(msgs [][]byte) (int, error) { return len(msgs), nil }
+func (e *bigEP) BatchSize() int                   { return 4 }
+func (e *bigEP) Close() error {
+	select {
+	case <-e.stop:
+	default:
+		close(e.stop)
+	}
+	return nil
+}
+
+// In a lossy network of big messages, a member that never reads holds one
+// of them, not the network's budget: another member gets every message,
+// and the stuck one counts its drops.
+func TestBigLossyStuckReceiverHarmsNoOne(t *testing.T) {
+	const mtu = 1 << 20
+	_, n := create(t, engine.Config{MTU: mtu})
+	src := &bigEP{in: make(chan []byte), stop: make(chan struct{})}
+	joinEP(t, n, src)
+	stuck := endpointtest.New(1) // never read: its writer blocks on its second
+	stuckPort := joinEP(t, n, stuck)
+	good := join(t, n, engine.PortOptions{})
+	for i := range 20 {
+		m := bytes.Repeat([]byte{byte(i)}, mtu-i)
+		select {
+		case src.in <- m:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("message %d: the sender is held", i)
+		}
+		got, err := good.ep.Recv(ctx(t))
+		if err != nil {
+			t.Fatalf("message %d: %v", i, err)
+		}
+		if !bytes.Equal(got, m) {
+			t.Fatalf("message %d: got %d bytes, want %d of %d", i, len(got), len(m), i)
+		}
+	}
+	waitCond(t, func() bool { return stuckPort.Stats().Drops >= 17 })
+	t.Logf("the stuck member dropped %d of 20", stuckPort.Stats().Drops)
+}
