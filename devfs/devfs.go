@@ -40,6 +40,29 @@
 // and an empty write sends nothing (the network carries no empty
 // messages).
 //
+// # Big messages
+//
+// The kernel carries a read(2) or write(2) to the file system in requests
+// of at most 128 KiB (FUSE's largest here). A network whose MTU is over
+// SplitMTU (124 KiB, what one request carries whatever the buffer's
+// alignment) has messages that need several: its files are streams
+// without a file position (lseek fails with ESPIPE), so that each read(2)
+// and write(2) starts at offset 0 and its later requests continue it. A
+// read(2) then still returns one message, whole if its buffer holds it. A
+// write(2) is still one message, sent when its last request shows it
+// ended (one shorter than the most the kernel sends); when the write ends
+// exactly at a request's end, which the file system cannot tell apart from
+// one going on, the message is sent when the next write(2) on the file
+// begins or the file is closed. A write over the MTU fails with EOVERFLOW:
+// the kernel may report the bytes it had carried as a short write, and
+// then the next write(2) on the file (a retry of the rest) fails with
+// EOVERFLOW too, so that no part of it is sent.
+//
+// Each file opened for reading holds at most two message buffers of the
+// MTU (one receiving, one being read), and a file of a big network opened
+// for writing one more; the buffers of one user's open files are bounded
+// by MaxBufferPerUser (open fails with EDQUOT beyond it).
+//
 // With Options.Lines (ipn mount --lines) the files are for line tools
 // instead: a '\n' is appended to a message that does not end with one, so
 // that head -n1 and cat print one message per line (a truncated message
@@ -153,6 +176,25 @@ const attrValid = time.Second
 // reads (besides the one its receiving goroutine holds).
 const queueLen = 1
 
+// maxRequest is the most bytes one FUSE read or write request carries:
+// bazil.org/fuse's max_write, and the kernel's 32 pages a request.
+const maxRequest = 128 << 10
+
+// SplitMTU is the longest message one FUSE request carries whatever the
+// alignment of the caller's buffer (maxRequest less a page): files of
+// networks with a larger MTU are streams whose messages span requests.
+const SplitMTU = maxRequest - 4096
+
+// MaxBufferPerUser bounds the message buffers of one user's open files:
+// two of the MTU for a file opened for reading, one more for a file of a
+// network over SplitMTU opened for writing. Opens beyond it fail with
+// EDQUOT.
+const MaxBufferPerUser = 64 << 20
+
+// openStream is FOPEN_STREAM: the file has no position (bazil.org/fuse
+// has no name for it).
+const openStream fuse.OpenResponseFlags = 1 << 4
+
 // Options are the choices of a file system.
 type Options struct {
 	// Lines makes the files line-oriented (see the package documentation):
@@ -174,7 +216,8 @@ type FS struct {
 	cacheAt time.Time
 	nodes   map[string]*netNode // by network path: one Node per file
 	open    map[*handle]struct{}
-	perUser map[uint32]int // open files by user
+	perUser map[uint32]int   // open files by user
+	bufUser map[uint32]int64 // message buffer bytes of open files, by user
 	closed  bool
 	server  *fusefs.Server // for poll wakeups; set by Mount
 }
@@ -184,7 +227,7 @@ var _ fusefs.FS = (*FS)(nil)
 // New returns a file system showing the networks at paths, or every
 // network the daemon serves if there are none, with the options opts.
 func New(paths []string, opts Options) (*FS, error) {
-	f := &FS{opts: opts, open: map[*handle]struct{}{}, nodes: map[string]*netNode{}, perUser: map[uint32]int{}}
+	f := &FS{opts: opts, open: map[*handle]struct{}{}, nodes: map[string]*netNode{}, perUser: map[uint32]int{}, bufUser: map[uint32]int64{}}
 	for _, p := range paths {
 		abs, err := filepath.Abs(p)
 		if err != nil {
@@ -556,26 +599,49 @@ func (n *netNode) Open(ctx context.Context, req *fuse.OpenRequest, resp *fuse.Op
 		return fail(syscall.EACCES)
 	}
 	mtu, err := s.MTU()
-	if err != nil || mtu < 1 {
-		mtu = 65536
+	if err != nil {
+		return fail(fmt.Errorf("the network's MTU: %w", err))
+	}
+	h.mtu, h.split = mtu, mtu > SplitMTU
+	if wantR {
+		h.bufs += 2 * int64(mtu+1)
+	}
+	if wantW && h.split {
+		h.bufs += int64(mtu + 1)
 	}
 	n.fs.mu.Lock()
 	if n.fs.closed {
 		n.fs.mu.Unlock()
 		return fail(syscall.ENODEV)
 	}
+	if n.fs.bufUser[c.UID]+h.bufs > MaxBufferPerUser {
+		held := n.fs.bufUser[c.UID]
+		n.fs.mu.Unlock()
+		log.Printf("devfs: user %d: open %s: %d bytes of message buffers held and %d more for an MTU of %d: over %d",
+			c.UID, n.path, held, h.bufs, mtu, MaxBufferPerUser)
+		return fail(syscall.EDQUOT)
+	}
+	n.fs.bufUser[c.UID] += h.bufs
 	n.fs.open[h] = struct{}{}
 	n.fs.mu.Unlock()
 	if wantR {
 		h.msgs = make(chan []byte, queueLen)
+		h.free = make(chan []byte, 2)
+		h.free <- nil // two buffers, made when first needed
+		h.free <- nil
 		h.eof = make(chan struct{})
-		go h.receive(mtu)
+		go h.receive()
 	}
 	// Direct I/O: every read and write reaches Read and Write, whatever
 	// its size. Not OpenNonSeekable: head -n1 seeks back over what it
 	// read past its line and complains if it cannot; seeks and offsets are
-	// accepted and ignored.
+	// accepted and ignored. A network whose messages span requests makes
+	// streams, whose requests' offsets say which read or write they
+	// continue (see the package documentation).
 	resp.Flags |= fuse.OpenDirectIO
+	if h.split {
+		resp.Flags |= openStream
+	}
 	return h, nil
 }
 
@@ -587,12 +653,29 @@ type handle struct {
 	write bool   // opened for writing
 	lines bool   // Options.Lines: add and strip newlines
 
+	mtu   int   // the network's
+	split bool  // messages span requests: a stream (mtu > SplitMTU)
+	bufs  int64 // message buffer bytes charged to the user
+
 	// Of a file opened for reading: messages received ahead (in lines
-	// mode, each with its newline); eof is closed when receiving has ended (after the last
-	// message is queued).
+	// mode, each with its newline), each in one of the file's two
+	// buffers, which go back to free once read; eof is closed when
+	// receiving has ended (after the last message is queued).
 	msgs chan []byte
+	free chan []byte // nil: a buffer not made yet
 	eof  chan struct{}
 	quit chan struct{} // closed by Release
+
+	// Of a split file: the message a read(2) is reading (cur[:curOff]
+	// returned so far), and the one a write(2) is writing (pend) and the
+	// overflow of the last (a retry of its rest fails too).
+	rmu      sync.Mutex
+	cur      []byte // guarded by rmu
+	curOff   int    // guarded by rmu
+	wmu      sync.Mutex
+	pend     []byte // guarded by wmu: nil when no write is open
+	wbuf     []byte // guarded by wmu: pend's buffer, of the MTU, made once
+	overflow bool   // guarded by wmu
 
 	mu       sync.Mutex
 	wakeup   *fuse.PollWakeup // a poll to wake when a message arrives
@@ -604,18 +687,27 @@ var (
 	_ fusefs.HandleWriter   = (*handle)(nil)
 	_ fusefs.HandleReleaser = (*handle)(nil)
 	_ fusefs.HandlePoller   = (*handle)(nil)
+	_ fusefs.HandleFlusher  = (*handle)(nil)
 )
 
 // receive receives the messages of the file into h.msgs until the socket
-// is closed or fails.
-func (h *handle) receive(mtu int) {
+// is closed or fails, each into a free buffer of the file.
+func (h *handle) receive() {
 	defer func() {
 		close(h.eof)
 		h.wake()
 	}()
-	buf := make([]byte, mtu+1)
 	for {
-		n, flags, err := h.s.Recv(buf)
+		var buf []byte
+		select {
+		case buf = <-h.free:
+		case <-h.quit:
+			return
+		}
+		if buf == nil {
+			buf = make([]byte, h.mtu+1) // +1: the newline of lines mode
+		}
+		n, flags, err := h.s.Recv(buf[:h.mtu])
 		if err != nil {
 			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
 				h.mu.Lock()
@@ -628,10 +720,10 @@ func (h *handle) receive(mtu int) {
 			return
 		}
 		if flags&ipn.MsgOOB != 0 {
-			continue // not asked for; skip
+			h.free <- buf // not asked for; skip
+			continue
 		}
-		msg := make([]byte, n, n+1)
-		copy(msg, buf[:n])
+		msg := buf[:n]
 		if h.lines && (n == 0 || msg[n-1] != '\n') {
 			msg = append(msg, '\n')
 		}
@@ -643,6 +735,9 @@ func (h *handle) receive(mtu int) {
 		h.wake()
 	}
 }
+
+// done gives a message's buffer back to the receiver.
+func (h *handle) done(msg []byte) { h.free <- msg[:0] }
 
 // wake wakes the poll waiting for the file, if any.
 func (h *handle) wake() {
@@ -665,10 +760,32 @@ func (h *handle) wake() {
 }
 
 // Read returns one message, blocking until one arrives or the request is
-// interrupted.
+// interrupted. In a split file, a request at offset 0 begins a read(2)
+// and takes a message; one further on continues the read(2) it follows.
 func (h *handle) Read(ctx context.Context, req *fuse.ReadRequest, resp *fuse.ReadResponse) error {
 	if h.msgs == nil {
 		return syscall.EBADF
+	}
+	if h.split {
+		h.rmu.Lock()
+		defer h.rmu.Unlock()
+		if req.Offset > 0 {
+			// The rest of the message this read(2) reads; none ends it.
+			if h.cur != nil && req.Offset == int64(h.curOff) {
+				part := h.cur[h.curOff:min(len(h.cur), h.curOff+req.Size)]
+				resp.Data = append(resp.Data[:0], part...)
+				h.curOff += len(part)
+				if len(part) < req.Size {
+					h.done(h.cur)
+					h.cur = nil
+				}
+			}
+			return nil
+		}
+		if h.cur != nil { // the rest of the last message: truncated
+			h.done(h.cur)
+			h.cur = nil
+		}
 	}
 	var msg []byte
 	select {
@@ -682,25 +799,114 @@ func (h *handle) Read(ctx context.Context, req *fuse.ReadRequest, resp *fuse.Rea
 	case <-ctx.Done():
 		return syscall.EINTR
 	}
-	// A message longer than the read is truncated.
-	resp.Data = append(resp.Data[:0], msg[:min(len(msg), req.Size)]...)
+	// A message longer than the read is truncated (in a split file, when
+	// the next read(2) begins).
+	n := min(len(msg), req.Size)
+	resp.Data = append(resp.Data[:0], msg[:n]...)
+	if h.split && n == req.Size {
+		h.cur, h.curOff = msg, n // the read(2) may go on
+	} else {
+		h.done(msg)
+	}
 	return nil
 }
 
 // Write sends data as one message, as it is (in lines mode, less one
-// trailing newline).
+// trailing newline). In a split file, a request at offset 0 begins a
+// write(2) (sending the last one's message if it was left open); one
+// further on continues it; a request shorter than the kernel's largest
+// ends it.
 func (h *handle) Write(ctx context.Context, req *fuse.WriteRequest, resp *fuse.WriteResponse) error {
-	msg := req.Data
+	if !h.split {
+		if err := h.send(req.Data); err != nil {
+			return err
+		}
+		resp.Size = len(req.Data)
+		return nil
+	}
+	h.wmu.Lock()
+	defer h.wmu.Unlock()
+	limit := h.mtu
+	if h.lines {
+		limit++ // the newline stripped
+	}
+	// A request the kernel cut at its largest may be followed by more:
+	// at offset 0 that is maxRequest less up to a page (the buffer's
+	// alignment), further on maxRequest.
+	last := req.Offset > 0 && len(req.Data) < maxRequest || req.Offset == 0 && len(req.Data) <= SplitMTU
+	if req.Offset == 0 {
+		err := h.sendPending()
+		if h.overflow {
+			// The rest of a write over the MTU, written again: refused.
+			h.overflow = false
+			return syscall.EOVERFLOW
+		}
+		if err != nil {
+			return err
+		}
+		if last { // a whole write in one request: no copy
+			if len(req.Data) > limit {
+				return syscall.EOVERFLOW
+			}
+			if err := h.send(req.Data); err != nil {
+				return err
+			}
+			resp.Size = len(req.Data)
+			return nil
+		}
+		if h.wbuf == nil {
+			h.wbuf = make([]byte, 0, limit)
+		}
+		h.pend = h.wbuf[:0]
+	} else if h.pend == nil || req.Offset != int64(len(h.pend)) {
+		return syscall.EINVAL // not the rest of the write open
+	}
+	if len(h.pend)+len(req.Data) > limit {
+		h.pend, h.overflow = nil, true
+		return syscall.EOVERFLOW
+	}
+	h.pend = append(h.pend, req.Data...)
+	resp.Size = len(req.Data)
+	if last {
+		return h.sendPending()
+	}
+	return nil
+}
+
+// sendPending sends the message of the write(2) open, if any (Send copies
+// it: its buffer is free again); the caller holds wmu.
+func (h *handle) sendPending() error {
+	msg := h.pend
+	h.pend = nil
+	if msg == nil {
+		return nil
+	}
+	return h.send(msg)
+}
+
+// send sends msg as one message (in lines mode, less one trailing
+// newline); an empty one is not sent.
+func (h *handle) send(msg []byte) error {
 	if h.lines && len(msg) > 0 && msg[len(msg)-1] == '\n' {
 		msg = msg[:len(msg)-1]
 	}
-	if len(msg) > 0 {
-		if err := h.s.Send(msg); err != nil {
-			return toErrno(err)
-		}
+	if len(msg) == 0 {
+		return nil
 	}
-	resp.Size = len(req.Data)
+	if err := h.s.Send(msg); err != nil {
+		return toErrno(err)
+	}
 	return nil
+}
+
+// Flush sends the message of a write(2) left open: close(2) ends it.
+func (h *handle) Flush(ctx context.Context, req *fuse.FlushRequest) error {
+	if !h.split {
+		return nil
+	}
+	h.wmu.Lock()
+	defer h.wmu.Unlock()
+	return h.sendPending()
 }
 
 // Poll reports the file readable when a message is queued for it (or it
@@ -731,18 +937,26 @@ func (h *handle) Poll(ctx context.Context, req *fuse.PollRequest, resp *fuse.Pol
 	return nil
 }
 
-// Release leaves the network.
+// Release leaves the network; a second Release does nothing.
 func (h *handle) Release(ctx context.Context, req *fuse.ReleaseRequest) error {
+	h.mu.Lock()
+	if h.released {
+		h.mu.Unlock()
+		return nil
+	}
+	h.released = true
+	h.wakeup = nil
+	h.mu.Unlock()
 	h.fs.mu.Lock()
 	delete(h.fs.open, h)
 	if h.fs.perUser[h.uid]--; h.fs.perUser[h.uid] <= 0 {
 		delete(h.fs.perUser, h.uid)
 	}
+	if h.fs.bufUser[h.uid] -= h.bufs; h.fs.bufUser[h.uid] <= 0 {
+		delete(h.fs.bufUser, h.uid)
+	}
 	h.fs.mu.Unlock()
-	h.mu.Lock()
-	h.released = true
-	h.wakeup = nil
-	h.mu.Unlock()
+	h.Flush(ctx, nil) // a write left open, if the file was not flushed
 	close(h.quit)
 	h.s.Close()
 	return nil

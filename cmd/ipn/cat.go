@@ -35,8 +35,10 @@ func catCmd() *cobra.Command {
 		Short: "Join a network: stdin lines become messages, messages become stdout lines",
 		Long: `Join the IPN network at PATH. Each line read from stdin is sent as one
 message (empty lines are skipped); each message received is printed as one
-line. With --raw, both directions use binary framing instead: a 2-byte
-big-endian length, then the message.
+line. With --raw, both directions use binary framing instead: a
+big-endian length, then the message. The length is 2 bytes on a network
+whose MTU is at most 65535, 4 bytes on one whose MTU is over it (up to
+4 MiB); a frame longer than the MTU is skipped, and said so.
 
 Without --bind the network must exist (and cat starts no daemon). With --bind, cat creates it (owned
 by you, with --mode less your umask) or joins it as a manager (needs x).
@@ -71,11 +73,11 @@ Examples:
 	f.BoolVarP(&o.sendOnly, "send-only", "s", false, "only send (shut down the receive side)")
 	f.StringVar(&o.mode, "mode", fmt.Sprintf("%#o", ipn.DefaultMode), "with --bind, permission bits of a new network file (octal, less umask; x is managing)")
 	f.IntVar(&o.ports, "ports", 0, fmt.Sprintf("with --bind, number of ports (default %d)", ipn.DefaultNumNodes))
-	f.IntVar(&o.mtu, "mtu", 0, fmt.Sprintf("with --bind, largest message in bytes (default %d)", ipn.DefaultMTU))
+	f.IntVar(&o.mtu, "mtu", 0, fmt.Sprintf("with --bind, largest message in bytes, up to %d (default %d)", ipn.MaxMTU, ipn.DefaultMTU))
 	f.IntVar(&o.pool, "pool", 0, fmt.Sprintf("with --bind, message pool size (default %d)", ipn.DefaultPoolSize))
 	f.BoolVar(&o.lossless, "lossless", false, "with --bind, senders wait instead of receivers losing messages")
 	f.BoolVar(&o.excl, "excl", false, "with --bind, fail if the network exists and refuse other binders")
-	f.BoolVar(&o.raw, "raw", false, "binary framing: 2-byte big-endian length + message")
+	f.BoolVar(&o.raw, "raw", false, "binary framing: big-endian length (2 bytes; 4 if the MTU is over 65535) + message")
 	f.StringVar(&o.descr, "descr", "", "port description shown by ipn ls")
 	f.IntVar(&o.port, "port", -1, "ask for this port number")
 	f.IntVarP(&o.count, "count", "n", 0, "exit after receiving this many messages")
@@ -256,10 +258,20 @@ func runCat(ctx context.Context, cmd *cobra.Command, path string, o *catOptions)
 // cannot be sent (too long) are reported and skipped; the error returned
 // says so at the end.
 func catSend(s *ipn.Socket, in io.Reader, raw bool, stderr io.Writer) error {
+	fr, err := newFramer(s, raw)
+	if err != nil {
+		return err
+	}
 	r := bufio.NewReaderSize(in, 1<<16)
 	skipped := 0
 	for n := 1; ; n++ {
-		msg, err := readMsg(r, raw)
+		msg, err := fr.read(r)
+		var over *errOverMTU
+		if errors.As(err, &over) {
+			fmt.Fprintf(stderr, "ipn cat: message %d: %d bytes is over the network's MTU, skipped\n", n, over.n)
+			skipped++
+			continue
+		}
 		if err == io.EOF {
 			break
 		}
@@ -284,22 +296,109 @@ func catSend(s *ipn.Socket, in io.Reader, raw bool, stderr io.Writer) error {
 	return nil
 }
 
-// readMsg reads one line (without its newline) or one raw frame.
-func readMsg(r *bufio.Reader, raw bool) ([]byte, error) {
-	if raw {
-		var hdr [2]byte
-		if _, err := io.ReadFull(r, hdr[:]); err != nil {
-			if err == io.ErrUnexpectedEOF {
-				return nil, errors.New("truncated frame length")
-			}
-			return nil, err
-		}
-		msg := make([]byte, binary.BigEndian.Uint16(hdr[:]))
-		if _, err := io.ReadFull(r, msg); err != nil {
-			return nil, fmt.Errorf("truncated frame: %w", err)
-		}
-		return msg, nil
+// framer reads and writes cat's messages: lines, or with --raw frames of
+// a big-endian length (width bytes: 2, or 4 on a network whose MTU is over
+// 65535) and the message. Its buffer is reused: a message read is valid
+// until the next read.
+type framer struct {
+	raw   bool
+	width int // 2 or 4
+	mtu   int
+	buf   []byte
+}
+
+// newFramer returns the framing for s's network, whose MTU decides the
+// length's width once: a re-joined network keeps the stream's framing.
+func newFramer(s *ipn.Socket, raw bool) (*framer, error) {
+	mtu, err := s.MTU()
+	if err != nil {
+		return nil, fmt.Errorf("the network's MTU: %w", err)
 	}
+	return &framer{raw: raw, width: rawLenWidth(mtu), mtu: mtu}, nil
+}
+
+// rawLenWidth is the width of --raw's length on a network of that MTU.
+func rawLenWidth(mtu int) int {
+	if mtu > 0xffff {
+		return 4
+	}
+	return 2
+}
+
+// errOverMTU is a raw frame longer than the MTU, skipped unread.
+type errOverMTU struct{ n int }
+
+// Error says the frame's length.
+func (e *errOverMTU) Error() string {
+	return fmt.Sprintf("frame of %d bytes is over the network's MTU: %v", e.n, syscall.EOVERFLOW)
+}
+
+// Unwrap returns EOVERFLOW.
+func (e *errOverMTU) Unwrap() error { return syscall.EOVERFLOW }
+
+// read reads one line (without its newline) or one raw frame; a raw frame
+// over the MTU is consumed and reported as *errOverMTU, never held.
+func (f *framer) read(r *bufio.Reader) ([]byte, error) {
+	if !f.raw {
+		return readLine(r)
+	}
+	var hdr [4]byte
+	if _, err := io.ReadFull(r, hdr[:f.width]); err != nil {
+		if err == io.ErrUnexpectedEOF {
+			return nil, errors.New("truncated frame length")
+		}
+		return nil, err
+	}
+	var n int
+	if f.width == 4 {
+		n = int(binary.BigEndian.Uint32(hdr[:]))
+	} else {
+		n = int(binary.BigEndian.Uint16(hdr[:]))
+	}
+	if n > f.mtu {
+		// Skipped unread: a 4-byte length could ask for 4 GiB.
+		if _, err := io.CopyN(io.Discard, r, int64(n)); err != nil {
+			return nil, fmt.Errorf("truncated frame: %w", noEOF(err))
+		}
+		return nil, &errOverMTU{n}
+	}
+	if cap(f.buf) < n {
+		f.buf = make([]byte, n)
+	}
+	msg := f.buf[:n]
+	if _, err := io.ReadFull(r, msg); err != nil {
+		return nil, fmt.Errorf("truncated frame: %w", noEOF(err))
+	}
+	return msg, nil
+}
+
+// noEOF turns an end of input inside a frame into io.ErrUnexpectedEOF.
+func noEOF(err error) error {
+	if err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// write writes msg to w as a line or a raw frame.
+func (f *framer) write(w *bufio.Writer, msg []byte) {
+	if !f.raw {
+		w.Write(msg)
+		w.WriteByte('\n')
+		return
+	}
+	var hdr [4]byte
+	if f.width == 4 {
+		binary.BigEndian.PutUint32(hdr[:], uint32(len(msg)))
+	} else {
+		binary.BigEndian.PutUint16(hdr[:], uint16(len(msg)))
+	}
+	w.Write(hdr[:f.width])
+	w.Write(msg)
+}
+
+// readLine reads one line, without its newline.
+func readLine(r *bufio.Reader) ([]byte, error) {
 	line, err := r.ReadBytes('\n')
 	if err == io.EOF && len(line) > 0 {
 		err = nil
@@ -316,8 +415,12 @@ func trimNewline(b []byte) []byte {
 
 // catRecv prints every message until EOF or o.count messages.
 func catRecv(s *ipn.Socket, out io.Writer, o *catOptions, stderr io.Writer) error {
+	fr, err := newFramer(s, o.raw)
+	if err != nil {
+		return err
+	}
 	w := bufio.NewWriterSize(out, 1<<16)
-	buf := make([]byte, 65536)
+	buf := make([]byte, max(fr.mtu, 65536))
 	for got := 0; o.count == 0 || got < o.count; {
 		n, flags, err := s.Recv(buf)
 		if err == io.EOF {
@@ -333,15 +436,7 @@ func catRecv(s *ipn.Socket, out io.Writer, o *catOptions, stderr io.Writer) erro
 			}
 			continue
 		}
-		if o.raw {
-			var hdr [2]byte
-			binary.BigEndian.PutUint16(hdr[:], uint16(n))
-			w.Write(hdr[:])
-			w.Write(buf[:n])
-		} else {
-			w.Write(buf[:n])
-			w.WriteByte('\n')
-		}
+		fr.write(w, buf[:n])
 		if err := w.Flush(); err != nil {
 			return fmt.Errorf("stdout: %w", err)
 		}
