@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -26,11 +27,12 @@ import (
 )
 
 func init() {
-	commands = append(commands, benchCmd)
+	commands = append(commands, benchCmd, benchLimitCmd)
 }
 
 // The paths ipn bench drives, in the order it runs them.
 const (
+	pathLimit     = "limit"      // a bare shared-memory ring between the two peers: the machine's limit
 	pathFast      = "fast"       // IPN over the shared-memory fast path
 	pathSocket    = "socket"     // IPN over the socket path
 	pathVDE       = "vde"        // an IPN network served to VDE clients
@@ -38,10 +40,13 @@ const (
 	pathNATS      = "nats"       // NATS core pub/sub
 )
 
-var benchPaths = []string{pathFast, pathSocket, pathVDE, pathVDESwitch, pathNATS}
+var benchPaths = []string{pathLimit, pathFast, pathSocket, pathVDE, pathVDESwitch, pathNATS}
 
 // lightRate is the sender's pace in the light-load latency scenario.
 const lightRate = 20000
+
+// peerWave is how many peers of a row start at once.
+const peerWave = 8
 
 // benchRow is one measurement of ipn bench: one scenario on one path.
 type benchRow struct {
@@ -56,8 +61,10 @@ type benchRow struct {
 	ServerCPU   float64  `json:"server_cpu_s_per_million"` // server alone
 	VsVDESwitch *float64 `json:"vs_vde_switch"`            // delivered/s over vde_switch's
 	VsNATS      *float64 `json:"vs_nats"`                  // delivered/s over NATS's
+	VsLimit     *float64 `json:"vs_limit,omitempty"`       // delivered/s over the limit row's
 	P50VsVDE    *float64 `json:"p50_vs_vde_switch,omitempty"`
 	P50VsNATS   *float64 `json:"p50_vs_nats,omitempty"`
+	P50VsLimit  *float64 `json:"p50_vs_limit,omitempty"`
 	Sent        int64    `json:"sent"`
 	DeliveredN  int64    `json:"delivered"`
 	Expected    int64    `json:"expected"` // deliveries the sent frames called for
@@ -66,13 +73,16 @@ type benchRow struct {
 	Senders     int      `json:"senders"`
 	Receivers   int      `json:"receivers"`
 	Note        string   `json:"note"`
+	Gbps        float64  `json:"gbps,omitempty"`      // kernel rows (benchtcp.go): received, Gb/s
+	Anchor      string   `json:"anchor,omitempty"`    // kernel rows: the path of their ratio
+	VsAnchor    *float64 `json:"vs_anchor,omitempty"` // kernel rows: gbps over the anchor's
 	Error       string   `json:"error,omitempty"`
 }
 
 // benchScenario is one load: a policy, a shape, a frame size.
 type benchScenario struct {
 	policy   string // hub or switch
-	shape    string // 1->1, 1->4 or 4<->4
+	shape    string // 1->N (N receivers) or 4<->4
 	size     int
 	lossless bool
 	light    bool // sender paced at lightRate
@@ -92,6 +102,9 @@ func (s benchScenario) name() string {
 // runsOn reports whether the scenario applies to path.
 func (s benchScenario) runsOn(path string) bool {
 	switch {
+	case path == pathLimit:
+		// One ring, one way: the unicast of one sender to one receiver.
+		return s.policy == "hub" && s.shape == "1->1" && !s.lossless
 	case s.lossless && path != pathFast && path != pathSocket:
 		return false
 	case path == pathNATS && s.policy != "hub":
@@ -112,7 +125,29 @@ func benchScenarios() []benchScenario {
 			}
 		}
 	}
+	// The fan-out to many receivers.
+	for _, shape := range fanOutShapes {
+		out = append(out, benchScenario{policy: "hub", shape: shape, size: 64})
+	}
 	return append(out, benchScenario{policy: "hub", shape: "1->1", size: 64, light: true})
+}
+
+// fanOutShapes are the hub scenarios beyond 1->4, 64 B frames only: one
+// sender, up to 63 receivers (a vde_switch of 64 ports).
+var fanOutShapes = []string{"1->16", "1->32", "1->63"}
+
+// quickFanOut is the one of fanOutShapes --quick runs (unless --scenarios
+// asks for others): each takes about a second on 2 cores, most of it in
+// starting the peers.
+const quickFanOut = "1->63"
+
+// receivers returns N of a 1->N shape, or 0.
+func (s benchScenario) receivers() int {
+	n, err := strconv.Atoi(strings.TrimPrefix(s.shape, "1->"))
+	if err != nil || !strings.HasPrefix(s.shape, "1->") {
+		return 0
+	}
+	return n
 }
 
 // benchPeerSpec is one peer of a scenario.
@@ -128,12 +163,8 @@ type benchPeerSpec struct {
 func (s benchScenario) peers() []benchPeerSpec {
 	sw := s.policy == "switch"
 	var ps []benchPeerSpec
-	switch s.shape {
-	case "1->1", "1->4":
-		n := 1
-		if s.shape == "1->4" {
-			n = 4
-		}
+	switch n := s.receivers(); {
+	case n > 0:
 		snd := benchPeerSpec{id: 0, send: true, hello: sw}
 		if sw && n == 1 {
 			snd.dests = []int{1}
@@ -142,7 +173,7 @@ func (s benchScenario) peers() []benchPeerSpec {
 		for i := 1; i <= n; i++ {
 			ps = append(ps, benchPeerSpec{id: i, recv: true, hello: sw})
 		}
-	case "4<->4":
+	case s.shape == "4<->4":
 		for i := range 4 {
 			p := benchPeerSpec{id: i, send: true, recv: true, hello: sw}
 			if sw {
@@ -156,6 +187,41 @@ func (s benchScenario) peers() []benchPeerSpec {
 		}
 	}
 	return ps
+}
+
+// benchLimitCmd is a peer of the limit rows: it maps the bare ring ipn
+// bench passes it (see benchpeer.OpenLimit) and is driven as every peer.
+func benchLimitCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:                "bench-limit [flags]",
+		Short:              "A peer of ipn bench's limit rows (internal)",
+		Hidden:             true,
+		DisableFlagParsing: true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var cfg benchpeer.Config
+			fs := cfg.FlagSet("bench-limit")
+			fs.SetOutput(cmd.ErrOrStderr())
+			if err := fs.Parse(args); err != nil {
+				if errors.Is(err, flag.ErrHelp) {
+					return nil
+				}
+				return err
+			}
+			if err := cfg.Check(); err != nil {
+				return err
+			}
+			if cfg.Send == cfg.Recv {
+				return errors.New("a limit peer either sends or receives")
+			}
+			stop := benchpeer.Watchdog(cfg.Deadline, os.Exit)
+			defer stop()
+			conn, err := benchpeer.OpenLimit(benchpeer.LimitFDs, cfg.Send)
+			if err != nil {
+				return err
+			}
+			return benchpeer.Run(conn, cfg, cmd.InOrStdin(), cmd.OutOrStdout())
+		},
+	}
 }
 
 type benchOpts struct {
@@ -192,7 +258,7 @@ or --nats). A missing one is noted in its rows, not an error.`,
 	}
 	f := cmd.Flags()
 	f.DurationVar(&o.dur, "duration", 2*time.Second, "how long the senders send, per row")
-	f.BoolVar(&o.quick, "quick", false, "every row, briefly (for CI; overrides --duration)")
+	f.BoolVar(&o.quick, "quick", false, "every row, briefly, and of the fan-out rows 1->63 only (for CI; overrides --duration)")
 	f.BoolVar(&o.asJSON, "json", false, "print the rows as JSON instead of a table")
 	f.StringVarP(&o.outFile, "output", "o", "", "also write the rows as JSON to this file")
 	f.StringVar(&o.paths, "paths", strings.Join(benchPaths, ","), "the paths to run, comma-separated")
@@ -228,13 +294,17 @@ func runBench(ctx context.Context, cmd *cobra.Command, o benchOpts) error {
 		if !matchScenario(sc.name(), o.scenarios) {
 			continue
 		}
+		if o.quick && strings.TrimSpace(o.scenarios) == "" && sc.receivers() > 4 && sc.shape != quickFanOut {
+			continue // the largest fan-out stands for the others
+		}
 		for _, p := range benchPaths {
 			if paths[p] && sc.runsOn(p) {
 				jobs = append(jobs, benchJob{sc, p})
 			}
 		}
 	}
-	if len(jobs) == 0 {
+	kernel := kernelJobs(o) // benchtcp.go
+	if len(jobs) == 0 && len(kernel) == 0 {
 		return errors.New("no scenario and path left to run")
 	}
 	ipnBin, err := os.Executable()
@@ -269,6 +339,9 @@ func runBench(ctx context.Context, cmd *cobra.Command, o benchOpts) error {
 			fmt.Fprintf(b.stderr, " %.0f/s\n", r.Delivered)
 		}
 		rows = append(rows, r)
+	}
+	if rows = append(rows, b.kernelRows(ctx, kernel)...); ctx.Err() != nil {
+		return errors.New("interrupted")
 	}
 	fmt.Fprintf(b.stderr, "%d rows in %.1fs\n", len(rows), time.Since(start).Seconds())
 	benchRatios(rows)
@@ -410,8 +483,21 @@ func (b *bencher) measure(ctx context.Context, row *benchRow, procs *benchProcs,
 		target  string       // what peers join
 		argv    []string     // the peer program and its leading arguments
 		url     string
+		files   []*os.File // passed to every peer (the limit ring)
 	)
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
 	switch path {
+	case pathLimit:
+		var err error
+		if files, err = benchpeer.NewLimitFiles(sc.size); err != nil {
+			return err
+		}
+		target = "ring"
+		argv = []string{b.ipnBin, "bench-limit"}
 	case pathFast, pathSocket, pathVDE:
 		sock := filepath.Join(dir, "ipn.sock")
 		env = append(env, spec.SocketEnv+"="+sock, spec.NoAutostartEnv+"=1")
@@ -454,9 +540,10 @@ func (b *bencher) measure(ctx context.Context, row *benchRow, procs *benchProcs,
 		}
 	case pathVDESwitch:
 		target = filepath.Join(dir, "vde_switch")
-		sw := []string{"vde_switch", "-s", target}
+		// Ports for every peer, and the 32 of its default at least.
+		sw := []string{"vde_switch", "-n", strconv.Itoa(max(32, len(peers)+1)), "-s", target}
 		if sc.policy == "hub" {
-			sw = []string{"vde_switch", "-x", "-s", target}
+			sw = append(sw, "-x")
 		}
 		// Its console reads standard input, held open by procs.
 		s, err := procs.start("vde_switch", sw, env, true)
@@ -506,17 +593,25 @@ func (b *bencher) measure(ctx context.Context, row *benchRow, procs *benchProcs,
 		if sc.light {
 			args = append(args, "--rate", strconv.Itoa(lightRate))
 		}
-		proc, err := procs.start(fmt.Sprintf("peer %d", p.id), args, env, true)
+		proc, err := procs.startWith(fmt.Sprintf("peer %d", p.id), args, env, true, files)
 		if err != nil {
 			return err
 		}
 		pp[i] = proc
-	}
-	for i, proc := range pp {
-		if _, err := proc.expect("ready", 15*time.Second); err != nil {
-			return fmt.Errorf("peer %d: %w", peers[i].id, err)
+		// In waves: a server may refuse many joining at once (IPN's VDE
+		// endpoint takes 8 handshakes of one user at a time).
+		if (i+1)%peerWave == 0 || i == len(peers)-1 {
+			for k := i + 1 - (i % peerWave); k <= i; k++ {
+				if _, err := pp[k].expect("ready", 15*time.Second); err != nil {
+					return fmt.Errorf("peer %d: %w", peers[k].id, err)
+				}
+			}
 		}
 	}
+	for _, f := range files {
+		f.Close() // the peers have theirs
+	}
+	files = nil
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
@@ -663,13 +758,13 @@ func benchFill(row *benchRow, peers []benchPeerSpec, rs []benchpeer.Result, serv
 	}
 }
 
-// benchRatios sets the rows' ratios to vde_switch and NATS on the same
-// scenario.
+// benchRatios sets the rows' ratios to vde_switch, NATS and the limit on
+// the same scenario.
 func benchRatios(rows []benchRow) {
 	ref := map[string]*benchRow{}
 	for i := range rows {
 		r := &rows[i]
-		if (r.Path == pathVDESwitch || r.Path == pathNATS) && r.Error == "" && r.Delivered > 0 {
+		if (r.Path == pathVDESwitch || r.Path == pathNATS || r.Path == pathLimit) && r.Error == "" && r.Delivered > 0 {
 			ref[r.Scenario+"\x00"+r.Path] = r
 		}
 	}
@@ -698,12 +793,18 @@ func benchRatios(rows []benchRow) {
 				r.P50VsNATS = ratio(r.P50, n.P50)
 			}
 		}
+		if l := ref[r.Scenario+"\x00"+pathLimit]; l != nil {
+			r.VsLimit = ratio(r.Delivered, l.Delivered)
+			if light {
+				r.P50VsLimit = ratio(r.P50, l.P50)
+			}
+		}
 	}
 }
 
 // benchTable prints the rows as aligned columns.
 func benchTable(w io.Writer, rows []benchRow) {
-	head := []string{"SCENARIO", "PATH", "DELIVERED/s", "PER RCV/s", "LOSS%", "P50us", "P99us", "CPUs/M", "SRVs/M", "vs VDE_SW", "vs NATS", "NOTE"}
+	head := []string{"SCENARIO", "PATH", "DELIVERED/s", "PER RCV/s", "LOSS%", "P50us", "P99us", "CPUs/M", "SRVs/M", "vs VDE_SW", "vs NATS", "vs LIMIT", "NOTE"}
 	cells := [][]string{head}
 	ratio := func(v *float64) string {
 		if v == nil {
@@ -716,12 +817,17 @@ func benchTable(w io.Writer, rows []benchRow) {
 		if r.Error != "" {
 			note = "error: " + r.Error
 		}
-		if r.P50VsVDE != nil || r.P50VsNATS != nil {
-			note = strings.TrimSpace(fmt.Sprintf("p50 %s vde_switch, %s nats; %s", ratio(r.P50VsVDE), ratio(r.P50VsNATS), note))
+		if r.P50VsVDE != nil || r.P50VsNATS != nil || r.P50VsLimit != nil {
+			note = strings.TrimSpace(fmt.Sprintf("p50 %s vde_switch, %s nats, %s limit; %s",
+				ratio(r.P50VsVDE), ratio(r.P50VsNATS), ratio(r.P50VsLimit), note))
 			note = strings.TrimSuffix(note, ";")
 		}
+		if c := kernelCells(head, r, note); c != nil {
+			cells = append(cells, c)
+			continue
+		}
 		if r.DeliveredN == 0 && r.Error == "" && r.Sent == 0 {
-			cells = append(cells, []string{r.Scenario, r.Path, "-", "-", "-", "-", "-", "-", "-", "-", "-", note})
+			cells = append(cells, []string{r.Scenario, r.Path, "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", note})
 			continue
 		}
 		cells = append(cells, []string{
@@ -729,7 +835,7 @@ func benchTable(w io.Writer, rows []benchRow) {
 			fmt.Sprintf("%.0f", r.Delivered), fmt.Sprintf("%.0f", r.PerReceiver),
 			fmt.Sprintf("%.2f", r.Loss), fmt.Sprintf("%.1f", r.P50), fmt.Sprintf("%.1f", r.P99),
 			fmt.Sprintf("%.2f", r.CPU), fmt.Sprintf("%.2f", r.ServerCPU),
-			ratio(r.VsVDESwitch), ratio(r.VsNATS), note,
+			ratio(r.VsVDESwitch), ratio(r.VsNATS), ratio(r.VsLimit), note,
 		})
 	}
 	width := make([]int, len(head))
@@ -824,8 +930,14 @@ type benchProcs struct{ ps []*benchProc }
 // start starts argv with env. Its standard input is a pipe held until
 // stop when hold is set, else /dev/null.
 func (bp *benchProcs) start(name string, argv, env []string, hold bool) (*benchProc, error) {
+	return bp.startWith(name, argv, env, hold, nil)
+}
+
+// startWith is start, passing files as descriptors 3 and up.
+func (bp *benchProcs) startWith(name string, argv, env []string, hold bool, files []*os.File) (*benchProc, error) {
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = env
+	cmd.ExtraFiles = files
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	p := &benchProc{
 		name: name, cmd: cmd,

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -188,5 +189,92 @@ func TestRun(t *testing.T) {
 	}
 	if r.P50 <= 0 || r.P99 < r.P50 || len(r.Latency) == 0 {
 		t.Errorf("latency p50 %d p99 %d", r.P50, r.P99)
+	}
+}
+
+// limitPair opens both ends of a fresh limit ring in this process.
+func limitPair(t *testing.T, size int) (send, recv *Limit) {
+	t.Helper()
+	files, err := NewLimitFiles(size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	open := func(send bool) *Limit {
+		var fds [3]int
+		for i, f := range files {
+			fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			fds[i] = fd
+		}
+		l, err := OpenLimit(fds, send)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	return open(true), open(false)
+}
+
+// The limit ring carries every frame, paced and flat out (the sender held
+// when the ring is full), and Close ends a receiver's wait.
+func TestLimit(t *testing.T) {
+	for _, rate := range []float64{5000, 0} {
+		s, r := limitPair(t, 64)
+		recv := drive(r, Config{ID: 1, Size: 64, Recv: true})
+		send := drive(s, Config{ID: 0, Size: 64, Send: true, Duration: 50 * time.Millisecond, Rate: rate})
+		recv.expect(t, "ready")
+		send.expect(t, "ready")
+		recv.say(t, "go")
+		send.say(t, "go")
+		send.expect(t, "done")
+		send.say(t, "stop")
+		var sres, rres Result
+		if err := json.Unmarshal([]byte(send.expect(t, "{")), &sres); err != nil {
+			t.Fatal(err)
+		}
+		// Everything sent is in the ring: the receiver gets it all.
+		for n := int64(0); n < sres.Sent; {
+			recv.say(t, "count")
+			fmt.Sscanf(recv.expect(t, "count "), "count %d", &n)
+		}
+		recv.say(t, "stop")
+		if err := json.Unmarshal([]byte(recv.expect(t, "{")), &rres); err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range []*driven{send, recv} {
+			if err := <-d.errc; err != nil {
+				t.Fatal(err)
+			}
+		}
+		t.Logf("rate %g: sent %d, received %d, p50 %d ns", rate, sres.Sent, rres.Received, rres.P50)
+		if sres.Sent == 0 || rres.Received != sres.Sent || rres.Lost != 0 || sres.Error != "" || rres.Error != "" {
+			t.Errorf("rate %g: sent %d, received %d, lost %d (errors %q %q)", rate, sres.Sent, rres.Received, rres.Lost, sres.Error, rres.Error)
+		}
+	}
+	// One end cannot do the other's part.
+	s, r := limitPair(t, 64)
+	defer s.Close()
+	defer r.Close()
+	if _, err := s.Recv(make([]byte, 64)); err == nil {
+		t.Error("the sender received")
+	}
+	if err := r.Send(make([]byte, 64)); err == nil {
+		t.Error("the receiver sent")
+	}
+	got := make(chan error, 1)
+	go func() {
+		_, err := r.Recv(make([]byte, 64))
+		got <- err
+	}()
+	r.Close()
+	if err := <-got; !errors.Is(err, net.ErrClosed) {
+		t.Errorf("Recv after Close: %v", err)
 	}
 }

@@ -1,6 +1,7 @@
 // Package benchpeer is the load generator of ipn bench: one peer process
 // joins a network through some transport (an IPN socket, a VDE switch, a
-// NATS subject), sends and/or receives benchmark frames, and reports what it
+// NATS subject, or the bare shared-memory ring of the limit rows: see
+// Limit), sends and/or receives benchmark frames, and reports what it
 // measured as one JSON line.
 //
 // Every transport carries the same frames, so the client's cost is the same
