@@ -162,7 +162,11 @@ func (ds *devices) attach(srv *server, d *devPort, fd int, want int) (*engine.Po
 		return nil, err
 	}
 	uid, acct := d.maker, srv.acct
-	if err := acct.take(uid, usage{ports: 1}); err != nil {
+	charge := usage{ports: 1}
+	if o, ok := ep.(endpoint.Offloader); ok && o.Offloads() {
+		charge.memory = engine.OffloadPortMemory // its super-frames
+	}
+	if err := acct.take(uid, charge); err != nil {
 		ep.Close()
 		return nil, err
 	}
@@ -170,7 +174,7 @@ func (ds *devices) attach(srv *server, d *devPort, fd int, want int) (*engine.Po
 	if ds.byKey[d.key] != nil {
 		ds.mu.Unlock()
 		ep.Close()
-		acct.give(uid, usage{ports: 1})
+		acct.give(uid, charge)
 		return nil, fmt.Errorf("device %s already attached: %w", d.key.name, syscall.EADDRINUSE)
 	}
 	port, err := d.key.net.Join(ep, engine.PortOptions{
@@ -180,14 +184,14 @@ func (ds *devices) attach(srv *server, d *devPort, fd int, want int) (*engine.Po
 		// where a bridge may close a loop: a link, which loop probes test.
 		Link: true,
 		OnLeave: func() { // forget the port once it has left, whoever closed it
-			acct.give(uid, usage{ports: 1})
+			acct.give(uid, charge)
 			ds.forget(d)
 		},
 	})
 	if err != nil {
 		ds.mu.Unlock()
 		ep.Close()
-		acct.give(uid, usage{ports: 1})
+		acct.give(uid, charge)
 		return nil, err
 	}
 	// The port's leaving waits for mu, so it sees d complete.

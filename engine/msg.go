@@ -31,6 +31,9 @@ type msg struct {
 	// done, if set, is the source port's count of messages the engine has
 	// finished with (see Port.SetDoneCounter): free adds one.
 	done *atomic.Uint64
+	// super, if set, is the count of super-frames its port may still
+	// have alive (Port.superLeft): free gives one back.
+	super *atomic.Int32
 	// big, if set, is the network's budget a big message is charged to;
 	// whoever swaps it out gives the bytes back (free, or a lossy
 	// network once the message is delivered: big.go).
@@ -60,6 +63,10 @@ func (m *msg) free() {
 	if d := m.done; d != nil {
 		m.done = nil
 		d.Add(1)
+	}
+	if s := m.super; s != nil {
+		m.super = nil
+		s.Add(1)
 	}
 	m.oob = false
 	m.vh = vnet.Hdr{}

@@ -8,7 +8,6 @@ import (
 	"syscall"
 
 	"github.com/ipn-project/ipn/endpoint"
-	"github.com/ipn-project/ipn/endpoint/vnet"
 	"github.com/ipn-project/ipn/internal/spec"
 	"github.com/ipn-project/ipn/policy"
 )
@@ -282,7 +281,8 @@ func (n *Network) attach(ep endpoint.Endpoint, opts PortOptions, quiet bool) (*P
 	p.tw, _ = ep.(endpoint.TryDirectWriter)
 	if o, ok := ep.(endpoint.Offloader); ok && o.Offloads() {
 		p.off = o
-		p.class = max(p.class, classFor(vnet.MaxFrame))
+		p.class = len(classSizes) - 1 // a super-frame's (vnet.MaxFrame)
+		p.superLeft.Store(MaxSuperFrames)
 		if p.dw != nil {
 			p.dwo, _ = ep.(endpoint.DirectOffloader)
 		}

@@ -1,6 +1,8 @@
 package engine
 
 import (
+	"sync"
+
 	"github.com/ipn-project/ipn/endpoint/vnet"
 )
 
@@ -11,9 +13,67 @@ type segmenter struct {
 	owner []int    // owner[i] is the index of the message segs[i] is of
 }
 
-// segScratch is the least scratch a segmenter keeps: a few super-frames'
+// segScratch is the scratch a segmenter cuts into: a few super-frames'
 // segments, so that one write carries several.
 const segScratch = 4 * (vnet.MaxFrame + 4096)
+
+// scratch holds segmenters' buffers of segScratch bytes.
+var scratch = sync.Pool{New: func() any { b := make([]byte, segScratch); return &b }}
+
+// MaxSuperFrames is how many super-frames of one port with offloads may be
+// alive at once (read, queued or being written, the reader's batch of up
+// to 32 among them); another is dropped at the port. It bounds the memory
+// a tap or grab makes the daemon hold: OffloadPortMemory. Eight dropped
+// TCP in bursts (a batch is routed, and its messages freed, only when it
+// is whole).
+const MaxSuperFrames = 64
+
+// OffloadPortMemory is the most memory the super-frames of one port with
+// offloads hold.
+const OffloadPortMemory = MaxSuperFrames * 69632
+
+// maxSegments is the most segments a super-frame may be cut into: a
+// 64 KiB frame at TCP's smallest segment (88 bytes) is 745. More would
+// make one frame thousands for every port that cuts it.
+const maxSegments = 1024
+
+// takeSuper takes one of the port's super-frames, if it has one left.
+func (p *Port) takeSuper() bool {
+	if p.superLeft.Add(-1) >= 0 {
+		return true
+	}
+	p.superLeft.Add(1)
+	return false
+}
+
+// superFits reports whether frame, of header h, read from a port with
+// offloads, is one the network of MTU mtu may carry: an ordinary frame, or
+// a super-frame whose every segment fits the MTU and that cuts into at
+// most maxSegments.
+func superFits(frame []byte, h vnet.Hdr, mtu int) bool {
+	if !h.GSO() {
+		return len(frame) <= mtu
+	}
+	// The kernel asks a checksum of every super-frame, and Segment checks
+	// that CsumStart is the L4 header it finds, the one measured here.
+	if h.Flags&vnet.FlagNeedsCsum == 0 || h.GSOSize == 0 || h.Segments(len(frame)) > maxSegments {
+		return false
+	}
+	l4 := int(h.CsumStart)
+	var hdr int
+	switch h.GSOType &^ vnet.GSOECN {
+	case vnet.GSOTCPv4, vnet.GSOTCPv6:
+		if l4+13 > len(frame) {
+			return false
+		}
+		hdr = int(frame[l4+12]>>4) * 4
+	case vnet.GSOUDPL4:
+		hdr = 8
+	default:
+		return false
+	}
+	return l4+hdr+int(h.GSOSize) <= mtu
+}
 
 // writeSegmented writes msgs, some of them super-frames or frames with a
 // checksum to finish, to an endpoint without offloads, as ordinary frames.
@@ -22,9 +82,17 @@ const segScratch = 4 * (vnet.MaxFrame + 4096)
 // the ones the endpoint dropped, or that could not be cut, itself).
 func (p *Port) writeSegmented(msgs []*msg) (int, error) {
 	s := &p.seg
-	if len(s.buf) < segScratch {
-		s.buf = make([]byte, segScratch)
-	}
+	// The scratch is the writers' in common, for as long as one cuts:
+	// the ports that receive super-frames do not hold one each.
+	sb := scratch.Get().(*[]byte)
+	s.buf = *sb
+	defer func() {
+		if len(s.buf) == segScratch {
+			*sb = s.buf
+		}
+		s.buf = nil
+		scratch.Put(sb)
+	}()
 	for done := 0; done < len(msgs); {
 		segs, owner, used := s.segs[:0], s.owner[:0], 0
 		i := done

@@ -374,3 +374,65 @@ func TestOffloadVLANForm(t *testing.T) {
 		t.Fatal("the tagged segments' payload differs from the super-frame's")
 	}
 }
+
+// What a hostile tap could hand over is refused at its port, counted, and
+// harms nothing: a super-frame whose segments are over the MTU, one cut
+// into thousands of segments, one without its checksum to finish; and a
+// port with offloads on a network of big messages reads without fault.
+func TestOffloadRefusesWhatTheMTUForbids(t *testing.T) {
+	for _, mtu := range []int{1514, 1 << 20} {
+		_, n := create(t, engine.Config{MTU: mtu})
+		src := newOffEP()
+		sp := joinEP(t, n, src)
+		plain := join(t, n, engine.PortOptions{})
+		wide := superFrame(1, 2, 30000, 9000) // segments of 9054 bytes
+		tiny := superFrame(1, 2, 30000, 1)    // 30000 segments
+		bare := superFrame(1, 2, 30000, 1448)
+		bare.h.Flags = 0
+		bad := []vframe{wide, tiny, bare}
+		if mtu > 9054 {
+			bad = bad[1:] // the wide one's segments fit
+		}
+		for _, f := range bad {
+			src.in <- f
+		}
+		good := superFrame(1, 2, 3000, 1448)
+		src.in <- good
+		var payload []byte
+		for len(payload) < 3000 {
+			seg, err := plain.ep.Recv(ctx(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(seg) > 14+40+1448 && mtu == 1514 {
+				t.Fatalf("MTU %d: a segment of %d bytes", mtu, len(seg))
+			}
+			payload = append(payload, checkSegment(t, seg, mtu)...)
+		}
+		if !bytes.Equal(payload, good.b[54:]) {
+			t.Fatalf("MTU %d: the good super-frame's segments differ", mtu)
+		}
+		waitCond(t, func() bool { return sp.Stats().Errors == uint64(len(bad)) })
+	}
+}
+
+// A port with offloads has at most engine.MaxSuperFrames of its
+// super-frames alive: while a receiver holds them, more are dropped at the
+// port, counted; once it reads, they flow again.
+func TestOffloadSuperFramesBounded(t *testing.T) {
+	_, n := create(t, engine.Config{PoolSize: 64})
+	src := newOffEP()
+	sp := joinEP(t, n, src)
+	slow := newOffEP() // its writer takes nothing until the test reads
+	slow.out = make(chan vframe)
+	joinEP(t, n, slow)
+	for range engine.MaxSuperFrames + 4 {
+		src.in <- superFrame(1, 2, 10000, 1448)
+	}
+	waitCond(t, func() bool { return sp.Stats().Drops >= 3 })
+	for range engine.MaxSuperFrames {
+		recvV(t, slow.out)
+	}
+	src.in <- superFrame(1, 2, 10000, 1448)
+	recvV(t, slow.out)
+}

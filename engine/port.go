@@ -25,6 +25,9 @@ type Port struct {
 
 	seg segmenter   // the writer's, for super-frames to an endpoint without offloads
 	ib  inlineBatch // the reader's: its batch's messages for DirectBatchWriters
+	// superLeft is how many more of its super-frames a port with
+	// offloads may have alive (MaxSuperFrames at most).
+	superLeft atomic.Int32
 	// bigHeld is 1 while a lossy network's port holds a big message,
 	// queued or being written (big.go).
 	bigHeld atomic.Int32
@@ -290,7 +293,7 @@ func (p *Port) readLoop() {
 		var err error
 		if hdrs != nil {
 			for i, m := range msgs {
-				bufs[i] = m.buf[:max(mtu, vnet.MaxFrame)]
+				bufs[i] = m.buf // the largest class: a super-frame's
 			}
 			count, err = p.off.ReadOffload(bufs, sizes, hdrs)
 		} else {
@@ -313,8 +316,14 @@ func (p *Port) readLoop() {
 		var msgsIn, bytesIn uint64 // counted once per batch
 		for i := 0; i < count; i++ {
 			if sizes[i] > mtu && (hdrs == nil || !hdrs[i].GSO() || sizes[i] > vnet.MaxFrame) ||
-				hdrs == nil && sizes[i] > len(msgs[i].buf) { // truncated: longer than BigMin
+				hdrs == nil && sizes[i] > len(msgs[i].buf) || // truncated: longer than BigMin
+				hdrs != nil && !superFits(bufs[i][:min(sizes[i], len(bufs[i]))], hdrs[i], mtu) {
 				p.errs.Add(1)
+				continue
+			}
+			super := hdrs != nil && sizes[i] > classSizes[classFor(min(mtu, BigMin))]
+			if super && !p.takeSuper() {
+				p.drops.Add(1) // too many of its super-frames in the network
 				continue
 			}
 			if !p.canWrite.Load() {
@@ -339,7 +348,14 @@ func (p *Port) readLoop() {
 						// whoever resumes the port.
 						p.msgsIn.Add(msgsIn)
 						p.bytesIn.Add(bytesIn)
-						p.hold(bufs[i:count], sizes[i:count], hdrs)
+						if super {
+							p.superLeft.Add(1)
+						}
+						var hs []vnet.Hdr
+						if hdrs != nil {
+							hs = hdrs[i:count]
+						}
+						p.hold(bufs[i:count], sizes[i:count], hs)
 						paused = true
 						return
 					}
@@ -348,9 +364,11 @@ func (p *Port) readLoop() {
 			}
 			m := msgs[i]
 			m.n = sizes[i]
-			if flex && classFor(m.n) < p.class {
+			if (flex || hdrs != nil) && classFor(m.n) < p.class {
 				// FlexMTU: keep the message in a buffer of its own size;
-				// the MTU-sized one reads the next message.
+				// the MTU-sized one reads the next message. So too an
+				// ordinary frame from an endpoint with offloads, read
+				// into a super-frame's buffer.
 				small := getMsg(classFor(m.n))
 				small.n = copy(small.buf, m.bytes())
 				small.token, m.token = m.token, nil
@@ -360,6 +378,9 @@ func (p *Port) readLoop() {
 			}
 			if hdrs != nil {
 				m.vh = hdrs[i]
+			}
+			if super {
+				m.super = &p.superLeft
 			}
 			m.refs.Store(1)
 			m.done = doneCtr

@@ -100,6 +100,11 @@ func (e *Endpoint) readFrame(fd int, b []byte) (int, bool, error) {
 	e.rbuf[0], e.rbuf[1] = e.hdr[:], b
 	n, _, _, from, err := unix.RecvmsgBuffers(fd, e.rbuf[:], nil, unix.MSG_DONTWAIT|unix.MSG_TRUNC)
 	e.rbuf[1] = nil
+	if err == unix.EINVAL {
+		// A packet whose offload the header cannot say (SCTP's
+		// segmentation, say): the kernel has dropped it; skip it.
+		return 0, false, nil
+	}
 	if err != nil {
 		return 0, false, err
 	}
