@@ -364,7 +364,7 @@ func (p *Port) readLoop() {
 			}
 			m := msgs[i]
 			m.n = sizes[i]
-			if (flex || hdrs != nil) && classFor(m.n) < p.class {
+			if flex && classFor(m.n) < p.class || hdrs != nil && !super {
 				// FlexMTU: keep the message in a buffer of its own size;
 				// the MTU-sized one reads the next message. So too an
 				// ordinary frame from an endpoint with offloads, read
