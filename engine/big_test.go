@@ -16,29 +16,39 @@ import (
 type bigEP struct {
 	in   chan []byte
 	stop chan struct{}
+	kept []byte // a message grow left unread (a pause), read first next time
 }
 
 var _ endpoint.BigReader = (*bigEP)(nil)
 
 func (e *bigEP) Read(bufs [][]byte, sizes []int) (int, error) {
-	return e.ReadBig(bufs, sizes, func(int, int) []byte { return nil })
+	return e.ReadBig(bufs, sizes, func(int, int) ([]byte, bool) { return nil, true })
 }
 
-func (e *bigEP) ReadBig(bufs [][]byte, sizes []int, grow func(i, size int) []byte) (int, error) {
+func (e *bigEP) ReadBig(bufs [][]byte, sizes []int, grow func(i, size int) ([]byte, bool)) (int, error) {
 	for {
-		select {
-		case m := <-e.in:
-			b := bufs[0]
-			if len(m) > len(b) {
-				if b = grow(0, len(m)); b == nil {
-					continue // refused: dropped
-				}
+		m := e.kept
+		if m == nil {
+			select {
+			case m = <-e.in:
+			case <-e.stop:
+				return 0, io.EOF
 			}
-			sizes[0] = copy(b, m)
-			return 1, nil
-		case <-e.stop:
-			return 0, io.EOF
 		}
+		e.kept = nil
+		b := bufs[0]
+		if len(m) > len(b) {
+			var drop bool
+			if b, drop = grow(0, len(m)); b == nil {
+				if !drop {
+					e.kept = m
+					return 0, endpoint.ErrPaused
+				}
+				continue // refused: dropped
+			}
+		}
+		sizes[0] = copy(b, m)
+		return 1, nil
 	}
 }
 

@@ -273,10 +273,10 @@ func (p *Port) readLoop() {
 	// A network with big messages reads them through the endpoint's
 	// ReadBig, into buffers grow makes (big.go).
 	var br endpoint.BigReader
-	var grow func(i, size int) []byte
+	var grow func(i, size int) ([]byte, bool)
 	if n.big != nil && hdrs == nil {
 		br, _ = p.ep.(endpoint.BigReader)
-		grow = func(i, size int) []byte { return p.growBig(msgs, i, size) }
+		grow = func(i, size int) ([]byte, bool) { return p.growBig(msgs, i, size) }
 	}
 	if len(p.pause.held) > 0 && p.routeHeld(dst) {
 		paused = true
@@ -307,6 +307,11 @@ func (p *Port) readLoop() {
 			}
 			if br != nil {
 				count, err = br.ReadBig(bufs, sizes, grow)
+				for i := range count {
+					if msgs[i].isBig() { // grown: bufs[i] was the pooled one
+						bufs[i] = msgs[i].buf
+					}
+				}
 			} else {
 				count, err = p.ep.Read(bufs, sizes)
 			}
@@ -407,14 +412,15 @@ func (p *Port) readLoop() {
 
 // growBig is the reader's grow for endpoint.BigReader: it makes msgs[i] a
 // big message of size bytes charged to the network's budget, waiting for
-// room in a lossless network, and returns its buffer; nil (the message is
-// dropped, counted) if it is over the MTU, if a lossy network has no room,
-// or if the port leaves or pauses meanwhile.
-func (p *Port) growBig(msgs []*msg, i, size int) []byte {
+// room in a lossless network, and returns its buffer; nil and drop (the
+// message is dropped, counted) if it is over the MTU, if a lossy network
+// has no room, or if the port leaves meanwhile; nil and not drop (the
+// message stays unread, for whoever resumes the port) if it pauses.
+func (p *Port) growBig(msgs []*msg, i, size int) ([]byte, bool) {
 	n := p.net
 	if size > n.cfg.MTU {
 		p.errs.Add(1)
-		return nil
+		return nil, true
 	}
 	var ok bool
 	if n.tokens != nil {
@@ -423,12 +429,17 @@ func (p *Port) growBig(msgs []*msg, i, size int) []byte {
 		ok = n.big.take(int64(size))
 	}
 	if !ok {
+		select {
+		case <-p.pause.r:
+			return nil, false
+		default:
+		}
 		p.drops.Add(1)
-		return nil
+		return nil, true
 	}
 	msgs[i].free()
 	msgs[i] = newBig(size, n.big)
-	return msgs[i].buf
+	return msgs[i].buf, false
 }
 
 // route asks the policy where keep's messages go and delivers them;

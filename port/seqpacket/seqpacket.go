@@ -75,13 +75,13 @@ func (e *Endpoint) Read(bufs [][]byte, sizes []int) (int, error) {
 // ReadBig implements endpoint.BigReader: it reads one packet at a time,
 // its length peeked first (MSG_PEEK|MSG_TRUNC), two system calls a
 // message, so that a long one goes whole into the buffer grow makes.
-func (e *Endpoint) ReadBig(bufs [][]byte, sizes []int, grow func(i, size int) []byte) (int, error) {
+func (e *Endpoint) ReadBig(bufs [][]byte, sizes []int, grow func(i, size int) ([]byte, bool)) (int, error) {
 	raw, err := e.conn.SyscallConn()
 	if err != nil {
 		return 0, err
 	}
 	for {
-		n, empty := 0, false
+		n, empty, stopped := 0, false, false
 		var rerr error
 		err := raw.Read(func(fd uintptr) bool {
 			for n < len(bufs) {
@@ -105,7 +105,12 @@ func (e *Endpoint) ReadBig(bufs [][]byte, sizes []int, grow func(i, size int) []
 				}
 				b, big := bufs[n], false
 				if l > len(b) {
-					if b, big = grow(n, l), true; b == nil {
+					var drop bool
+					if b, drop = grow(n, l); b == nil && !drop {
+						stopped = n == 0
+						return true // left in the socket for a later read
+					}
+					if big = true; b == nil {
 						// Refused: consume and drop it.
 						if _, _, err := unix.Recvfrom(int(fd), nil, unix.MSG_TRUNC|unix.MSG_DONTWAIT); err != nil {
 							return true
@@ -130,6 +135,9 @@ func (e *Endpoint) ReadBig(bufs [][]byte, sizes []int, grow func(i, size int) []
 		})
 		if n > 0 {
 			return n, nil
+		}
+		if stopped {
+			return 0, endpoint.ErrPaused
 		}
 		if err != nil {
 			return 0, err
