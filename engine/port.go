@@ -326,12 +326,12 @@ func (p *Port) readLoop() {
 				p.errs.Add(1)
 				continue
 			}
+			if !p.canWrite.Load() {
+				continue
+			}
 			super := hdrs != nil && sizes[i] > classSizes[classFor(min(mtu, BigMin))]
 			if super && !p.takeSuper() {
 				p.drops.Add(1) // too many of its super-frames in the network
-				continue
-			}
-			if !p.canWrite.Load() {
 				continue
 			}
 			if n.tokens != nil {
