@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"sync"
+	"testing"
+	"time"
 
 	"github.com/ipn-project/ipn/endpoint"
 )
@@ -178,3 +180,29 @@ func (e *Endpoint) Close() error {
 // Hangup ends the node's input: Read returns io.EOF, and the node stops
 // sending but may still receive. Call it once, with no Inject running.
 func (e *Endpoint) Hangup() { close(e.in) }
+
+// ReadN reads n messages from ep within 5 s (then it closes ep), in
+// buffers of size bytes, failing t on an error or a truncated message.
+func ReadN(t testing.TB, ep endpoint.Endpoint, n, size int) [][]byte {
+	t.Helper()
+	timer := time.AfterFunc(5*time.Second, func() { ep.Close() })
+	defer timer.Stop()
+	var got [][]byte
+	bufs, sizes := make([][]byte, ep.BatchSize()), make([]int, ep.BatchSize())
+	for i := range bufs {
+		bufs[i] = make([]byte, size)
+	}
+	for len(got) < n {
+		k, err := ep.Read(bufs, sizes)
+		if err != nil {
+			t.Fatalf("after %d messages of %d: %v", len(got), n, err)
+		}
+		for i := 0; i < k; i++ {
+			if sizes[i] > len(bufs[i]) {
+				t.Fatalf("message %d: %d bytes, truncated", len(got), sizes[i])
+			}
+			got = append(got, append([]byte(nil), bufs[i][:sizes[i]]...))
+		}
+	}
+	return got
+}

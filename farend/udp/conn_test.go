@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ipn-project/ipn/internal/netnstest"
+
 	"golang.org/x/net/ipv4"
 	"golang.org/x/sys/unix"
 
@@ -363,33 +365,6 @@ func netns(t *testing.T, ip []string, sh ...string) string {
 	return ns
 }
 
-// inNetns runs fn on a thread moved into namespace ns: the sockets fn
-// makes belong to ns for good, whatever thread uses them later.
-func inNetns(t *testing.T, ns string, fn func()) {
-	t.Helper()
-	runtime.LockOSThread()
-	orig, err := os.Open("/proc/thread-self/ns/net")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer orig.Close()
-	target, err := os.Open("/run/netns/" + ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer target.Close()
-	if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		// A thread that cannot go back stays locked and dies with the goroutine.
-		if unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET) == nil {
-			runtime.UnlockOSThread()
-		}
-	}()
-	fn()
-}
-
 // A run whose datagrams a route's MTU cannot take unfragmented is refused
 // with UDP_SEGMENT (EINVAL): it goes again one datagram per message, which
 // the kernel fragments, and datagrams of that size or more go so from
@@ -398,7 +373,7 @@ func TestGSOTooBigForRoute(t *testing.T) {
 	ns := netns(t, []string{"link set lo mtu 1300", "link set lo up"})
 	var x *udp.Conn
 	var r *net.UDPConn
-	inNetns(t, ns, func() {
+	netnstest.In(t, ns, func() {
 		x = listen(t, "127.0.0.1:0")
 		r = plain(t, "127.0.0.1:0")
 	})
@@ -452,8 +427,8 @@ func TestGSODeviceWithoutChecksum(t *testing.T) {
 	}
 	var x *udp.Conn
 	var r *net.UDPConn
-	inNetns(t, ns, func() { x = listen(t, "10.97.0.1:0") })
-	inNetns(t, peer, func() { r = plain(t, "10.97.0.2:0") })
+	netnstest.In(t, ns, func() { x = listen(t, "10.97.0.1:0") })
+	netnstest.In(t, peer, func() { r = plain(t, "10.97.0.2:0") })
 	needOffloads(t, x)
 	dst := r.LocalAddr().(*net.UDPAddr)
 	var msgs [][]byte

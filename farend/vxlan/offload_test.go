@@ -9,12 +9,14 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 	"unsafe"
+
+	"github.com/ipn-project/ipn/endpoint/endpointtest"
+	"github.com/ipn-project/ipn/internal/netnstest"
 
 	"golang.org/x/sys/unix"
 )
@@ -45,31 +47,6 @@ func datagrams(t *testing.T, c *net.UDPConn, n int) [][]byte {
 			t.Fatalf("after %d datagrams of %d: %v", len(got), n, err)
 		}
 		got = append(got, bytes.Clone(buf[:k]))
-	}
-	return got
-}
-
-// readN reads n frames from e within 5 s, in buffers of 2048 bytes.
-func readN(t *testing.T, e *Endpoint, n int) [][]byte {
-	t.Helper()
-	timer := time.AfterFunc(5*time.Second, func() { e.Close() })
-	defer timer.Stop()
-	var got [][]byte
-	bufs, sizes := make([][]byte, BatchSize), make([]int, BatchSize)
-	for i := range bufs {
-		bufs[i] = make([]byte, 2048)
-	}
-	for len(got) < n {
-		k, err := e.Read(bufs, sizes)
-		if err != nil {
-			t.Fatalf("after %d frames of %d: %v", len(got), n, err)
-		}
-		for i := 0; i < k; i++ {
-			if sizes[i] > len(bufs[i]) {
-				t.Fatalf("frame %d: %d bytes, truncated", len(got), sizes[i])
-			}
-			got = append(got, bytes.Clone(bufs[i][:sizes[i]]))
-		}
 	}
 	return got
 }
@@ -204,7 +181,7 @@ func TestRunsBetweenEnds(t *testing.T) {
 	if n, err := a.Write(msgs); n != len(msgs) || err != nil {
 		t.Fatalf("Write: %d, %v", n, err)
 	}
-	expectFrames(t, "b", readN(t, b, len(msgs)), msgs)
+	expectFrames(t, "b", endpointtest.ReadN(t, b, len(msgs), 2048), msgs)
 	if s := b.Stats(); s.RecvGRO < 2 || s.RecvDatagrams != uint64(len(msgs)) {
 		t.Fatalf("b's stats %+v: want the runs coalesced", s)
 	}
@@ -295,33 +272,6 @@ func netnsRun(t *testing.T, ns string, cmds ...string) {
 	}
 }
 
-// inNetns runs fn on a thread moved into namespace ns: the sockets fn
-// makes belong to ns for good, whatever thread uses them later.
-func inNetns(t *testing.T, ns string, fn func()) {
-	t.Helper()
-	runtime.LockOSThread()
-	orig, err := os.Open("/proc/thread-self/ns/net")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer orig.Close()
-	target, err := os.Open("/run/netns/" + ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer target.Close()
-	if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		// A thread that cannot go back stays locked and dies with the goroutine.
-		if unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET) == nil {
-			runtime.UnlockOSThread()
-		}
-	}()
-	fn()
-}
-
 // csum16 is the Internet checksum of b.
 func csum16(b []byte) uint16 {
 	var s uint32
@@ -377,8 +327,8 @@ func TestKernelVXLANRuns(t *testing.T) {
 	kip, myip := netip.MustParseAddr("192.168.95.1"), netip.MustParseAddr("192.168.95.2")
 	var e *Endpoint
 	var sock *net.UDPConn
-	inNetns(t, me, func() { e = open(t, "10.95.0.1/vni=9") })
-	inNetns(t, kern, func() { sock = listen(t, "192.168.95.1", 7001) })
+	netnstest.In(t, me, func() { e = open(t, "10.95.0.1/vni=9") })
+	netnstest.In(t, kern, func() { sock = listen(t, "192.168.95.1", 7001) })
 	needOffloads(t, e)
 
 	// The first frames may find the device not ready: until one passes.

@@ -3,30 +3,10 @@ package vxvde
 import (
 	"bytes"
 	"testing"
-	"time"
-)
 
-// readN reads n frames from e within 5 s.
-func readN(t *testing.T, e *Endpoint, n int) [][]byte {
-	t.Helper()
-	timer := time.AfterFunc(5*time.Second, func() { e.Close() })
-	defer timer.Stop()
-	var got [][]byte
-	bufs, sizes := make([][]byte, BatchSize), make([]int, BatchSize)
-	for i := range bufs {
-		bufs[i] = make([]byte, 2048)
-	}
-	for len(got) < n {
-		k, err := e.Read(bufs, sizes)
-		if err != nil {
-			t.Fatalf("after %d frames of %d: %v", len(got), n, err)
-		}
-		for i := 0; i < k; i++ {
-			got = append(got, bytes.Clone(bufs[i][:sizes[i]]))
-		}
-	}
-	return got
-}
+	"github.com/ipn-project/ipn/endpoint/endpointtest"
+	"github.com/ipn-project/ipn/internal/netnstest"
+)
 
 // runs returns n frames from src to dst, equal in size but the last.
 func runs(dst, src []byte, n int) [][]byte {
@@ -59,24 +39,24 @@ func expectAll(t *testing.T, who string, got, want [][]byte) {
 func TestRunsBetweenMembers(t *testing.T) {
 	ns := testNetns(t)
 	var a, b *Endpoint
-	inNetns(t, ns, func() { a, b = open(t, ""), open(t, "") })
+	netnstest.In(t, ns, func() { a, b = open(t, ""), open(t, "") })
 	if s, _ := a.Stats(); !s.GSO || !s.GRO {
 		t.Skipf("the kernel has no UDP GSO or GRO: %+v", s)
 	}
 	hello := frame(bcast, mac(2), "b")
 	b.Write([][]byte{hello})
-	expectAll(t, "a", readN(t, a, 1), [][]byte{hello})
+	expectAll(t, "a", endpointtest.ReadN(t, a, 1, 2048), [][]byte{hello})
 
 	toAll := runs(bcast, mac(1), 30)
 	if n, err := a.Write(toAll); n != len(toAll) || err != nil {
 		t.Fatalf("Write: %d, %v", n, err)
 	}
-	expectAll(t, "b, from the group", readN(t, b, len(toAll)), toAll)
+	expectAll(t, "b, from the group", endpointtest.ReadN(t, b, len(toAll), 2048), toAll)
 	toB := runs(mac(2), mac(1), 40)
 	if n, err := a.Write(toB); n != len(toB) || err != nil {
 		t.Fatalf("Write: %d, %v", n, err)
 	}
-	expectAll(t, "b, unicast", readN(t, b, len(toB)), toB)
+	expectAll(t, "b, unicast", endpointtest.ReadN(t, b, len(toB), 2048), toB)
 	if s, _ := a.Stats(); s.SendCalls != 2 || s.SendGSO != 2 || s.SendDatagrams != 70 {
 		t.Fatalf("a's stats %+v: want 2 calls, a run each", s)
 	}

@@ -9,13 +9,12 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/ipn-project/ipn/internal/netnstest"
 )
 
 var nsSeq atomic.Int32
@@ -58,33 +57,6 @@ func testNetns(t *testing.T) string {
 		ip(append([]string{"-n", ns}, strings.Fields(c)...)...)
 	}
 	return ns
-}
-
-// inNetns runs fn on a thread moved into namespace ns: the sockets fn
-// makes belong to ns for good, whatever thread uses them later.
-func inNetns(t *testing.T, ns string, fn func()) {
-	t.Helper()
-	runtime.LockOSThread()
-	orig, err := os.Open("/proc/thread-self/ns/net")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer orig.Close()
-	target, err := os.Open("/run/netns/" + ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer target.Close()
-	if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		// A thread that cannot go back stays locked and dies with the goroutine.
-		if unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET) == nil {
-			runtime.UnlockOSThread()
-		}
-	}()
-	fn()
 }
 
 func open(t *testing.T, spec string) *Endpoint {
@@ -142,7 +114,7 @@ func TestMembersOnOneHost(t *testing.T) {
 	ns := testNetns(t)
 	var a, b, c *Endpoint
 	var tap, raw *net.UDPConn // tap listens to the group; raw sends to it
-	inNetns(t, ns, func() {
+	netnstest.In(t, ns, func() {
 		a, b, c = open(t, ""), open(t, "239.0.0.1"), open(t, "239.0.0.1/port=14789/vni=1")
 		var err error
 		tap, err = net.ListenMulticastUDP("udp4", nil, &net.UDPAddr{IP: net.IPv4(239, 0, 0, 1), Port: DefaultPort})
@@ -218,7 +190,7 @@ func TestMembersOnOneHost(t *testing.T) {
 func TestCloseUnblocksRead(t *testing.T) {
 	ns := testNetns(t)
 	var a *Endpoint
-	inNetns(t, ns, func() { a = open(t, "") })
+	netnstest.In(t, ns, func() { a = open(t, "") })
 	errc := make(chan error, 1)
 	go func() {
 		_, err := a.Read([][]byte{make([]byte, 100)}, []int{0})
@@ -287,7 +259,7 @@ func TestAllow(t *testing.T) {
 			ns := testNetns(t)
 			var e *Endpoint
 			var friend, stranger *net.UDPConn
-			inNetns(t, ns, func() {
+			netnstest.In(t, ns, func() {
 				e = open(t, "239.0.0.1/if=lo"+tc.opt)
 				var err error
 				if friend, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 2)}); err != nil {
