@@ -1,0 +1,179 @@
+package shmring
+
+import (
+	"encoding/binary"
+	"errors"
+	"syscall"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// logPair is a daemon's log and a member's reader of it at port self,
+// mapped from the read-only descriptor as a member maps it.
+func logPair(t *testing.T, mtu, self int) (*Log, *LogReader, *Region) {
+	t.Helper()
+	w, err := CreateLog(mtu)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.Close() })
+	reg, err := Create(LayoutFor(mtu))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { reg.Close() })
+	pos, seq := w.Pos()
+	reg.StartLog(pos, seq)
+	fd, err := unix.Dup(w.ReadOnlyFD())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := MapLog(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lr := r.Reader(reg, self)
+	t.Cleanup(func() { lr.Close() })
+	return w, lr, reg
+}
+
+func numbered(i, size int) []byte {
+	b := make([]byte, size)
+	binary.LittleEndian.PutUint32(b, uint32(i))
+	return b
+}
+
+// Messages of every size come out in order, whole, across many wraps of
+// the area (padding at its end); the reader's own do not come out.
+func TestLogOrderAndWraps(t *testing.T) {
+	w, lr, _ := logPair(t, 1514, 3)
+	buf := make([]byte, 2048)
+	next := 0
+	for i := 0; i < 20000; i++ {
+		from := 1
+		if i%7 == 0 {
+			from = 3 // the reader's own
+		}
+		w.Put(numbered(i, 4+i%1511), from)
+		if i%50 == 49 {
+			w.Publish()
+			for {
+				n, ok := lr.Pop(buf)
+				if !ok {
+					break
+				}
+				for next%7 == 0 {
+					next++
+				}
+				if got := int(binary.LittleEndian.Uint32(buf)); got != next || n != 4+next%1511 {
+					t.Fatalf("message %d of %d bytes, want %d of %d", got, n, next, 4+next%1511)
+				}
+				next++
+			}
+		}
+	}
+	if lr.Missed() != 0 {
+		t.Fatalf("missed %d without a lap", lr.Missed())
+	}
+	if next < 19990 {
+		t.Fatalf("read up to %d of 20000", next)
+	}
+}
+
+// A reader that falls a whole log behind misses what was written over,
+// counts it exactly, and goes on from the newest; the daemon's Behind
+// counts what it has lost before it notices.
+func TestLogLapsASlowReader(t *testing.T) {
+	w, lr, reg := logPair(t, 1514, 9)
+	const size = 1000
+	total := 3 * LogBytes(1514) / recLen(size) // three laps
+	for i := 0; i < total; i++ {
+		w.Put(numbered(i, size), 1)
+	}
+	w.Publish()
+	head, seq, _ := reg.LogPlace()
+	lost := w.Behind(head, seq)
+	if lost == 0 || lost >= uint64(total) {
+		t.Fatalf("behind %d of %d", lost, total)
+	}
+	buf := make([]byte, 2048)
+	n, ok := lr.Pop(buf)
+	if !ok || n != size {
+		t.Fatalf("after the laps: %d, %v", n, ok)
+	}
+	first := int(binary.LittleEndian.Uint32(buf))
+	if lr.Missed() != uint64(first) {
+		t.Fatalf("first message %d, missed %d", first, lr.Missed())
+	}
+	got := 1
+	for {
+		n, ok := lr.Pop(buf)
+		if !ok {
+			break
+		}
+		if i := int(binary.LittleEndian.Uint32(buf)); i != first+got || n != size {
+			t.Fatalf("message %d, want %d", i, first+got)
+		}
+		got++
+	}
+	if first+got != total {
+		t.Fatalf("read %d from %d, of %d", got, first, total)
+	}
+	lr.Release()
+	head, seq, missed := reg.LogPlace()
+	if w.Behind(head, seq) != 0 || missed != uint64(first) {
+		t.Fatalf("after reading: behind %d, missed %d", w.Behind(head, seq), missed)
+	}
+}
+
+// A message being written over while it is read is not returned torn: the
+// reader notices the lap.
+func TestLogTornReadIsALap(t *testing.T) {
+	w, lr, _ := logPair(t, 1514, 9)
+	w.Put(numbered(0, 100), 1)
+	w.Publish()
+	// The writer reserves the area the first record is in, as it does
+	// before writing over it.
+	w.resv.Store(uint64(w.size) + 1)
+	if n, ok := lr.Pop(make([]byte, 200)); ok {
+		t.Fatalf("read %d bytes of a record being written over", n)
+	}
+}
+
+// A member's descriptor of the log is read-only for good: it cannot map
+// it writable, write it, resize it, seal it, nor (not being root) reopen
+// it writable. Run as root, only the last holds; the real-user attack is
+// TestAttackSharedLog.
+func TestLogDescriptorIsReadOnly(t *testing.T) {
+	w, err := CreateLog(1514)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	fd := w.ReadOnlyFD()
+	if _, err := unix.Mmap(fd, 0, w.Bytes(), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED); !errors.Is(err, syscall.EACCES) {
+		t.Errorf("mmap writable: %v, want EACCES", err)
+	}
+	if _, err := unix.Write(fd, []byte("x")); !errors.Is(err, syscall.EBADF) {
+		t.Errorf("write: %v, want EBADF", err)
+	}
+	if err := unix.Ftruncate(fd, 0); err == nil {
+		t.Errorf("ftruncate: no error")
+	}
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, unix.F_SEAL_WRITE); err == nil {
+		t.Errorf("add a seal: no error")
+	}
+	mem, err := unix.Mmap(fd, 0, w.Bytes(), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(mem)
+	if err := unix.Mprotect(mem, unix.PROT_READ|unix.PROT_WRITE); !errors.Is(err, syscall.EACCES) {
+		t.Errorf("mprotect writable: %v, want EACCES", err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil || st.Mode&0o777 != 0o400 {
+		t.Errorf("mode %o, %v: want 0400", st.Mode&0o777, err)
+	}
+}
