@@ -229,7 +229,8 @@ func (s *Socket) dialData(cc *ctlConn, abs string, fd int, wantFast bool) (dataP
 	}
 	if wantFast {
 		// A daemon that does not know the option answers the socket way.
-		if _, _, err := s.requestOn(cc, wire.OpSetOpt, append(wire.U32(wire.OptFastPath), wire.U32(1)...)); err != nil && !errors.Is(err, syscall.ENOPROTOOPT) {
+		// FastPathLog: this client also reads a hub's shared log.
+		if _, _, err := s.requestOn(cc, wire.OpSetOpt, append(wire.U32(wire.OptFastPath), wire.U32(wire.FastPathLog)...)); err != nil && !errors.Is(err, syscall.ENOPROTOOPT) {
 			return nil, rep, nil, err
 		}
 	}
@@ -244,6 +245,8 @@ func (s *Socket) dialData(cc *ctlConn, abs string, fd int, wantFast bool) (dataP
 		data = 1
 	case wantFast && (n == wire.FastPathFDs || n == wire.FastPathFDs+1):
 		data = wire.FastPathFDs
+	case wantFast && n == wire.FastPathFDs+2:
+		data = wire.FastPathFDs + 1 // and the shared log
 	default:
 		closeFDs(rfds)
 		return nil, rep, nil, fmt.Errorf("daemon passed %d descriptors: %w", n, syscall.EPROTO)
@@ -257,8 +260,8 @@ func (s *Socket) dialData(cc *ctlConn, abs string, fd int, wantFast bool) (dataP
 		st, _ = mapStatus(rfds[data]) // without it, only the count is unknown
 	}
 	var dp dataPath
-	if data == wire.FastPathFDs {
-		dp, err = newFastPath(rfds[:data])
+	if data >= wire.FastPathFDs {
+		dp, err = newFastPath(rfds[:data], int(rep.Port))
 	} else {
 		f := os.NewFile(uintptr(rfds[0]), "ipn-data")
 		var c net.Conn

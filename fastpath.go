@@ -26,8 +26,11 @@ type fastPath struct {
 
 	smu sync.Mutex // guards tx, and the region against Close
 	tx  *shmring.Producer
-	rmu sync.Mutex // guards rx, and the region against Close
+	rmu sync.Mutex // guards rx, log, and the region against Close
 	rx  *shmring.Consumer
+	// log, if not nil, is the hub's shared log: the network's messages,
+	// read in place, while rx carries only what is for this member alone.
+	log *shmring.LogReader
 
 	closed atomic.Bool
 	gone   atomic.Bool // the daemon went away
@@ -42,13 +45,37 @@ type fastPath struct {
 	closedP *atomic.Uint32 // the daemon's closed flag in the region
 }
 
-// newFastPath maps the rings of a fast-path Connect reply, taking ownership
-// of its descriptors.
-func newFastPath(fds []int) (*fastPath, error) {
-	if len(fds) != wire.FastPathFDs {
+// newFastPath maps the rings of a fast-path Connect reply, and the shared
+// log if it passes one (wire.FastPathFDs+1 descriptors), for the member at
+// port self, taking ownership of its descriptors.
+func newFastPath(fds []int, self int) (*fastPath, error) {
+	if len(fds) != wire.FastPathFDs && len(fds) != wire.FastPathFDs+1 {
 		closeFDs(fds)
 		return nil, fmt.Errorf("daemon passed %d descriptors: %w", len(fds), syscall.EPROTO)
 	}
+	var log *shmring.Log
+	if len(fds) == wire.FastPathFDs+1 {
+		var err error
+		if log, err = shmring.MapLog(fds[wire.FastPathFDs]); err != nil {
+			closeFDs(fds[:wire.FastPathFDs])
+			return nil, err
+		}
+		fds = fds[:wire.FastPathFDs]
+	}
+	f, err := mapFastPath(fds)
+	if err != nil {
+		if log != nil {
+			log.Close()
+		}
+		return nil, err
+	}
+	if log != nil {
+		f.log = log.Reader(f.region, self)
+	}
+	return f, nil
+}
+
+func mapFastPath(fds []int) (*fastPath, error) {
 	f := &fastPath{}
 	var err error
 	wakers := []**shmring.Waker{&f.txData, &f.txSpace, &f.rxData, &f.rxSpace}
@@ -173,6 +200,29 @@ func (f *fastPath) recv(ms []Message, deadline time.Time, gen uint64) (int, erro
 			if f.rx.ProducerWaiting() {
 				f.rxSpace.Wake()
 			}
+		}
+		if f.log != nil && n < len(ms) {
+			k := n
+			for n < len(ms) {
+				m := &ms[n]
+				l, ok := f.log.Pop(m.Buf)
+				if !ok {
+					break
+				}
+				if l == 0 {
+					continue
+				}
+				m.N, m.Flags = l, 0
+				if l > len(m.Buf) {
+					m.N, m.Flags = len(m.Buf), MsgTrunc
+				}
+				n++
+			}
+			if n > k {
+				f.log.Release()
+			}
+		}
+		if n > 0 {
 			return n, nil
 		}
 		if f.closedP.Load() != 0 || f.gone.Load() {
@@ -190,7 +240,7 @@ func (f *fastPath) recv(ms []Message, deadline time.Time, gen uint64) (int, erro
 		}
 		f.rgen = gen
 		f.waiting.Store(true)
-		err := f.rx.WaitData(f.rxData, f.rdone)
+		err := f.rx.WaitDataOr(f.rxData, f.rdone, f.log)
 		f.waiting.Store(false)
 		if err != nil {
 			return 0, f.waitErr(err)
@@ -225,6 +275,9 @@ func (f *fastPath) close() {
 	f.txData.Close()
 	f.rxSpace.Close()
 	f.region.Close()
+	if f.log != nil {
+		f.log.Close()
+	}
 	f.rmu.Unlock()
 	f.smu.Unlock()
 }

@@ -9,8 +9,11 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/ipn-project/ipn/engine"
 	"github.com/ipn-project/ipn/internal/ctlsock"
 	"github.com/ipn-project/ipn/internal/perm"
+	"github.com/ipn-project/ipn/internal/shmring"
+	"github.com/ipn-project/ipn/port/shm"
 )
 
 // fileID identifies a network file by device and inode.
@@ -30,7 +33,46 @@ type netFile struct {
 	creator uint32 // the user charged for the network
 
 	mu     sync.Mutex
-	memory int64 // guarded by mu; the message memory charged (netMemory)
+	memory int64    // guarded by mu; the message memory charged (netMemory)
+	log    *shm.Log // guarded by mu; a hub's shared log, once a member reads it
+	logMem int64    // guarded by mu; its memory, charged to the creator
+}
+
+// logOf returns hub network n's shared log, made at the first call and
+// charged to the network's maker; nil if it cannot be made (the members
+// then get their messages in their rings).
+func (s *server) logOf(n *engine.Network) *shm.Log {
+	nf := netFileOf(n)
+	nf.mu.Lock()
+	defer nf.mu.Unlock()
+	if nf.log != nil {
+		return nf.log
+	}
+	size := int64(shmring.LogBytes(n.Config().MTU)) + 4096
+	if err := s.acct.take(nf.creator, usage{memory: size}); err != nil {
+		s.log.Warn("no shared log, members get copies", "network", n.Name(), "err", err)
+		return nil
+	}
+	log, err := shm.NewLog(n.Config().MTU)
+	if err != nil {
+		s.acct.give(nf.creator, usage{memory: size})
+		s.log.Warn("no shared log, members get copies", "network", n.Name(), "err", err)
+		return nil
+	}
+	nf.log, nf.logMem = log, size
+	return log
+}
+
+// closeLog releases the network's shared log, once the network has ended,
+// and gives back its charge.
+func (f *netFile) closeLog(acct *accounts) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.log != nil {
+		f.log.Close()
+		acct.give(f.creator, usage{memory: f.logMem})
+		f.log, f.logMem = nil, 0
+	}
 }
 
 // statNetFile checks that fd is a descriptor of a network file, an inode of

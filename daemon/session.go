@@ -56,6 +56,7 @@ type session struct {
 	port      *engine.Port
 	data      *net.UnixConn        // daemon's end of the data socket, or nil
 	wantFast  bool                 // the client asked for the fast path
+	wantLog   bool                 // and can read a hub's shared log
 	fast      *shm.Endpoint        // the port's rings on the fast path, or nil
 	status    *statusPage          // the port's status page (status.go), or nil
 	vde       map[int]*engine.Port // ports of VDE clients this session serves
@@ -310,7 +311,7 @@ func (ss *session) doSetOpt(body []byte) error {
 			if ss.srv.cfg.NoFastPath {
 				return fmt.Errorf("fast path off: %w", syscall.ENOPROTOOPT)
 			}
-			ss.wantFast = v != 0
+			ss.wantFast, ss.wantLog = v != 0, v == wire.FastPathLog
 		case wire.OptMonitor:
 			ss.portOpts.Monitor = v != 0
 		case wire.OptLink:
@@ -498,6 +499,7 @@ func (s *server) createNetwork(fd int, id fileID, cfg engine.Config, creator uin
 		nf.mu.Lock()
 		acct.give(nf.creator, usage{networks: 1, memory: nf.memory})
 		nf.mu.Unlock()
+		nf.closeLog(acct)
 		nf.close()
 	}
 	n, err := s.engine.Create(id, cfg)
@@ -614,7 +616,7 @@ func (ss *session) doConnect(fds []int) (reply []byte, rfds []int, err error) {
 		// else the data socket. A network with big messages (an MTU
 		// over 64 KiB) uses the socket: its messages do not fit the
 		// rings' slots, and one path keeps them in order.
-		fast, fds, ring, ferr := ss.rings(cfg)
+		fast, fds, ring, ferr := ss.rings(n, cfg, ss.wantLog && canRead && !opts.Monitor && !opts.Link)
 		if ferr != nil {
 			ss.srv.log.Warn("no fast path, using a socket", "client", ss.cred, "err", ferr)
 		} else {
@@ -689,6 +691,9 @@ func (ss *session) doConnect(fds []int) (reply []byte, rfds []int, err error) {
 		st.attach(port) // before the reply: the client cannot send yet
 		ss.status = st
 	}
+	if ss.fast != nil {
+		ss.fast.SetPort(port.Num())
+	}
 	ss.port = port
 	ss.holds.Store(true)
 	ss.applyShutdown(!canRead, !canWrite)
@@ -699,15 +704,22 @@ func (ss *session) doConnect(fds []int) (reply []byte, rfds []int, err error) {
 	return rep.Encode(), rfds, nil
 }
 
-// rings makes a member's fast-path rings for a network of cfg, charging
+// rings makes a member's fast-path rings for network n of cfg, charging
 // their size to the user, and returns them with the descriptors to pass
-// and the size charged.
-func (ss *session) rings(cfg engine.Config) (*shm.Endpoint, []int, int64, error) {
+// and the size charged. If readLog, the member of a lossy hub reads the
+// network's shared log too (made at the first such member, charged to the
+// network's maker), if it can have one.
+func (ss *session) rings(n *engine.Network, cfg engine.Config, readLog bool) (*shm.Endpoint, []int, int64, error) {
 	ring := int64(shmring.LayoutFor(cfg.MTU).Bytes())
 	if err := ss.srv.acct.take(ss.cred.UID, usage{shm: ring}); err != nil {
 		return nil, nil, 0, err
 	}
 	fast, err := shm.New(cfg.MTU, cfg.Flags&engine.Lossless != 0, ss.sendOOB)
+	if err == nil && readLog && cfg.Proto == policy.Broadcast && cfg.Flags&engine.Lossless == 0 {
+		if log := ss.srv.logOf(n); log != nil {
+			fast.ReadLog(log, false)
+		}
+	}
 	if err == nil {
 		var fds []int
 		if fds, err = fast.DupFDs(); err == nil {

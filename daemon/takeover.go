@@ -93,7 +93,15 @@ type netState struct {
 	File    int // the network file's O_PATH descriptor
 	Creator uint32
 	Memory  int64
+	Log     *logState   `json:",omitempty"` // a hub's shared log
 	Ports   []portState // beside Engine.Ports, one each
+}
+
+// logState is what makes a hub's shared log again.
+type logState struct {
+	FD     int // the log's memfd, open for writing
+	Pos    shm.LogPos
+	Memory int64 // charged to the network's creator
 }
 
 // portState is what makes a port's endpoint and its owner again.
@@ -108,6 +116,7 @@ type portState struct {
 	Shm      int64         `json:",omitempty"` // fast-path memory charged
 	Status   int           // the member's status page's descriptor, or -1
 	Ring     *shm.Position `json:",omitempty"` // a fast-path port's rings
+	ReadsLog bool          `json:",omitempty"` // and it reads the network's log
 	Device   *deviceState  `json:",omitempty"`
 }
 
@@ -449,9 +458,17 @@ func (s *server) save(ef *engine.Frozen) (*state, []int, error) {
 		out := netState{Engine: ns, Creator: nf.creator}
 		nf.mu.Lock()
 		out.Memory = nf.memory
+		lg, logMem := nf.log, nf.logMem
 		nf.mu.Unlock()
 		if out.File, err = dupFD(nf.fd); err != nil {
 			return fail(err)
+		}
+		if lg != nil {
+			i, err := dupFD(lg.FD())
+			if err != nil {
+				return fail(err)
+			}
+			out.Log = &logState{FD: i, Pos: lg.Pos(), Memory: logMem}
 		}
 		for _, ps := range ns.Ports {
 			p := ps.Port
@@ -465,6 +482,11 @@ func (s *server) save(ef *engine.Frozen) (*state, []int, error) {
 				dups, err := ep.DupFDs()
 				if err != nil {
 					return fail(err)
+				}
+				if pst.ReadsLog = ep.FanOut() != nil; pst.ReadsLog {
+					// The log passes once, with its network.
+					closeFDs(dups[wire.FastPathFDs:])
+					dups = dups[:wire.FastPathFDs]
 				}
 				for _, d := range dups {
 					i, _ := add(d, nil)
@@ -786,12 +808,24 @@ func (s *server) restore(st *state, fds []int) (start func(), err error) {
 		}
 		nf := &netFile{fd: ffd, id: id, creator: ns.Creator, memory: ns.Memory}
 		cfg := ns.Engine.Config
+		if ns.Log != nil {
+			lfd, err := take(ns.Log.FD)
+			if err == nil {
+				nf.log, err = shm.AdoptLog(lfd, cfg.MTU, ns.Log.Pos)
+			}
+			if err != nil {
+				nf.close()
+				return nil, fmt.Errorf("network %s: shared log: %w", cfg.Name, err)
+			}
+			nf.logMem = ns.Log.Memory
+		}
 		cfg.Data = nf
 		acct := s.acct
 		cfg.OnDelete = func() {
 			nf.mu.Lock()
 			acct.give(nf.creator, usage{networks: 1, memory: nf.memory})
 			nf.mu.Unlock()
+			nf.closeLog(acct)
 			nf.close()
 		}
 		ns.Engine.Config = cfg
@@ -813,6 +847,12 @@ func (s *server) restore(st *state, fds []int) (start func(), err error) {
 				ns.Engine.Ports = slices.Delete(ns.Engine.Ports, pi, pi+1)
 				pi--
 				continue
+			}
+			if e, ok := ep.(*shm.Endpoint); ok {
+				if ps.ReadsLog && nf.log != nil {
+					e.ReadLog(nf.log, true) // where the member is in it
+				}
+				e.SetPort(ns.Engine.Ports[pi].Num)
 			}
 			ns.Engine.Ports[pi].Endpoint = ep
 			uid, charge := ps.UID, usage{ports: 1, shm: ps.Shm}

@@ -81,6 +81,37 @@ type DirectBatchWriter interface {
 	WriteDirectBatch(msgs [][]byte, hdrs []vnet.Hdr) int
 }
 
+// FanOut is a network's shared fan-out (a hub's log, package port/shm): a
+// message put into it once reaches every port that reads it but its
+// sender, each reading at its own pace; one that falls behind misses
+// messages (lossy only). Put and Flush are called by one sender at a time.
+type FanOut interface {
+	// Put appends msg, sent by port from; false if it is longer than
+	// MaxMsg.
+	Put(msg []byte, from int) bool
+	// MaxMsg is the longest message Put takes.
+	MaxMsg() int
+	// Flush makes what Put appended visible and wakes the readers but
+	// port from, the batch's sender.
+	Flush(from int)
+	// Lock and Unlock take the fan-out for one sender's batch.
+	Lock()
+	Unlock()
+}
+
+// FanOutReader is implemented by endpoints that read a network's ordinary
+// messages from a FanOut, rather than be given them one by one. Its node
+// reads every message put there: give one only to a port that may get
+// every message but its own, of a lossy network (not a monitor, which the
+// engine gives copies, nor a link, which a policy may block).
+type FanOutReader interface {
+	// FanOut returns the fan-out the endpoint reads, or nil.
+	FanOut() FanOut
+	// FanOutMissed returns how many messages the node missed on it, by
+	// the node's own count.
+	FanOutMissed() uint64
+}
+
 // DirectWriter is implemented by endpoints whose writes never block (a
 // full node drops the message, as a VDE port does). The engine delivers to
 // them inline, from the sending port's goroutine, with no queue between:

@@ -50,6 +50,11 @@ type view struct {
 	// whether it has any, the data path's one check per batch.
 	monitors    policy.PortSet
 	hasMonitors bool
+	// fan is the fan-out that the receiving ports of fanPorts read
+	// (lossy networks whose members read a shared log): a message for
+	// all of them but its sender is put into it once, not given to each.
+	fan      endpoint.FanOut
+	fanPorts policy.PortSet
 }
 
 var _ policy.Network = (*Network)(nil)
@@ -145,6 +150,9 @@ func (n *Network) publish() {
 			if p.opts.Monitor {
 				v.monitors.Add(i)
 				v.hasMonitors = true
+			} else if p.fan != nil && (v.fan == nil || v.fan == p.fan) {
+				v.fan = p.fan
+				v.fanPorts.Add(i)
 			}
 		}
 	}
@@ -279,6 +287,9 @@ func (n *Network) attach(ep endpoint.Endpoint, opts PortOptions, quiet bool) (*P
 	p.oobw, _ = ep.(endpoint.OOBWriter)
 	p.dw, _ = ep.(endpoint.DirectWriter)
 	p.tw, _ = ep.(endpoint.TryDirectWriter)
+	if fr, ok := ep.(endpoint.FanOutReader); ok && fr.FanOut() != nil {
+		p.fr, p.fan = fr, fr.FanOut()
+	}
 	if o, ok := ep.(endpoint.Offloader); ok && o.Offloads() {
 		p.off = o
 		p.class = len(classSizes) - 1 // a super-frame's (vnet.MaxFrame)
@@ -441,6 +452,9 @@ func (n *Network) ChangeNumPorts(num int) error {
 // batch is routed.
 func (n *Network) deliver(m *msg, dst *policy.PortSet, v *view, ib *inlineBatch) {
 	dst.Intersect(v.readers)
+	if v.fan != nil && ib != nil && !m.oob {
+		ib.fanOut(m, dst, v)
+	}
 	count := dst.Len()
 	if count == 0 {
 		m.decRef()

@@ -3,7 +3,9 @@ package engine
 import (
 	"sync"
 
+	"github.com/ipn-project/ipn/endpoint"
 	"github.com/ipn-project/ipn/endpoint/vnet"
+	"github.com/ipn-project/ipn/policy"
 )
 
 // segmenter is a port writer's scratch for cutting super-frames.
@@ -186,6 +188,66 @@ type inlineBatch struct {
 	cutErr  error
 	cutSegs [][]byte
 	cutBuf  []byte
+
+	// The fan-out this batch put messages into, locked until flush, and
+	// what it put there, to count for its readers.
+	from     *Port // the sender
+	fan      endpoint.FanOut
+	fanView  *view
+	fanMsgs  uint64
+	fanBytes uint64
+	one      [1][]byte
+}
+
+// fanOut puts m into the view's fan-out, if every port reading it but the
+// sender is among dst, and takes them out of dst: each reads it there.
+// A message the fan-out cannot take is left to dst's ports one by one.
+func (b *inlineBatch) fanOut(m *msg, dst *policy.PortSet, v *view) {
+	if !dst.CoversBut(v.fanPorts, b.from.num) || m.isBig() {
+		return
+	}
+	b.one[0] = m.bytes()
+	segs := b.one[:]
+	if !m.vh.Plain() {
+		var err error
+		if segs, err = b.cut(m); err != nil {
+			return // each port counts it
+		}
+	}
+	for _, seg := range segs {
+		if len(seg) > v.fan.MaxMsg() {
+			return // dst's ports get it one by one
+		}
+	}
+	if b.fan != v.fan {
+		if b.fan != nil {
+			b.flushFan()
+		}
+		v.fan.Lock()
+		b.fan, b.fanView = v.fan, v
+	}
+	for _, seg := range segs {
+		b.fan.Put(seg, b.from.num)
+		b.fanMsgs++
+		b.fanBytes += uint64(len(seg))
+	}
+	b.one[0] = nil
+	dst.Subtract(v.fanPorts)
+}
+
+// flushFan publishes what the batch put into its fan-out, counts it as
+// delivered to the fan-out's readers, and unlocks it.
+func (b *inlineBatch) flushFan() {
+	b.fan.Flush(b.from.num)
+	b.fan.Unlock()
+	fp := &b.fanView.fanPorts
+	for i := fp.Next(0); i >= 0; i = fp.Next(i + 1) {
+		if q := b.fanView.ports[i]; q != nil && q != b.from {
+			q.msgsOut.Add(b.fanMsgs)
+			q.bytesOut.Add(b.fanBytes)
+		}
+	}
+	b.fan, b.fanView, b.fanMsgs, b.fanBytes = nil, nil, 0, 0
 }
 
 // cut returns m cut into ordinary frames, with their checksums finished;
@@ -239,6 +301,9 @@ func (b *inlineBatch) add(port *Port, m *msg) {
 // flush writes each destination's messages, counting them, and drops
 // their references.
 func (b *inlineBatch) flush() {
+	if b.fan != nil {
+		b.flushFan()
+	}
 	for i, port := range b.ports {
 		ms := b.msgs[i]
 		b.bufs, b.hdrs = b.bufs[:0], b.hdrs[:0]

@@ -22,6 +22,8 @@ type Port struct {
 	off  endpoint.Offloader         // non-nil: ep moves virtio-net headers
 	dwo  endpoint.DirectOffloader   // non-nil with off and dw: inline with headers
 	dbw  endpoint.DirectBatchWriter // non-nil with dwo: a batch's inline at once
+	fr   endpoint.FanOutReader      // non-nil: reads the network's fan-out
+	fan  endpoint.FanOut            // the fan-out fr reads (lossy networks only)
 
 	seg segmenter   // the writer's, for super-frames to an endpoint without offloads
 	ib  inlineBatch // the reader's: its batch's messages for DirectBatchWriters
@@ -205,11 +207,18 @@ func (p *Port) tryWriteDirect(m []byte) bool {
 
 // Stats returns the port's counters.
 func (p *Port) Stats() PortStats {
-	return PortStats{
+	st := PortStats{
 		MsgsIn: p.msgsIn.Load(), BytesIn: p.bytesIn.Load(),
 		MsgsOut: p.msgsOut.Load(), BytesOut: p.bytesOut.Load(),
 		Drops: p.drops.Load(), Errors: p.errs.Load(),
 	}
+	if p.fr != nil {
+		// What the fan-out lapped was counted as delivered when put.
+		missed := min(p.fr.FanOutMissed(), st.MsgsOut)
+		st.MsgsOut -= missed
+		st.Drops += missed
+	}
+	return st
 }
 
 // SetDoneCounter makes the engine add one to c for each message the node
@@ -455,6 +464,7 @@ func (p *Port) route(routed [][]byte, keep []*msg, dst []policy.Delivery) {
 	}
 	n.policy.Route(p.num, routed, &v.members, dst[:len(keep)])
 	ib := &p.ib
+	ib.from = p
 	mon := v.hasMonitors
 	for i, m := range keep {
 		d := &dst[i]

@@ -90,3 +90,29 @@ func (s *PortSet) Next(p int) int {
 	}
 	return -1
 }
+
+// CoversBut reports whether s holds every port of o but except.
+func (s *PortSet) CoversBut(o PortSet, except int) bool {
+	for i, w := range o.words {
+		if except >= 0 && except/64 == i {
+			w &^= 1 << (uint(except) % 64)
+		}
+		var have uint64
+		if i < len(s.words) {
+			have = s.words[i]
+		}
+		if w&^have != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// Subtract removes from s every port in o.
+func (s *PortSet) Subtract(o PortSet) {
+	for i := range s.words {
+		if i < len(o.words) {
+			s.words[i] &^= o.words[i]
+		}
+	}
+}

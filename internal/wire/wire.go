@@ -175,6 +175,11 @@ const (
 // data and has room, when the ring to the member has data and has room.
 const FastPathFDs = 5
 
+// FastPathLog, as OptFastPath's value, asks also for a hub's shared log
+// (docs/protocol.md): the reply may then pass, after the FastPathFDs and
+// before the status page, the log's read-only memfd.
+const FastPathLog = 2
+
 // HeaderLen is the length of a packet header; ReplyHeaderLen adds the errno.
 const (
 	HeaderLen      = 4

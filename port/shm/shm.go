@@ -40,6 +40,10 @@ type Endpoint struct {
 
 	lossless bool
 	oob      func([]byte) error
+	log      *Log         // the hub's log the member reads, or nil
+	port     atomic.Int32 // the port's number, once joined; -1 before
+	mmu      sync.Mutex   // guards the region's mapping for FanOutMissed, and missed
+	missed   uint64       // the member's count when last read
 	closed   atomic.Bool
 	pausedR  atomic.Bool // Read returns ErrPaused rather than wait
 	pausedW  atomic.Bool // a lossless write returns rather than wait
@@ -54,6 +58,7 @@ var (
 	_ endpoint.TryDirectWriter = (*Endpoint)(nil)
 	_ endpoint.OOBWriter       = (*Endpoint)(nil)
 	_ endpoint.Pauser          = (*Endpoint)(nil)
+	_ endpoint.FanOutReader    = (*Endpoint)(nil)
 )
 
 // New makes the rings for messages of up to mtu bytes. In a lossless
@@ -65,6 +70,7 @@ func New(mtu int, lossless bool, oob func([]byte) error) (*Endpoint, error) {
 		return nil, err
 	}
 	e := &Endpoint{region: region, lossless: lossless, oob: oob}
+	e.port.Store(-1)
 	for _, w := range []**shmring.Waker{&e.inData, &e.inSpace, &e.outData, &e.outSpace} {
 		if *w, err = shmring.NewWaker(); err != nil {
 			e.Close()
@@ -112,6 +118,7 @@ func Adopt(fds []int, pos Position, lossless bool, oob func([]byte) error) (*End
 		return nil, fmt.Errorf("adopt rings: %w", err)
 	}
 	e := &Endpoint{region: region, lossless: lossless, oob: oob}
+	e.port.Store(-1)
 	for i, w := range []**shmring.Waker{&e.inData, &e.inSpace, &e.outData, &e.outSpace} {
 		if *w, err = shmring.WakerFromFD(fds[1+i]); err != nil {
 			for _, fd := range fds[2+i:] {
@@ -140,6 +147,40 @@ func (e *Endpoint) drop() {
 	e.region.Close()
 }
 
+// ReadLog makes the member read the network's messages from l, starting
+// at its newest, as well as from its ring (which then carries only what
+// the network's policy sends to it alone); call it before DupFDs and
+// before the port joins. resume keeps the member's place in l (a daemon
+// taking over), else it starts at l's newest message.
+func (e *Endpoint) ReadLog(l *Log, resume bool) {
+	e.log = l
+	l.add(e, !resume)
+}
+
+// SetPort tells the endpoint its port number once joined: the log wakes
+// a member for the messages of others only.
+func (e *Endpoint) SetPort(n int) { e.port.Store(int32(n)) }
+
+// FanOut implements endpoint.FanOutReader.
+func (e *Endpoint) FanOut() endpoint.FanOut {
+	if e.log == nil {
+		return nil
+	}
+	return e.log
+}
+
+// FanOutMissed implements endpoint.FanOutReader: the messages the member
+// says it missed, lapped by the log.
+func (e *Endpoint) FanOutMissed() uint64 {
+	e.mmu.Lock()
+	defer e.mmu.Unlock()
+	if e.log == nil || e.closed.Load() {
+		return e.missed
+	}
+	e.missed = e.log.missed(e.region.LogPlace())
+	return e.missed
+}
+
 // PauseRead implements endpoint.Pauser.
 func (e *Endpoint) PauseRead() {
 	e.pausedR.Store(true)
@@ -164,10 +205,15 @@ func (e *Endpoint) writeStop() bool { return e.closed.Load() || e.pausedW.Load()
 // DupFDs returns copies of the descriptors the member needs, in the order
 // the protocol passes them: the memfd, then the eventfds woken when its ring
 // to the daemon has data and has room, when its ring from the daemon has
-// data and has room. The caller closes them.
+// data and has room; then, if it reads a log (ReadLog), the log's
+// read-only memfd. The caller closes them.
 func (e *Endpoint) DupFDs() ([]int, error) {
 	var fds []int
-	for _, fd := range []int{e.region.FD(), e.inData.FD(), e.inSpace.FD(), e.outData.FD(), e.outSpace.FD()} {
+	all := []int{e.region.FD(), e.inData.FD(), e.inSpace.FD(), e.outData.FD(), e.outSpace.FD()}
+	if e.log != nil {
+		all = append(all, e.log.log.ReadOnlyFD())
+	}
+	for _, fd := range all {
 		d, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
 		if err != nil {
 			for _, d := range fds {
@@ -369,6 +415,7 @@ func (e *Endpoint) Close() error {
 				w.Close()
 			}
 		}
+		e.leaveLog()
 		e.wmu.Lock()
 		e.rmu.Lock()
 		for _, w := range []*shmring.Waker{e.inSpace, e.outData} {
@@ -389,10 +436,23 @@ func (e *Endpoint) Close() error {
 func (e *Endpoint) Abandon() {
 	e.once.Do(func() {
 		e.closed.Store(true)
+		e.leaveLog()
 		e.wmu.Lock()
 		e.rmu.Lock()
 		e.drop()
 		e.rmu.Unlock()
 		e.wmu.Unlock()
 	})
+}
+
+// leaveLog stops the log's wake-ups and takes the member's last count of
+// what it missed, before the region is unmapped.
+func (e *Endpoint) leaveLog() {
+	if e.log == nil {
+		return
+	}
+	e.mmu.Lock()
+	e.missed = e.log.missed(e.region.LogPlace())
+	e.mmu.Unlock()
+	e.log.remove(e)
 }

@@ -1,0 +1,295 @@
+package ipn_test
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ipn-project/ipn"
+	"github.com/ipn-project/ipn/internal/wire"
+)
+
+// sharedLogs counts this process's read-only mappings of a hub's shared
+// log: its members'. (The daemon the tests run may be this process: its
+// mapping is writable.)
+func sharedLogs(t *testing.T) int {
+	t.Helper()
+	maps, err := os.ReadFile("/proc/self/maps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, line := range strings.Split(string(maps), "\n") {
+		if f := strings.Fields(line); strings.Contains(line, "memfd:ipn-log") && len(f) > 1 && f[1] == "r--s" {
+			n++
+		}
+	}
+	return n
+}
+
+// On a hub, members on the fast path read the network's messages from one
+// shared log, mapped read-only: every receiver gets every message of every
+// sender, in each sender's order, not its own; a monitor gets each once.
+func TestHubSharedLog(t *testing.T) {
+	before := sharedLogs(t)
+	path, a := bindNet(t, nil)
+	b := member(t, path, nil)
+	var rs []*ipn.Socket
+	for range 3 {
+		rs = append(rs, member(t, path, func(s *ipn.Socket) { s.Shutdown(ipn.ShutWrite) }))
+	}
+	mon := member(t, path, func(s *ipn.Socket) {
+		s.Shutdown(ipn.ShutWrite)
+		if err := s.SetMonitor(true); err != nil {
+			t.Fatal(err)
+		}
+	})
+	// a, b and the three receivers read it; the monitor does not.
+	if got := sharedLogs(t) - before; got != 5 {
+		t.Fatalf("%d mappings of the shared log, want 5 (a, b, 3 receivers)", got)
+	}
+	// Fewer bytes than the log holds, and fewer messages than the
+	// monitor's ring: a receiver that the machine's load holds up loses
+	// nothing, in a lossy network.
+	const each = 250
+	errc := make(chan error, 2)
+	for i, s := range []*ipn.Socket{a, b} {
+		go func() {
+			s.SetWriteDeadline(time.Now().Add(20 * time.Second))
+			for n := range each {
+				m := make([]byte, 8+n%1000)
+				binary.BigEndian.PutUint32(m, uint32(i))
+				binary.BigEndian.PutUint32(m[4:], uint32(n))
+				if err := s.Send(m); err != nil {
+					errc <- fmt.Errorf("sender %d, message %d: %w", i, n, err)
+					return
+				}
+			}
+			errc <- nil
+		}()
+	}
+	checks := make(chan error, 6)
+	check := func(name string, s *ipn.Socket, from []int) {
+		next := map[int]int{}
+		buf := make([]byte, 2048)
+		for total := 0; total < each*len(from); total++ {
+			s.SetReadDeadline(time.Now().Add(20 * time.Second))
+			n, _, err := s.Recv(buf)
+			if err != nil {
+				checks <- fmt.Errorf("%s: after %d messages: %v (%v)", name, total, err, next)
+				return
+			}
+			src, seq := int(binary.BigEndian.Uint32(buf)), int(binary.BigEndian.Uint32(buf[4:]))
+			if n != 8+seq%1000 || seq != next[src] || !contains(from, src) {
+				checks <- fmt.Errorf("%s: message %d of sender %d, %d bytes; want %d of one of %v", name, seq, src, n, next[src], from)
+				return
+			}
+			next[src]++
+		}
+		checks <- nil
+	}
+	for i, r := range rs {
+		go check(fmt.Sprintf("receiver %d", i), r, []int{0, 1})
+	}
+	go check("monitor", mon, []int{0, 1})
+	go check("a", a, []int{1})
+	go check("b", b, []int{0})
+	for range 6 {
+		if err := <-checks; err != nil {
+			t.Error(err)
+		}
+	}
+	for range 2 {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if t.Failed() {
+		t.FailNow()
+	}
+	expectNothing(t, mon)
+	expectNothing(t, a)
+}
+
+func contains(s []int, v int) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+// mallory, a real user allowed to receive on root's hub, is given its
+// shared log read-only, and cannot make it writable by any means: not by
+// mapping it, writing it, resizing or sealing it, reopening it through
+// /proc, making her mapping writable, or writing through /proc/self/mem.
+// What she writes over her own place in the log harms no one: the other
+// members get every message, and the daemon serves on.
+func TestAttackSharedLog(t *testing.T) {
+	_, m := realUsers(t)
+	path := filepath.Join(shortDir(t), "hub")
+	bindNetAt(t, path)
+	if err := os.Chmod(path, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	sender := member(t, path, func(s *ipn.Socket) { s.Shutdown(ipn.ShutRead) })
+	b := member(t, path, func(s *ipn.Socket) { s.Shutdown(ipn.ShutWrite) })
+	h := helper(t, m.cred(), "logattack", socket, path)
+	want := []string{
+		"mmap-rw EACCES", "write EBADF", "ftruncate EINVAL", "seal EPERM",
+		"reopen-rw EACCES", "mprotect-rw EACCES", "proc-mem EIO", "map-files EPERM",
+	}
+	for _, w := range want {
+		if got := h.line(20 * time.Second); got != w {
+			t.Fatalf("mallory: %q, want %q (%s)", got, w, h.stderr())
+		}
+	}
+	if got := h.line(20 * time.Second); got != "scribbled" {
+		t.Fatalf("mallory: %q, want scribbled (%s)", got, h.stderr())
+	}
+	// Fewer bytes than the log holds: b, however late the machine's
+	// load makes it, loses nothing.
+	const total = 4000
+	go func() {
+		sender.SetWriteDeadline(time.Now().Add(20 * time.Second))
+		for i := range total {
+			sender.Send(append(seqMsg(i), make([]byte, 200)...))
+		}
+	}()
+	buf := make([]byte, 2048)
+	for i := range total {
+		b.SetReadDeadline(time.Now().Add(20 * time.Second))
+		n, _, err := b.Recv(buf)
+		if err != nil {
+			t.Fatalf("after %d messages: %v", i, err)
+		}
+		if seq := binary.BigEndian.Uint32(buf); n != 204 || seq != uint32(i) {
+			t.Fatalf("message %d of %d bytes, want %d", seq, n, i)
+		}
+	}
+	// Her garbage counts are hers alone; b's show no loss.
+	nets, err := ipn.List(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := portByNum(nets[0], b.Port()); st.Drops != 0 || st.MsgsOut < total {
+		t.Fatalf("b: %+v, want no drops and %d delivered", st, total)
+	}
+	// The daemon still serves: a newcomer joins and hears.
+	c := member(t, path, nil)
+	sender.Send([]byte("still"))
+	recvText(t, c, "still")
+}
+
+// helpLogAttack, as a user with r on the hub at path, joins it with the
+// raw protocol through the daemon at sock, asking for the shared log, and
+// tries to write it, printing each attempt's errno; then it writes
+// garbage over its own place in the log and prints "scribbled".
+func helpLogAttack(sock, path string) error {
+	c, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: sock, Net: "unixpacket"})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	req := func(pkt []byte, fds ...int) ([]int, error) {
+		if err := wire.Send(c, pkt, fds...); err != nil {
+			return nil, err
+		}
+		reply, rfds, err := wire.Recv(c, make([]byte, 4096))
+		if err != nil {
+			return nil, err
+		}
+		_, body, err := wire.Split(reply)
+		if err == nil {
+			_, err = wire.SplitReply(body)
+		}
+		if err != nil {
+			return rfds, fmt.Errorf("request %d: %w", pkt[0], err)
+		}
+		return rfds, nil
+	}
+	if _, err := req(wire.Packet(wire.OpHello, []byte{byte(wire.Version), 0, 0, 0})); err != nil {
+		return err
+	}
+	if _, err := req(wire.Packet(wire.OpSetOpt, wire.U32(wire.OptFastPath), wire.U32(wire.FastPathLog))); err != nil {
+		return err
+	}
+	fd, err := unix.Open(path, unix.O_PATH|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	fds, err := req(wire.Packet(wire.OpConnect, []byte(path)), fd)
+	if err != nil {
+		return err
+	}
+	if len(fds) != wire.FastPathFDs+2 {
+		return fmt.Errorf("connect passed %d descriptors, want %d (with the log)", len(fds), wire.FastPathFDs+2)
+	}
+	logFD, ring := fds[wire.FastPathFDs], fds[0]
+	var st unix.Stat_t
+	if err := unix.Fstat(logFD, &st); err != nil {
+		return err
+	}
+	size := int(st.Size)
+	say := func(what string, err error) {
+		var errno syscall.Errno
+		if errors.As(err, &errno) {
+			fmt.Println(what, unix.ErrnoName(errno))
+		} else {
+			fmt.Println(what, "succeeded:", err)
+		}
+	}
+	_, err = unix.Mmap(logFD, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	say("mmap-rw", err)
+	_, err = unix.Write(logFD, []byte("x"))
+	say("write", err)
+	say("ftruncate", unix.Ftruncate(logFD, 0))
+	_, err = unix.FcntlInt(uintptr(logFD), unix.F_ADD_SEALS, unix.F_SEAL_WRITE)
+	say("seal", err)
+	_, err = unix.Open(fmt.Sprintf("/proc/self/fd/%d", logFD), unix.O_RDWR, 0)
+	say("reopen-rw", err)
+	mem, err := unix.Mmap(logFD, 0, size, unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		return err
+	}
+	say("mprotect-rw", unix.Mprotect(mem, unix.PROT_READ|unix.PROT_WRITE))
+	pm, err := os.OpenFile("/proc/self/mem", os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	_, err = pm.WriteAt(make([]byte, 64), int64(uintptr(unsafe.Pointer(&mem[0]))))
+	say("proc-mem", err)
+	pm.Close()
+	// map_files gives a mapping's file back, to those who may.
+	addr := uintptr(unsafe.Pointer(&mem[0]))
+	_, err = unix.Open(fmt.Sprintf("/proc/self/map_files/%x-%x", addr, addr+uintptr(size)), unix.O_RDWR, 0)
+	say("map-files", err)
+	// Her own region: garbage over her place in the log and its counts.
+	var rst unix.Stat_t
+	if err := unix.Fstat(ring, &rst); err != nil {
+		return err
+	}
+	rmem, err := unix.Mmap(ring, 0, int(rst.Size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return err
+	}
+	for i := 1024; i < 1024+64; i += 8 {
+		binary.LittleEndian.PutUint64(rmem[i:], ^uint64(0)-uint64(i))
+	}
+	fmt.Println("scribbled")
+	// Stay a member until the test ends.
+	bufio.NewReader(os.Stdin).ReadString('\n')
+	return nil
+}
