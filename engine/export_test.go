@@ -14,3 +14,7 @@ func HoldLocks(e *Engine, nets ...*Network) (release func()) {
 		e.mu.Unlock()
 	}
 }
+
+// HoldsBig reports whether port p of a lossy network holds a big message,
+// queued or being written: another for it is dropped meanwhile.
+func HoldsBig(p *Port) bool { return p.bigHeld.Load() != 0 }
