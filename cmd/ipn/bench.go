@@ -109,6 +109,9 @@ func (s benchScenario) runsOn(path string) bool {
 		return false
 	case path == pathNATS && s.policy != "hub":
 		return false
+	case s.size > 1500:
+		// Messages over an Ethernet frame: IPN's own paths only.
+		return path == pathFast || path == pathSocket
 	}
 	return true
 }
@@ -129,8 +132,14 @@ func benchScenarios() []benchScenario {
 	for _, shape := range fanOutShapes {
 		out = append(out, benchScenario{policy: "hub", shape: shape, size: 64})
 	}
+	// Messages of 64 KiB, the largest the fast path carries, to 4
+	// receivers that touch every 4 KiB page of each.
+	out = append(out, benchScenario{policy: "hub", shape: "1->4", size: bigRow})
 	return append(out, benchScenario{policy: "hub", shape: "1->1", size: 64, light: true})
 }
+
+// bigRow is the size of the big-message row's messages.
+const bigRow = 65536
 
 // fanOutShapes are the hub scenarios beyond 1->4, 64 B frames only: one
 // sender, up to 63 receivers (a vde_switch of 64 ports).
@@ -518,6 +527,9 @@ func (b *bencher) measure(ctx context.Context, row *benchRow, procs *benchProcs,
 		}
 		if b.opts.pool > 0 {
 			hold = append(hold, "--pool", strconv.Itoa(b.opts.pool))
+		}
+		if sc.size > 1514 {
+			hold = append(hold, "--mtu", strconv.Itoa(sc.size))
 		}
 		target = netPath
 		kind := "ipn"

@@ -203,7 +203,7 @@ func benchNetCmd() *cobra.Command {
 	var (
 		target, proto, vde string
 		lossless           bool
-		pool               int
+		pool, mtu          int
 	)
 	cmd := &cobra.Command{
 		Use:    "bench-net --target PATH",
@@ -230,6 +230,11 @@ func benchNetCmd() *cobra.Command {
 					return fmt.Errorf("lossless: %w", err)
 				}
 			}
+			if mtu > 0 {
+				if err := s.SetMTU(mtu); err != nil {
+					return fmt.Errorf("mtu %d: %w", mtu, err)
+				}
+			}
 			if err := s.Bind(target); err != nil {
 				return err
 			}
@@ -254,5 +259,6 @@ func benchNetCmd() *cobra.Command {
 	cmd.Flags().StringVar(&vde, "vde", "", "also serve the network to VDE clients at this directory")
 	cmd.Flags().BoolVar(&lossless, "lossless", false, "a lossless network")
 	cmd.Flags().IntVar(&pool, "pool", 0, "message pool size (0: the default)")
+	cmd.Flags().IntVar(&mtu, "mtu", 0, "the network's MTU in bytes (0: the default)")
 	return cmd
 }
