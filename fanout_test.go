@@ -2,6 +2,7 @@ package ipn_test
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -17,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ipn-project/ipn"
+	"github.com/ipn-project/ipn/internal/shmring"
 	"github.com/ipn-project/ipn/internal/wire"
 )
 
@@ -292,4 +294,127 @@ func helpLogAttack(sock, path string) error {
 	// Stay a member until the test ends.
 	bufio.NewReader(os.Stdin).ReadString('\n')
 	return nil
+}
+
+// Big messages on a hub's fast path: a member sends them in chunks and
+// every member reads them from the shared log, whole; the socket path's
+// member gets the same. Each message is read by all before the next goes
+// (a lossy network: receivers that keep up lose nothing).
+func TestHubSharedLogBigMessages(t *testing.T) {
+	for _, mtu := range []int{4 << 20, 32 << 20} {
+		t.Run(fmt.Sprintf("mtu %d MiB", mtu>>20), func(t *testing.T) {
+			if mtu > ipn.MaxMTU {
+				t.Skipf("MTU %d over the largest, %d", mtu, ipn.MaxMTU)
+			}
+			path := filepath.Join(tempDir(t), "big")
+			a := bindAt(t, ipn.Hub, path, func(s *ipn.Socket) {
+				if err := s.SetMTU(mtu); err != nil {
+					t.Fatal(err)
+				}
+			}, true)
+			b := member(t, path, nil)
+			sock := member(t, path, func(s *ipn.Socket) { s.SetFastPath(false) })
+			if !a.FastPath() || !b.FastPath() || sock.FastPath() {
+				t.Fatalf("fast paths: a %v, b %v, the socket member %v", a.FastPath(), b.FastPath(), sock.FastPath())
+			}
+			buf := make([]byte, mtu)
+			for i, size := range []int{1, 1000, 65536, 65537, 65536 + 65540, 1 << 20, mtu - 1, 7, mtu} {
+				msg := make([]byte, size)
+				for j := range msg {
+					msg[j] = byte(i + j*7)
+				}
+				from, to := a, []*ipn.Socket{b, sock}
+				if i%2 == 1 {
+					from, to = b, []*ipn.Socket{a, sock}
+				}
+				from.SetWriteDeadline(time.Now().Add(20 * time.Second))
+				if err := from.Send(msg); err != nil {
+					t.Fatalf("send %d bytes: %v", size, err)
+				}
+				for k, r := range to {
+					r.SetReadDeadline(time.Now().Add(20 * time.Second))
+					n, flags, err := r.Recv(buf)
+					if err != nil || flags != 0 || n != size || !bytes.Equal(buf[:n], msg) {
+						t.Fatalf("message %d of %d bytes, receiver %d: %d bytes, flags %v, %v", i, size, k, n, flags, err)
+					}
+				}
+			}
+			expectNothing(t, a)
+		})
+	}
+}
+
+// A member of a hub of big messages that sends impossible chunks loses
+// its port (a first chunk too long for its buffer, chunks past the
+// length); one whose message is over the MTU, whose chunks stop short, or
+// continue no message, loses only those messages. The others carry on, big messages
+// and all.
+func TestHubBigChunksFromAHostileMember(t *testing.T) {
+	const mtu = 1 << 20
+	path := filepath.Join(tempDir(t), "big")
+	a := bindAt(t, ipn.Hub, path, func(s *ipn.Socket) {
+		if err := s.SetMTU(mtu); err != nil {
+			t.Fatal(err)
+		}
+	}, true)
+	b := member(t, path, nil)
+	first := func(total int, n int) []byte {
+		c := make([]byte, n)
+		binary.LittleEndian.PutUint32(c, uint32(total))
+		return c
+	}
+	for _, tc := range []struct {
+		name  string
+		loses bool // the port
+		send  func(p *shmring.Producer)
+	}{
+		{"first chunk over its buffer", true, func(p *shmring.Producer) {
+			p.PutChunk(first(mtu, shmring.ChunkSize+60), shmring.ChunkMore)
+		}},
+		{"length over the MTU: refused, counted", false, func(p *shmring.Producer) {
+			p.PutChunk(first(mtu+1, 100), shmring.ChunkMore)
+			p.PutChunk(make([]byte, 1000), shmring.ChunkNext)
+			p.Put([]byte("after"))
+		}},
+		{"length a small message's", true, func(p *shmring.Producer) {
+			p.PutChunk(first(100, 100), shmring.ChunkMore)
+		}},
+		{"chunks past the length", true, func(p *shmring.Producer) {
+			p.PutChunk(first(70000, 60000), shmring.ChunkMore)
+			p.PutChunk(make([]byte, 20000), shmring.ChunkNext)
+		}},
+		{"chunks cut short, then a message", false, func(p *shmring.Producer) {
+			p.PutChunk(first(200000, 60000), shmring.ChunkMore)
+			p.PutChunk(make([]byte, 1000), shmring.ChunkNext|shmring.ChunkMore)
+			p.Put([]byte("after"))
+		}},
+		{"chunks of no message", false, func(p *shmring.Producer) {
+			p.PutChunk(make([]byte, 1000), shmring.ChunkNext|shmring.ChunkMore)
+			p.PutChunk(make([]byte, 1000), shmring.ChunkNext)
+			p.Put([]byte("after"))
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newScribblerWith(t, path, wire.FastPathLog, wire.FastPathFDs+1)
+			p := s.r.Producer(shmring.ToDaemon)
+			tc.send(p)
+			p.Publish()
+			s.wake()
+			if tc.loses {
+				waitFor(t, 15*time.Second, "the member's port dropped", func() bool { _, p := readersOf(path); return p == 2 })
+			} else {
+				recvText(t, b, "after")
+				if _, ports := readersOf(path); ports != 3 {
+					t.Fatalf("%d ports, want 3: the member's stays", ports)
+				}
+			}
+			big := bytes.Repeat([]byte{7}, mtu)
+			a.Send(big)
+			buf := make([]byte, mtu)
+			b.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if n, _, err := b.Recv(buf); err != nil || n != mtu || !bytes.Equal(buf, big) {
+				t.Fatalf("after: %d bytes, %v", n, err)
+			}
+		})
+	}
 }

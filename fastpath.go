@@ -1,6 +1,7 @@
 package ipn
 
 import (
+	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
@@ -143,6 +144,13 @@ func (f *fastPath) send(msgs [][]byte) (int, error) {
 			return sent, syscall.EPIPE // the daemon dropped the port
 		}
 		for sent < len(msgs) {
+			if len(msgs[sent]) > shmring.ChunkSize {
+				if err := f.sendChunks(msgs[sent]); err != nil {
+					return sent, err
+				}
+				sent++
+				continue
+			}
 			ok, err := f.tx.Put(msgs[sent])
 			if err != nil {
 				return sent, err
@@ -163,6 +171,47 @@ func (f *fastPath) send(msgs [][]byte) (int, error) {
 		}
 	}
 	return sent, nil
+}
+
+// sendChunks sends a message longer than a slot in chunks
+// (shmring.PutChunk), waiting for room as it goes; the caller holds smu.
+// A message cut short by an error is dropped by the daemon.
+func (f *fastPath) sendChunks(msg []byte) error {
+	var first [shmring.ChunkSize]byte
+	binary.LittleEndian.PutUint32(first[:], uint32(len(msg)))
+	n := copy(first[4:], msg)
+	chunk, flags := first[:4+n], uint32(shmring.ChunkMore)
+	for {
+		ok, err := f.tx.PutChunk(chunk, flags)
+		if err != nil {
+			return err
+		}
+		if ok {
+			if n == len(msg) {
+				return nil
+			}
+			end := min(n+shmring.ChunkSize, len(msg))
+			chunk, flags = msg[n:end], shmring.ChunkNext
+			if end < len(msg) {
+				flags |= shmring.ChunkMore
+			}
+			n = end
+			continue
+		}
+		f.tx.Publish()
+		if f.tx.ConsumerWaiting() {
+			f.txData.Wake()
+		}
+		if f.closedP.Load() != 0 || f.gone.Load() {
+			return syscall.EPIPE
+		}
+		if err := f.tx.WaitSpace(f.txSpace, f.sdone); err != nil {
+			return f.waitErr(err)
+		}
+		if f.closed.Load() {
+			return net.ErrClosed
+		}
+	}
 }
 
 // recv takes the messages from the daemon into ms, at least one, waiting

@@ -130,15 +130,21 @@ type scribbler struct {
 }
 
 func newScribbler(t *testing.T, path string) *scribbler {
+	return newScribblerWith(t, path, 1, wire.FastPathFDs)
+}
+
+// newScribblerWith joins with OptFastPath opt, expecting nfds descriptors
+// (and the status page).
+func newScribblerWith(t *testing.T, path string, opt uint32, nfds int) *scribbler {
 	t.Helper()
 	c := rawClient(t)
 	if e, err := roundTrip(t, c, hello(wire.Version, 0)); err != nil || e != 0 {
 		t.Fatalf("hello: %v %v", e, err)
 	}
-	if e, err := roundTrip(t, c, wire.Packet(wire.OpSetOpt, wire.U32(wire.OptFastPath), wire.U32(1))); err != nil || e != 0 {
+	if e, err := roundTrip(t, c, wire.Packet(wire.OpSetOpt, wire.U32(wire.OptFastPath), wire.U32(opt))); err != nil || e != 0 {
 		t.Fatalf("fast path option: %v %v", e, err)
 	}
-	_, fds := rawConnect(t, c, path, wire.FastPathFDs)
+	_, fds := rawConnect(t, c, path, nfds)
 	t.Cleanup(func() {
 		for _, fd := range fds[1:] {
 			unix.Close(fd)

@@ -16,7 +16,6 @@ import (
 
 	"github.com/ipn-project/ipn/endpoint"
 	"github.com/ipn-project/ipn/engine"
-	"github.com/ipn-project/ipn/internal/shmring"
 	"github.com/ipn-project/ipn/internal/sockio"
 	"github.com/ipn-project/ipn/internal/spec"
 	"github.com/ipn-project/ipn/internal/wire"
@@ -611,12 +610,16 @@ func (ss *session) doConnect(fds []int) (reply []byte, rfds []int, err error) {
 	opts.NoRead, opts.NoWrite = !canRead, !canWrite
 	opts.Peer = ss.cred.String()
 	var ep endpoint.Endpoint
-	if ss.wantFast && cfg.MTU <= engine.BigMin {
+	// A lossy hub's member may read its shared log (not a monitor, which
+	// gets copies, nor a link, which the hub may block).
+	logged := ss.wantLog && cfg.Proto == policy.Broadcast && cfg.Flags&engine.Lossless == 0 && !opts.Monitor && !opts.Link
+	if ss.wantFast && (cfg.MTU <= engine.BigMin || logged) {
 		// The rings, if they can be made and the user has room for them;
 		// else the data socket. A network with big messages (an MTU
-		// over 64 KiB) uses the socket: its messages do not fit the
-		// rings' slots, and one path keeps them in order.
-		fast, fds, ring, ferr := ss.rings(n, cfg, ss.wantLog && canRead && !opts.Monitor && !opts.Link)
+		// over 64 KiB) uses the socket, but for a member of a lossy hub
+		// that reads the shared log: its big messages go to the daemon
+		// in chunks, and come from it in the log.
+		fast, fds, ring, ferr := ss.rings(n, cfg, logged && canRead)
 		if ferr != nil {
 			ss.srv.log.Warn("no fast path, using a socket", "client", ss.cred, "err", ferr)
 		} else {
@@ -710,14 +713,18 @@ func (ss *session) doConnect(fds []int) (reply []byte, rfds []int, err error) {
 // network's shared log too (made at the first such member, charged to the
 // network's maker), if it can have one.
 func (ss *session) rings(n *engine.Network, cfg engine.Config, readLog bool) (*shm.Endpoint, []int, int64, error) {
-	ring := int64(shmring.LayoutFor(cfg.MTU).Bytes())
+	ring := int64(shm.LayoutFor(cfg.MTU).Bytes())
 	if err := ss.srv.acct.take(ss.cred.UID, usage{shm: ring}); err != nil {
 		return nil, nil, 0, err
 	}
 	fast, err := shm.New(cfg.MTU, cfg.Flags&engine.Lossless != 0, ss.sendOOB)
-	if err == nil && readLog && cfg.Proto == policy.Broadcast && cfg.Flags&engine.Lossless == 0 {
+	if err == nil && readLog {
 		if log := ss.srv.logOf(n); log != nil {
 			fast.ReadLog(log, false)
+		} else if cfg.MTU > engine.BigMin {
+			// Big messages reach a member through the log only.
+			fast.Close()
+			err = fmt.Errorf("no shared log for big messages: %w", syscall.ENOMEM)
 		}
 	}
 	if err == nil {

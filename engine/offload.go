@@ -203,7 +203,7 @@ type inlineBatch struct {
 // sender is among dst, and takes them out of dst: each reads it there.
 // A message the fan-out cannot take is left to dst's ports one by one.
 func (b *inlineBatch) fanOut(m *msg, dst *policy.PortSet, v *view) {
-	if !dst.CoversBut(v.fanPorts, b.from.num) || m.isBig() {
+	if !dst.CoversBut(v.fanPorts, b.from.num) {
 		return
 	}
 	b.one[0] = m.bytes()

@@ -46,7 +46,7 @@ const (
 	seqOff    = idOff + 4          // sequence number
 	timeOff   = seqOff + 8         // send time
 	MinSize   = timeOff + 8        // the smallest frame: header and fields
-	MaxSize   = 65536              // the largest frame Run accepts: the fast path's largest
+	MaxSize   = 4 << 20            // the largest frame Run accepts
 	MaxPeers  = 250                // peer ids are 0..MaxPeers-1
 	magic     = uint32(0x49504e42) // "IPNB"
 )

@@ -38,7 +38,7 @@ const (
 	recHdr     = 16
 	padFrom    = ^uint32(0)
 	minLog     = 64 << 10
-	maxLog     = 64 << 20
+	maxLog     = 256 << 20
 	// Where a member's region keeps its place in the log.
 	logHeadOff = 1024 // next position
 	logSeqOff  = 1032 // sequence number of the next message
@@ -46,11 +46,15 @@ const (
 )
 
 // LogBytes returns the size of the records' area of a log for messages of
-// up to mtu bytes: room for as many messages as a ring of LayoutFor(mtu)
-// holds, at least two of the MTU, a power of two.
+// up to mtu bytes, a power of two: room for as many messages as a ring of
+// LayoutFor(mtu) holds, at least two of the MTU; for an MTU over
+// ChunkSize, four of the MTU; at most 256 MiB.
 func LogBytes(mtu int) int {
-	l := LayoutFor(mtu)
-	want := max(l.Slots*(recHdr+mtu), 2*recLen(mtu), minLog)
+	want := 4 * recLen(mtu) // big messages: four of the MTU
+	if mtu <= ChunkSize {
+		l := LayoutFor(mtu)
+		want = max(l.Slots*(recHdr+mtu), 2*recLen(mtu), minLog)
+	}
 	size := minLog
 	for size < want && size < maxLog {
 		size *= 2
@@ -59,6 +63,12 @@ func LogBytes(mtu int) int {
 }
 
 func recLen(n int) int { return (recHdr + n + 15) &^ 15 }
+
+// LogFits reports whether a log holds messages of mtu bytes: at least
+// two, besides what the writer reserves ahead.
+func LogFits(mtu int) bool {
+	return mtu >= 1 && 2*recLen(mtu) <= LogBytes(mtu)-LogBytes(mtu)/16
+}
 
 // Log is a mapped log: the daemon's, which writes it, or a member's,
 // which reads it.
@@ -87,7 +97,7 @@ type Log struct {
 // sealed against resizing), so that no member can map the log writable,
 // write it, or reopen it writable through /proc.
 func CreateLog(mtu int) (*Log, error) {
-	if mtu < 1 || recLen(mtu) > maxLog/2 {
+	if !LogFits(mtu) {
 		return nil, fmt.Errorf("log for messages of %d bytes: %w", mtu, syscall.EINVAL)
 	}
 	size := LogBytes(mtu)
@@ -157,7 +167,7 @@ func AdoptLog(fd int, mtu int, pos, seq, oldPos, oldSeq uint64) (*Log, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("log position %d, oldest %d: %w", pos, oldPos, syscall.EINVAL)
 	}
-	if mtu < 1 || recLen(mtu) > maxLog/2 {
+	if !LogFits(mtu) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("log for messages of %d bytes: %w", mtu, syscall.EINVAL)
 	}
@@ -204,7 +214,7 @@ func MapLog(fd int) (*Log, error) {
 	size := int(*(*uint32)(unsafe.Pointer(&mem[8])))
 	mtu := int(*(*uint32)(unsafe.Pointer(&mem[12])))
 	if *(*uint32)(unsafe.Pointer(&mem[0])) != logMagic || *(*uint32)(unsafe.Pointer(&mem[4])) != logVersion ||
-		size < minLog || size&(size-1) != 0 || headerSize+size != len(mem) || mtu < 1 || recLen(mtu) > size/2 {
+		size < minLog || size&(size-1) != 0 || headerSize+size != len(mem) || mtu < 1 || 2*recLen(mtu) > size-size/16 {
 		unix.Munmap(mem)
 		return nil, fmt.Errorf("log memory header: %w", syscall.EPROTO)
 	}

@@ -303,6 +303,29 @@ func (p *Producer) Put(msg []byte) (bool, error) {
 	return true, nil
 }
 
+// Chunks of a message longer than a slot (a member's big message to the
+// daemon): the slot's length word carries these flags above the length.
+const (
+	// ChunkSize is the most one chunk carries: messages longer than it
+	// go in chunks, the first of which carries the message's length
+	// (u32), then its start.
+	ChunkSize = 65536
+	ChunkMore = 1 << 31 // more chunks of this message follow
+	ChunkNext = 1 << 30 // a chunk after the first
+	chunkMask = ChunkMore | ChunkNext
+)
+
+// PutChunk copies one chunk of a message into the next slot, as Put, with
+// flags (ChunkMore, ChunkNext) in its length word.
+func (p *Producer) PutChunk(chunk []byte, flags uint32) (bool, error) {
+	ok, err := p.Put(chunk)
+	if ok {
+		off := int((p.next-1)&p.mask) * p.slotSize
+		*(*uint32)(unsafe.Pointer(&p.slots[off])) |= flags & chunkMask
+	}
+	return ok, err
+}
+
 // Full reports whether the ring has no free slot, as of now.
 func (p *Producer) Full() (bool, error) {
 	if p.next != p.freeTo {
@@ -369,6 +392,34 @@ func (c *Consumer) Pop(b []byte) (n int, ok bool, err error) {
 	c.next++
 	return int(l), true, nil
 }
+
+// PopChunk is Pop for a ring that may hold chunks (PutChunk): it also
+// returns the slot's chunk flags.
+func (c *Consumer) PopChunk(b []byte) (n int, flags uint32, ok bool, err error) {
+	if c.next == c.avail {
+		t := c.tail.Load()
+		if t-c.next > c.n {
+			return 0, 0, false, ErrCorrupt
+		}
+		c.avail = t
+		if c.next == t {
+			return 0, 0, false, nil
+		}
+	}
+	off := int(c.next&c.mask) * c.slotSize
+	s := c.slots[off : off+c.slotSize]
+	w := atomic.LoadUint32((*uint32)(unsafe.Pointer(&s[0])))
+	l, flags := w&^chunkMask, w&chunkMask
+	if l > c.maxMsgLen {
+		return 0, 0, false, ErrCorrupt
+	}
+	copy(b, s[4:4+l])
+	c.next++
+	return int(l), flags, true, nil
+}
+
+// Unpop puts back the message Pop or PopChunk just took, for the next.
+func (c *Consumer) Unpop() { c.next-- }
 
 // Empty reports whether no message waits, as of now.
 func (c *Consumer) Empty() (bool, error) {

@@ -10,6 +10,7 @@
 package shm
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -48,6 +49,8 @@ type Endpoint struct {
 	pausedR  atomic.Bool // Read returns ErrPaused rather than wait
 	pausedW  atomic.Bool // a lossless write returns rather than wait
 	peerGone atomic.Bool // the member will write no more
+	skip     bool        // under rmu: the chunks of a dropped message follow
+	head     []byte      // under rmu: a big message's first chunk
 	broken   atomic.Bool // the member published impossible indices or lengths
 	once     sync.Once
 }
@@ -59,13 +62,14 @@ var (
 	_ endpoint.OOBWriter       = (*Endpoint)(nil)
 	_ endpoint.Pauser          = (*Endpoint)(nil)
 	_ endpoint.FanOutReader    = (*Endpoint)(nil)
+	_ endpoint.BigReader       = (*Endpoint)(nil)
 )
 
 // New makes the rings for messages of up to mtu bytes. In a lossless
 // network a full ring makes the sender wait rather than drop. oob, if not
 // nil, delivers out-of-band messages (on the control connection).
 func New(mtu int, lossless bool, oob func([]byte) error) (*Endpoint, error) {
-	region, err := shmring.Create(shmring.LayoutFor(mtu))
+	region, err := shmring.Create(LayoutFor(mtu))
 	if err != nil {
 		return nil, err
 	}
@@ -298,8 +302,8 @@ func (e *Endpoint) fail(err error) error {
 func (e *Endpoint) WriteDirect(msg []byte) bool {
 	e.wmu.Lock()
 	defer e.wmu.Unlock()
-	if e.closed.Load() {
-		return false
+	if e.closed.Load() || len(msg) > e.region.Layout().MaxMsg() {
+		return false // a big message reaches a member through the log only
 	}
 	for {
 		ok, err := e.out.Push(msg)
@@ -335,7 +339,7 @@ func (e *Endpoint) WriteDirect(msg []byte) bool {
 func (e *Endpoint) TryWriteDirect(msg []byte) bool {
 	e.wmu.Lock()
 	defer e.wmu.Unlock()
-	if e.closed.Load() {
+	if e.closed.Load() || len(msg) > e.region.Layout().MaxMsg() {
 		return false
 	}
 	ok, err := e.out.Push(msg)
@@ -455,4 +459,140 @@ func (e *Endpoint) leaveLog() {
 	e.missed = e.log.missed(e.region.LogPlace())
 	e.mmu.Unlock()
 	e.log.remove(e)
+}
+
+// ChunkSize is how much of a big message (over it) each chunk of a
+// member's carries; the first carries the message's length (u32), then
+// ChunkSize-4 bytes of it.
+const ChunkSize = shmring.ChunkSize
+
+// LayoutFor returns the layout of a member's rings for a network of mtu:
+// a network of big messages gets rings of ChunkSize messages, which its
+// members' big messages cross in chunks (ReadBig).
+func LayoutFor(mtu int) shmring.Layout { return shmring.LayoutFor(min(mtu, ChunkSize)) }
+
+// ReadBig implements endpoint.BigReader: messages longer than ChunkSize
+// come in chunks, joined into the buffer grow gives (ReadBig waits for a
+// message's last chunk once it has its first). A chunk that does not
+// continue the message under way, or a length that does not match, ends
+// the port (ErrCorrupt); a message grow drops is read and dropped, and one
+// cut short by a pause is dropped, and the rest of its chunks with it.
+func (e *Endpoint) ReadBig(bufs [][]byte, sizes []int, grow func(i, size int) ([]byte, bool)) (int, error) {
+	e.rmu.Lock()
+	defer e.rmu.Unlock()
+	for {
+		if e.closed.Load() {
+			return 0, e.fail(nil)
+		}
+		n, err := e.popBig(bufs, sizes, grow)
+		if err != nil {
+			if errors.Is(err, shmring.ErrCorrupt) {
+				e.corrupt()
+			}
+			return n, e.fail(err)
+		}
+		if n > 0 {
+			return n, nil
+		}
+		if e.peerGone.Load() {
+			return 0, io.EOF
+		}
+		if e.pausedR.Load() {
+			return 0, endpoint.ErrPaused
+		}
+		if err := e.in.WaitData(e.inData, e.readStop); err != nil {
+			if errors.Is(err, shmring.ErrCorrupt) {
+				e.corrupt()
+			}
+			return 0, e.fail(err)
+		}
+	}
+}
+
+// popBig pops whole messages into bufs, joining chunks; under rmu.
+func (e *Endpoint) popBig(bufs [][]byte, sizes []int, grow func(i, size int) ([]byte, bool)) (int, error) {
+	n := 0
+	defer func() {
+		if n > 0 || e.skip {
+			e.in.Release()
+			if e.in.ProducerWaiting() {
+				e.inSpace.Wake()
+			}
+		}
+	}()
+	for n < len(bufs) {
+		l, flags, ok, err := e.in.PopChunk(bufs[n])
+		if err != nil || !ok {
+			return n, err
+		}
+		switch {
+		case flags&shmring.ChunkNext != 0:
+			// The rest of a message dropped or cut short (by a pause,
+			// or a takeover: the daemon before read its start).
+			e.skip = flags&shmring.ChunkMore != 0
+			continue
+		case flags == 0:
+			e.skip = false
+			sizes[n] = l
+			n++
+			continue
+		}
+		// The first chunk of a big message: its length, then its start.
+		e.skip = true
+		if l < 4 || l > len(bufs[n]) {
+			return n, fmt.Errorf("a first chunk of %d bytes: %w", l, shmring.ErrCorrupt)
+		}
+		total := int(binary.LittleEndian.Uint32(bufs[n]))
+		if total <= ChunkSize || total < l-4 {
+			return n, fmt.Errorf("a big message of %d bytes in chunks: %w", total, shmring.ErrCorrupt)
+		}
+		// bufs[n] goes back to its pool in grow.
+		e.head = append(e.head[:0], bufs[n][4:l]...)
+		head := e.head
+		buf, _ := grow(n, total)
+		if buf == nil {
+			continue // dropped (counted), or left for a pause: skipped either way
+		}
+		bufs[n] = buf // the pooled one is no longer msgs[n]'s
+		off := copy(buf, head)
+		whole := true
+		for whole && flags&shmring.ChunkMore != 0 {
+			cl, cf, ok, err := e.in.PopChunk(buf[off:])
+			if err != nil {
+				return n, err
+			}
+			if !ok {
+				e.in.Release()
+				if e.in.ProducerWaiting() {
+					e.inSpace.Wake()
+				}
+				if err := e.in.WaitData(e.inData, e.readStop); err != nil {
+					return n, err
+				}
+				if e.readStop() {
+					return n, nil // the message is dropped: skip its rest
+				}
+				continue
+			}
+			if cf&shmring.ChunkNext == 0 {
+				// The member gave up on this message (a deadline
+				// passed) and sends the next: this one is dropped.
+				e.in.Unpop()
+				whole = false
+				break
+			}
+			if off+cl > total {
+				return n, fmt.Errorf("chunk of %d bytes at %d of %d: %w", cl, off, total, shmring.ErrCorrupt)
+			}
+			off += cl
+			flags = cf
+		}
+		e.skip = false
+		if !whole || off != total {
+			continue // cut short: dropped, and the buffer with it
+		}
+		sizes[n] = total
+		n++
+	}
+	return n, nil
 }
