@@ -48,9 +48,9 @@ const (
 // LogBytes returns the size of the records' area of a log for messages of
 // up to mtu bytes, a power of two: room for as many messages as a ring of
 // LayoutFor(mtu) holds, at least two of the MTU; for an MTU over
-// ChunkSize, four of the MTU; at most 256 MiB.
+// ChunkSize, over three of the MTU; at most 256 MiB.
 func LogBytes(mtu int) int {
-	want := 4 * recLen(mtu) // big messages: four of the MTU
+	want := 3*recLen(mtu) + 1 // big messages: three of the MTU, and the reserve
 	if mtu <= ChunkSize {
 		l := LayoutFor(mtu)
 		want = max(l.Slots*(recHdr+mtu), 2*recLen(mtu), minLog)

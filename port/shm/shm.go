@@ -569,8 +569,11 @@ func (e *Endpoint) popBig(bufs [][]byte, sizes []int, grow func(i, size int) ([]
 				if err := e.in.WaitData(e.inData, e.readStop); err != nil {
 					return n, err
 				}
-				if e.readStop() {
-					return n, nil // the message is dropped: skip its rest
+				if empty, err := e.in.Empty(); err != nil || empty && e.readStop() {
+					// Paused, closed, or the member gone before its
+					// message's end: the message is dropped, its rest
+					// skipped.
+					return n, err
 				}
 				continue
 			}
