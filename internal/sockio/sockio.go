@@ -271,3 +271,13 @@ func SizeFor(fd, max int) int {
 	}
 	return cur - 64<<10
 }
+
+// SendLimit returns the longest packet raw's socket takes now, as SizeFor
+// reports it: its send buffer less 64 KiB.
+func SendLimit(raw syscall.RawConn) int {
+	cur := 0
+	raw.Control(func(fd uintptr) {
+		cur, _ = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF)
+	})
+	return cur - 64<<10
+}
