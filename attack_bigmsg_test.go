@@ -53,7 +53,7 @@ func TestAttackBigMessageMemory(t *testing.T) {
 	env := []string{"IPN_SOCKET=" + sock}
 	ipnc := ipnCommand(t)
 	mdir := userDir(t, m, 0o755)
-	mtu := fmt.Sprint(ipn.MaxMTU)
+	mtu := fmt.Sprint(packetMTU)
 
 	// Her networks' bound: 64 ports of 4 MiB messages is over it (about
 	// 550 MiB), one of 16 (about 150) is not, and a second such is.
@@ -86,7 +86,7 @@ func TestAttackBigMessageMemory(t *testing.T) {
 	before := vmRSS(t, d.cmd.Process.Pid)
 
 	// alice sends one 4 MiB frame after another, until stopped.
-	frame := rawFrame(4, bigPayload(rand.New(rand.NewPCG(9, 9)), ipn.MaxMTU, 9))
+	frame := rawFrame(4, bigPayload(rand.New(rand.NewPCG(9, 9)), packetMTU, 9))
 	frameFile := filepath.Join(adir, "frame")
 	if err := os.WriteFile(frameFile, frame, 0o644); err != nil {
 		t.Fatal(err)
@@ -99,8 +99,8 @@ func TestAttackBigMessageMemory(t *testing.T) {
 	// engine.BigBudget, and per port its queue's pooled buffers and data
 	// socket; on the fast path, the hub's shared log (charged to alice)
 	// and the two members' rings instead of their sockets.
-	bound := int64(2*ipn.MaxMTU) + 4*(2*int64(ipn.MaxMTU)+8<<16) +
-		int64(shmring.LogBytes(ipn.MaxMTU)) + 2*int64(shm.LayoutFor(ipn.MaxMTU).Bytes())
+	bound := int64(2*packetMTU) + 4*(2*int64(packetMTU)+8<<16) +
+		int64(shmring.LogBytes(packetMTU)) + 2*int64(shm.LayoutFor(packetMTU).Bytes())
 	var peak int64
 	var sent, delivered, drops uint64
 	deadline := time.Now().Add(120 * time.Second)

@@ -84,7 +84,7 @@ func (c *rawCat) wait(t *testing.T, d time.Duration) int {
 func TestCatRawLengthWidth(t *testing.T) {
 	for _, tc := range []struct {
 		mtu, width int
-	}{{65535, 2}, {ipn.MaxMTU, 4}} {
+	}{{65535, 2}, {packetMTU, 4}} {
 		t.Run(fmt.Sprintf("%d-byte", tc.width), func(t *testing.T) {
 			path, a := bindNet(t, func(s *ipn.Socket) {
 				if err := s.SetMTU(tc.mtu); err != nil {

@@ -70,7 +70,7 @@ func (s *Socket) sendAll(msgs [][]byte) (int, error) {
 		for ok < len(msgs) && len(msgs[ok]) > 0 && len(msgs[ok]) <= mtu {
 			ok++
 		}
-		n, err := send(dp, msgs[done:ok])
+		n, err := send(dp, msgs[done:ok], mtu)
 		s.sent.Add(uint64(n))
 		s.gate.RUnlock()
 		done += n
@@ -114,22 +114,42 @@ func (e *errTooLong) Is(target error) bool { return target == syscall.EMSGSIZE }
 // send and recv call dp's methods on its concrete type (the two kinds of
 // data path): through the interface, their arguments (a caller's
 // one-message batch) would escape to the heap, an allocation a message.
-func send(dp dataPath, msgs [][]byte) (int, error) {
+// mtu is the network's, which tells the data socket whether it carries
+// fragments.
+func send(dp dataPath, msgs [][]byte, mtu int) (int, error) {
 	switch p := dp.(type) {
 	case *fastPath:
 		return p.send(msgs)
 	case *sockPath:
+		p.useMTU(mtu)
 		return p.send(msgs)
 	}
 	panic("ipn: a data path of no known kind")
 }
 
-func recv(dp dataPath, ms []Message, deadline time.Time, gen uint64) (int, error) {
+// recv is dp's recv; with alloc (ms of one message), the message goes in
+// the buffer alloc makes for its length (see RecvFunc).
+func recv(dp dataPath, ms []Message, deadline time.Time, gen uint64, mtu int, alloc func(int) []byte) (int, error) {
 	switch p := dp.(type) {
 	case *fastPath:
-		return p.recv(ms, deadline, gen)
+		if alloc == nil {
+			return p.recv(ms, deadline, gen)
+		}
+		// The rings copy out: into one buffer of the MTU, then alloc's.
+		tmp := [1]Message{{Buf: make([]byte, max(mtu, 1))}}
+		n, err := p.recv(tmp[:], deadline, gen)
+		if n > 0 {
+			t := &tmp[0]
+			ms[0].Buf = alloc(t.N)
+			ms[0].N, ms[0].Flags = copy(ms[0].Buf, t.Buf[:t.N]), t.Flags
+			if ms[0].N < t.N {
+				ms[0].Flags |= MsgTrunc
+			}
+		}
+		return n, err
 	case *sockPath:
-		return p.recv(ms, deadline, gen)
+		p.useMTU(mtu)
+		return p.recvAlloc(ms, deadline, gen, alloc)
 	}
 	panic("ipn: a data path of no known kind")
 }
@@ -182,10 +202,28 @@ func (s *Socket) Read(b []byte) (int, error) {
 // re-joins returns what the old daemon had delivered, then waits.
 func (s *Socket) Recv(b []byte) (int, MsgFlags, error) {
 	ms := [1]Message{{Buf: b}}
-	if _, err := s.recv(ms[:]); err != nil {
+	if _, err := s.recv(ms[:], nil); err != nil {
 		return 0, 0, err
 	}
 	return ms[0].N, ms[0].Flags, nil
+}
+
+// RecvFunc receives one message as Recv does, into a buffer made for it:
+// alloc(size) is called with the message's length before it is read, and
+// returns the buffer, which RecvFunc returns holding the message (a
+// buffer shorter than size truncates it, marked MsgTrunc; nil drops it,
+// returned empty and marked MsgTrunc). It serves a receiver that bounds
+// its memory by the messages it holds rather than by the MTU, on a
+// network of big messages. alloc may block: the read deadline bounds the
+// wait for a message, not alloc. On a socket that asked for out-of-band
+// messages, a message that must wait for one is kept by the socket, and
+// alloc is called again for it: the first buffer is dropped.
+func (s *Socket) RecvFunc(alloc func(size int) []byte) ([]byte, MsgFlags, error) {
+	ms := [1]Message{}
+	if _, err := s.recv(ms[:], alloc); err != nil {
+		return nil, 0, err
+	}
+	return ms[0].Buf[:ms[0].N], ms[0].Flags, nil
 }
 
 // Message is one message of a batch: RecvBatch fills Buf[:N] and Flags.
@@ -203,11 +241,12 @@ func (s *Socket) RecvBatch(ms []Message) (int, error) {
 	if len(ms) == 0 {
 		return 0, nil
 	}
-	return s.recv(ms)
+	return s.recv(ms, nil)
 }
 
-// recv implements Recv and RecvBatch.
-func (s *Socket) recv(ms []Message) (int, error) {
+// recv implements Recv, RecvFunc (alloc not nil: ms holds one message,
+// whose buffer alloc makes) and RecvBatch.
+func (s *Socket) recv(ms []Message, alloc func(int) []byte) (int, error) {
 	for {
 		s.oobMu.Lock()
 		if len(s.oobq) > 0 {
@@ -215,6 +254,9 @@ func (s *Socket) recv(ms []Message) (int, error) {
 			s.oobq[0] = nil
 			s.oobq = s.oobq[1:]
 			s.oobMu.Unlock()
+			if alloc != nil {
+				ms[0].Buf = alloc(len(m))
+			}
 			return copyMsg(&ms[0], m, MsgOOB)
 		}
 		if len(s.held) > 0 {
@@ -222,10 +264,13 @@ func (s *Socket) recv(ms []Message) (int, error) {
 			s.held[0] = nil
 			s.held = s.held[1:]
 			s.oobMu.Unlock()
+			if alloc != nil {
+				ms[0].Buf = alloc(len(m))
+			}
 			return copyMsg(&ms[0], m, 0)
 		}
 		s.mu.Lock()
-		dp, cc, connected, closed := s.dp, s.cc, s.connected, s.isClosed()
+		dp, cc, connected, closed, mtu := s.dp, s.cc, s.connected, s.isClosed(), s.mtu
 		canRead, canWrite := s.canRead && !s.shutRead, s.canWrite && !s.shutWrite
 		var old dataPath // a daemon's that went: read it to its end first
 		if len(s.rj.drain) > 0 {
@@ -252,7 +297,7 @@ func (s *Socket) recv(ms []Message) (int, error) {
 		}
 		if old != nil {
 			s.oobMu.Unlock()
-			got, err := recv(old, ms[:1], time.Time{}, old.gen())
+			got, err := recv(old, ms[:1], time.Time{}, old.gen(), mtu, alloc)
 			if err != nil {
 				s.drained(old)
 				continue
@@ -278,7 +323,7 @@ func (s *Socket) recv(ms []Message) (int, error) {
 		if oob {
 			batch = ms[:1]
 		}
-		got, err := recv(dp, batch, rdl, gen)
+		got, err := recv(dp, batch, rdl, gen, mtu, alloc)
 		if err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) && (rdl.IsZero() || time.Now().Before(rdl)) {
 				continue // woken for an out-of-band message

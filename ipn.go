@@ -83,7 +83,7 @@ const (
 	DefaultMTU      = spec.DefaultMTU
 	DefaultNumNodes = spec.DefaultPorts
 	DefaultPoolSize = spec.DefaultPoolSize
-	// MaxMTU is the largest MTU a network may have: 4 MiB.
+	// MaxMTU is the largest MTU a network may have: 64 MiB.
 	MaxMTU = spec.MaxMTU
 	// DefaultMode gives x (manage) to the owner alone, r and w to all (less
 	// the umask); the original IPN's 0777 let anyone manage.

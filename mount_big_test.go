@@ -58,7 +58,7 @@ func TestMountBigMessage(t *testing.T) {
 	requireRoot(t)
 	requireFUSE(t)
 	path, mem := bindNet(t, func(s *ipn.Socket) {
-		if err := s.SetMTU(ipn.MaxMTU); err != nil {
+		if err := s.SetMTU(packetMTU); err != nil {
 			t.Fatal(err)
 		}
 	})
@@ -66,8 +66,8 @@ func TestMountBigMessage(t *testing.T) {
 	defer stopMount(t, m)
 	rfd, wfd := openDev(t, path, file)
 	r := rand.New(rand.NewPCG(14, 3))
-	memBuf := make([]byte, ipn.MaxMTU)
-	devBuf := make([]byte, ipn.MaxMTU+8192)
+	memBuf := make([]byte, packetMTU)
+	devBuf := make([]byte, packetMTU+8192)
 	// both checks that mem and the reading file each got msg.
 	both := func(what string, msg []byte) {
 		t.Helper()
@@ -87,9 +87,9 @@ func TestMountBigMessage(t *testing.T) {
 
 	// A write ending inside a page (an unaligned buffer; a length not a
 	// multiple of a page) is sent at once.
-	space := make([]byte, ipn.MaxMTU+4096)
-	unaligned := space[100 : 100+ipn.MaxMTU]
-	copy(unaligned, bigPayload(r, ipn.MaxMTU, 1))
+	space := make([]byte, packetMTU+4096)
+	unaligned := space[100 : 100+packetMTU]
+	copy(unaligned, bigPayload(r, packetMTU, 1))
 	start := time.Now()
 	write(wfd, unaligned)
 	if got := recvBig(t, mem, memBuf); !bytes.Equal(got, unaligned) {
@@ -99,13 +99,13 @@ func TestMountBigMessage(t *testing.T) {
 	if got := readDevInto(t, rfd, devBuf); !bytes.Equal(got, unaligned) {
 		t.Fatalf("unaligned: the reading file got %d bytes, not the message", len(got))
 	}
-	odd := bigPayload(r, ipn.MaxMTU-1, 2)
+	odd := bigPayload(r, packetMTU-1, 2)
 	write(wfd, odd)
 	both("4 MiB less a byte", odd)
 
 	// A write of 4 MiB from a page-aligned buffer ends at a request's end:
 	// it goes when the next write begins, or at close.
-	aligned := bigPayload(r, ipn.MaxMTU, 3)
+	aligned := bigPayload(r, packetMTU, 3)
 	write(wfd, aligned)
 	write(wfd, []byte("next"))
 	both("aligned, then another write", aligned)
@@ -122,7 +122,7 @@ func TestMountBigMessage(t *testing.T) {
 
 	// From a member to the device file, read whole with a buffer larger
 	// than the message, then truncated by a shorter one.
-	msg := bigPayload(r, ipn.MaxMTU, 4)
+	msg := bigPayload(r, packetMTU, 4)
 	start = time.Now()
 	if err := mem.Send(msg); err != nil {
 		t.Fatal(err)
@@ -146,7 +146,7 @@ func TestMountBigMessage(t *testing.T) {
 
 	// Over the MTU: the kernel reports what it carried as a short write,
 	// or the error; the rest written again is refused; nothing is sent.
-	over := make([]byte, ipn.MaxMTU+1)
+	over := make([]byte, packetMTU+1)
 	n, err := unix.Write(wfd, over)
 	if err == nil && n < len(over) {
 		_, err = unix.Write(wfd, over[n:])

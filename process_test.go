@@ -1,8 +1,11 @@
 package ipn_test
 
 import (
+	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
@@ -362,10 +365,11 @@ func rawConnect(t *testing.T, c *net.UnixConn, path string, want int) ([]byte, [
 
 // A client says its protocol version at hello and the daemon answers with
 // its own: a client of version 1 gets the data socket alone at connect,
-// one of version 2 the status page after it too (docs/protocol.md).
+// one of version 2 or later the status page after it too
+// (docs/protocol.md).
 func TestRawClientVersions(t *testing.T) {
 	path, _ := bindNet(t, nil)
-	for _, v := range []uint16{1, 2} {
+	for _, v := range []uint16{1, 2, 3, 4} {
 		c := rawClient(t)
 		if err := wire.Send(c, hello(v, 0)); err != nil {
 			t.Fatal(err)
@@ -386,10 +390,86 @@ func TestRawClientVersions(t *testing.T) {
 		unix.Close(fd)
 		_, fds, err := wire.Recv(c, make([]byte, 256))
 		closeAll(fds)
-		if want := int(v); err != nil || len(fds) != want {
+		if want := min(int(v), 2); err != nil || len(fds) != want {
 			t.Errorf("connect of a client of version %d: %v, %d descriptors, want %d", v, err, len(fds), want)
 		}
 		c.Close()
+	}
+}
+
+// A client of protocol 3 cannot join a network whose MTU is over 4 MiB,
+// whose data sockets carry fragments: EPROTONOSUPPORT, saying so. One of
+// protocol 4 joins it with plain sockets, as docs/protocol.md describes,
+// and messages of several fragments cross both ways: each packet an
+// 8-byte header (total, offset) and at most 1 MiB of the message.
+func TestRawClientFragments(t *testing.T) {
+	const mtu = 8 << 20
+	path, member := bindNet(t, func(s *ipn.Socket) {
+		if err := s.SetMTU(mtu); err != nil {
+			t.Fatal(err)
+		}
+		s.SetFlags(ipn.Lossless)
+	})
+	old := rawClient(t)
+	if e, err := roundTrip(t, old, hello(3, 0)); err != nil || e != 0 {
+		t.Fatalf("hello of version 3: %v %v", e, err)
+	}
+	fd, err := unix.Open(path, unix.O_PATH|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wire.Send(old, wire.Packet(wire.OpConnect, []byte(path)), fd)
+	unix.Close(fd)
+	reply, fds, err := wire.Recv(old, make([]byte, 4096))
+	closeAll(fds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, body, _ := wire.Split(reply)
+	if _, rerr := wire.SplitReply(body); !errors.Is(rerr, syscall.EPROTONOSUPPORT) ||
+		!strings.Contains(rerr.Error(), "fragments") || !strings.Contains(rerr.Error(), "version 4") || len(fds) != 0 {
+		t.Fatalf("connect of a client of version 3 to a network of MTU %d: %v, %d descriptors; want EPROTONOSUPPORT naming fragments and version 4", mtu, rerr, len(fds))
+	}
+
+	c := rawClient(t)
+	if e, err := roundTrip(t, c, hello(wire.Version, 0)); err != nil || e != 0 {
+		t.Fatalf("hello: %v %v", e, err)
+	}
+	_, dfds := rawConnect(t, c, path, 1)
+	data := dfds[0]
+	defer unix.Close(data)
+	msg := bigPayload(rand.New(rand.NewPCG(11, 12)), 3<<20+5, 1)
+	go func() {
+		for off := 0; off < len(msg); off += 1 << 20 {
+			pkt := make([]byte, 8, 8+1<<20)
+			binary.LittleEndian.PutUint32(pkt, uint32(len(msg)))
+			binary.LittleEndian.PutUint32(pkt[4:], uint32(off))
+			if _, err := unix.Write(data, append(pkt, msg[off:min(len(msg), off+1<<20)]...)); err != nil {
+				t.Errorf("write the fragment at %d: %v", off, err)
+				return
+			}
+		}
+	}()
+	if got := recvBig(t, member, make([]byte, mtu)); !bytes.Equal(got, msg) {
+		t.Fatalf("the member got %d bytes from the raw client, want %d", len(got), len(msg))
+	}
+	back := bigPayload(rand.New(rand.NewPCG(13, 14)), 5<<20+1, 2)
+	go member.Send(back)
+	var joined []byte
+	pkt := make([]byte, 8+1<<20)
+	for len(joined) < len(back) {
+		n, err := unix.Read(data, pkt)
+		if err != nil || n < 8 {
+			t.Fatalf("raw client read %d bytes: %v", n, err)
+		}
+		total, off := binary.LittleEndian.Uint32(pkt), binary.LittleEndian.Uint32(pkt[4:])
+		if int(total) != len(back) || int(off) != len(joined) {
+			t.Fatalf("fragment at %d of %d after %d bytes, want the next of %d", off, total, len(joined), len(back))
+		}
+		joined = append(joined, pkt[8:n]...)
+	}
+	if !bytes.Equal(joined, back) {
+		t.Fatal("the raw client joined another message than the member sent")
 	}
 }
 

@@ -99,8 +99,8 @@ func TestOptions(t *testing.T) {
 		v     uint32
 		texts []string
 	}{
-		{wire.OptMTU, 0, []string{"mtu 0", "1..4194304"}},
-		{wire.OptMTU, 4<<20 + 1, []string{"mtu 4194305"}},
+		{wire.OptMTU, 0, []string{"mtu 0", "1..67108864"}},
+		{wire.OptMTU, 64<<20 + 1, []string{"mtu 67108865"}},
 		{wire.OptNumNodes, 0, []string{"ports 0", "1..65536"}},
 		{wire.OptMsgPoolSize, 1 << 17, []string{"pool size 131072"}},
 		{wire.OptFlags, 0x100, []string{"flags 0x100", "lossless"}},

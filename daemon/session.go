@@ -627,16 +627,21 @@ func (ss *session) doConnect(fds []int) (reply []byte, rfds []int, err error) {
 		}
 	}
 	if ep == nil {
+		if wire.Fragmented(cfg.MTU) && ss.version < wire.FragVersion {
+			return nil, nil, fmt.Errorf("%s: an MTU of %d bytes, over %d, has its messages in fragments, which protocol version %d has not (version %d and later do): %w",
+				cfg.Name, cfg.MTU, wire.FragMTU, ss.version, wire.FragVersion, syscall.EPROTONOSUPPORT)
+		}
 		pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
 			return nil, nil, err
 		}
 		if cfg.MTU > engine.BigMin {
-			// Both ends' send buffers hold a message of the MTU: forced
-			// by a daemon run by root, else as far as wmem_max lets
+			// Both ends' send buffers hold a message of the MTU, or
+			// four fragments on a network of fragments: forced by a
+			// daemon run by root, else as far as wmem_max lets
 			// (docs/protocol.md).
-			sockio.SizeFor(pair[0], cfg.MTU)
-			sockio.SizeFor(pair[1], cfg.MTU)
+			sockio.SizeFor(pair[0], min(cfg.MTU, wire.FragMTU))
+			sockio.SizeFor(pair[1], min(cfg.MTU, wire.FragMTU))
 		}
 		f := os.NewFile(uintptr(pair[0]), "ipn-data")
 		c, err := net.FileConn(f)
@@ -646,7 +651,7 @@ func (ss *session) doConnect(fds []int) (reply []byte, rfds []int, err error) {
 			return nil, nil, err
 		}
 		ss.data = c.(*net.UnixConn)
-		sp := seqpacket.New(ss.data, ss.sendOOB)
+		sp := seqpacket.NewFor(ss.data, ss.sendOOB, cfg.MTU)
 		ep, rfds = sp, []int{pair[1]}
 		if cfg.Flags&engine.Lossless == 0 {
 			ep = seqpacket.Lossy{Endpoint: sp}

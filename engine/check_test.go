@@ -36,7 +36,7 @@ func TestChecksAreTheEngines(t *testing.T) {
 		_, err := tc.cfg.WithDefaults()
 		same(tc.what, err, tc.check)
 	}
-	if !strings.Contains(engine.CheckMTU(0).Error(), "mtu 0: want 1..4194304 bytes") {
+	if !strings.Contains(engine.CheckMTU(0).Error(), "mtu 0: want 1..67108864 bytes") {
 		t.Errorf("CheckMTU(0): %v", engine.CheckMTU(0))
 	}
 	for _, v := range []int{-1, 0, 1, engine.MaxPorts - 1} {

@@ -45,11 +45,12 @@ const (
 	DefaultMTU      = 1514
 	DefaultPorts    = 64
 	DefaultPoolSize = 8
-	// MaxMTU is 4 MiB: the longest packet a Unix SOCK_SEQPACKET socket
-	// carries is about 4 MiB + 68 KiB (the kernel's largest linear
-	// allocation and its page fragments); 64 MiB needs fragments on the
-	// data socket (issue 14).
-	MaxMTU = 4 << 20
+	// MaxMTU is 64 MiB. One packet of a Unix SOCK_SEQPACKET socket
+	// carries at most about 4 MiB + 68 KiB (the kernel's largest linear
+	// allocation and its page fragments): the data sockets of a network
+	// whose MTU is over 4 MiB carry its messages in fragments (protocol
+	// version 4, internal/wire's frag.go).
+	MaxMTU = 64 << 20
 	// MaxOOB is the longest out-of-band message, whatever the MTU.
 	MaxOOB      = 65535
 	MaxPorts    = 65536

@@ -25,8 +25,10 @@ import (
 // Version is the protocol version a client announces in OpHello, and the
 // newest a daemon speaks. Version 2 added the status page of a connect's
 // reply and the hello's reply (EncodeHelloReply); version 3, taps opened
-// with IFF_VNET_HDR (a daemon of version 3 takes them with offloads).
-const Version = 3
+// with IFF_VNET_HDR (a daemon of version 3 takes them with offloads);
+// version 4 (FragVersion), networks whose MTU is over FragMTU, whose data
+// sockets carry fragments (frag.go).
+const Version = 4
 
 // MinVersion is the oldest protocol version a daemon still serves.
 const MinVersion = 1
