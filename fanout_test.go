@@ -20,6 +20,7 @@ import (
 	"github.com/ipn-project/ipn"
 	"github.com/ipn-project/ipn/internal/shmring"
 	"github.com/ipn-project/ipn/internal/wire"
+	"github.com/ipn-project/ipn/port/shm"
 )
 
 // sharedLogs counts this process's read-only mappings of a hub's shared
@@ -388,6 +389,18 @@ func TestHubBigChunksFromAHostileMember(t *testing.T) {
 			p.PutChunk(make([]byte, 1000), shmring.ChunkNext|shmring.ChunkMore)
 			p.Put([]byte("after"))
 		}},
+		{"empty chunks", true, func(p *shmring.Producer) {
+			p.PutChunk(first(200000, 60000), shmring.ChunkMore)
+			p.PutChunk(nil, shmring.ChunkNext|shmring.ChunkMore)
+		}},
+		{"a whole ring of a message refused", false, func(p *shmring.Producer) {
+			// Its slots are the member's again once dropped: the
+			// test waits for room, then sends "after".
+			p.PutChunk(first(mtu+1, 1000), shmring.ChunkMore)
+			for ok := true; ok; {
+				ok, _ = p.PutChunk(make([]byte, 1000), shmring.ChunkNext|shmring.ChunkMore)
+			}
+		}},
 		{"chunks of no message", false, func(p *shmring.Producer) {
 			p.PutChunk(make([]byte, 1000), shmring.ChunkNext|shmring.ChunkMore)
 			p.PutChunk(make([]byte, 1000), shmring.ChunkNext)
@@ -400,6 +413,12 @@ func TestHubBigChunksFromAHostileMember(t *testing.T) {
 			tc.send(p)
 			p.Publish()
 			s.wake()
+			if full, _ := p.Full(); full {
+				waitFor(t, 10*time.Second, "room in the member's ring", func() bool { f, _ := p.Full(); return !f })
+				p.PutChunk(make([]byte, 1000), shmring.ChunkNext) // the refused message's end
+				p.Push([]byte("after"))
+				s.wake()
+			}
 			if tc.loses {
 				waitFor(t, 15*time.Second, "the member's port dropped", func() bool { _, p := readersOf(path); return p == 2 })
 			} else {
@@ -416,5 +435,72 @@ func TestHubBigChunksFromAHostileMember(t *testing.T) {
 				t.Fatalf("after: %d bytes, %v", n, err)
 			}
 		})
+	}
+}
+
+// Members that send the first chunk of a big message and never the rest
+// hold the hub's budget for big messages only ChunkTimeout: then the
+// others' big messages flow again, and the stalled members keep their
+// ports.
+func TestHubBigChunksStalledMembers(t *testing.T) {
+	const mtu = 1 << 20
+	path := filepath.Join(tempDir(t), "big")
+	a := bindAt(t, ipn.Hub, path, func(s *ipn.Socket) {
+		if err := s.SetMTU(mtu); err != nil {
+			t.Fatal(err)
+		}
+	}, true)
+	b := member(t, path, nil)
+	for range 2 { // the budget is twice the MTU
+		s := newScribblerWith(t, path, wire.FastPathLog, wire.FastPathFDs+1)
+		p := s.r.Producer(shmring.ToDaemon)
+		c := make([]byte, 1000)
+		binary.LittleEndian.PutUint32(c, mtu)
+		p.PutChunk(c, shmring.ChunkMore)
+		p.Publish()
+		s.wake()
+	}
+	big := bytes.Repeat([]byte{9}, mtu)
+	buf := make([]byte, mtu)
+	start := time.Now()
+	waitFor(t, 4*shm.ChunkTimeout, "a big message after the stalls", func() bool {
+		a.Send(big)
+		b.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+		n, _, err := b.Recv(buf)
+		return err == nil && n == mtu && bytes.Equal(buf, big)
+	})
+	t.Logf("big messages flow again after %v", time.Since(start))
+	if _, ports := readersOf(path); ports != 4 {
+		t.Fatalf("%d ports, want 4: the stalled members keep theirs", ports)
+	}
+}
+
+// A member that reads the others' messages and then sends many of its own
+// without reading shows no drops: its own messages, which the log writes
+// over, are not its losses.
+func TestHubOwnMessagesAreNotDrops(t *testing.T) {
+	path, a := bindNet(t, nil)
+	b := member(t, path, nil)
+	for i := range 200 {
+		b.Send(seqMsg(i))
+	}
+	buf := make([]byte, 2048)
+	for range 200 {
+		a.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, _, err := a.Recv(buf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	msg := make([]byte, 1400)
+	for range 5000 { // several laps of the log
+		a.Send(msg)
+	}
+	drainAll(b)
+	nets, err := ipn.List(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := portByNum(nets[0], a.Port()); st.Drops != 0 || st.MsgsOut != 200 {
+		t.Fatalf("a: %+v, want 200 delivered and no drops", st)
 	}
 }

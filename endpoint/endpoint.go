@@ -107,9 +107,9 @@ type FanOut interface {
 type FanOutReader interface {
 	// FanOut returns the fan-out the endpoint reads, or nil.
 	FanOut() FanOut
-	// FanOutMissed returns how many messages the node missed on it, by
-	// the node's own count.
-	FanOutMissed() uint64
+	// FanOutMissed returns how many messages the node missed on it, and
+	// how many of the others' it took, by the node's own count.
+	FanOutMissed() (missed, taken uint64)
 }
 
 // DirectWriter is implemented by endpoints whose writes never block (a

@@ -214,7 +214,10 @@ func (p *Port) Stats() PortStats {
 	}
 	if p.fr != nil {
 		// What the fan-out lapped was counted as delivered when put.
-		missed := min(p.fr.FanOutMissed(), st.MsgsOut)
+		// The node's count of what it missed includes its own messages:
+		// it missed at most what was put for it and it did not take.
+		missed, taken := p.fr.FanOutMissed()
+		missed = min(missed, st.MsgsOut-min(taken, st.MsgsOut))
 		st.MsgsOut -= missed
 		st.Drops += missed
 	}

@@ -43,6 +43,7 @@ const (
 	logHeadOff = 1024 // next position
 	logSeqOff  = 1032 // sequence number of the next message
 	logMissOff = 1040 // messages missed
+	logTookOff = 1048 // messages of others taken
 )
 
 // LogBytes returns the size of the records' area of a log for messages of
@@ -269,7 +270,9 @@ func (l *Log) Put(msg []byte, from int) bool {
 		// changes stays in their caches.
 		l.reserved = end + l.size/16
 		l.forget(l.reserved)
-		l.resv.Store(l.reserved)
+		// A swap, not a store: the writes over the reserved bytes that
+		// follow may not be seen before it, on any processor.
+		l.resv.Swap(l.reserved)
 	}
 	if off+rl > l.size {
 		// Pad to the area's end: a record is never cut in two.
@@ -337,13 +340,15 @@ func (r *Region) StartLog(pos, seq uint64) {
 	r.u64(logHeadOff).Store(pos)
 	r.u64(logSeqOff).Store(seq)
 	r.u64(logMissOff).Store(0)
+	r.u64(logTookOff).Store(0)
 }
 
-// LogPlace returns the member's place in the log and the count of
-// messages it says it missed because the log lapped it: the member's own
+// LogPlace returns the member's place in the log, the count of messages
+// it says it missed because the log lapped it (its own among them), and
+// the count of other members' messages it says it took: the member's own
 // word, for its counters.
-func (r *Region) LogPlace() (head, seq, missed uint64) {
-	return r.u64(logHeadOff).Load(), r.u64(logSeqOff).Load(), r.u64(logMissOff).Load()
+func (r *Region) LogPlace() (head, seq, missed, taken uint64) {
+	return r.u64(logHeadOff).Load(), r.u64(logSeqOff).Load(), r.u64(logMissOff).Load(), r.u64(logTookOff).Load()
 }
 
 // LogReader is a member's end of a log. Its methods must not be called
@@ -353,18 +358,19 @@ type LogReader struct {
 	self uint32 // the member's port: its own messages are skipped
 	// The reader's place, kept in its region so that the daemon sees
 	// what it missed; the copies here are the reader's own.
-	head, seq, missed  uint64
-	headP, seqP, missP *atomic.Uint64
-	avail              uint64 // positions below this are published
-	laps               int    // laps in a row, in one Pop
+	head, seq, missed, taken  uint64
+	headP, seqP, missP, takeP *atomic.Uint64
+	avail                     uint64 // positions below this are published
+	laps                      int    // laps in a row, in one Pop
+	fence                     atomic.Uint32
 }
 
 // Reader returns the reading end of log l for the member of region r at
 // port self, starting where the daemon placed it (StartLog).
 func (l *Log) Reader(r *Region, self int) *LogReader {
 	lr := &LogReader{log: l, self: uint32(self),
-		headP: r.u64(logHeadOff), seqP: r.u64(logSeqOff), missP: r.u64(logMissOff)}
-	lr.head, lr.seq, lr.missed = lr.headP.Load(), lr.seqP.Load(), lr.missP.Load()
+		headP: r.u64(logHeadOff), seqP: r.u64(logSeqOff), missP: r.u64(logMissOff), takeP: r.u64(logTookOff)}
+	lr.head, lr.seq, lr.missed, lr.taken = lr.headP.Load(), lr.seqP.Load(), lr.missP.Load(), lr.takeP.Load()
 	lr.avail = lr.head
 	return lr
 }
@@ -416,7 +422,10 @@ func (lr *LogReader) Pop(b []byte) (int, bool) {
 			}
 		}
 		// What was read is whole only if the writer has not begun to
-		// write over it since.
+		// write over it since. The read-modify-write orders the copy's
+		// loads before the reserve's (a plain load may pass an acquire
+		// load on weakly ordered processors).
+		lr.fence.Add(0)
 		if next == 0 || l.resv.Load() > lr.head+l.size || next > lr.avail {
 			lr.lapped()
 			continue
@@ -437,6 +446,7 @@ func (lr *LogReader) Pop(b []byte) (int, bool) {
 		if from == lr.self {
 			continue
 		}
+		lr.taken++
 		return int(ln), true
 	}
 }
@@ -461,6 +471,7 @@ func (lr *LogReader) Release() {
 	lr.headP.Store(lr.head)
 	lr.seqP.Store(lr.seq)
 	lr.missP.Store(lr.missed)
+	lr.takeP.Store(lr.taken)
 }
 
 // Missed returns the count of messages the reader missed, lapped.

@@ -92,7 +92,7 @@ func TestLogLapsASlowReader(t *testing.T) {
 		w.Put(numbered(i, size), 1)
 	}
 	w.Publish()
-	head, seq, _ := reg.LogPlace()
+	head, seq, _, _ := reg.LogPlace()
 	lost := w.Behind(head, seq)
 	if lost == 0 || lost >= uint64(total) {
 		t.Fatalf("behind %d of %d", lost, total)
@@ -121,9 +121,9 @@ func TestLogLapsASlowReader(t *testing.T) {
 		t.Fatalf("read %d from %d, of %d", got, first, total)
 	}
 	lr.Release()
-	head, seq, missed := reg.LogPlace()
-	if w.Behind(head, seq) != 0 || missed != uint64(first) {
-		t.Fatalf("after reading: behind %d, missed %d", w.Behind(head, seq), missed)
+	head, seq, missed, taken := reg.LogPlace()
+	if w.Behind(head, seq) != 0 || missed != uint64(first) || taken != uint64(got) {
+		t.Fatalf("after reading: behind %d, missed %d, took %d (read %d)", w.Behind(head, seq), missed, taken, got)
 	}
 }
 

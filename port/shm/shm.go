@@ -15,8 +15,10 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -44,7 +46,8 @@ type Endpoint struct {
 	log      *Log         // the hub's log the member reads, or nil
 	port     atomic.Int32 // the port's number, once joined; -1 before
 	mmu      sync.Mutex   // guards the region's mapping for FanOutMissed, and missed
-	missed   uint64       // the member's count when last read
+	missed   uint64       // the member's counts when last read
+	taken    uint64
 	closed   atomic.Bool
 	pausedR  atomic.Bool // Read returns ErrPaused rather than wait
 	pausedW  atomic.Bool // a lossless write returns rather than wait
@@ -174,15 +177,22 @@ func (e *Endpoint) FanOut() endpoint.FanOut {
 }
 
 // FanOutMissed implements endpoint.FanOutReader: the messages the member
-// says it missed, lapped by the log.
-func (e *Endpoint) FanOutMissed() uint64 {
+// missed, lapped by the log (what it says, and those written over before
+// it read them), and the other members' messages it says it took.
+func (e *Endpoint) FanOutMissed() (missed, taken uint64) {
 	e.mmu.Lock()
 	defer e.mmu.Unlock()
-	if e.log == nil || e.closed.Load() {
-		return e.missed
+	if e.log != nil && !e.closed.Load() {
+		e.readPlace()
 	}
-	e.missed = e.log.missed(e.region.LogPlace())
-	return e.missed
+	return e.missed, e.taken
+}
+
+// readPlace takes the member's counts from its region; under mmu, while
+// the region is mapped.
+func (e *Endpoint) readPlace() {
+	head, seq, missed, taken := e.region.LogPlace()
+	e.missed, e.taken = e.log.missed(head, seq, missed), taken
 }
 
 // PauseRead implements endpoint.Pauser.
@@ -456,7 +466,7 @@ func (e *Endpoint) leaveLog() {
 		return
 	}
 	e.mmu.Lock()
-	e.missed = e.log.missed(e.region.LogPlace())
+	e.readPlace()
 	e.mmu.Unlock()
 	e.log.remove(e)
 }
@@ -484,14 +494,16 @@ func (e *Endpoint) ReadBig(bufs [][]byte, sizes []int, grow func(i, size int) ([
 		if e.closed.Load() {
 			return 0, e.fail(nil)
 		}
-		n, err := e.popBig(bufs, sizes, grow)
+		n, dropped, err := e.popBig(bufs, sizes, grow)
 		if err != nil {
 			if errors.Is(err, shmring.ErrCorrupt) {
 				e.corrupt()
 			}
 			return n, e.fail(err)
 		}
-		if n > 0 {
+		if n > 0 || dropped {
+			// A dropped message's buffer goes back to the budget when
+			// the engine has the batch back, not after the next wait.
 			return n, nil
 		}
 		if e.peerGone.Load() {
@@ -510,10 +522,12 @@ func (e *Endpoint) ReadBig(bufs [][]byte, sizes []int, grow func(i, size int) ([
 }
 
 // popBig pops whole messages into bufs, joining chunks; under rmu.
-func (e *Endpoint) popBig(bufs [][]byte, sizes []int, grow func(i, size int) ([]byte, bool)) (int, error) {
-	n := 0
+func (e *Endpoint) popBig(bufs [][]byte, sizes []int, grow func(i, size int) ([]byte, bool)) (n int, dropped bool, err error) {
+	start := e.in.Next()
 	defer func() {
-		if n > 0 || e.skip {
+		// Slots popped, even those of a message dropped, are the
+		// member's again.
+		if e.in.Next() != start {
 			e.in.Release()
 			if e.in.ProducerWaiting() {
 				e.inSpace.Wake()
@@ -523,7 +537,7 @@ func (e *Endpoint) popBig(bufs [][]byte, sizes []int, grow func(i, size int) ([]
 	for n < len(bufs) {
 		l, flags, ok, err := e.in.PopChunk(bufs[n])
 		if err != nil || !ok {
-			return n, err
+			return n, dropped, err
 		}
 		switch {
 		case flags&shmring.ChunkNext != 0:
@@ -540,11 +554,11 @@ func (e *Endpoint) popBig(bufs [][]byte, sizes []int, grow func(i, size int) ([]
 		// The first chunk of a big message: its length, then its start.
 		e.skip = true
 		if l < 4 || l > len(bufs[n]) {
-			return n, fmt.Errorf("a first chunk of %d bytes: %w", l, shmring.ErrCorrupt)
+			return n, dropped, fmt.Errorf("a first chunk of %d bytes: %w", l, shmring.ErrCorrupt)
 		}
 		total := int(binary.LittleEndian.Uint32(bufs[n]))
 		if total <= ChunkSize || total < l-4 {
-			return n, fmt.Errorf("a big message of %d bytes in chunks: %w", total, shmring.ErrCorrupt)
+			return n, dropped, fmt.Errorf("a big message of %d bytes in chunks: %w", total, shmring.ErrCorrupt)
 		}
 		// bufs[n] goes back to its pool in grow.
 		e.head = append(e.head[:0], bufs[n][4:l]...)
@@ -554,48 +568,73 @@ func (e *Endpoint) popBig(bufs [][]byte, sizes []int, grow func(i, size int) ([]
 			continue // dropped (counted), or left for a pause: skipped either way
 		}
 		bufs[n] = buf // the pooled one is no longer msgs[n]'s
-		off := copy(buf, head)
-		whole := true
-		for whole && flags&shmring.ChunkMore != 0 {
-			cl, cf, ok, err := e.in.PopChunk(buf[off:])
-			if err != nil {
-				return n, err
-			}
-			if !ok {
-				e.in.Release()
-				if e.in.ProducerWaiting() {
-					e.inSpace.Wake()
-				}
-				if err := e.in.WaitData(e.inData, e.readStop); err != nil {
-					return n, err
-				}
-				if empty, err := e.in.Empty(); err != nil || empty && e.readStop() {
-					// Paused, closed, or the member gone before its
-					// message's end: the message is dropped, its rest
-					// skipped.
-					return n, err
-				}
-				continue
-			}
-			if cf&shmring.ChunkNext == 0 {
-				// The member gave up on this message (a deadline
-				// passed) and sends the next: this one is dropped.
-				e.in.Unpop()
-				whole = false
-				break
-			}
-			if off+cl > total {
-				return n, fmt.Errorf("chunk of %d bytes at %d of %d: %w", cl, off, total, shmring.ErrCorrupt)
-			}
-			off += cl
-			flags = cf
+		whole, err := e.chunks(buf, copy(buf, head), total)
+		if err != nil {
+			return n, dropped, err
 		}
-		e.skip = false
-		if !whole || off != total {
-			continue // cut short: dropped, and the buffer with it
+		if !whole {
+			return n, true, nil // its buffer is msgs[n]'s, to free
 		}
 		sizes[n] = total
 		n++
 	}
-	return n, nil
+	return n, dropped, nil
+}
+
+// ChunkTimeout is how long a member has for all of a big message's
+// chunks once the daemon has its first: the network's budget holds the
+// message's buffer meanwhile. A message not whole by then is dropped.
+const ChunkTimeout = 2 * time.Second
+
+// chunks reads the chunks after the first of a message of total bytes
+// into buf, off of them read, waiting for them up to ChunkTimeout; it
+// reports whether the message is whole. A message the member gave up on
+// (the next begins), that a pause, a close or the member's leaving cut
+// short, or that took too long, is not: its rest, if any, is skipped.
+// Under rmu.
+func (e *Endpoint) chunks(buf []byte, off, total int) (bool, error) {
+	deadline := time.Now().Add(ChunkTimeout)
+	e.inData.SetDeadline(deadline)
+	defer e.inData.SetDeadline(time.Time{})
+	for {
+		cl, cf, ok, err := e.in.PopChunk(buf[off:])
+		if err != nil {
+			return false, err
+		}
+		if !ok {
+			e.in.Release()
+			if e.in.ProducerWaiting() {
+				e.inSpace.Wake()
+			}
+			err := e.in.WaitData(e.inData, e.readStop)
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				return false, nil // too slow: e.skip skips the rest
+			}
+			if err != nil {
+				return false, err
+			}
+			if empty, err := e.in.Empty(); err != nil || empty && e.readStop() {
+				return false, err
+			}
+			continue
+		}
+		if cf&shmring.ChunkNext == 0 {
+			// The member gave up on this message (a deadline passed)
+			// and sends the next: it is that one's.
+			e.in.Unpop()
+			e.skip = false
+			return false, nil
+		}
+		if cl == 0 || off+cl > total {
+			return false, fmt.Errorf("chunk of %d bytes at %d of %d: %w", cl, off, total, shmring.ErrCorrupt)
+		}
+		off += cl
+		if cf&shmring.ChunkMore == 0 {
+			e.skip = false
+			return off == total, nil
+		}
+		if e.readStop() || time.Now().After(deadline) {
+			return false, nil // e.skip skips the rest
+		}
+	}
 }
