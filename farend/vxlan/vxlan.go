@@ -47,12 +47,16 @@
 // Sending is lossy like a wire: a datagram the network refuses is dropped.
 // Frames move in batches, with UDP segmentation and receive coalescing
 // where the kernel has them (see udp.Conn). A Linux VXLAN device whose
-// lower device offloads segmentation (a veth's defaults) may send the
-// datagrams of a socket's UDP GSO run as one frame, their segmentation
-// left to do: the endpoint cuts them, checksums finished. A TCP segment
-// it sends so (TSO) arrives as one frame longer than the MTU, with its
-// checksum unfinished, and is not cut here: turn the lower device's tx
-// offload off (docs/multihost.md).
+// lower device offloads segmentation and checksums (a veth's defaults)
+// leaves that work undone in what it sends through a veth: the datagrams
+// of a socket's UDP GSO run, or a TCP segment of up to 64 KiB (TSO), as
+// one frame, and inner TCP and UDP checksums unfinished. The endpoint
+// cuts such a frame (UDP at the segment size the kernel gives, TCP into
+// frames that fill a VXLAN datagram on the link to the sender: the kernel
+// gives none) and finishes the checksums (see csum.go), so that Read
+// returns what the device would have sent on a wire. The TCP segments may
+// be longer than the connection agreed: a network whose MTU is below the
+// link's frames drops them (docs/multihost.md).
 package vxlan
 
 import (
@@ -63,11 +67,14 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/ipn-project/ipn/endpoint"
 	"github.com/ipn-project/ipn/endpoint/vnet"
 	"github.com/ipn-project/ipn/farend/udp"
+
+	"golang.org/x/sys/unix"
 )
 
 const (
@@ -202,6 +209,11 @@ type Endpoint struct {
 	segs    [][]byte
 	segNext int    // the first of segs not read
 	w       Sender // Write's
+
+	mtus  map[netip.Addr]linkMTU // Read's: the links to senders (see linkFrame)
+	probe *net.UDPConn           // Read's: asks for them (see routeMTU)
+
+	cuts, cutFrames, finished atomic.Uint64 // see OffloadStats
 }
 
 var _ endpoint.Endpoint = (*Endpoint)(nil)
@@ -230,6 +242,7 @@ func New(ctx context.Context, cfg Config) (*Endpoint, error) {
 		group: cfg.Addr.IsMulticast(),
 		dst:   net.UDPAddrFromAddrPort(netip.AddrPortFrom(cfg.Addr, uint16(cfg.Port))),
 		rb:    udp.NewRecvBatch(recvBatch),
+		mtus:  map[netip.Addr]linkMTU{},
 	}
 	e.rb.Split = Coalesced
 	e.srcLo, e.srcHi = uint16(cfg.SrcPortMin), uint16(cfg.SrcPortMax)
@@ -258,10 +271,17 @@ func New(ctx context.Context, cfg Config) (*Endpoint, error) {
 		return nil, err
 	}
 	c := pc.(*net.UDPConn)
+	probe, err := lc.ListenPacket(ctx, udp.Network(cfg.Addr), netip.AddrPortFrom(bind, 0).String())
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	e.probe = probe.(*net.UDPConn)
 	if e.group {
 		e.fdb = NewFDB(FDBSize, FDBExpire)
 		if err := joinGroup(c, v6, ifi, cfg); err != nil {
 			c.Close()
+			e.probe.Close()
 			return nil, err
 		}
 	}
@@ -287,6 +307,22 @@ func (e *Endpoint) FDB() *FDB { return e.fdb }
 
 // Stats returns the counts of the endpoint's socket.
 func (e *Endpoint) Stats() udp.Stats { return e.conn.Stats() }
+
+// OffloadStats counts the work that Read did which a Linux VXLAN device
+// left to its lower device's hardware (see csum.go). The counts only grow.
+type OffloadStats struct {
+	// SuperFrames counts the TCP or UDP super-packets cut, Segments the
+	// frames cut from them.
+	SuperFrames, Segments uint64
+	// Finished counts the frames whose TCP or UDP checksum, left to
+	// finish, Read finished.
+	Finished uint64
+}
+
+// OffloadStats returns the counts so far.
+func (e *Endpoint) OffloadStats() OffloadStats {
+	return OffloadStats{SuperFrames: e.cuts.Load(), Segments: e.cutFrames.Load(), Finished: e.finished.Load()}
+}
 
 // Read implements endpoint.Endpoint.Read: it blocks until at least one
 // frame of the endpoint's VNI arrives and returns those already received,
@@ -330,8 +366,11 @@ func (e *Endpoint) Read(bufs [][]byte, sizes []int) (int, error) {
 			// Frames to the source MAC go back to the sender's VXLAN port.
 			e.fdb.Learn(frame[6:12], netip.AddrPortFrom(d.From.Addr(), uint16(e.cfg.Port)))
 		}
-		if d.GSO > 0 && !d.Trunc && e.cut(frame, d.GSO) {
+		if !d.Trunc && e.cut(frame, d) {
 			continue
+		}
+		if !d.Trunc && finishPartial(frame) {
+			e.finished.Add(1)
 		}
 		put(frame)
 		if d.Trunc {
@@ -341,13 +380,36 @@ func (e *Endpoint) Read(bufs [][]byte, sizes []int) (int, error) {
 	return k, nil
 }
 
-// cut cuts frame, the UDP datagrams that a Linux VXLAN device sent as one
-// with their segmentation left to do (UDP GSO inside the tunnel, handed to
-// a socket with UDP_GRO whole) into datagrams of size bytes of payload,
-// their checksums finished, for Read to take from segs. It reports false
-// for a frame that is not such datagrams: Read takes it whole.
-func (e *Endpoint) cut(frame []byte, size int) bool {
-	h := vnet.Hdr{GSOType: vnet.GSOUDPL4, GSOSize: uint16(min(size, 0xffff))}
+// cut cuts frame, from d, if it is a TCP or UDP super-packet that a Linux
+// VXLAN device sent as one datagram with its segmentation left to do (TSO
+// or UDP GSO inside the tunnel; see csum.go), into frames with their
+// checksums finished, for Read to take from segs. The kernel gives the
+// segment size of UDP GSO (d.GSO) but not of TSO: a TCP packet longer
+// than a VXLAN datagram on the link to the sender can carry (linkFrame)
+// is cut into segments that fill such datagrams, as the device would have
+// sent them on a wire with its MTU at Linux's default (the link's less the
+// tunnel's headers). It reports false for any other frame: Read takes it
+// whole.
+func (e *Endpoint) cut(frame []byte, d udp.Datagram) bool {
+	size := d.GSO
+	if size == 0 && len(frame) <= minLinkFrame {
+		return false
+	}
+	in, ok := parseInner(frame)
+	if !ok || in.end != len(frame) {
+		return false
+	}
+	if size == 0 {
+		if in.proto != protoTCP {
+			return false // an IP packet too big for a wire, but not a super-packet
+		}
+		limit := e.linkFrame(d.From.Addr())
+		if len(frame) <= limit || limit-in.hlen < minSegment {
+			return false
+		}
+		size = limit - in.hlen
+	}
+	h := vnet.Hdr{GSOType: in.gsoType(), GSOSize: uint16(min(size, 0xffff))}
 	n, err := vnet.SegmentedLen(frame, h)
 	if err != nil {
 		return false
@@ -360,7 +422,91 @@ func (e *Endpoint) cut(frame []byte, size int) bool {
 		return false
 	}
 	e.segs, e.segNext = segs, 0
+	e.cuts.Add(1)
+	e.cutFrames.Add(uint64(len(segs)))
 	return true
+}
+
+const (
+	// minLinkFrame is the longest frame that a VXLAN datagram carries on
+	// any link (IPv6's minimum MTU, 1280, less the tunnel's headers over
+	// IPv6): cut looks for no link's MTU for a frame no longer.
+	minLinkFrame = 1280 - 40 - 8 - HeaderLen
+	// minSegment is the least TCP payload per segment cut uses (IPv4's
+	// default MSS).
+	minSegment = 536
+	// linkMTURefresh is how long a link's MTU is taken as known.
+	linkMTURefresh = 10 * time.Second
+	// linkMTUs is the most senders whose links' MTUs are remembered.
+	linkMTUs = 64
+)
+
+// linkMTU is a link's MTU as linkFrame found it.
+type linkMTU struct {
+	mtu int
+	at  time.Time
+}
+
+// linkFrame returns the longest frame that a VXLAN datagram to or from
+// addr carries on the link the route to addr takes: its MTU (1500 if it
+// cannot be found) less the IP, UDP and VXLAN headers. It is Read's.
+func (e *Endpoint) linkFrame(addr netip.Addr) int {
+	now := time.Now()
+	l, ok := e.mtus[addr]
+	if !ok || now.Sub(l.at) > linkMTURefresh {
+		if len(e.mtus) >= linkMTUs {
+			clear(e.mtus)
+		}
+		mtu, err := routeMTU(e.probe, e.cfg.Addr.Is6(), addr)
+		if err != nil {
+			mtu = 1500
+		}
+		l = linkMTU{mtu, now}
+		e.mtus[addr] = l
+	}
+	ipLen := 20
+	if addr.Is6() {
+		ipLen = 40
+	}
+	return l.mtu - ipLen - 8 - HeaderLen
+}
+
+// routeMTU returns the MTU of the route to addr, as probe (IPv6 if v6)
+// finds it once connected to addr (IP_MTU, IPV6_MTU). probe, a UDP socket
+// made with the endpoint, asks in the endpoint's network namespace,
+// whatever the thread that calls.
+func routeMTU(probe *net.UDPConn, v6 bool, addr netip.Addr) (int, error) {
+	if !v6 && !addr.Is4() {
+		return 0, fmt.Errorf("route to %v from an IPv4 socket", addr)
+	}
+	rc, err := probe.SyscallConn()
+	if err != nil {
+		return 0, fmt.Errorf("route to %v: %w", addr, err)
+	}
+	var mtu int
+	var serr error
+	err = rc.Control(func(fd uintptr) {
+		s := int(fd)
+		var sa unix.Sockaddr = &unix.SockaddrInet4{Port: DefaultPort, Addr: addr.As4()}
+		if v6 {
+			sa = &unix.SockaddrInet6{Port: DefaultPort, Addr: addr.As16()}
+		}
+		if serr = unix.Connect(s, sa); serr != nil {
+			return
+		}
+		if addr.Is4() {
+			mtu, serr = unix.GetsockoptInt(s, unix.IPPROTO_IP, unix.IP_MTU)
+		} else {
+			mtu, serr = unix.GetsockoptInt(s, unix.IPPROTO_IPV6, unix.IPV6_MTU)
+		}
+	})
+	if err == nil {
+		err = serr
+	}
+	if err != nil {
+		return 0, fmt.Errorf("MTU of the route to %v: %w", addr, err)
+	}
+	return mtu, nil
 }
 
 // accept reports whether a datagram from src passes the source checks:
@@ -439,4 +585,7 @@ func (e *Endpoint) BatchSize() int { return BatchSize }
 
 // Close implements endpoint.Endpoint.Close: it closes the socket (leaving
 // the group), which ends a Read or Write in progress with net.ErrClosed.
-func (e *Endpoint) Close() error { return e.conn.Close() }
+func (e *Endpoint) Close() error {
+	e.probe.Close()
+	return e.conn.Close()
+}
