@@ -161,3 +161,49 @@ func TestMountBigMessage(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A device file of a network of MTU 64 MiB carries 32 MiB messages each
+// way in one write(2) and one read(2), as the kernel's 128 KiB requests,
+// the files charged for the messages they hold rather than the MTU (a
+// reading and a writing file of one user, both open).
+func TestMountHugeMessage(t *testing.T) {
+	requireRoot(t)
+	requireFUSE(t)
+	path, mem := bindNet(t, func(s *ipn.Socket) {
+		if err := s.SetMTU(ipn.MaxMTU); err != nil {
+			t.Fatal(err)
+		}
+		s.SetFlags(ipn.Lossless)
+	})
+	_, file, m := mountNet(t, path)
+	defer stopMount(t, m)
+	rfd, wfd := openDev(t, path, file)
+	r := rand.New(rand.NewPCG(14, 4))
+	buf := make([]byte, 32<<20+4096)
+
+	msg := bigPayload(r, 32<<20+1000, 1)
+	start := time.Now()
+	if n, err := unix.Write(wfd, msg); n != len(msg) || err != nil {
+		t.Fatalf("write of %d bytes: %d, %v", len(msg), n, err)
+	}
+	if got := recvBig(t, mem, buf); !bytes.Equal(got, msg) {
+		t.Fatalf("device file to a member: %d bytes, want %d", len(got), len(msg))
+	}
+	t.Logf("device file to a member, 32 MiB: %v", time.Since(start))
+	if got := readDevInto(t, rfd, buf); !bytes.Equal(got, msg) {
+		t.Fatalf("device file to the reading file: %d bytes, want %d", len(got), len(msg))
+	}
+
+	back := bigPayload(r, 32<<20, 2)
+	start = time.Now()
+	errc := make(chan error, 1)
+	go func() { errc <- mem.Send(back) }()
+	if got := readDevInto(t, rfd, buf); !bytes.Equal(got, back) {
+		t.Fatalf("member to a device file: %d bytes, want %d", len(got), len(back))
+	}
+	t.Logf("member to a device file, 32 MiB: %v", time.Since(start))
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	expectNothing(t, mem)
+}

@@ -269,3 +269,139 @@ func TestBufferBound(t *testing.T) {
 		t.Fatalf("open after a close: %v", err)
 	}
 }
+
+// charged returns the message buffer bytes charged to uid.
+func charged(fsys *FS, uid uint32) int64 {
+	fsys.mu.Lock()
+	defer fsys.mu.Unlock()
+	return fsys.bufUser[uid]
+}
+
+// Files of a network of MTU 64 MiB (over HugeMTU) open without a charge
+// and are charged for the messages they hold: a write's buffer as it
+// grows, a message received until read. 32 MiB messages cross both ways;
+// a message that would pass MaxBufferPerUser waits to be received until
+// room is given back, and a write that would fails with EDQUOT.
+func TestHugeMessages(t *testing.T) {
+	daemontest.Start(t, daemon.Config{})
+	const mtu = 64 << 20
+	path, peer := bigNet(t, mtu)
+	fsys, _ := New(nil, Options{})
+	r, _, err := openAs(t, fsys, Name(path), fuse.OpenReadOnly)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, _, err := openAs(t, fsys, Name(path), fuse.OpenWriteOnly)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !r.huge || !w.huge || charged(fsys, 0) != 0 {
+		t.Fatalf("huge %v %v, %d bytes charged at open: want huge files, none", r.huge, w.huge, charged(fsys, 0))
+	}
+	// write writes msg as one write(2) in the kernel's requests.
+	write := func(msg []byte) error {
+		for off := 0; ; off += maxRequest {
+			part := msg[off:min(len(msg), off+maxRequest)]
+			var resp fuse.WriteResponse
+			if err := w.Write(context.Background(), &fuse.WriteRequest{Data: part, Offset: int64(off)}, &resp); err != nil {
+				return err
+			}
+			if len(part) < maxRequest {
+				return nil
+			}
+		}
+	}
+	// read reads one message as one read(2) in the kernel's requests.
+	read := func() []byte {
+		t.Helper()
+		var got []byte
+		for off := 0; ; off += maxRequest {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			var resp fuse.ReadResponse
+			err := r.Read(ctx, &fuse.ReadRequest{Offset: int64(off), Size: maxRequest}, &resp)
+			cancel()
+			if err != nil {
+				t.Fatalf("read at %d: %v", off, err)
+			}
+			if off == 0 && loop.IsProbe(resp.Data) {
+				off -= maxRequest
+				continue
+			}
+			got = append(got, resp.Data...)
+			if len(resp.Data) < maxRequest {
+				return got
+			}
+		}
+	}
+	waitCharged := func(want int64) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for charged(fsys, 0) != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d bytes charged, want %d", charged(fsys, 0), want)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+
+	// From a file to the member (and the reading file: a hub) and back,
+	// 32 MiB (not a multiple of a request: the last one ends the write).
+	msg := pattern(32<<20+5, 4)
+	if err := write(msg); err != nil {
+		t.Fatal(err)
+	}
+	if got := recvBytes(t, peer, mtu); !bytes.Equal(got, msg) {
+		t.Fatalf("the member got %d bytes from the file, want %d", len(got), len(msg))
+	}
+	if got := read(); !bytes.Equal(got, msg) {
+		t.Fatalf("the reading file got %d bytes from the writing one, want %d", len(got), len(msg))
+	}
+	waitCharged(0) // the write's buffer, given back once sent, and the read's
+	if err := peer.Send(msg); err != nil {
+		t.Fatal(err)
+	}
+	waitCharged(int64(len(msg))) // received ahead, not yet read
+	if got := read(); !bytes.Equal(got, msg) {
+		t.Fatalf("the file read %d bytes from the member, want %d", len(got), len(msg))
+	}
+	waitCharged(0)
+
+	// Two of 40 MiB: the second waits for the first to be read.
+	a, b := pattern(40<<20, 5), pattern(40<<20, 6)
+	if err := peer.Send(a); err != nil {
+		t.Fatal(err)
+	}
+	if err := peer.Send(b); err != nil {
+		t.Fatal(err)
+	}
+	waitCharged(int64(len(a)))
+	// Meanwhile a write of 32 MiB would pass the bound: EDQUOT, nothing
+	// sent, and so is the next write(2) (the retry of its rest); then a
+	// short one goes.
+	if err := write(msg); !errors.Is(err, syscall.EDQUOT) {
+		t.Fatalf("a write past the bound: %v, want EDQUOT", err)
+	}
+	if err := write(msg[len(msg)-100:]); !errors.Is(err, syscall.EDQUOT) {
+		t.Fatalf("the retry of its rest: %v, want EDQUOT", err)
+	}
+	if err := write([]byte("short")); err != nil {
+		t.Fatal(err)
+	}
+	if got := recvBytes(t, peer, mtu); string(got) != "short" {
+		t.Fatalf("after a refused write, the member got %d bytes, want short", len(got))
+	}
+	if c := charged(fsys, 0); c != int64(len(a)) {
+		t.Fatalf("%d bytes charged while the second message waits, want %d", c, len(a))
+	}
+	if got := read(); !bytes.Equal(got, a) {
+		t.Fatalf("first of two: %d bytes, not the message", len(got))
+	}
+	if got := read(); !bytes.Equal(got, b) {
+		t.Fatalf("second of two: %d bytes, not the message", len(got))
+	}
+	if got := read(); string(got) != "short" {
+		t.Fatalf("after them: %d bytes, want the short write", len(got))
+	}
+	waitCharged(0)
+	nothing(t, peer)
+}

@@ -63,6 +63,17 @@
 // for writing one more; the buffers of one user's open files are bounded
 // by MaxBufferPerUser (open fails with EDQUOT beyond it).
 //
+// A file of a network whose MTU is over 4 MiB (up to 64 MiB, whose
+// messages cross the data socket in fragments) is charged instead for the
+// messages it holds, in buffers of their own size: each message received
+// ahead, from when its first fragment arrives until a read(2) has taken
+// it, and the message of the write(2) open, as it grows. Opening one never
+// fails with EDQUOT; a message that would take the user past
+// MaxBufferPerUser waits to be received until the user's other files
+// give room back (read or close them), and a write(2) that would fails
+// with EDQUOT, sending nothing. A message that alone is over the bound (in
+// lines mode, one of 64 MiB and its newline) is dropped, and said so.
+//
 // With Options.Lines (ipn mount --lines) the files are for line tools
 // instead: a '\n' is appended to a message that does not end with one, so
 // that head -n1 and cat print one message per line (a truncated message
@@ -187,9 +198,15 @@ const SplitMTU = maxRequest - 4096
 
 // MaxBufferPerUser bounds the message buffers of one user's open files:
 // two of the MTU for a file opened for reading, one more for a file of a
-// network over SplitMTU opened for writing. Opens beyond it fail with
-// EDQUOT.
+// network over SplitMTU opened for writing (opens beyond it fail with
+// EDQUOT); on a network whose MTU is over HugeMTU, the messages its files
+// hold.
 const MaxBufferPerUser = 64 << 20
+
+// HugeMTU is the largest MTU whose files are charged for their buffers of
+// the MTU when opened; a file of a network with a larger MTU is charged
+// for the messages it holds (see the package documentation).
+const HugeMTU = 4 << 20
 
 // openStream is FOPEN_STREAM: the file has no position (bazil.org/fuse
 // has no name for it).
@@ -218,6 +235,7 @@ type FS struct {
 	open    map[*handle]struct{}
 	perUser map[uint32]int   // open files by user
 	bufUser map[uint32]int64 // message buffer bytes of open files, by user
+	room    chan struct{}    // closed when a file gives bytes of bufUser back
 	closed  bool
 	server  *fusefs.Server // for poll wakeups; set by Mount
 }
@@ -591,6 +609,14 @@ func (n *netNode) Open(ctx context.Context, req *fuse.OpenRequest, resp *fuse.Op
 	if err := s.SetDescription("devfs"); err != nil { // who opened it is the peer's, for managers
 		return fail(err)
 	}
+	n.fs.mu.Lock()
+	listed := n.info.MTU
+	n.fs.mu.Unlock()
+	if wantR && listed > HugeMTU {
+		// The data socket reads each message into a buffer of its own
+		// size (RecvFunc); the rings would copy it out of one of the MTU.
+		s.SetFastPath(false)
+	}
 	if err := s.ConnectFile(file); err != nil {
 		return fail(err)
 	}
@@ -602,11 +628,11 @@ func (n *netNode) Open(ctx context.Context, req *fuse.OpenRequest, resp *fuse.Op
 	if err != nil {
 		return fail(fmt.Errorf("the network's MTU: %w", err))
 	}
-	h.mtu, h.split = mtu, mtu > SplitMTU
-	if wantR {
+	h.mtu, h.split, h.huge = mtu, mtu > SplitMTU, mtu > HugeMTU
+	if wantR && !h.huge {
 		h.bufs += 2 * int64(mtu+1)
 	}
-	if wantW && h.split {
+	if wantW && h.split && !h.huge {
 		h.bufs += int64(mtu + 1)
 	}
 	n.fs.mu.Lock()
@@ -655,7 +681,9 @@ type handle struct {
 
 	mtu   int   // the network's
 	split bool  // messages span requests: a stream (mtu > SplitMTU)
-	bufs  int64 // message buffer bytes charged to the user
+	huge  bool  // charged for the messages it holds (mtu > HugeMTU)
+	bufs  int64 // message buffer bytes charged to the user at open
+	held  int64 // guarded by fs.mu: of a huge file, the bytes its messages hold
 
 	// Of a file opened for reading: messages received ahead (in lines
 	// mode, each with its newline), each in one of the file's two
@@ -674,8 +702,9 @@ type handle struct {
 	curOff   int    // guarded by rmu
 	wmu      sync.Mutex
 	pend     []byte // guarded by wmu: nil when no write is open
-	wbuf     []byte // guarded by wmu: pend's buffer, of the MTU, made once
-	overflow bool   // guarded by wmu
+	wbuf     []byte // guarded by wmu: pend's buffer, of the MTU, made once (of a huge file: mapped for each write)
+	wcharged int64  // guarded by wmu: of a huge file, the bytes of wbuf charged
+	overflow error  // guarded by wmu: why the last write(2) was cut short (EOVERFLOW, EDQUOT), or nil
 
 	mu       sync.Mutex
 	wakeup   *fuse.PollWakeup // a poll to wake when a message arrives
@@ -699,15 +728,33 @@ func (h *handle) receive() {
 	}()
 	for {
 		var buf []byte
-		select {
-		case buf = <-h.free:
-		case <-h.quit:
-			return
+		var n int
+		var flags ipn.MsgFlags
+		var err error
+		if h.huge {
+			// A buffer of the message's size, charged from when it
+			// comes (waiting for room) until a read took it.
+			buf, flags, err = h.s.RecvFunc(h.alloc)
+			n = len(buf)
+			if err == nil && buf == nil {
+				select {
+				case <-h.quit:
+					return
+				default:
+					continue // over the bound by itself: dropped
+				}
+			}
+		} else {
+			select {
+			case buf = <-h.free:
+			case <-h.quit:
+				return
+			}
+			if buf == nil {
+				buf = make([]byte, h.mtu+1) // +1: the newline of lines mode
+			}
+			n, flags, err = h.s.Recv(buf[:h.mtu])
 		}
-		if buf == nil {
-			buf = make([]byte, h.mtu+1) // +1: the newline of lines mode
-		}
-		n, flags, err := h.s.Recv(buf[:h.mtu])
 		if err != nil {
 			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
 				h.mu.Lock()
@@ -720,7 +767,7 @@ func (h *handle) receive() {
 			return
 		}
 		if flags&ipn.MsgOOB != 0 {
-			h.free <- buf // not asked for; skip
+			h.done(buf) // not asked for; skip
 			continue
 		}
 		msg := buf[:n]
@@ -736,8 +783,82 @@ func (h *handle) receive() {
 	}
 }
 
-// done gives a message's buffer back to the receiver.
-func (h *handle) done(msg []byte) { h.free <- msg[:0] }
+// done gives a message's buffer back to the receiver, or, of a huge file,
+// its bytes back to the user's bound.
+func (h *handle) done(msg []byte) {
+	if h.huge {
+		h.give(int64(cap(msg)))
+		return
+	}
+	h.free <- msg[:0]
+}
+
+// alloc is a huge file's RecvFunc: a buffer of size bytes (one more for
+// lines mode's newline), charged to the user once there is room; nil if
+// the file is released meanwhile, or if the message alone is over the
+// bound.
+func (h *handle) alloc(size int) []byte {
+	n := size
+	if h.lines {
+		n++
+	}
+	if int64(n) > MaxBufferPerUser {
+		log.Printf("devfs: user %d: a message of %d bytes is over the bound on message buffers, %d: dropped", h.uid, size, MaxBufferPerUser)
+		return nil
+	}
+	if !h.take(int64(n), true) {
+		return nil
+	}
+	return make([]byte, size, n)
+}
+
+// take charges n bytes to the user, waiting for room if wait (until the
+// file is released), and reports whether it did.
+func (h *handle) take(n int64, wait bool) bool {
+	fs := h.fs
+	for {
+		fs.mu.Lock()
+		if fs.bufUser[h.uid]+n <= MaxBufferPerUser {
+			fs.bufUser[h.uid] += n
+			h.held += n
+			fs.mu.Unlock()
+			return true
+		}
+		if fs.room == nil {
+			fs.room = make(chan struct{})
+		}
+		room := fs.room
+		fs.mu.Unlock()
+		if !wait {
+			return false
+		}
+		select {
+		case <-room:
+		case <-h.quit:
+			return false
+		}
+	}
+}
+
+// give gives back n bytes that take charged (no more than the file holds),
+// waking those that wait for room.
+func (h *handle) give(n int64) {
+	fs := h.fs
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	n = min(n, h.held)
+	if n <= 0 {
+		return
+	}
+	h.held -= n
+	if fs.bufUser[h.uid] -= n; fs.bufUser[h.uid] <= 0 {
+		delete(fs.bufUser, h.uid)
+	}
+	if fs.room != nil {
+		close(fs.room)
+		fs.room = nil
+	}
+}
 
 // wake wakes the poll waiting for the file, if any.
 func (h *handle) wake() {
@@ -836,10 +957,11 @@ func (h *handle) Write(ctx context.Context, req *fuse.WriteRequest, resp *fuse.W
 	last := req.Offset > 0 && len(req.Data) < maxRequest || req.Offset == 0 && len(req.Data) <= SplitMTU
 	if req.Offset == 0 {
 		err := h.sendPending()
-		if h.overflow {
-			// The rest of a write over the MTU, written again: refused.
-			h.overflow = false
-			return syscall.EOVERFLOW
+		if err := h.overflow; err != nil {
+			// The rest of a write over the MTU (or the bound), written
+			// again: refused.
+			h.overflow = nil
+			return err
 		}
 		if err != nil {
 			return err
@@ -854,7 +976,11 @@ func (h *handle) Write(ctx context.Context, req *fuse.WriteRequest, resp *fuse.W
 			resp.Size = len(req.Data)
 			return nil
 		}
-		if h.wbuf == nil {
+		if h.huge {
+			if err := h.mapWbuf(limit); err != nil {
+				return err
+			}
+		} else if h.wbuf == nil {
 			h.wbuf = make([]byte, 0, limit)
 		}
 		h.pend = h.wbuf[:0]
@@ -862,8 +988,21 @@ func (h *handle) Write(ctx context.Context, req *fuse.WriteRequest, resp *fuse.W
 		return syscall.EINVAL // not the rest of the write open
 	}
 	if len(h.pend)+len(req.Data) > limit {
-		h.pend, h.overflow = nil, true
+		h.pend, h.overflow = nil, syscall.EOVERFLOW
+		h.dropWbuf()
 		return syscall.EOVERFLOW
+	}
+	if need := int64(len(h.pend) + len(req.Data)); h.huge && need > h.wcharged {
+		// The write's pages are charged as it fills them, a MiB at a
+		// time: past the user's bound, it fails and sends nothing.
+		step := min(int64(limit), (need+wcharge-1)/wcharge*wcharge)
+		if !h.take(step-h.wcharged, false) {
+			log.Printf("devfs: user %d: a write of over %d bytes: the user's message buffers would pass %d", h.uid, len(h.pend), MaxBufferPerUser)
+			h.pend, h.overflow = nil, syscall.EDQUOT
+			h.dropWbuf()
+			return syscall.EDQUOT
+		}
+		h.wcharged = step
 	}
 	h.pend = append(h.pend, req.Data...)
 	resp.Size = len(req.Data)
@@ -881,7 +1020,42 @@ func (h *handle) sendPending() error {
 	if msg == nil {
 		return nil
 	}
-	return h.send(msg)
+	err := h.send(msg)
+	h.dropWbuf()
+	return err
+}
+
+// wcharge is the step by which a huge file's write buffer is charged.
+const wcharge = 1 << 20
+
+// mapWbuf gives a huge file a write buffer of size bytes, if it has none:
+// a private anonymous mapping, whose pages the kernel gives as the write
+// fills them, so that it holds what the write has, not the MTU; the caller
+// holds wmu.
+func (h *handle) mapWbuf(size int) error {
+	if h.wbuf != nil {
+		return nil
+	}
+	b, err := unix.Mmap(-1, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+	if err != nil {
+		log.Printf("devfs: a write buffer of %d bytes: %v", size, err)
+		return syscall.ENOMEM
+	}
+	h.wbuf = b[:0]
+	return nil
+}
+
+// dropWbuf unmaps a huge file's write buffer, made for each write(2), and
+// gives back its charge; the caller holds wmu, and nothing refers to the
+// buffer any more.
+func (h *handle) dropWbuf() {
+	if !h.huge || h.wbuf == nil {
+		return
+	}
+	h.give(h.wcharged)
+	h.wcharged = 0
+	unix.Munmap(h.wbuf[:cap(h.wbuf)])
+	h.wbuf = nil
 }
 
 // send sends msg as one message (in lines mode, less one trailing
@@ -959,6 +1133,16 @@ func (h *handle) Release(ctx context.Context, req *fuse.ReleaseRequest) error {
 	h.Flush(ctx, nil) // a write left open, if the file was not flushed
 	close(h.quit)
 	h.s.Close()
+	if h.huge {
+		// What the file held: the messages received ahead, unread.
+		if h.eof != nil {
+			<-h.eof
+		}
+		h.fs.mu.Lock()
+		held := h.held
+		h.fs.mu.Unlock()
+		h.give(held)
+	}
 	return nil
 }
 

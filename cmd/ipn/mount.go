@@ -35,13 +35,16 @@ byte: a message without a newline reads back without one, and a trailing
 network's MTU: a longer message is truncated. With --lines the files are
 for line tools instead: each read ends its message with '\n' (added if it
 has none), each write strips one trailing '\n' (echo hi sends "hi").
-A network whose MTU is over 124 KiB (to 4 MiB) has files that are
+A network whose MTU is over 124 KiB (to 64 MiB) has files that are
 streams (no seeking): the kernel cuts a read or write in 128 KiB
 requests, but a read still returns one message and a write sends one, at
 once unless it ends exactly at a request's end (a page-aligned buffer of
 a multiple of 128 KiB), which goes when the next write begins or the file
 is closed. One user's open files hold at most 64 MiB of message buffers
 (two of the MTU per file opened for reading); more opens fail (EDQUOT).
+Over an MTU of 4 MiB, files hold the messages they have instead: a
+message waits to be received while the user's files hold too much, and
+a write that would hold too much fails (EDQUOT).
 poll/select/epoll work: a file is readable when a message is waiting for
 it, writable when it was opened for writing.
 
