@@ -6,6 +6,7 @@ import (
 	"syscall"
 
 	"github.com/ipn-project/ipn/engine"
+	"github.com/ipn-project/ipn/internal/wire"
 	"github.com/ipn-project/ipn/policy"
 )
 
@@ -132,9 +133,16 @@ func (a *accounts) give(uid uint32, d usage) {
 // port may hold a queue of messages and as many out-of-band ones, each in
 // a buffer of the MTU's size class (64 KiB at most), and 1 KiB; big
 // messages (over 64 KiB) are bounded by engine.BigBudget, and the data
-// sockets that carry them by twice the MTU a port; a lossless network
-// holds the messages in flight too, at most the pool (its queues hold
-// those, or copies outside the pool: a monitor's, the policy's probes).
+// sockets that carry them by twice the MTU a port, or twice 4 MiB
+// (wire.FragMTU) on a network of fragments; a lossless network holds the
+// messages in flight too, at most the pool (its queues hold those, or
+// copies outside the pool: a monitor's, the policy's probes).
+//
+// A message that comes in fragments is read into one buffer of its total,
+// charged to the budget when its first fragment comes; a member that sends
+// no more of it holds that share for seqpacket.FragTimeout at most. A
+// network of MTU 64 MiB thus holds 128 MiB of big messages, 8 MiB of
+// socket buffers a port, and, if lossy, 64 MiB a port more.
 func netMemory(cfg engine.Config) int64 {
 	msg, q, ports := int64(engine.MsgBytes(cfg.MTU)), int64(engine.QueueLen(cfg)), int64(cfg.NumPorts)
 	perPort := 1024 + 16*q + q*msg // the slots, and the out-of-band messages
@@ -145,12 +153,12 @@ func netMemory(cfg engine.Config) int64 {
 	// Messages over 64 KiB are not in the pool's buffers: the network
 	// holds at most its budget of them at once, whatever their number.
 	// The kernel holds more for it: each member's data socket is sized
-	// to take a message of the MTU each way (a member that never reads
-	// pins its receive side full).
+	// to take a message of the MTU each way, or 4 MiB of fragments (a
+	// member that never reads pins its receive side full).
 	// In a lossy network each port may hold one big message besides.
 	var socks, lossy int64
 	if big := engine.BigBudget(cfg.MTU); big > 0 {
-		socks = ports * 2 * int64(cfg.MTU)
+		socks = ports * 2 * int64(min(cfg.MTU, wire.FragMTU))
 		if cfg.Flags&engine.Lossless == 0 {
 			lossy = ports * int64(cfg.MTU)
 		}

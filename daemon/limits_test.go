@@ -209,3 +209,36 @@ func TestRights(t *testing.T) {
 	_, _, err = mon.connect(fd)
 	wantErr(t, "monitor without x", err, syscall.EACCES, "a monitor port needs x")
 }
+
+// Networks of MTU 64 MiB are charged for what they may hold, fragments on
+// their data sockets included: a lossy one of 64 ports (over 4 GiB) is
+// refused, lossless ones of 8 ports are not, until the user's memory is
+// spent: never more of them than the limit holds of their budgets for big
+// messages (2 x MTU each).
+func TestLimitMemoryHugeMTU(t *testing.T) {
+	const limit = 1 << 30
+	d := serve(t, daemon.Config{Limits: daemon.Limits{Memory: limit, Networks: 100}})
+	dir := netDir(t)
+	bind := func(ports, flags uint32) error {
+		_, f := netFile(t, dir, 2342, 2342, 0o700)
+		c := dialAs(t, d.Socket, 2342, 2342).hello(0)
+		for opt, v := range map[uint32]uint32{wire.OptMTU: 64 << 20, wire.OptNumNodes: ports, wire.OptFlags: flags} {
+			if err := c.setU32(opt, v); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return c.bind(f)
+	}
+	wantErr(t, "a lossy network of 64 ports", bind(64, 0), syscall.EDQUOT, "--max-memory")
+	n := 0
+	for ; n < 100; n++ {
+		if err := bind(8, 1); err != nil {
+			wantErr(t, "one network too many", err, syscall.EDQUOT, "--max-memory")
+			break
+		}
+	}
+	if n == 0 || n > limit/(2*64<<20) {
+		t.Fatalf("%d lossless networks of MTU 64 MiB bound within %d MiB: want 1 to %d", n, limit>>20, limit/(2*64<<20))
+	}
+	t.Logf("%d lossless networks of MTU 64 MiB and 8 ports within %d MiB", n, limit>>20)
+}
