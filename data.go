@@ -135,18 +135,10 @@ func recv(dp dataPath, ms []Message, deadline time.Time, gen uint64, mtu int, al
 		if alloc == nil {
 			return p.recv(ms, deadline, gen)
 		}
-		// The rings copy out: into one buffer of the MTU, then alloc's.
-		tmp := [1]Message{{Buf: make([]byte, max(mtu, 1))}}
-		n, err := p.recv(tmp[:], deadline, gen)
-		if n > 0 {
-			t := &tmp[0]
-			ms[0].Buf = alloc(t.N)
-			ms[0].N, ms[0].Flags = copy(ms[0].Buf, t.Buf[:t.N]), t.Flags
-			if ms[0].N < t.N {
-				ms[0].Flags |= MsgTrunc
-			}
-		}
-		return n, err
+		// The rings tell a message's length only as they copy it out:
+		// alloc is asked for the MTU.
+		ms[0].Buf = alloc(mtu)
+		return p.recv(ms, deadline, gen)
 	case *sockPath:
 		p.useMTU(mtu)
 		return p.recvAlloc(ms, deadline, gen, alloc)
@@ -215,9 +207,11 @@ func (s *Socket) Recv(b []byte) (int, MsgFlags, error) {
 // returned empty and marked MsgTrunc). It serves a receiver that bounds
 // its memory by the messages it holds rather than by the MTU, on a
 // network of big messages. alloc may block: the read deadline bounds the
-// wait for a message, not alloc. On a socket that asked for out-of-band
-// messages, a message that must wait for one is kept by the socket, and
-// alloc is called again for it: the first buffer is dropped.
+// wait for a message, not alloc. On the fast path alloc is asked for the
+// MTU (the rings tell a message's length only as they copy it out), again
+// if the wait ends with no message. On a socket that asked for
+// out-of-band messages, a message that must wait for one is kept by the
+// socket, and alloc is called again for it: the first buffer is dropped.
 func (s *Socket) RecvFunc(alloc func(size int) []byte) ([]byte, MsgFlags, error) {
 	ms := [1]Message{}
 	if _, err := s.recv(ms[:], alloc); err != nil {
