@@ -79,13 +79,15 @@ func (c *rawCat) wait(t *testing.T, d time.Duration) int {
 
 // `ipn cat --raw` frames messages with a 4-byte length on a network whose
 // MTU is over 65535 and a 2-byte one otherwise: a message of the MTU goes
-// through it both ways intact, and on a 4 MiB network a frame over the MTU
-// is skipped (said so, exit status 1) without stopping the next.
+// through it both ways intact, and so does one of 32 MiB on a network of
+// MTU 64 MiB (its data sockets carry fragments); on a 4 MiB network a
+// frame over the MTU is skipped (said so, exit status 1) without stopping
+// the next.
 func TestCatRawLengthWidth(t *testing.T) {
 	for _, tc := range []struct {
-		mtu, width int
-	}{{65535, 2}, {packetMTU, 4}} {
-		t.Run(fmt.Sprintf("%d-byte", tc.width), func(t *testing.T) {
+		mtu, size, width int
+	}{{65535, 65535, 2}, {packetMTU, packetMTU, 4}, {ipn.MaxMTU, 32 << 20, 4}} {
+		t.Run(fmt.Sprintf("%d-byte/%d", tc.width, tc.mtu), func(t *testing.T) {
 			path, a := bindNet(t, func(s *ipn.Socket) {
 				if err := s.SetMTU(tc.mtu); err != nil {
 					t.Fatal(err)
@@ -93,7 +95,7 @@ func TestCatRawLengthWidth(t *testing.T) {
 			})
 			b := member(t, path, func(s *ipn.Socket) { s.Shutdown(ipn.ShutWrite) })
 			r := rand.New(rand.NewPCG(uint64(tc.mtu), 5))
-			msg := bigPayload(r, tc.mtu, 1)
+			msg := bigPayload(r, tc.size, 1)
 
 			// Network to cat's stdout.
 			recv := catRaw(t, nil, path, "--recv-only", "--count", "1")
@@ -114,12 +116,13 @@ func TestCatRawLengthWidth(t *testing.T) {
 				t.Fatalf("cat wrote %d bytes (first %x), want %d (first %x)",
 					out.Len(), out.Bytes()[:min(8, out.Len())], len(want), want[:8])
 			}
-			t.Logf("network to cat --raw, %d bytes: %v", tc.mtu, took)
+			t.Logf("network to cat --raw, %d bytes: %v", tc.size, took)
 
 			// cat's stdin to the network: with a frame over the MTU
 			// first on the 4-byte network.
 			var in []byte
-			if tc.width == 4 {
+			over := tc.mtu == packetMTU
+			if over {
 				in = rawFrame(4, make([]byte, tc.mtu+1))
 			}
 			in = append(in, rawFrame(tc.width, msg)...)
@@ -128,9 +131,9 @@ func TestCatRawLengthWidth(t *testing.T) {
 			if got := recvBig(t, b, make([]byte, tc.mtu)); !bytes.Equal(got, msg) {
 				t.Fatalf("member got %d bytes from cat, not the message", len(got))
 			}
-			t.Logf("cat --raw to the network, %d bytes: %v", tc.mtu, time.Since(start))
+			t.Logf("cat --raw to the network, %d bytes: %v", tc.size, time.Since(start))
 			code = send.wait(t, 30*time.Second)
-			if tc.width == 4 {
+			if over {
 				if code != 1 || !strings.Contains(send.stderr(), "message 1: 4194305 bytes is over the network's MTU") {
 					t.Fatalf("ipn cat --send-only: %v, stderr %q: want status 1 saying message 1 is over the MTU", send.err, send.stderr())
 				}

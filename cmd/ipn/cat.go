@@ -38,7 +38,7 @@ message (empty lines are skipped); each message received is printed as one
 line. With --raw, both directions use binary framing instead: a
 big-endian length, then the message. The length is 2 bytes on a network
 whose MTU is at most 65535, 4 bytes on one whose MTU is over it (up to
-4 MiB); a frame longer than the MTU is skipped, and said so.
+64 MiB); a frame longer than the MTU is skipped, and said so.
 
 Without --bind the network must exist (and cat starts no daemon). With --bind, cat creates it (owned
 by you, with --mode less your umask) or joins it as a manager (needs x).
@@ -420,9 +420,30 @@ func catRecv(s *ipn.Socket, out io.Writer, o *catOptions, stderr io.Writer) erro
 		return err
 	}
 	w := bufio.NewWriterSize(out, 1<<16)
-	buf := make([]byte, max(fr.mtu, 65536))
+	// On a network of big messages (over 4 MiB, to 64 MiB) the buffer
+	// grows to the longest message received, not the MTU.
+	huge := fr.mtu > 4<<20
+	buf := make([]byte, 65536)
+	if !huge {
+		buf = make([]byte, max(fr.mtu, 65536))
+	}
+	alloc := func(size int) []byte {
+		if size > cap(buf) {
+			buf = make([]byte, size)
+		}
+		return buf[:cap(buf)]
+	}
 	for got := 0; o.count == 0 || got < o.count; {
-		n, flags, err := s.Recv(buf)
+		var n int
+		var flags ipn.MsgFlags
+		var err error
+		if huge {
+			var msg []byte
+			msg, flags, err = s.RecvFunc(alloc)
+			n = len(msg)
+		} else {
+			n, flags, err = s.Recv(buf)
+		}
 		if err == io.EOF {
 			return w.Flush()
 		}
