@@ -73,6 +73,8 @@ func runHelper(name string, args []string) int {
 		err = helpDevSwap(args[0], args[1], args[2], args[3])
 	case "logattack":
 		err = helpLogAttack(args[0], args[1])
+	case "frags":
+		err = helpFrags(args[0], args[1], args[2])
 	case "conns":
 		n, _ := strconv.Atoi(args[1])
 		err = helpConns(args[0], n)
