@@ -369,6 +369,13 @@ func TestOlderDaemon(t *testing.T) {
 	if got := recv.line(waitProcs); got != "through the older daemon" {
 		t.Fatalf("received %q", got)
 	}
+	// A network over its MTU range (64 KiB then; 64 MiB since protocol
+	// 4, its data sockets carrying fragments) is refused, saying the
+	// range.
+	if out, err := runAs(t, nil, env, ipnCommand(t), "cat", "--bind", "--send-only", "--mtu", fmt.Sprint(ipn.MaxMTU), filepath.Join(tempDir(t), "huge")); err == nil ||
+		!strings.Contains(out, "mtu 67108864: want 1..65535") {
+		t.Errorf("a network of MTU %d on the older daemon: %v, %q; want refused, naming its range", ipn.MaxMTU, err, out)
+	}
 
 	tk := exec.Command(ipnCommand(t), "daemon", "-f", "--takeover", "--socket", sock)
 	out, err := tk.CombinedOutput()
