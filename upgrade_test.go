@@ -1,6 +1,7 @@
 package ipn_test
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"net"
@@ -436,4 +437,49 @@ func TestTakeoverInBackground(t *testing.T) {
 	}
 	syscall.Kill(atoi(string(m[len(m)-1][1])), syscall.SIGTERM)
 	waitFor(t, waitProcs, "the background daemon to stop", func() bool { return !sockReady(sock) })
+}
+
+// A takeover of a lossy hub of 8 MiB messages: its members on the socket
+// path (fragments) and on the fast path (chunks in, the shared log out)
+// carry big messages after it as before.
+func TestTakeoverBigMessages(t *testing.T) {
+	requireRoot(t)
+	sock, d1 := ownDaemon(t)
+	dial := &ipn.Dialer{Socket: sock}
+	const mtu = 8 << 20
+	path := filepath.Join(tempDir(t), "big")
+	a := bindVia(t, dial, ipn.Hub, path, func(s *ipn.Socket) {
+		if err := s.SetMTU(mtu); err != nil {
+			t.Fatal(err)
+		}
+	}, true)
+	fast := memberVia(t, dial, path, nil)
+	slow := memberVia(t, dial, path, func(s *ipn.Socket) { s.SetFastPath(false) })
+	if !a.FastPath() || !fast.FastPath() || slow.FastPath() {
+		t.Fatalf("fast paths: %v %v %v", a.FastPath(), fast.FastPath(), slow.FastPath())
+	}
+	buf := make([]byte, mtu)
+	exchange := func(what string, i int) {
+		t.Helper()
+		for _, from := range []*ipn.Socket{a, fast, slow} {
+			msg := bytes.Repeat([]byte{byte(i)}, mtu-i)
+			from.SetWriteDeadline(time.Now().Add(20 * time.Second))
+			if err := from.Send(msg); err != nil {
+				t.Fatalf("%s: send: %v", what, err)
+			}
+			for _, r := range []*ipn.Socket{a, fast, slow} {
+				if r == from {
+					continue
+				}
+				r.SetReadDeadline(time.Now().Add(20 * time.Second))
+				if n, _, err := r.Recv(buf); err != nil || n != len(msg) || !bytes.Equal(buf[:n], msg) {
+					t.Fatalf("%s: %d bytes, %v; want %d", what, n, err, len(msg))
+				}
+			}
+			i++
+		}
+	}
+	exchange("before", 1)
+	takeoverDaemon(t, sock, d1)
+	exchange("after the takeover", 5)
 }

@@ -833,7 +833,7 @@ func (s *server) restore(st *state, fds []int) (start func(), err error) {
 		var owners []*session
 		for pi := 0; pi < len(ns.Ports); pi++ {
 			ps := &ns.Ports[pi]
-			ep, ss, err := s.endpointOf(ps, sessionAt, take)
+			ep, ss, err := s.endpointOf(ps, cfg.MTU, sessionAt, take)
 			if err != nil {
 				// One member's port (whose rings it spoilt, say) does not
 				// stop the takeover: it goes, with its session.
@@ -993,7 +993,7 @@ func (s *server) restore(st *state, fds []int) (start func(), err error) {
 
 // endpointOf makes the endpoint a saved port had, on descriptors taken
 // with take, and returns it with the session it belongs to.
-func (s *server) endpointOf(ps *portState, sessionAt func(int) *session, take func(int) (int, error)) (ep endpoint.Endpoint, ss *session, err error) {
+func (s *server) endpointOf(ps *portState, mtu int, sessionAt func(int) *session, take func(int) (int, error)) (ep endpoint.Endpoint, ss *session, err error) {
 	ss = sessionAt(ps.Session)
 	fdAt := func(k int) (int, error) {
 		if k >= len(ps.FDs) {
@@ -1051,7 +1051,7 @@ func (s *server) endpointOf(ps *portState, sessionAt func(int) *session, take fu
 			}
 			return e, ss, err
 		}
-		sp := seqpacket.New(uc, oob)
+		sp := seqpacket.NewFor(uc, oob, mtu) // fragments on a network of them
 		if ss != nil {
 			ss.data = uc
 		}
