@@ -352,12 +352,7 @@ func TestHubSharedLogBigMessages(t *testing.T) {
 // and all.
 func TestHubBigChunksFromAHostileMember(t *testing.T) {
 	const mtu = 1 << 20
-	path := filepath.Join(tempDir(t), "big")
-	a := bindAt(t, ipn.Hub, path, func(s *ipn.Socket) {
-		if err := s.SetMTU(mtu); err != nil {
-			t.Fatal(err)
-		}
-	}, true)
+	path, a := bigHub(t, mtu)
 	b := member(t, path, nil)
 	first := func(total int, n int) []byte {
 		c := make([]byte, n)
@@ -444,12 +439,7 @@ func TestHubBigChunksFromAHostileMember(t *testing.T) {
 // ports.
 func TestHubBigChunksStalledMembers(t *testing.T) {
 	const mtu = 1 << 20
-	path := filepath.Join(tempDir(t), "big")
-	a := bindAt(t, ipn.Hub, path, func(s *ipn.Socket) {
-		if err := s.SetMTU(mtu); err != nil {
-			t.Fatal(err)
-		}
-	}, true)
+	path, a := bigHub(t, mtu)
 	b := member(t, path, nil)
 	for range 2 { // the budget is twice the MTU
 		s := newScribblerWith(t, path, wire.FastPathLog, wire.FastPathFDs+1)
@@ -503,4 +493,16 @@ func TestHubOwnMessagesAreNotDrops(t *testing.T) {
 	if st := portByNum(nets[0], a.Port()); st.Drops != 0 || st.MsgsOut != 200 {
 		t.Fatalf("a: %+v, want 200 delivered and no drops", st)
 	}
+}
+
+// bigHub binds a lossy hub of MTU mtu and returns it with its bound,
+// connected socket.
+func bigHub(t *testing.T, mtu int) (string, *ipn.Socket) {
+	t.Helper()
+	path := filepath.Join(tempDir(t), "big")
+	return path, bindAt(t, ipn.Hub, path, func(s *ipn.Socket) {
+		if err := s.SetMTU(mtu); err != nil {
+			t.Fatal(err)
+		}
+	}, true)
 }

@@ -279,19 +279,28 @@ func (e *Endpoint) Read(bufs [][]byte, sizes []int) (int, error) {
 		if n > 0 {
 			return n, nil
 		}
-		if e.peerGone.Load() {
-			return 0, io.EOF
-		}
-		if e.pausedR.Load() {
-			return 0, endpoint.ErrPaused
-		}
-		if err := e.in.WaitData(e.inData, e.readStop); err != nil {
-			if errors.Is(err, shmring.ErrCorrupt) {
-				e.corrupt()
-			}
-			return 0, e.fail(err)
+		if err := e.idle(); err != nil {
+			return 0, err
 		}
 	}
+}
+
+// idle ends a read that found nothing: io.EOF once the member has gone,
+// ErrPaused when paused, else nil once there may be data. Under rmu.
+func (e *Endpoint) idle() error {
+	if e.peerGone.Load() {
+		return io.EOF
+	}
+	if e.pausedR.Load() {
+		return endpoint.ErrPaused
+	}
+	if err := e.in.WaitData(e.inData, e.readStop); err != nil {
+		if errors.Is(err, shmring.ErrCorrupt) {
+			e.corrupt()
+		}
+		return e.fail(err)
+	}
+	return nil
 }
 
 // fail describes why the rings stopped: the member broke them, or the
@@ -506,17 +515,8 @@ func (e *Endpoint) ReadBig(bufs [][]byte, sizes []int, grow func(i, size int) ([
 			// the engine has the batch back, not after the next wait.
 			return n, nil
 		}
-		if e.peerGone.Load() {
-			return 0, io.EOF
-		}
-		if e.pausedR.Load() {
-			return 0, endpoint.ErrPaused
-		}
-		if err := e.in.WaitData(e.inData, e.readStop); err != nil {
-			if errors.Is(err, shmring.ErrCorrupt) {
-				e.corrupt()
-			}
-			return 0, e.fail(err)
+		if err := e.idle(); err != nil {
+			return 0, err
 		}
 	}
 }
