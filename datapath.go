@@ -192,10 +192,20 @@ func (p *sockPath) recvAlloc(ms []Message, deadline time.Time, gen uint64, alloc
 	}
 	p.dlMu.Unlock()
 	if f := p.frag.Load(); f != nil {
-		return p.readFrags(f, ms, alloc)
+		// readFrags's closures take its batch to the heap: it gets a
+		// copy, so that the callers' batches (Recv's one message) stay
+		// on their stacks on networks without fragments.
+		c := make([]Message, len(ms))
+		copy(c, ms)
+		n, err := p.readFrags(f, c, alloc)
+		copy(ms, c)
+		return n, err
 	}
 	if alloc != nil {
-		return p.readAlloc(&ms[0], alloc)
+		m := ms[0] // to the heap, as c above, this path only
+		n, err := p.readAlloc(&m, alloc)
+		ms[0] = m
+		return n, err
 	}
 	if len(ms) == 1 {
 		return p.readOne(&ms[0])
