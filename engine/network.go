@@ -55,6 +55,7 @@ type view struct {
 	// all of them but its sender is put into it once, not given to each.
 	fan      endpoint.FanOut
 	fanPorts policy.PortSet
+	fanOne   int // the one port of fanPorts, if it has one alone; else -1
 }
 
 var _ policy.Network = (*Network)(nil)
@@ -155,6 +156,10 @@ func (n *Network) publish() {
 				v.fanPorts.Add(i)
 			}
 		}
+	}
+	v.fanOne = -1
+	if v.fanPorts.Len() == 1 {
+		v.fanOne = v.fanPorts.Next(0)
 	}
 	v.members = v.readers
 	if v.hasMonitors {

@@ -203,8 +203,8 @@ type inlineBatch struct {
 // sender is among dst, and takes them out of dst: each reads it there.
 // A message the fan-out cannot take is left to dst's ports one by one.
 func (b *inlineBatch) fanOut(m *msg, dst *policy.PortSet, v *view) {
-	if !dst.CoversBut(v.fanPorts, b.from.num) {
-		return
+	if v.fanOne == b.from.num || !dst.CoversBut(v.fanPorts, b.from.num) {
+		return // the sender reads it alone: no one to put it there for
 	}
 	b.one[0] = m.bytes()
 	segs := b.one[:]
