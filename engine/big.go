@@ -37,14 +37,67 @@ func BigBudget(mtu int) int64 {
 	return 2 * int64(mtu)
 }
 
-// budget is a network's room for big messages, in bytes.
+// budget is a network's room for big messages, in bytes, and the
+// buffers of its big messages that were freed, for the next ones: a fresh
+// buffer costs the daemon its zeroing, its page faults and the collector's
+// work, more than the copy of the message into it.
 type budget struct {
-	mu   sync.Mutex
-	free int64         // guarded by mu
-	wake chan struct{} // guarded by mu: closed when room is given back
+	mu    sync.Mutex
+	free  int64         // guarded by mu
+	wake  chan struct{} // guarded by mu: closed when room is given back
+	size  int64         // the room when all is free: what spare may hold
+	spare [][]byte      // guarded by mu: freed buffers, at most size bytes
 }
 
-func newBudget(n int64) *budget { return &budget{free: n, wake: make(chan struct{})} }
+func newBudget(n int64) *budget { return &budget{free: n, size: n, wake: make(chan struct{})} }
+
+// buffer returns a buffer of n bytes, a spare one if one is that long.
+func (b *budget) buffer(n int) []byte {
+	b.mu.Lock()
+	for i, s := range b.spare {
+		if cap(s) >= n {
+			last := len(b.spare) - 1
+			b.spare[i], b.spare[last] = b.spare[last], nil
+			b.spare = b.spare[:last]
+			b.mu.Unlock()
+			return s[:n]
+		}
+	}
+	b.mu.Unlock()
+	return make([]byte, n)
+}
+
+// maxSpare is the most spare buffers a budget keeps.
+const maxSpare = 8
+
+// recycle keeps the buffer of a freed big message for buffer, while the
+// spares fit in the budget's size and number, the shortest dropped first.
+func (b *budget) recycle(buf []byte) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	held := int64(cap(buf))
+	for _, s := range b.spare {
+		held += int64(cap(s))
+	}
+	for (held > b.size || len(b.spare) >= maxSpare) && len(b.spare) > 0 {
+		short := 0
+		for i, s := range b.spare {
+			if cap(s) < cap(b.spare[short]) {
+				short = i
+			}
+		}
+		if cap(b.spare[short]) > cap(buf) {
+			return // buf is the shortest: the collector takes it
+		}
+		held -= int64(cap(b.spare[short]))
+		last := len(b.spare) - 1
+		b.spare[short], b.spare[last] = b.spare[last], nil
+		b.spare = b.spare[:last]
+	}
+	if held <= b.size && len(b.spare) < maxSpare {
+		b.spare = append(b.spare, buf[:0])
+	}
+}
 
 // take takes n bytes, waiting for them unless stop is nil (then it
 // reports false at once if there is no room); it reports false if stop
@@ -92,10 +145,11 @@ func (b *budget) give(n int64) {
 // newBig returns a big message of size bytes, with no reference, charged
 // to b if b is not nil (free gives it back).
 func newBig(size int, b *budget) *msg {
-	m := &msg{buf: make([]byte, size), class: bigClass}
-	if b != nil {
-		m.big.Store(b)
+	if b == nil {
+		return &msg{buf: make([]byte, size), class: bigClass}
 	}
+	m := &msg{buf: b.buffer(size), class: bigClass, home: b}
+	m.big.Store(b)
 	return m
 }
 

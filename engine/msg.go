@@ -38,6 +38,9 @@ type msg struct {
 	// whoever swaps it out gives the bytes back (free, or a lossy
 	// network once the message is delivered: big.go).
 	big atomic.Pointer[budget]
+	// home, if set, is the budget that made a big message's buffer, which
+	// free gives it back to.
+	home *budget
 }
 
 // bytes returns the message's payload.
@@ -73,7 +76,12 @@ func (m *msg) free() {
 	m.n = 0
 	if m.isBig() {
 		m.releaseBig()
-		return // not pooled: the collector takes it
+		if b := m.home; b != nil {
+			m.home = nil
+			b.recycle(m.buf)
+			m.buf = nil
+		}
+		return // not pooled: the collector takes the message
 	}
 	pools[m.class].Put(m)
 }
