@@ -563,9 +563,17 @@ func (e *Endpoint) popBig(bufs [][]byte, sizes []int, grow func(i, size int) ([]
 		// bufs[n] goes back to its pool in grow.
 		e.head = append(e.head[:0], bufs[n][4:l]...)
 		head := e.head
-		buf, _ := grow(n, total)
+		buf, drop := grow(n, total)
+		if buf == nil && !drop {
+			// Left for a later read (a pause, or no room yet): the
+			// batch ends before it.
+			e.in.Unpop()
+			e.skip = false
+			return n, dropped, nil
+		}
 		if buf == nil {
-			continue // dropped (counted), or left for a pause: skipped either way
+			dropped = true
+			continue // dropped (counted): its chunks are skipped
 		}
 		bufs[n] = buf // the pooled one is no longer msgs[n]'s
 		whole, err := e.chunks(buf, copy(buf, head), total)
@@ -576,7 +584,8 @@ func (e *Endpoint) popBig(bufs [][]byte, sizes []int, grow func(i, size int) ([]
 			return n, true, nil // its buffer is msgs[n]'s, to free
 		}
 		sizes[n] = total
-		n++
+		// The batch ends after a big message: it holds at most one.
+		return n + 1, dropped, nil
 	}
 	return n, dropped, nil
 }
