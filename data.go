@@ -127,18 +127,21 @@ func send(dp dataPath, msgs [][]byte, mtu int) (int, error) {
 	panic("ipn: a data path of no known kind")
 }
 
-// recv is dp's recv; with alloc (ms of one message), the message goes in
-// the buffer alloc makes for its length (see RecvFunc).
-func recv(dp dataPath, ms []Message, deadline time.Time, gen uint64, mtu int, alloc func(int) []byte) (int, error) {
+// recv receives at least one message from dp into ms, waiting until
+// deadline (zero: none) or an interruption after gen, both reported as
+// os.ErrDeadlineExceeded; io.EOF once the daemon closed the path and every
+// message before is read. With alloc (ms of one message), the message goes
+// in the buffer alloc makes for its length (see RecvFunc); with lend too,
+// the fast path lends it in place instead (RecvInPlace).
+func recv(dp dataPath, ms []Message, deadline time.Time, gen uint64, mtu int, alloc func(int) []byte, lend func([]byte, MsgFlags)) (int, error) {
 	switch p := dp.(type) {
 	case *fastPath:
-		if alloc == nil {
-			return p.recv(ms, deadline, gen)
+		if alloc != nil && lend == nil {
+			// The rings tell a message's length only as they copy it
+			// out: alloc is asked for the MTU.
+			ms[0].Buf = alloc(mtu)
 		}
-		// The rings tell a message's length only as they copy it out:
-		// alloc is asked for the MTU.
-		ms[0].Buf = alloc(mtu)
-		return p.recv(ms, deadline, gen)
+		return p.recv(ms, deadline, gen, lend)
 	case *sockPath:
 		p.useMTU(mtu)
 		return p.recvAlloc(ms, deadline, gen, alloc)
@@ -194,7 +197,7 @@ func (s *Socket) Read(b []byte) (int, error) {
 // re-joins returns what the old daemon had delivered, then waits.
 func (s *Socket) Recv(b []byte) (int, MsgFlags, error) {
 	ms := [1]Message{{Buf: b}}
-	if _, err := s.recv(ms[:], nil); err != nil {
+	if _, err := s.recv(ms[:], nil, nil); err != nil {
 		return 0, 0, err
 	}
 	return ms[0].N, ms[0].Flags, nil
@@ -214,10 +217,54 @@ func (s *Socket) Recv(b []byte) (int, MsgFlags, error) {
 // socket, and alloc is called again for it: the first buffer is dropped.
 func (s *Socket) RecvFunc(alloc func(size int) []byte) ([]byte, MsgFlags, error) {
 	ms := [1]Message{}
-	if _, err := s.recv(ms[:], alloc); err != nil {
+	if _, err := s.recv(ms[:], alloc, nil); err != nil {
 		return nil, 0, err
 	}
 	return ms[0].Buf[:ms[0].N], ms[0].Flags, nil
+}
+
+// RecvInPlace receives one message as Recv does and calls fn with it. On
+// the fast path it is lent in place, with no copy: from the ring the
+// daemon fills for this member or, on a lossy hub, from the network's
+// shared log, where every member reads the same bytes. msg is valid only
+// until fn returns, and fn must not write to it (the log is mapped
+// read-only: a write faults). A receiver that takes longer than the log
+// lasts on a lossy hub may be lapped while fn reads: RecvInPlace then
+// returns an error wrapping ErrOverwritten, and what fn saw must be
+// discarded (the message counts as a drop). Elsewhere the message is
+// copied into a buffer of the Socket's first.
+func (s *Socket) RecvInPlace(fn func(msg []byte, flags MsgFlags)) error {
+	ms := [1]Message{}
+	var buf []byte
+	alloc := func(size int) []byte {
+		if cap(buf) < size {
+			buf = s.lendBuf(size)
+		}
+		return buf[:size]
+	}
+	_, err := s.recv(ms[:], alloc, fn)
+	if err == nil && ms[0].Flags&msgLent == 0 {
+		fn(ms[0].Buf[:ms[0].N], ms[0].Flags)
+	}
+	if buf != nil {
+		s.lbufMu.Lock()
+		s.lbuf = buf[:0]
+		s.lbufMu.Unlock()
+	}
+	return err
+}
+
+// lendBuf returns a buffer of size bytes for RecvInPlace: the Socket's,
+// unless another RecvInPlace holds it.
+func (s *Socket) lendBuf(size int) []byte {
+	s.lbufMu.Lock()
+	b := s.lbuf
+	s.lbuf = nil
+	s.lbufMu.Unlock()
+	if cap(b) < size {
+		b = make([]byte, size)
+	}
+	return b[:size]
 }
 
 // Message is one message of a batch: RecvBatch fills Buf[:N] and Flags.
@@ -235,12 +282,13 @@ func (s *Socket) RecvBatch(ms []Message) (int, error) {
 	if len(ms) == 0 {
 		return 0, nil
 	}
-	return s.recv(ms, nil)
+	return s.recv(ms, nil, nil)
 }
 
 // recv implements Recv, RecvFunc (alloc not nil: ms holds one message,
-// whose buffer alloc makes) and RecvBatch.
-func (s *Socket) recv(ms []Message, alloc func(int) []byte) (int, error) {
+// whose buffer alloc makes), RecvInPlace (lend too: the fast path may lend
+// the message to lend in place, marking it msgLent) and RecvBatch.
+func (s *Socket) recv(ms []Message, alloc func(int) []byte, lend func([]byte, MsgFlags)) (int, error) {
 	for {
 		s.oobMu.Lock()
 		if len(s.oobq) > 0 {
@@ -291,7 +339,7 @@ func (s *Socket) recv(ms []Message, alloc func(int) []byte) (int, error) {
 		}
 		if old != nil {
 			s.oobMu.Unlock()
-			got, err := recv(old, ms[:1], time.Time{}, old.gen(), mtu, alloc)
+			got, err := recv(old, ms[:1], time.Time{}, old.gen(), mtu, alloc, nil)
 			if err != nil {
 				s.drained(old)
 				continue
@@ -313,11 +361,11 @@ func (s *Socket) recv(ms []Message, alloc func(int) []byte) (int, error) {
 		// A socket that may get out-of-band messages checks each ordinary
 		// one against them, so it takes one at a time.
 		oob := s.mayGetOOB.Load()
-		batch := ms
+		batch, lendTo := ms, lend
 		if oob {
-			batch = ms[:1]
+			batch, lendTo = ms[:1], nil
 		}
-		got, err := recv(dp, batch, rdl, gen, mtu, alloc)
+		got, err := recv(dp, batch, rdl, gen, mtu, alloc, lendTo)
 		if err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) && (rdl.IsZero() || time.Now().Before(rdl)) {
 				continue // woken for an out-of-band message

@@ -25,11 +25,6 @@ type dataPath interface {
 	// send sends msgs in order, waiting for room up to the write
 	// deadline, and returns how many it sent.
 	send(msgs [][]byte) (int, error)
-	// recv receives at least one message into ms, waiting until deadline
-	// (zero: none) or an interruption after gen, both reported as
-	// os.ErrDeadlineExceeded; io.EOF once the daemon closed the path
-	// and every message before is read.
-	recv(ms []Message, deadline time.Time, gen uint64) (int, error)
 	// gen returns the count of interruptions, for recv.
 	gen() uint64
 	// interrupt makes a recv in progress, or the next one given an older
@@ -173,13 +168,10 @@ func (p *sockPath) sendErr(n int, err error) error {
 		n, max, err)
 }
 
-func (p *sockPath) recv(ms []Message, deadline time.Time, gen uint64) (int, error) {
-	return p.recvAlloc(ms, deadline, gen, nil)
-}
-
-// recvAlloc is recv; with alloc (and one message in ms), the message goes
-// into the buffer alloc(size) returns for its length, made before it is
-// read (nil: the message is dropped, returned empty and MsgTrunc).
+// recvAlloc receives as func recv does; with alloc (and one message in
+// ms), the message goes into the buffer alloc(size) returns for its
+// length, made before it is read (nil: the message is dropped, returned
+// empty and MsgTrunc).
 func (p *sockPath) recvAlloc(ms []Message, deadline time.Time, gen uint64, alloc func(int) []byte) (int, error) {
 	p.dlMu.Lock()
 	if p.gens.Load() != gen {

@@ -506,3 +506,102 @@ func bigHub(t *testing.T, mtu int) (string, *ipn.Socket) {
 		}
 	}, true)
 }
+
+// mappedAt returns the name and permissions of this process's mapping
+// that holds b, or "" if b is not in a mapped file (the heap).
+func mappedAt(t *testing.T, b []byte) string {
+	t.Helper()
+	maps, err := os.ReadFile("/proc/self/maps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := uint64(uintptr(unsafe.Pointer(unsafe.SliceData(b))))
+	for _, line := range strings.Split(string(maps), "\n") {
+		f := strings.Fields(line)
+		var lo, hi uint64
+		if len(f) < 6 || !strings.HasPrefix(f[5], "/memfd:") {
+			continue
+		}
+		if _, err := fmt.Sscanf(f[0], "%x-%x", &lo, &hi); err == nil && lo <= p && p < hi {
+			return strings.TrimPrefix(f[5], "/") + " " + f[1]
+		}
+	}
+	return ""
+}
+
+// RecvInPlace lends each message where the fast path holds it, with no
+// copy: a hub's members read the shared log itself (mapped read-only), a
+// switch's members the slot of their ring. The socket path and
+// out-of-band messages come copied. What is lent is the message, of every
+// size to the MTU, in order.
+func TestRecvInPlace(t *testing.T) {
+	path, a := bigHub(t, 4<<20)
+	r := member(t, path, nil)
+	sock := member(t, path, func(s *ipn.Socket) { s.SetFastPath(false) })
+	recvIn := func(s *ipn.Socket, want []byte) (where string, flags ipn.MsgFlags) {
+		t.Helper()
+		s.SetReadDeadline(time.Now().Add(20 * time.Second))
+		calls := 0
+		err := s.RecvInPlace(func(m []byte, f ipn.MsgFlags) {
+			calls++
+			flags = f
+			where = mappedAt(t, m)
+			if want != nil && !bytes.Equal(m, want) {
+				t.Errorf("lent %d bytes, not the %d sent", len(m), len(want))
+			}
+		})
+		if err != nil || calls != 1 {
+			t.Fatalf("RecvInPlace: %v, after %d calls of its function", err, calls)
+		}
+		return where, flags
+	}
+	for i, size := range []int{1, 1500, 65536, 65537, 1 << 20, 4 << 20} {
+		msg := make([]byte, size)
+		for j := range msg {
+			msg[j] = byte(i + j*13)
+		}
+		a.SetWriteDeadline(time.Now().Add(20 * time.Second))
+		if err := a.Send(msg); err != nil {
+			t.Fatalf("send %d bytes: %v", size, err)
+		}
+		if where, _ := recvIn(r, msg); where != "memfd:ipn-log r--s" {
+			t.Errorf("%d bytes on the fast path lent from %q, want the shared log", size, where)
+		}
+		if where, _ := recvIn(sock, msg); where != "" {
+			t.Errorf("%d bytes on the socket path lent from %q, want a buffer", size, where)
+		}
+	}
+
+	sw := filepath.Join(tempDir(t), "sw")
+	x := bindAt(t, ipn.VDESwitch, sw, nil, true)
+	y := member(t, sw, nil)
+	if !x.FastPath() || !y.FastPath() {
+		t.Fatal("no fast path on the switch")
+	}
+	frame := bytes.Repeat([]byte{0xff}, 1500) // to everyone, from ff:ff..
+	frame[6] = 0x02                           // from a local unicast address
+	for range 3 {
+		if err := x.Send(frame); err != nil {
+			t.Fatal(err)
+		}
+		if where, _ := recvIn(y, frame); !strings.HasPrefix(where, "memfd:ipn-ring ") {
+			t.Errorf("a frame of the switch lent from %q, want the ring", where)
+		}
+	}
+	// A socket that asked for out-of-band messages gets them, and the
+	// ordinary ones after, in order, copied.
+	z := member(t, sw, func(s *ipn.Socket) {
+		if err := s.SetWantNumNodes(true); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if where, flags := recvIn(z, nil); flags != ipn.MsgOOB || where != "" {
+		t.Errorf("the numnodes notice: flags %v, lent from %q; want MsgOOB, copied", flags, where)
+	}
+	if err := x.Send(frame); err != nil {
+		t.Fatal(err)
+	}
+	if where, flags := recvIn(z, frame); flags != 0 || where != "" {
+		t.Errorf("a frame after the notice: flags %v, lent from %q; want 0, copied", flags, where)
+	}
+}

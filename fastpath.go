@@ -217,61 +217,27 @@ func (f *fastPath) sendChunks(msg []byte) error {
 // recv takes the messages from the daemon into ms, at least one, waiting
 // up to deadline, or until an interruption after gen (reported as
 // os.ErrDeadlineExceeded too). It returns io.EOF once the daemon dropped
-// the port and every message before is read.
-func (f *fastPath) recv(ms []Message, deadline time.Time, gen uint64) (int, error) {
+// the port and every message before is read. With lend, ms holds one
+// message, lent to lend in place instead (marked msgLent, not copied), or
+// ErrOverwritten if the daemon wrote over it as lend read it.
+func (f *fastPath) recv(ms []Message, deadline time.Time, gen uint64, lend func([]byte, MsgFlags)) (int, error) {
 	f.rmu.Lock()
 	defer f.rmu.Unlock()
 	for {
 		if f.closed.Load() {
 			return 0, net.ErrClosed
 		}
-		n := 0
-		for n < len(ms) {
-			m := &ms[n]
-			l, ok, err := f.rx.Pop(m.Buf)
-			if err != nil {
-				return n, err
-			}
-			if !ok {
-				break
-			}
-			if l == 0 {
-				continue // an empty message: nothing to report
-			}
-			m.N, m.Flags = l, 0
-			if l > len(m.Buf) {
-				m.N, m.Flags = len(m.Buf), MsgTrunc
-			}
-			n++
+		var n int
+		var err error
+		if lend != nil {
+			n, err = f.lend(lend)
+			ms[0].N, ms[0].Flags = n, msgLent
+			n = min(n, 1)
+		} else {
+			n, err = f.take(ms)
 		}
-		if n > 0 {
-			f.rx.Release()
-			if f.rx.ProducerWaiting() {
-				f.rxSpace.Wake()
-			}
-		}
-		if f.log != nil && n < len(ms) {
-			for n < len(ms) {
-				m := &ms[n]
-				l, ok := f.log.Pop(m.Buf)
-				if !ok {
-					break
-				}
-				if l == 0 {
-					continue
-				}
-				m.N, m.Flags = l, 0
-				if l > len(m.Buf) {
-					m.N, m.Flags = len(m.Buf), MsgTrunc
-				}
-				n++
-			}
-			// Its place, even past only its own messages, for the
-			// daemon's count of what it missed.
-			f.log.Release()
-		}
-		if n > 0 {
-			return n, nil
+		if n > 0 || err != nil {
+			return n, err
 		}
 		if f.closedP.Load() != 0 || f.gone.Load() {
 			return 0, io.EOF
@@ -288,11 +254,106 @@ func (f *fastPath) recv(ms []Message, deadline time.Time, gen uint64) (int, erro
 		}
 		f.rgen = gen
 		f.waiting.Store(true)
-		err := f.rx.WaitDataOr(f.rxData, f.rdone, f.log)
+		err = f.rx.WaitDataOr(f.rxData, f.rdone, f.log)
 		f.waiting.Store(false)
 		if err != nil {
 			return 0, f.waitErr(err)
 		}
+	}
+}
+
+// take copies into ms the messages waiting, first those of the ring, then
+// those of the log, and reports how many.
+func (f *fastPath) take(ms []Message) (int, error) {
+	n := 0
+	for n < len(ms) {
+		m := &ms[n]
+		l, ok, err := f.rx.Pop(m.Buf)
+		if err != nil {
+			return n, err
+		}
+		if !ok {
+			break
+		}
+		if l == 0 {
+			continue // an empty message: nothing to report
+		}
+		setLen(m, l)
+		n++
+	}
+	if n > 0 {
+		f.released()
+	}
+	if f.log != nil && n < len(ms) {
+		for n < len(ms) {
+			m := &ms[n]
+			l, ok := f.log.Pop(m.Buf)
+			if !ok {
+				break
+			}
+			if l == 0 {
+				continue
+			}
+			setLen(m, l)
+			n++
+		}
+		// Its place, even past only its own messages, for the daemon's
+		// count of what it missed.
+		f.log.Release()
+	}
+	return n, nil
+}
+
+// lend lends the next message waiting to fn, in place, and reports its
+// length, 0 if none waits.
+func (f *fastPath) lend(fn func([]byte, MsgFlags)) (int, error) {
+	for {
+		m, ok, err := f.rx.Peek()
+		if err != nil {
+			return 0, err
+		}
+		if !ok {
+			break
+		}
+		if len(m) > 0 {
+			fn(m, 0)
+		}
+		f.released() // the slot is the daemon's again only now
+		if len(m) > 0 {
+			return len(m), nil
+		}
+	}
+	if f.log == nil {
+		return 0, nil
+	}
+	defer f.log.Release()
+	for {
+		l, ok, torn := f.log.View(func(m []byte) { fn(m, 0) })
+		switch {
+		case torn:
+			return 0, ErrOverwritten
+		case !ok:
+			return 0, nil
+		case l > 0:
+			return l, nil
+		}
+	}
+}
+
+// released frees the ring's slots read, waking the daemon if it waits for
+// room.
+func (f *fastPath) released() {
+	f.rx.Release()
+	if f.rx.ProducerWaiting() {
+		f.rxSpace.Wake()
+	}
+}
+
+// setLen sets a received message's length, marking a truncation.
+func setLen(m *Message, l int) {
+	m.N, m.Flags = l, 0
+	if l > len(m.Buf) {
+		m.N, m.Flags = len(m.Buf), MsgTrunc
 	}
 }
 

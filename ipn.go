@@ -110,7 +110,16 @@ const (
 	MsgOOB MsgFlags = 1 << iota
 	// MsgTrunc marks a message longer than the buffer; the rest was lost.
 	MsgTrunc
+
+	// msgLent marks, inside the package, a message RecvInPlace's function
+	// was already given in place.
+	msgLent MsgFlags = 1 << 30
 )
+
+// ErrOverwritten reports a message that the network wrote over while
+// RecvInPlace's function read it: a receiver of a lossy hub lapped by the
+// senders. What the function saw is not the message.
+var ErrOverwritten = errors.New("ipn: message written over while read in place")
 
 // NumNodesNotice is an out-of-band notice of the number of readers and
 // writers of a network, sent to ports that asked with SetWantNumNodes.

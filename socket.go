@@ -69,6 +69,8 @@ type Socket struct {
 	// mayGetOOB is set once the socket asked for out-of-band messages;
 	// until then Recv need not look for them.
 	mayGetOOB atomic.Bool
+	lbufMu    sync.Mutex
+	lbuf      []byte // RecvInPlace's buffer where it cannot lend in place
 
 	fastOff bool // guarded by mu: Connect must not ask for the fast path
 

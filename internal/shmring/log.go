@@ -393,13 +393,28 @@ func (lr *LogReader) Empty() bool {
 // A message missed because the writer lapped the reader is counted
 // (Missed), not reported.
 func (lr *LogReader) Pop(b []byte) (int, bool) {
+	n, ok, _ := lr.read(b, nil)
+	return n, ok
+}
+
+// View calls fn with the next message from another member, in place in
+// the log's memory (read-only in a member), and reports its length; ok is
+// false if none waits. torn reports that the writer lapped the reader
+// while fn ran: what fn saw is not the message, which counts as missed.
+func (lr *LogReader) View(fn func(msg []byte)) (n int, ok, torn bool) {
+	return lr.read(nil, fn)
+}
+
+// read implements Pop (fn nil: the message is copied into b) and View.
+func (lr *LogReader) read(b []byte, fn func([]byte)) (int, bool, bool) {
 	l := lr.log
 	lr.laps = 0
+	lent := false
 	for {
 		if lr.head == lr.avail {
 			lr.avail = l.tail.Load()
 			if lr.head == lr.avail {
-				return 0, false
+				return 0, false, false
 			}
 		}
 		if lr.avail-lr.head > l.size {
@@ -418,7 +433,15 @@ func (lr *LogReader) Pop(b []byte) (int, bool) {
 		case int(ln) <= l.maxMsg && off+uint64(recLen(int(ln))) <= l.size:
 			next = lr.head + uint64(recLen(int(ln)))
 			if from != lr.self {
-				copy(b, l.recs[off+recHdr:off+recHdr+uint64(ln)])
+				m := l.recs[off+recHdr : off+recHdr+uint64(ln)]
+				if fn == nil {
+					copy(b, m)
+				} else if next <= lr.avail && l.resv.Load() <= lr.head+l.size {
+					// Lent only while whole as of now; checked again
+					// after.
+					fn(m)
+					lent = true
+				}
 			}
 		}
 		// What was read is whole only if the writer has not begun to
@@ -428,6 +451,9 @@ func (lr *LogReader) Pop(b []byte) (int, bool) {
 		lr.fence.Add(0)
 		if next == 0 || l.resv.Load() > lr.head+l.size || next > lr.avail {
 			lr.lapped()
+			if lent {
+				return int(ln), true, true
+			}
 			continue
 		}
 		lr.head = next
@@ -447,7 +473,7 @@ func (lr *LogReader) Pop(b []byte) (int, bool) {
 			continue
 		}
 		lr.taken++
-		return int(ln), true
+		return int(ln), true, false
 	}
 }
 

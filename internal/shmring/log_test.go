@@ -5,6 +5,7 @@ import (
 	"errors"
 	"syscall"
 	"testing"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -175,5 +176,48 @@ func TestLogDescriptorIsReadOnly(t *testing.T) {
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil || st.Mode&0o777 != 0o400 {
 		t.Errorf("mode %o, %v: want 0400", st.Mode&0o777, err)
+	}
+}
+
+// View lends each message in place, in the reader's read-only mapping; a
+// writer that laps the reader while it looks makes the view torn, and the
+// message counts as missed, not taken.
+func TestLogViewInPlaceAndTorn(t *testing.T) {
+	w, lr, _ := logPair(t, 1514, 3)
+	for i := range 3 {
+		w.Put(numbered(i, 1000), 1)
+	}
+	w.Publish()
+	var seen []byte
+	n, ok, torn := lr.View(func(m []byte) { seen = m })
+	if !ok || torn || n != 1000 || binary.LittleEndian.Uint32(seen) != 0 {
+		t.Fatalf("View: %d bytes, ok %v, torn %v", n, ok, torn)
+	}
+	// The bytes lent are the reader's mapping of the log, not a copy.
+	base := &lr.log.mem[0]
+	if p := &seen[0]; uintptr(unsafe.Pointer(p)) < uintptr(unsafe.Pointer(base)) ||
+		uintptr(unsafe.Pointer(p)) >= uintptr(unsafe.Pointer(base))+uintptr(len(lr.log.mem)) {
+		t.Fatal("View lent bytes outside the log's mapping")
+	}
+	// The writer laps the reader while it views message 1.
+	n, ok, torn = lr.View(func(m []byte) {
+		for i := 3; i < 3+2*w.Bytes()/1000; i++ {
+			w.Put(numbered(i, 1000), 1)
+		}
+		w.Publish()
+	})
+	if !ok || !torn {
+		t.Fatalf("View under a lap: %d bytes, ok %v, torn %v; want torn", n, ok, torn)
+	}
+	buf := make([]byte, 2048)
+	if _, ok := lr.Pop(buf); !ok {
+		t.Fatal("nothing after the lap")
+	}
+	got := int(binary.LittleEndian.Uint32(buf))
+	if got < 4 || lr.Missed() != uint64(got-1) {
+		t.Fatalf("after the lap: message %d with %d missed, want %d missed (message 1, torn, among them)", got, lr.Missed(), got-1)
+	}
+	if lr.taken != 2 {
+		t.Fatalf("taken %d, want 2 (message 0 and %d)", lr.taken, got)
 	}
 }

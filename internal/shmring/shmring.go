@@ -372,25 +372,32 @@ func (c *Consumer) Next() uint64 { return c.next }
 // if it was truncated); ok is false if the ring is empty. The slot is
 // freed for the producer only by Release.
 func (c *Consumer) Pop(b []byte) (n int, ok bool, err error) {
+	m, ok, err := c.Peek()
+	copy(b, m)
+	return len(m), ok, err
+}
+
+// Peek is Pop without the copy: msg is the message in its slot, which
+// stays the consumer's until Release.
+func (c *Consumer) Peek() (msg []byte, ok bool, err error) {
 	if c.next == c.avail {
 		t := c.tail.Load()
 		if t-c.next > c.n {
-			return 0, false, ErrCorrupt
+			return nil, false, ErrCorrupt
 		}
 		c.avail = t
 		if c.next == t {
-			return 0, false, nil
+			return nil, false, nil
 		}
 	}
 	off := int(c.next&c.mask) * c.slotSize
 	s := c.slots[off : off+c.slotSize]
 	l := atomic.LoadUint32((*uint32)(unsafe.Pointer(&s[0])))
 	if l > c.maxMsgLen {
-		return 0, false, ErrCorrupt
+		return nil, false, ErrCorrupt
 	}
-	copy(b, s[4:4+l])
 	c.next++
-	return int(l), true, nil
+	return s[4 : 4+l], true, nil
 }
 
 // PopChunk is Pop for a ring that may hold chunks (PutChunk): it also
