@@ -605,3 +605,32 @@ func TestRecvInPlace(t *testing.T) {
 		t.Errorf("a frame after the notice: flags %v, lent from %q; want 0, copied", flags, where)
 	}
 }
+
+// A member that sends big messages faster than the daemon puts them into
+// the log loses none of them at the daemon: its messages wait in its ring
+// (the network's budget holds two, and the daemon reads one at a time),
+// and only a receiver slower than the log may miss some.
+func TestHubBigBurstNoSenderDrops(t *testing.T) {
+	const size, count = 4 << 20, 16
+	path, a := bigHub(t, size)
+	msgs := make([][]byte, count)
+	for i := range msgs {
+		msgs[i] = bytes.Repeat([]byte{byte(i)}, size)
+	}
+	a.SetWriteDeadline(time.Now().Add(30 * time.Second))
+	if n, err := a.SendBatch(msgs); n != count || err != nil {
+		t.Fatalf("sent %d of %d: %v", n, count, err)
+	}
+	var st ipn.PortInfo
+	waitFor(t, 20*time.Second, "the daemon to take every message", func() bool {
+		nets, err := ipn.List(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st = portByNum(nets[0], a.Port())
+		return st.MsgsIn+st.Drops >= count
+	})
+	if st.Drops != 0 || st.MsgsIn != count {
+		t.Fatalf("the sender's port: %d in, %d dropped; want %d in, none dropped", st.MsgsIn, st.Drops, count)
+	}
+}
