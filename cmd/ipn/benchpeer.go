@@ -140,6 +140,15 @@ func (c *benchIPN) RecvBatch(bufs [][]byte, sizes []int) (int, error) {
 	return n, err
 }
 
+// RecvView implements benchpeer.Viewer with RecvInPlace.
+func (c *benchIPN) RecvView(fn func(b []byte)) error {
+	err := c.s.RecvInPlace(func(m []byte, _ ipn.MsgFlags) { fn(m) })
+	if errors.Is(err, ipn.ErrOverwritten) {
+		return benchpeer.ErrTorn
+	}
+	return err
+}
+
 func (c *benchIPN) Close() error {
 	err := c.s.Close()
 	<-c.drained

@@ -39,6 +39,21 @@ type BatchConn interface {
 	RecvBatch(bufs [][]byte, sizes []int) (int, error)
 }
 
+// Viewer is a Conn that can lend a received message in place, without a
+// copy; receivers of big messages use it.
+type Viewer interface {
+	// RecvView calls fn with the next message, valid while fn runs. It
+	// returns ErrTorn if the message was written over as fn read it.
+	RecvView(fn func(b []byte)) error
+}
+
+// ErrTorn reports a message lent by a Viewer that was written over while
+// read: a drop.
+var ErrTorn = errors.New("message written over while read in place")
+
+// ViewMin is the size of message from which receivers read in place.
+const ViewMin = 65536
+
 // Flusher is implemented by Conns that buffer what they send: the sender
 // flushes once its sending time is over.
 type Flusher interface {
@@ -360,6 +375,16 @@ func (p *peer) receive() {
 	var next [MaxPeers]uint64 // per sender: the sequence number expected
 	var lost int64
 	var touched byte
+	count := func(id int, seq uint64, t, now int64) {
+		if seq > next[id] {
+			lost += int64(seq - next[id])
+		}
+		if seq >= next[id] {
+			next[id] = seq + 1
+		}
+		p.hist.Record(now - t)
+		p.received.Add(1)
+	}
 	handle := func(b []byte, now int64) {
 		id, seq, t, err := Parse(b)
 		if err != nil {
@@ -370,18 +395,35 @@ func (p *peer) receive() {
 		for i := 4096; i < len(b); i += 4096 {
 			touched += b[i]
 		}
-		if seq > next[id] {
-			lost += int64(seq - next[id])
-		}
-		if seq >= next[id] {
-			next[id] = seq + 1
-		}
-		p.hist.Record(now - t)
-		p.received.Add(1)
+		count(id, seq, t, now)
 	}
 	bufSize := max(p.cfg.Size, 2048)
 	var err error
-	if bc, ok := p.conn.(BatchConn); ok {
+	if v, ok := p.conn.(Viewer); ok && p.cfg.Size >= ViewMin {
+		// What a torn view saw is not counted: the next message's
+		// sequence number counts it lost.
+		var id int
+		var seq uint64
+		var t int64
+		var perr error
+		view := func(b []byte) {
+			id, seq, t, perr = Parse(b)
+			for i := 4096; i < len(b); i += 4096 {
+				touched += b[i]
+			}
+		}
+		for {
+			if err = v.RecvView(view); errors.Is(err, ErrTorn) {
+				continue
+			}
+			if err != nil {
+				break
+			}
+			if perr == nil {
+				count(id, seq, t, Now())
+			}
+		}
+	} else if bc, ok := p.conn.(BatchConn); ok {
 		bufs := make([][]byte, batch)
 		for i := range bufs {
 			bufs[i] = make([]byte, bufSize)
