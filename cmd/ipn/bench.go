@@ -76,6 +76,7 @@ type benchRow struct {
 	Gbps        float64  `json:"gbps,omitempty"`      // kernel rows (benchtcp.go): received, Gb/s
 	Anchor      string   `json:"anchor,omitempty"`    // kernel rows: the path of their ratio
 	VsAnchor    *float64 `json:"vs_anchor,omitempty"` // kernel rows: gbps over the anchor's
+	VsCopy      *float64 `json:"vs_copy,omitempty"`   // big rows: bytes/s over one core's copy
 	Error       string   `json:"error,omitempty"`
 }
 
@@ -356,6 +357,7 @@ func runBench(ctx context.Context, cmd *cobra.Command, o benchOpts) error {
 	}
 	fmt.Fprintf(b.stderr, "%d rows in %.1fs\n", len(rows), time.Since(start).Seconds())
 	benchRatios(rows)
+	copyRatios(rows, b.stderr)
 
 	if o.outFile != "" {
 		data, err := json.MarshalIndent(rows, "", "  ")
@@ -814,6 +816,46 @@ func benchRatios(rows []benchRow) {
 			}
 		}
 	}
+}
+
+// copyRatios sets the big rows' bytes delivered a second against one
+// core's copy of their messages, measured now, noting it.
+func copyRatios(rows []benchRow, stderr io.Writer) {
+	bps := map[int]float64{}
+	for i := range rows {
+		r := &rows[i]
+		if r.Size <= 65536 || r.Delivered <= 0 || r.Gbps > 0 {
+			continue
+		}
+		if bps[r.Size] == 0 {
+			bps[r.Size] = copyRate(r.Size, 300*time.Millisecond)
+			fmt.Fprintf(stderr, "one core copies %d-byte messages at %.1f GB/s\n", r.Size, bps[r.Size]/1e9)
+		}
+		v := r.Delivered * float64(r.Size) / bps[r.Size]
+		r.VsCopy = &v
+		r.Note = strings.TrimPrefix(r.Note+fmt.Sprintf("; %.2fx one core's copy (%.1f GB/s)", v, bps[r.Size]/1e9), "; ")
+	}
+}
+
+// copyRate measures one core's copy of size-byte messages, in bytes a
+// second: the bandwidth of memory a receiver of such messages that copied
+// them would have, between two buffers of 16 MiB or more (past the caches,
+// as messages in flight are).
+func copyRate(size int, d time.Duration) float64 {
+	n := max(16<<20/size, 2)
+	src, dst := make([]byte, n*size), make([]byte, n*size)
+	for i := range src {
+		src[i] = byte(i)
+	}
+	copy(dst, src) // fault both in
+	var bytes int64
+	start := time.Now()
+	for i := 0; time.Since(start) < d; i++ {
+		off := (i % n) * size
+		copy(dst[off:off+size], src[off:off+size])
+		bytes += int64(size)
+	}
+	return float64(bytes) / time.Since(start).Seconds()
 }
 
 // benchTable prints the rows as aligned columns.
