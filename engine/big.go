@@ -38,65 +38,68 @@ func BigBudget(mtu int) int64 {
 }
 
 // budget is a network's room for big messages, in bytes, and the
-// buffers of its big messages that were freed, for the next ones: a fresh
-// buffer costs the daemon its zeroing, its page faults and the collector's
-// work, more than the copy of the message into it.
+// buffers of its big messages that were freed, kept for the next ones: a
+// fresh buffer costs the daemon its zeroing, its page faults and the
+// collector's work, more than the copy of the message into it. Spare
+// buffers are held inside the room: the bytes charged to messages and
+// the spares' together stay within it, and take drops spares when a
+// message needs their room.
 type budget struct {
 	mu    sync.Mutex
-	free  int64         // guarded by mu
+	free  int64         // guarded by mu: neither charged nor spare
 	wake  chan struct{} // guarded by mu: closed when room is given back
-	size  int64         // the room when all is free: what spare may hold
-	spare [][]byte      // guarded by mu: freed buffers, at most size bytes
+	spare [][]byte      // guarded by mu: freed buffers, at most maxSpare
 }
 
-func newBudget(n int64) *budget { return &budget{free: n, size: n, wake: make(chan struct{})} }
-
-// buffer returns a buffer of n bytes, a spare one if one is that long.
-func (b *budget) buffer(n int) []byte {
-	b.mu.Lock()
-	for i, s := range b.spare {
-		if cap(s) >= n {
-			last := len(b.spare) - 1
-			b.spare[i], b.spare[last] = b.spare[last], nil
-			b.spare = b.spare[:last]
-			b.mu.Unlock()
-			return s[:n]
-		}
-	}
-	b.mu.Unlock()
-	return make([]byte, n)
-}
+func newBudget(n int64) *budget { return &budget{free: n, wake: make(chan struct{})} }
 
 // maxSpare is the most spare buffers a budget keeps.
 const maxSpare = 8
 
-// recycle keeps the buffer of a freed big message for buffer, while the
-// spares fit in the budget's size and number, the shortest dropped first.
+// buffer returns a buffer of n bytes for a message charged n bytes, and
+// the message's charge: a spare buffer of n to n+n/8 bytes (the best fit)
+// is charged its capacity, a fresh one n.
+func (b *budget) buffer(n int) ([]byte, int64) {
+	b.mu.Lock()
+	best := -1
+	for i, s := range b.spare {
+		if c := cap(s); c >= n && c <= n+n/8 && (best < 0 || c < cap(b.spare[best])) {
+			best = i
+		}
+	}
+	if best < 0 {
+		b.mu.Unlock()
+		return make([]byte, n), int64(n)
+	}
+	s := b.dropSpare(best)
+	// The spare's room becomes the message's charge, and the n bytes
+	// taken for it go back.
+	b.free += int64(n)
+	b.mu.Unlock()
+	return s[:n], int64(cap(s))
+}
+
+// dropSpare takes spare i out of the list; under mu. Its room stays
+// charged: the caller gives it back or passes it on.
+func (b *budget) dropSpare(i int) []byte {
+	s := b.spare[i]
+	last := len(b.spare) - 1
+	b.spare[i], b.spare[last] = b.spare[last], nil
+	b.spare = b.spare[:last]
+	return s
+}
+
+// recycle keeps the buffer of a freed big message as a spare if the room
+// has its bytes free (a lossy network gave the message's charge back when
+// it was routed) and fewer than maxSpare are kept; else the collector
+// takes it.
 func (b *budget) recycle(buf []byte) {
 	b.mu.Lock()
-	defer b.mu.Unlock()
-	held := int64(cap(buf))
-	for _, s := range b.spare {
-		held += int64(cap(s))
-	}
-	for (held > b.size || len(b.spare) >= maxSpare) && len(b.spare) > 0 {
-		short := 0
-		for i, s := range b.spare {
-			if cap(s) < cap(b.spare[short]) {
-				short = i
-			}
-		}
-		if cap(b.spare[short]) > cap(buf) {
-			return // buf is the shortest: the collector takes it
-		}
-		held -= int64(cap(b.spare[short]))
-		last := len(b.spare) - 1
-		b.spare[short], b.spare[last] = b.spare[last], nil
-		b.spare = b.spare[:last]
-	}
-	if held <= b.size && len(b.spare) < maxSpare {
+	if c := int64(cap(buf)); len(b.spare) < maxSpare && b.free >= c {
+		b.free -= c
 		b.spare = append(b.spare, buf[:0])
 	}
+	b.mu.Unlock()
 }
 
 // take takes n bytes, waiting for them unless stop is nil (then it
@@ -105,6 +108,9 @@ func (b *budget) recycle(buf []byte) {
 func (b *budget) take(n int64, stop ...<-chan struct{}) bool {
 	for {
 		b.mu.Lock()
+		for b.free < n && len(b.spare) > 0 {
+			b.free += int64(cap(b.dropSpare(len(b.spare) - 1)))
+		}
 		if b.free >= n {
 			b.free -= n
 			b.mu.Unlock()
@@ -142,22 +148,26 @@ func (b *budget) give(n int64) {
 	b.mu.Unlock()
 }
 
-// newBig returns a big message of size bytes, with no reference, charged
-// to b if b is not nil (free gives it back).
+// newBig returns a big message of size bytes, with no reference; if b is
+// not nil, the caller took size bytes of it (take), and the message is
+// charged to it (free, or releaseBig, gives the charge back) and its
+// buffer is b's when freed.
 func newBig(size int, b *budget) *msg {
 	if b == nil {
 		return &msg{buf: make([]byte, size), class: bigClass}
 	}
-	m := &msg{buf: b.buffer(size), class: bigClass, home: b}
+	buf, charge := b.buffer(size)
+	m := &msg{buf: buf, class: bigClass, home: b, charge: charge}
 	m.big.Store(b)
 	return m
 }
 
-// releaseBig gives m's bytes back to the budget it is charged to, once.
-// A big message is never pooled, so this is safe after free too.
+// releaseBig gives m's charge back to the budget, once. A big message is
+// never pooled, and charge never changes, so this is safe after free
+// too.
 func (m *msg) releaseBig() {
 	if b := m.big.Swap(nil); b != nil {
-		b.give(int64(len(m.buf)))
+		b.give(m.charge)
 	}
 }
 

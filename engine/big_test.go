@@ -96,3 +96,30 @@ func TestBigLossyStuckReceiverHarmsNoOne(t *testing.T) {
 	waitCond(t, func() bool { return stuckPort.Stats().Drops >= 17 })
 	t.Logf("the stuck member dropped %d of 20", stuckPort.Stats().Drops)
 }
+
+// A lossy network of big messages whose receivers' writers free each
+// message as soon as they have it, while the sender's route gives its
+// charge back: the budget keeps all its room, and no message of the
+// sender is dropped at the daemon.
+func TestBigLossyReleaseWhileFreed(t *testing.T) {
+	const mtu = 1 << 20
+	_, n := create(t, engine.Config{MTU: mtu})
+	src := &bigEP{in: make(chan []byte), stop: make(chan struct{})}
+	sp := joinEP(t, n, src)
+	for range 3 {
+		joinEP(t, n, &bigEP{in: make(chan []byte), stop: make(chan struct{})})
+	}
+	m := make([]byte, mtu)
+	for i := range 3000 {
+		select {
+		case src.in <- m:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("message %d: the sender is held", i)
+		}
+	}
+	// Each message was read before the next: all but the last are
+	// routed or dropped by now.
+	if d := sp.Stats().Drops; d > 0 {
+		t.Errorf("the sender's port dropped %d of 3000 (the budget lost room)", d)
+	}
+}

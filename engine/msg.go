@@ -39,8 +39,10 @@ type msg struct {
 	// network once the message is delivered: big.go).
 	big atomic.Pointer[budget]
 	// home, if set, is the budget that made a big message's buffer, which
-	// free gives it back to.
-	home *budget
+	// free gives it back to; charge is the room the message holds in it
+	// (the buffer's capacity, or its length if fresh).
+	home   *budget
+	charge int64
 }
 
 // bytes returns the message's payload.
@@ -77,9 +79,10 @@ func (m *msg) free() {
 	if m.isBig() {
 		m.releaseBig()
 		if b := m.home; b != nil {
+			// m.buf stays: a lossy network's route may still read the
+			// message's fields (releaseBig), never its bytes.
 			m.home = nil
 			b.recycle(m.buf)
-			m.buf = nil
 		}
 		return // not pooled: the collector takes the message
 	}
