@@ -232,7 +232,9 @@ func (s *Socket) RecvFunc(alloc func(size int) []byte) ([]byte, MsgFlags, error)
 // lasts on a lossy hub may be lapped while fn reads: RecvInPlace then
 // returns an error wrapping ErrOverwritten, and what fn saw must be
 // discarded (the message counts as a drop). Elsewhere the message is
-// copied into a buffer of the Socket's first.
+// copied into a buffer of the Socket's first. fn may Close the socket (the
+// memory stays mapped until fn returns), but must not receive from it: a
+// receive in fn waits for fn's own return.
 func (s *Socket) RecvInPlace(fn func(msg []byte, flags MsgFlags)) error {
 	ms := [1]Message{}
 	var buf []byte

@@ -634,3 +634,56 @@ func TestHubBigBurstNoSenderDrops(t *testing.T) {
 		t.Fatalf("the sender's port: %d in, %d dropped; want %d in, none dropped", st.MsgsIn, st.Drops, count)
 	}
 }
+
+// A socket may be closed from RecvInPlace's function, or from another
+// goroutine while the function holds a message: Close does not wait for
+// the function, and the memory lent stays mapped until it returns.
+func TestRecvInPlaceClose(t *testing.T) {
+	path, a := bindNet(t, nil)
+	for _, from := range []string{"the function", "another goroutine"} {
+		t.Run(from, func(t *testing.T) {
+			r := member(t, path, nil)
+			if !r.FastPath() {
+				t.Fatal("no fast path")
+			}
+			msg := bytes.Repeat([]byte{7}, 100)
+			if err := a.Send(msg); err != nil {
+				t.Fatal(err)
+			}
+			closed := make(chan error, 1)
+			done := make(chan error, 1)
+			go func() {
+				r.SetReadDeadline(time.Now().Add(10 * time.Second))
+				done <- r.RecvInPlace(func(m []byte, _ ipn.MsgFlags) {
+					if from == "the function" {
+						closed <- r.Close()
+					} else {
+						other := make(chan error, 1)
+						go func() { other <- r.Close() }()
+						select {
+						case err := <-other:
+							closed <- err
+						case <-time.After(10 * time.Second):
+						}
+					}
+					if !bytes.Equal(m, msg) { // still mapped, after Close
+						t.Error("the message lent changed under Close")
+					}
+				})
+			}()
+			for _, c := range []chan error{closed, done} {
+				select {
+				case err := <-c:
+					if err != nil {
+						t.Fatal(err)
+					}
+				case <-time.After(15 * time.Second):
+					t.Fatal("Close or RecvInPlace did not return: a deadlock")
+				}
+			}
+			if _, _, err := r.Recv(make([]byte, 10)); !errors.Is(err, net.ErrClosed) {
+				t.Fatalf("Recv after Close: %v, want net.ErrClosed", err)
+			}
+		})
+	}
+}

@@ -32,6 +32,11 @@ type fastPath struct {
 	// log, if not nil, is the hub's shared log: the network's messages,
 	// read in place, while rx carries only what is for this member alone.
 	log *shmring.LogReader
+	// lending is set while RecvInPlace's function has a message (under
+	// rmu); a close meanwhile leaves the unmapping to recv (unmapLater).
+	umu        sync.Mutex
+	lending    bool // guarded by umu
+	unmapLater bool // guarded by umu
 
 	closed atomic.Bool
 	gone   atomic.Bool // the daemon went away
@@ -223,6 +228,9 @@ func (f *fastPath) sendChunks(msg []byte) error {
 func (f *fastPath) recv(ms []Message, deadline time.Time, gen uint64, lend func([]byte, MsgFlags)) (int, error) {
 	f.rmu.Lock()
 	defer f.rmu.Unlock()
+	if lend != nil {
+		defer f.unmapIfClosed()
+	}
 	for {
 		if f.closed.Load() {
 			return 0, net.ErrClosed
@@ -316,7 +324,7 @@ func (f *fastPath) lend(fn func([]byte, MsgFlags)) (int, error) {
 			break
 		}
 		if len(m) > 0 {
-			fn(m, 0)
+			f.lendTo(fn, m)
 		}
 		f.released() // the slot is the daemon's again only now
 		if len(m) > 0 {
@@ -328,7 +336,7 @@ func (f *fastPath) lend(fn func([]byte, MsgFlags)) (int, error) {
 	}
 	defer f.log.Release()
 	for {
-		l, ok, torn := f.log.View(func(m []byte) { fn(m, 0) })
+		l, ok, torn := f.log.View(func(m []byte) { f.lendTo(fn, m) })
 		switch {
 		case torn:
 			return 0, ErrOverwritten
@@ -337,6 +345,32 @@ func (f *fastPath) lend(fn func([]byte, MsgFlags)) (int, error) {
 		case l > 0:
 			return l, nil
 		}
+	}
+}
+
+// lendTo calls fn with m, marked as lending: a Close from fn (or from
+// another goroutine meanwhile) does not wait for it.
+func (f *fastPath) lendTo(fn func([]byte, MsgFlags), m []byte) {
+	f.umu.Lock()
+	f.lending = true
+	f.umu.Unlock()
+	defer func() {
+		f.umu.Lock()
+		f.lending = false
+		f.umu.Unlock()
+	}()
+	fn(m, 0)
+}
+
+// unmapIfClosed unmaps what a close during a lending left mapped; under
+// rmu.
+func (f *fastPath) unmapIfClosed() {
+	f.umu.Lock()
+	later := f.unmapLater
+	f.unmapLater = false
+	f.umu.Unlock()
+	if later {
+		f.unmap()
 	}
 }
 
@@ -374,19 +408,32 @@ func (f *fastPath) setWriteDeadline(t time.Time) error {
 // gen returns the count of interruptions, for recv.
 func (f *fastPath) gen() uint64 { return f.gens.Load() }
 
-// close wakes Send and Recv and unmaps the rings once they have left.
+// close wakes Send and Recv and unmaps the rings once they have left, or,
+// if RecvInPlace's function has a message, leaves the unmapping to it.
 func (f *fastPath) close() {
 	f.closed.Store(true)
 	f.txSpace.Close()
 	f.rxData.Close()
 	f.smu.Lock()
-	f.rmu.Lock()
+	defer f.smu.Unlock()
 	f.txData.Close()
+	f.umu.Lock()
+	if f.lending {
+		f.unmapLater = true
+		f.umu.Unlock()
+		return
+	}
+	f.umu.Unlock()
+	f.rmu.Lock()
+	f.unmap()
+	f.rmu.Unlock()
+}
+
+// unmap releases the receiving side's wakers and the memory; under rmu.
+func (f *fastPath) unmap() {
 	f.rxSpace.Close()
 	f.region.Close()
 	if f.log != nil {
 		f.log.Close()
 	}
-	f.rmu.Unlock()
-	f.smu.Unlock()
 }
