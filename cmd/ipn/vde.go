@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -22,6 +23,7 @@ func init() {
 func vdeCmd() *cobra.Command {
 	var proto, mode, group string
 	var noRejoin bool
+	var mf mgmtFlags
 	cmd := &cobra.Command{
 		Use:   "vde PATH DIR",
 		Short: "Serve a network to VDE clients (QEMU, vde_plug) at a VDE switch directory",
@@ -52,7 +54,11 @@ When the daemon goes away, ipn vde binds the network again once a daemon
 answers (making it again, with its shape), keeps serving new clients, and
 hands the clients it served to the new daemon with the data sockets it
 kept; a client it cannot hand over is named in its log and its control
-stream closed. With --no-rejoin it exits with status 1 instead.`,
+stream closed. With --no-rejoin it exits with status 1 instead.
+
+With --mgmt SOCK it also serves vde_switch's management console at SOCK
+(as vde_switch -M; see ipn mgmt --help): unixterm SOCK, port/print,
+hash/print, vlan/create... Its shutdown command ends ipn vde.`,
 		Args: cobra.ExactArgs(2),
 		RunE: interruptible(func(ctx context.Context, cmd *cobra.Command, args []string) error {
 			p, ok := ipn.ProtocolByName(proto)
@@ -76,6 +82,19 @@ stream closed. With --no-rejoin it exits with status 1 instead.`,
 			if err := s.ServeVDEWith(args[1], opts); err != nil {
 				return err
 			}
+			ctx, cancel := context.WithCancel(ctx)
+			defer cancel()
+			ctlMode := opts.Mode
+			if st, err := os.Stat(filepath.Join(args[1], "ctl")); err == nil {
+				ctlMode = st.Mode().Perm()
+			}
+			con, err := mf.serve(s, args[0], args[1], ctlMode, cancel)
+			if err != nil {
+				return err
+			}
+			if con != nil {
+				defer con.Close()
+			}
 			fmt.Fprintf(cmd.ErrOrStderr(), "ipn vde: %s serves VDE clients at %s\n", args[0], args[1])
 			select {
 			case <-ctx.Done():
@@ -88,6 +107,7 @@ stream closed. With --no-rejoin it exits with status 1 instead.`,
 	cmd.Flags().StringVarP(&proto, "proto", "p", "switch", "policy of a network made here; an existing network is served as it is unless --proto names a policy, which must then be its own")
 	cmd.Flags().StringVarP(&mode, "mode", "m", "", "octal mode of DIR/ctl, as vde_switch -m (default: what the network file's rights need)")
 	cmd.Flags().BoolVar(&noRejoin, "no-rejoin", false, "exit when the daemon goes away instead of re-joining")
+	mf.add(cmd)
 	cmd.Flags().StringVarP(&group, "group", "g", "", "group of DIR and DIR/ctl, name or number, as vde_switch -g (default: the network file's)")
 	return cmd
 }
