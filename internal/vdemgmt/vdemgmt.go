@@ -40,8 +40,11 @@ import (
 
 // The console's bounds: what any user who may connect can make it hold.
 const (
-	// MaxConns is the most console sessions at once; more are closed.
-	MaxConns = 16
+	// MaxConns is the most console sessions at once, MaxUserConns those of
+	// one user (so that no user's idle sessions keep the others out); more
+	// are closed.
+	MaxConns     = 16
+	MaxUserConns = 4
 	// MaxLine is the longest command line, as vde_switch's MAXCMD.
 	MaxLine = 128
 	// MaxRows is the most lines a command prints (hash/print of a huge
@@ -104,7 +107,9 @@ type Config struct {
 	VDEDir  string
 	VDEMode os.FileMode
 	// Shutdown is called once by a shutdown command of a user with x, after
-	// the reply; nil refuses shutdown (EPERM).
+	// the reply, from the session's goroutine: it must not block or call
+	// Close (cancelling a context is what it is for); nil refuses shutdown
+	// (EPERM).
 	Shutdown func()
 	// Log receives the console's events; slog.Default() if nil.
 	Log *slog.Logger
@@ -126,6 +131,7 @@ type Console struct {
 
 	mu    sync.Mutex
 	conns map[*net.UnixConn]struct{} // guarded by mu
+	users map[uint32]int             // guarded by mu; sessions by user
 	base  map[int]Port               // guarded by mu; counters at the last reset
 }
 
@@ -150,7 +156,7 @@ func Listen(cfg Config) (*Console, error) {
 		return nil, fmt.Errorf("network file %s: %w", cfg.Net.Path(), err)
 	}
 	c := &Console{cfg: cfg, netfd: netfd, dirfd: -1, start: time.Now(),
-		conns: make(map[*net.UnixConn]struct{}), base: make(map[int]Port),
+		conns: make(map[*net.UnixConn]struct{}), users: make(map[uint32]int), base: make(map[int]Port),
 		self: perm.Cred{UID: uint32(os.Geteuid()), GID: uint32(os.Getegid())}}
 	if err := c.listen(); err != nil {
 		unix.Close(netfd)
@@ -272,36 +278,41 @@ func (c *Console) accept() {
 			continue
 		}
 		pause = 0
+		who, err := peer(conn)
+		if err != nil {
+			c.cfg.Log.Warn("mgmt: no peer credentials", "socket", c.cfg.Path, "err", err)
+			conn.Close()
+			continue
+		}
 		c.mu.Lock()
-		full := len(c.conns) >= MaxConns
+		full := len(c.conns) >= MaxConns || c.users[who.UID] >= MaxUserConns
 		if !full {
 			c.conns[conn] = struct{}{}
+			c.users[who.UID]++
 			c.wg.Add(1)
 		}
 		c.mu.Unlock()
 		if full {
-			c.cfg.Log.Warn("mgmt: too many sessions; closing one", "socket", c.cfg.Path, "max", MaxConns)
+			c.cfg.Log.Warn("mgmt: too many sessions; closing one", "socket", c.cfg.Path, "uid", who.UID, "max", MaxConns, "max of a user", MaxUserConns)
 			conn.Close()
 			continue
 		}
-		go c.session(conn)
+		go c.session(conn, who)
 	}
 }
 
 // session serves one connection until logout, EOF or an error.
-func (c *Console) session(conn *net.UnixConn) {
+func (c *Console) session(conn *net.UnixConn, who perm.Cred) {
 	defer c.wg.Done()
 	defer func() {
 		c.mu.Lock()
 		delete(c.conns, conn)
+		if c.users[who.UID]--; c.users[who.UID] == 0 {
+			delete(c.users, who.UID)
+		}
 		c.mu.Unlock()
 		conn.Close()
 	}()
-	who, err := peer(conn)
-	if err != nil {
-		c.cfg.Log.Warn("mgmt: no peer credentials", "socket", c.cfg.Path, "err", err)
-		return
-	}
 	s := &session{c: c, conn: conn, who: who}
 	if !s.write(c.banner() + Prompt) {
 		return
@@ -324,7 +335,7 @@ func (c *Console) session(conn *net.UnixConn) {
 			if s.shutdown {
 				c.shut.Do(func() {
 					c.cfg.Log.Warn("mgmt: shutdown", "socket", c.cfg.Path, "by", who)
-					go c.cfg.Shutdown()
+					c.cfg.Shutdown()
 				})
 			}
 			return

@@ -161,12 +161,13 @@ func TestReplies(t *testing.T) {
 	}
 }
 
-// A user may hold at most MaxConns sessions; the next is closed at once,
-// and once one ends another is served.
+// A user may hold at most MaxUserConns sessions (the test's user is every
+// session's here); the next is closed at once, and once one ends another
+// is served.
 func TestBoundedSessions(t *testing.T) {
 	_, _, sock := serve(t)
 	var terms []*term
-	for range MaxConns {
+	for range MaxUserConns {
 		terms = append(terms, dial(t, sock))
 	}
 	conn, err := net.Dial("unix", sock)
@@ -176,7 +177,7 @@ func TestBoundedSessions(t *testing.T) {
 	defer conn.Close()
 	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
 	if b, err := io.ReadAll(conn); len(b) != 0 || err != nil {
-		t.Fatalf("session %d: got %q, %v; want it closed", MaxConns+1, b, err)
+		t.Fatalf("session %d: got %q, %v; want it closed", MaxUserConns+1, b, err)
 	}
 	terms[0].conn.Close()
 	deadline := time.Now().Add(10 * time.Second)
