@@ -28,7 +28,8 @@ import (
 var mgmtShape = []string{
 	"showinfo", "hash/showinfo", "ds/showinfo",
 	"port/print", "port/print 1", "port/print 3", "port/print 99", "port/allprint",
-	"hash/print",
+	"hash/print", "hash/find 02:00:00:00:00:01", "hash/find 02:00:00:00:00:09", "hash/find zz",
+	"port/showinfo", "vlan/allprint", "vlan/allprint 0",
 	"vlan/print", "vlan/create 5", "vlan/create 5", "vlan/create 5000", "vlan/create abc",
 	"vlan/addport 5 1", "vlan/addport 9 1", "vlan/print", "vlan/print 9",
 	"vlan/remove 5", "vlan/delport 5 1", "vlan/remove 5", "vlan/remove 77",

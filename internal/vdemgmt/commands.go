@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"hash/fnv"
+	"net"
 	"os"
 	"os/user"
 	"slices"
@@ -44,7 +45,9 @@ func init() {
 		{path: "hash/showinfo", help: "show hash info", run: hashShowinfo, data: true},
 		{path: "hash/setexpire", syntax: "N", help: "change hash entries expire time", run: hashSetexpire, change: true},
 		{path: "hash/print", help: "print the hash table", run: hashPrint, data: true},
+		{path: "hash/find", syntax: "MAC [VLAN]", help: "MAC lookup", run: hashFind, data: true},
 		menu("port", "PORT STATUS MENU"),
+		{path: "port/showinfo", help: "show port info", run: portShowinfo, data: true},
 		{path: "port/setnumports", syntax: "N", help: "set the number of ports", run: portSetnumports, change: true},
 		{path: "port/setvlan", syntax: "N VLAN", help: "set port VLAN (untagged)", run: portSetvlan, change: true},
 		{path: "port/resetcounter", syntax: "[N]", help: "reset the port (N) counters", run: portResetcounter, change: true},
@@ -56,6 +59,7 @@ func init() {
 		{path: "vlan/addport", syntax: "N PORT", help: "add port to the vlan N (tagged)", run: vlanAddport, change: true},
 		{path: "vlan/delport", syntax: "N PORT", help: "delete port from the vlan N (tagged)", run: vlanDelport, change: true},
 		{path: "vlan/print", syntax: "[N]", help: "print the list of defined vlan", run: vlanPrint, data: true},
+		{path: "vlan/allprint", syntax: "[N]", help: "print the list of defined vlan (including inactive port)", run: vlanAllprint, data: true},
 	}
 }
 
@@ -229,6 +233,55 @@ func hashPrint(s *session, _ string) ([]string, error) {
 		lines = append(lines, fmt.Sprintf("Hash: %04d Addr: %s VLAN %04d to port: %03d  age %d secs", bucket, m.MAC, m.VLAN, m.Port, int(m.Age)))
 	}
 	return lines, nil
+}
+
+func hashFind(s *session, arg string) ([]string, error) {
+	f := strings.Fields(arg)
+	sep := "."
+	if strings.Contains(arg, ":") {
+		sep = ":"
+	}
+	var mac []string
+	if len(f) > 0 {
+		mac = strings.Split(f[0], sep)
+	}
+	if len(mac) != 6 {
+		return nil, fmt.Errorf("MAC %q: want six hex bytes, as 02:00:00:00:00:01: %w", arg, syscall.EINVAL)
+	}
+	var b [6]byte
+	for i, x := range mac {
+		v, err := strconv.ParseUint(x, 16, 32)
+		if err != nil {
+			return nil, fmt.Errorf("MAC %q: want six hex bytes, as 02:00:00:00:00:01: %w", arg, syscall.EINVAL)
+		}
+		b[i] = byte(v)
+	}
+	vlan := 1 // the switch's default VLAN (vde_switch's is 0)
+	if len(f) > 1 {
+		vlan = atoi(f[1])
+	}
+	all, err := hashPrint(s, "")
+	if err != nil {
+		return nil, err
+	}
+	key := fmt.Sprintf(" Addr: %s VLAN %04d ", net.HardwareAddr(b[:]), vlan)
+	for _, l := range all {
+		if strings.Contains(l, key) {
+			return []string{l}, nil
+		}
+	}
+	return nil, fmt.Errorf("MAC %s on vlan %d: not in the table: %w", net.HardwareAddr(b[:]), vlan, syscall.ENODEV)
+}
+
+func portShowinfo(s *session, _ string) ([]string, error) {
+	num, err := s.c.cfg.Net.NumPorts()
+	if err != nil {
+		return nil, err
+	}
+	_, err = s.c.cfg.Net.Option("macs")
+	hub := err != nil // no MAC table: every frame goes everywhere
+	// vde_switch's N ports are 1..N beside its port 0.
+	return []string{fmt.Sprintf("Numports=%d", num-1), fmt.Sprintf("HUB=%t", hub), "counters=true"}, nil
 }
 
 func mustOption(s *session, name string) string {
@@ -502,6 +555,16 @@ func vlanRemove(s *session, arg string) ([]string, error) {
 	return nil, s.c.cfg.Net.SetOption("vlan.del", strconv.Itoa(v))
 }
 
+// vlanAllprint is vlanPrint: an IPN network has no inactive ports (vde_switch's
+// port/create without a client). As vde_switch's, it refuses VLAN 0.
+func vlanAllprint(s *session, arg string) ([]string, error) {
+	if arg != "" && atoi(arg) <= 0 {
+		return nil, fmt.Errorf("vlan %q: want 1..4094: %w", arg, syscall.EINVAL)
+	}
+	return vlanPrint(s, arg)
+}
+
+// vlanPrint prints the VLANs (or VLAN arg) and their connected ports.
 func vlanPrint(s *session, arg string) ([]string, error) {
 	vs, err := vlans(s)
 	if err != nil {

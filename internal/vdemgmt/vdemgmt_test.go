@@ -51,7 +51,7 @@ func (n *fakeNet) SetOption(name, value string) error {
 	return nil
 }
 
-func serve(t *testing.T) (*Console, *fakeNet, string) {
+func serve(t testing.TB) (*Console, *fakeNet, string) {
 	t.Helper()
 	d := t.TempDir()
 	netFile := filepath.Join(d, "net")
@@ -135,6 +135,13 @@ func TestReplies(t *testing.T) {
 		{"port/setvlan 2 4095", "1000 Success\n"},
 		{"hash/setexpire 0", "1022 Invalid argument\n"},
 		{"hash/setexpire 30", "1000 Success\n"},
+		{"hash/find 02:00:00:00:00:01", "0000 DATA END WITH '.'\nHash: "},
+		{"hash/find 02.00.00.00.00.01 1", "0000 DATA END WITH '.'\nHash: "},
+		{"hash/find 02:00:00:00:00:01 2", "0000 DATA END WITH '.'\n.\n1019 No such device\n"},
+		{"hash/find 02:00", "0000 DATA END WITH '.'\n.\n1022 Invalid argument\n"},
+		{"port/showinfo", "0000 DATA END WITH '.'\nNumports=7\nHUB=false\ncounters=true\n.\n1000 Success\n"},
+		{"vlan/allprint 0", "0000 DATA END WITH '.'\n.\n1022 Invalid argument\n"},
+		{"vlan/allprint", "0000 DATA END WITH '.'\nVLAN 0001\n -- Port 0000 tagged=0 active=1 status=Forwarding\n -- Port 0002 tagged=0 active=1 status=Forwarding\n.\n1000 Success\n"},
 		{"ds/showinfo", "0000 DATA END WITH '.'\n.\n1006 No such device or address\n"},
 		{"shutdown", "1001 Operation not permitted\n"},
 		{"debug/list", "1038 Function not implemented\n"},
@@ -245,3 +252,41 @@ func TestSocketLife(t *testing.T) {
 }
 
 func discard() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// Any line gets a reply in vde_switch's framing (or none, for a blank line
+// or a comment), never a crash: the data block, then one code line.
+func FuzzCommand(f *testing.F) {
+	for _, c := range commands {
+		f.Add(c.path + " 1 2")
+	}
+	f.Add("vlan/addport 0x7fffffff -9")
+	f.Add("hash/find ff:ff:ff:ff:ff:ff:ff 99999999999")
+	c, _, _ := serve(f)
+	f.Fuzz(func(t *testing.T, line string) {
+		if strings.ContainsAny(line, "\n") || len(line) > MaxLine {
+			return
+		}
+		s := &session{c: c, who: c.self}
+		out, end := s.run(line)
+		if end {
+			return
+		}
+		trimmed := strings.TrimLeft(line, " \t")
+		if trimmed == "" || trimmed[0] == '#' {
+			if out != "" {
+				t.Fatalf("%q: a reply %q", line, out)
+			}
+			return
+		}
+		lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+		if lines[0] == "0000 DATA END WITH '.'" {
+			if len(lines) < 3 || lines[len(lines)-2] != "." {
+				t.Fatalf("%q: data block %q", line, out)
+			}
+			lines = lines[len(lines)-1:]
+		}
+		if len(lines) != 1 || len(lines[0]) < 6 || lines[0][0] != '1' || lines[0][4] != ' ' {
+			t.Fatalf("%q: reply %q", line, out)
+		}
+	})
+}
