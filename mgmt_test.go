@@ -356,3 +356,31 @@ func TestMgmtAnyNetwork(t *testing.T) {
 		t.Errorf("the console socket is still there after ipn mgmt ended: %v", err)
 	}
 }
+
+// A console that a user runs (not root) asks the kernel for that user's
+// rights only: she changes; another user, even with x on the network,
+// only reads, since she cannot take his credentials to ask for his.
+func TestMgmtConsoleOfAUser(t *testing.T) {
+	a, m := realUsers(t)
+	dir := userDir(t, a, 0o755)
+	path, mgmt := filepath.Join(dir, "lan"), filepath.Join(dir, "lan.mgmt")
+	p := start(t, a.cred(), nil, ipnCommand(t), "vde", path, filepath.Join(dir, "lan.vde"), "--mgmt", mgmt, "--mgmt-mode", "666")
+	waitFor(t, waitProcs, "alice's console", func() bool { _, err := os.Stat(mgmt); return err == nil })
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("alice's ipn vde:\n%s", p.stderr())
+		}
+	})
+	if err := os.Chmod(path, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := os.Lstat(mgmt); err != nil || st.Sys().(*syscall.Stat_t).Uid != a.uid {
+		t.Fatalf("the console socket is not alice's: %v", err)
+	}
+	if out, err := vdecmd(t, &m, mgmt, "port/print", "vlan/create 5"); err == nil || out != "1000 Success\n1013 Permission denied\n" {
+		t.Errorf("mallory on alice's console: %v\n%s", err, out)
+	}
+	if out, err := vdecmd(t, &a, mgmt, "vlan/create 5", "vlan/print 5"); err != nil || out != "1000 Success\n| VLAN 0005\n1000 Success\n" {
+		t.Errorf("alice on her console: %v\n%s", err, out)
+	}
+}
