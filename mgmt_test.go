@@ -326,7 +326,7 @@ func TestMgmtRights(t *testing.T) {
 func TestMgmtAnyNetwork(t *testing.T) {
 	d := shortDir(t)
 	path, mgmt := filepath.Join(d, "hub"), filepath.Join(d, "hub.mgmt")
-	hub := start(t, nil, nil, ipnCommand(t), "cat", "--bind", "--proto", "hub", path)
+	start(t, nil, nil, ipnCommand(t), "cat", "--bind", "--proto", "hub", path) // port 0, until the test ends
 	waitFor(t, waitProcs, "the hub", func() bool { _, err := os.Stat(path); return err == nil })
 	p := start(t, nil, nil, ipnCommand(t), "mgmt", path, "--mgmt", mgmt, "--mgmt-mode", "640")
 	waitFor(t, waitProcs, "the console socket", func() bool { _, err := os.Stat(mgmt); return err == nil })
@@ -339,7 +339,6 @@ func TestMgmtAnyNetwork(t *testing.T) {
 	if !strings.HasPrefix(out, want) || !strings.Contains(out, "1038 Function not implemented\n1038 Function not implemented\n") {
 		t.Errorf("ipn mgmt on a hub:\n%s", out)
 	}
-	_ = hub
 
 	// A second console on the same name, or on a file or a symlink, is refused.
 	target := filepath.Join(d, "target")
