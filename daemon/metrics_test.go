@@ -21,6 +21,7 @@ import (
 
 	"github.com/ipn-project/ipn"
 	"github.com/ipn-project/ipn/daemon"
+	"github.com/ipn-project/ipn/internal/daemontest"
 )
 
 // scrape is one scrape of /metrics, parsed.
@@ -35,11 +36,11 @@ type scraper struct {
 
 // metricsDaemon starts a daemon of cfg serving metrics at cfg.Metrics and
 // returns a scraper of them, at the address the daemon reports.
-func metricsDaemon(t *testing.T, cfg daemon.Config) *scraper {
+func metricsDaemon(t *testing.T, cfg daemon.Config) (*scraper, *daemontest.Daemon) {
 	t.Helper()
 	addrs := make(chan net.Addr, 1)
 	cfg.MetricsReady = func(a net.Addr) { addrs <- a }
-	serve(t, cfg)
+	d := serve(t, cfg)
 	var a net.Addr
 	select {
 	case a = <-addrs:
@@ -57,7 +58,7 @@ func metricsDaemon(t *testing.T, cfg daemon.Config) *scraper {
 		sc.url = "http://" + a.String() + "/metrics"
 	}
 	t.Cleanup(sc.client.CloseIdleConnections)
-	return sc
+	return sc, d
 }
 
 // get scrapes the metrics once.
@@ -278,7 +279,7 @@ func (tr *traffic) drain(s *ipn.Socket) {
 // table has the MACs its members sent; members, readers, writers and the
 // ports on each path are right.
 func TestMetricsWhileTrafficFlows(t *testing.T) {
-	sc := metricsDaemon(t, daemon.Config{Metrics: "127.0.0.1:0"})
+	sc, _ := metricsDaemon(t, daemon.Config{Metrics: "127.0.0.1:0"})
 	dir := t.TempDir()
 	hub := filepath.Join(dir, "hub")
 	sw := filepath.Join(dir, "sw")
@@ -434,10 +435,24 @@ func TestMetricsWhileTrafficFlows(t *testing.T) {
 }
 
 // Metrics on a Unix socket: the socket has the mode asked, and is gone
-// when the daemon stops.
+// when the daemon stops; a file at the path that is not a socket is left
+// alone, and the daemon refuses to start.
 func TestMetricsUnixSocket(t *testing.T) {
-	sock := filepath.Join(t.TempDir(), "metrics.sock")
-	sc := metricsDaemon(t, daemon.Config{Metrics: sock, MetricsMode: 0o640})
+	dir := t.TempDir()
+	file := filepath.Join(dir, "file")
+	if err := os.WriteFile(file, []byte("precious"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	err := daemon.Serve(context.Background(), daemon.Config{Socket: filepath.Join(dir, "ipn.sock"), Metrics: file})
+	if err == nil || !strings.Contains(err.Error(), "not a socket") {
+		t.Errorf("metrics on a regular file: %v, want a refusal", err)
+	}
+	if b, err := os.ReadFile(file); err != nil || string(b) != "precious" {
+		t.Errorf("the file holds %q (%v), want it unchanged", b, err)
+	}
+
+	sock := filepath.Join(dir, "metrics.sock")
+	sc, d := metricsDaemon(t, daemon.Config{Metrics: sock, MetricsMode: 0o640})
 	fi, err := os.Lstat(sock)
 	if err != nil {
 		t.Fatal(err)
@@ -453,6 +468,15 @@ func TestMetricsUnixSocket(t *testing.T) {
 	}
 	if v := s.must(t, "ipn_network_shared_log_readers", "network", path); v != 1 {
 		t.Errorf("%v shared log readers, want 1", v)
+	}
+	if err := d.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(sock); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the metrics socket outlived the daemon: %v", err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(dir, ".metrics-*")); len(left) != 0 {
+		t.Errorf("left behind: %v", left)
 	}
 }
 
