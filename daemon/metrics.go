@@ -94,7 +94,7 @@ func listenMetrics(cfg Config) (net.Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("metrics socket %s: %w", addr, err)
 	}
-	ln.SetUnlinkOnClose(false)
+	ln.SetUnlinkOnClose(false) // it is renamed; Close removes it where it is then
 	if err = os.Chmod(at, mode); err == nil {
 		if fi, lerr := os.Lstat(addr); lerr == nil && fi.Mode()&os.ModeSocket == 0 {
 			err = fmt.Errorf("%s is there and is not a socket", addr)
@@ -106,22 +106,31 @@ func listenMetrics(cfg Config) (net.Listener, error) {
 		ln.Close()
 		return nil, fmt.Errorf("metrics socket %s: %w", addr, err)
 	}
-	ln.SetUnlinkOnClose(true)
-	return &renamedListener{ln, addr}, nil
+	var st syscall.Stat_t
+	if err := syscall.Lstat(addr, &st); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("metrics socket %s: %w", addr, err)
+	}
+	return &renamedListener{UnixListener: ln, path: addr, dev: uint64(st.Dev), ino: uint64(st.Ino)}, nil
 }
 
 // renamedListener is a Unix listener renamed to path after its bind: it
-// reports path as its address and removes it at Close.
+// reports path as its address and, at Close, removes it if it is still
+// its socket (a daemon that took over may have put its own there).
 type renamedListener struct {
 	*net.UnixListener
-	path string
+	path     string
+	dev, ino uint64
 }
 
 func (l *renamedListener) Addr() net.Addr { return &net.UnixAddr{Name: l.path, Net: "unix"} }
 
 func (l *renamedListener) Close() error {
 	err := l.UnixListener.Close()
-	os.Remove(l.path)
+	var st syscall.Stat_t
+	if syscall.Lstat(l.path, &st) == nil && uint64(st.Dev) == l.dev && uint64(st.Ino) == l.ino {
+		os.Remove(l.path)
+	}
 	return err
 }
 

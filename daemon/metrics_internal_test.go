@@ -45,3 +45,26 @@ func TestMetricsDocumented(t *testing.T) {
 		t.Errorf("%d metrics described, want the 20 and more of docs/metrics.md", n)
 	}
 }
+
+// A metrics socket's listener removes its path at Close only while the
+// path is its own: a daemon that took over may have bound its own there.
+func TestMetricsSocketCloseKeepsAnothers(t *testing.T) {
+	path := t.TempDir() + "/metrics.sock"
+	old, err := listenMetrics(Config{Metrics: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	newer, err := listenMetrics(Config{Metrics: path, MetricsMode: 0o660})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old.Close()
+	fi, err := os.Lstat(path)
+	if err != nil || fi.Mode().Perm() != 0o660 {
+		t.Fatalf("after the old listener closed: %v, %v; want the newer socket, of mode 0660", fi, err)
+	}
+	newer.Close()
+	if _, err := os.Lstat(path); !os.IsNotExist(err) {
+		t.Fatalf("after the newer closed: %v, want no socket", err)
+	}
+}

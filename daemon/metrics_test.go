@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -508,5 +509,83 @@ func TestMetricsAddressChecked(t *testing.T) {
 	}
 	if _, err := os.Lstat(filepath.Join(dir, "ipn.sock")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("the refused daemon left its socket: %v", err)
+	}
+}
+
+// A daemon that takes over serves the metrics at the same address, on TCP
+// once the old one has let the port go, on a Unix socket at once; the
+// counters it serves are those the old one handed over, and the old one's
+// exit does not remove the new one's socket.
+func TestMetricsTakeover(t *testing.T) {
+	free, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tcp := free.Addr().String()
+	free.Close()
+	for _, addr := range []string{tcp, filepath.Join(t.TempDir(), "metrics.sock")} {
+		t.Run(filepath.Base(addr), func(t *testing.T) {
+			sc, d := metricsDaemon(t, daemon.Config{Metrics: addr})
+			path := filepath.Join(t.TempDir(), "net")
+			s := joinAs(t, ipn.Hub, path, "sender", true, false, ipn.ShutRead)
+			for range 10 {
+				if err := s.Send(make([]byte, 10)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			port := ""
+			sc.until("10 messages in", func(s scrape) bool {
+				if s["ipn_port_info"] == nil {
+					return false
+				}
+				port = s.portOf(t, path, "sender")
+				v, _ := s.value("ipn_port_in_messages_total", "network", path, "port", port)
+				return v == 10
+			})
+
+			addrs := make(chan net.Addr, 1)
+			ctx, cancel := context.WithCancel(context.Background())
+			ready := make(chan struct{})
+			done := make(chan error, 1)
+			go func() {
+				done <- daemon.Serve(ctx, daemon.Config{Socket: d.Socket, Takeover: true, Metrics: addr,
+					Logger:       slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
+					MetricsReady: func(a net.Addr) { addrs <- a }, Ready: func() { close(ready) }})
+			}()
+			t.Cleanup(func() {
+				cancel()
+				if err := <-done; err != nil {
+					t.Errorf("the daemon that took over ended with: %v", err)
+				}
+			})
+			select {
+			case <-ready:
+			case err := <-done:
+				done <- err
+				t.Fatalf("takeover: %v", err)
+			}
+			select {
+			case a := <-addrs:
+				if a.String() != addr {
+					t.Errorf("metrics at %s after the takeover, want %s", a, addr)
+				}
+			default:
+				t.Fatal("the daemon that took over serves no metrics")
+			}
+			// The old daemon has exited: whatever answers is the new one.
+			if err := d.Stop(); err != nil {
+				t.Fatal(err)
+			}
+			if v := sc.get().must(t, "ipn_port_in_messages_total", "network", path, "port", port); v != 10 {
+				t.Errorf("after the takeover %v messages in, want the 10 of before", v)
+			}
+			if err := s.Send(make([]byte, 10)); err != nil {
+				t.Fatal(err)
+			}
+			sc.until("11 messages in, counted by the new daemon", func(s scrape) bool {
+				v, _ := s.value("ipn_port_in_messages_total", "network", path, "port", port)
+				return v == 11
+			})
+		})
 	}
 }
