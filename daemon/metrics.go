@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/net/netutil"
 
 	"github.com/ipn-project/ipn/endpoint"
 	"github.com/ipn-project/ipn/engine"
@@ -167,6 +168,9 @@ func (s *server) serveMetrics(took bool) (*metricsServer, error) {
 	return m, nil
 }
 
+// maxMetricsConns bounds the connections the metrics server holds at once.
+const maxMetricsConns = 16
+
 // metricsServer serves the daemon's metrics over HTTP until stopped.
 type metricsServer struct {
 	http *http.Server
@@ -195,6 +199,9 @@ func (s *server) startMetrics(ln net.Listener) *metricsServer {
 		}
 		fmt.Fprintln(w, "ipn daemon: metrics at /metrics")
 	})
+	// Connections beyond the bound wait in the kernel's backlog: a
+	// scraper that opens many holds no more of the daemon than this.
+	ln = netutil.LimitListener(ln, maxMetricsConns)
 	m := &metricsServer{
 		http: &http.Server{
 			Handler:           mux,
