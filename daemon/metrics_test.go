@@ -15,6 +15,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
@@ -587,5 +588,35 @@ func TestMetricsTakeover(t *testing.T) {
 				return v == 11
 			})
 		})
+	}
+}
+
+// Label values that users choose (a network's path, a port's
+// description) cannot break a scrape or forge a series: quotes and
+// newlines are escaped, bytes that are not UTF-8 mended.
+func TestMetricsHostileLabels(t *testing.T) {
+	sc, _ := metricsDaemon(t, daemon.Config{Metrics: "[::1]:0"})
+	path := filepath.Join(t.TempDir(), "n\xff\"}\n# TYPE forged counter\nforged 1")
+	descr := "d\xfe\"} 7\nforged_total 1\n"
+	joinAs(t, ipn.Hub, path, descr, true, true, 0)
+	s := sc.get()
+	for name := range s {
+		if strings.HasPrefix(name, "forged") {
+			t.Errorf("a user's label forged the series %s:\n%s", name, s.dump(name))
+		}
+	}
+	mended := strings.ToValidUTF8(path, "\ufffd")
+	s.must(t, "ipn_port_info", "network", mended)
+	// The daemon keeps descriptions printable already; what it keeps
+	// is valid UTF-8 here.
+	for _, m := range s["ipn_port_info"].GetMetric() {
+		for _, l := range m.GetLabel() {
+			if l.GetName() == "description" && (!utf8.ValidString(l.GetValue()) || !strings.HasPrefix(l.GetValue(), "d")) {
+				t.Errorf("description %q, want %q, mended", l.GetValue(), descr)
+			}
+		}
+	}
+	if v := s.must(t, "ipn_network_ports", "network", mended, "kind", "shm"); v != 1 {
+		t.Errorf("%v ports on the fast path, want 1", v)
 	}
 }
