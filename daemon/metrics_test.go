@@ -91,6 +91,10 @@ func (sc *scraper) get() scrape {
 func (sc *scraper) until(what string, cond func(scrape) bool) scrape {
 	sc.t.Helper()
 	deadline := time.Now().Add(wait)
+	// Scrapes go 5 ms apart at most once a scrape fails the condition,
+	// so as not to keep a core busy with them.
+	poll := time.NewTicker(5 * time.Millisecond)
+	defer poll.Stop()
 	for {
 		s := sc.get()
 		if cond(s) {
@@ -99,6 +103,7 @@ func (sc *scraper) until(what string, cond func(scrape) bool) scrape {
 		if time.Now().After(deadline) {
 			sc.t.Fatalf("no scrape within %v where %s; the last:\n%s", wait, what, s.dump("ipn_"))
 		}
+		<-poll.C
 	}
 }
 
@@ -619,4 +624,36 @@ func TestMetricsHostileLabels(t *testing.T) {
 	if v := s.must(t, "ipn_network_ports", "network", mended, "kind", "shm"); v != 1 {
 		t.Errorf("%v ports on the fast path, want 1", v)
 	}
+}
+
+// A user other than root has its share of the limits in ipn_user_*, by
+// uid, and loses its series when it holds nothing.
+func TestMetricsPerUser(t *testing.T) {
+	needRoot(t)
+	sc, d := metricsDaemon(t, daemon.Config{Metrics: "127.0.0.1:0"})
+	_, fd := netFile(t, netDir(t), 2301, 2301, 0o700)
+	u := dialAs(t, d.Socket, 2301, 2301).hello(0)
+	if err := u.bind(fd); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := u.connect(-1); err != nil {
+		t.Fatal(err)
+	}
+	s := sc.get()
+	for name, want := range map[string]float64{"ipn_user_networks": 1, "ipn_user_ports": 1, "ipn_user_connections": 1} {
+		if v := s.must(t, name, "uid", "2301"); v != want {
+			t.Errorf("%s{uid=2301} %v, want %v", name, v, want)
+		}
+	}
+	if v := s.must(t, "ipn_user_memory_bytes", "uid", "2301"); v <= 0 {
+		t.Errorf("uid 2301 is charged %v bytes of memory", v)
+	}
+	if _, ok := s.value("ipn_user_networks", "uid", "0"); ok {
+		t.Error("root has ipn_user_ series; it is not charged")
+	}
+	u.conn.Close()
+	sc.until("uid 2301 holds nothing", func(s scrape) bool {
+		_, ok := s.value("ipn_user_connections", "uid", "2301")
+		return !ok
+	})
 }
