@@ -56,6 +56,19 @@ type Config struct {
 	// (RLIMIT_NOFILE); otherwise root's daemon takes as many as the
 	// kernel allows a process.
 	MaxFiles int
+	// Metrics, if set, is where the daemon serves Prometheus metrics at
+	// /metrics (metrics.go, docs/metrics.md): HOST:PORT on a loopback
+	// address (any address with MetricsAny; port 0 picks one), or the
+	// path of a Unix socket (it begins with "/"), of mode MetricsMode.
+	Metrics string
+	// MetricsAny allows a Metrics address that is not loopback.
+	MetricsAny bool
+	// MetricsMode is the mode of a Metrics Unix socket; DefaultMetricsMode
+	// if zero.
+	MetricsMode os.FileMode
+	// MetricsReady, if set, is called with the address metrics are served
+	// at once they are, before Ready.
+	MetricsReady func(net.Addr)
 }
 
 // DefaultHelloTimeout is how long a connection may stay silent at first.
@@ -123,6 +136,11 @@ func Serve(ctx context.Context, cfg Config) error {
 	if cfg.Socket == "" {
 		cfg.Socket = DefaultSocket()
 	}
+	if cfg.Metrics != "" {
+		if err := CheckMetricsAddr(cfg.Metrics, cfg.MetricsAny); err != nil {
+			return err
+		}
+	}
 	s := newServer(cfg)
 	// systemd's notify socket is this daemon's alone, not what it starts
 	// (a holder).
@@ -156,6 +174,19 @@ func Serve(ctx context.Context, cfg Config) error {
 	}
 	defer s.lock.Close()
 	ln := s.ln
+	if cfg.Metrics != "" {
+		m, err := s.serveMetrics(took)
+		if err != nil {
+			// Nothing is served yet: a daemon that took over does
+			// not get here (serveMetrics only logs then).
+			os.Remove(cfg.Socket)
+			ln.Close()
+			return err
+		}
+		if m != nil {
+			defer m.stop()
+		}
+	}
 	tln, err := s.listenTakeover()
 	if err != nil {
 		s.log.Warn("no takeovers", "err", err)

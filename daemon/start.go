@@ -49,12 +49,14 @@ func Start(socket string) error {
 // StartTakeover starts a daemon of cfg (its socket DefaultSocket() if
 // empty) in the background that takes over from the one serving there, if
 // one does (see Config.Takeover), and returns once it serves. Of cfg it
-// keeps the limits, IdleExit, NoFastPath, HelloTimeout and MaxFiles.
+// keeps the limits, IdleExit, NoFastPath, HelloTimeout, MaxFiles and the
+// metrics' address and mode.
 func StartTakeover(cfg Config) error {
 	if cfg.Socket == "" {
 		cfg.Socket = DefaultSocket()
 	}
-	b, err := json.Marshal(childConfig{cfg.IdleExit, cfg.NoFastPath, cfg.Limits, cfg.HelloTimeout, cfg.MaxFiles})
+	b, err := json.Marshal(childConfig{cfg.IdleExit, cfg.NoFastPath, cfg.Limits, cfg.HelloTimeout, cfg.MaxFiles,
+		cfg.Metrics, cfg.MetricsAny, cfg.MetricsMode})
 	if err != nil {
 		return err
 	}
@@ -72,6 +74,9 @@ type childConfig struct {
 	Limits       Limits
 	HelloTimeout time.Duration
 	MaxFiles     int
+	Metrics      string
+	MetricsAny   bool
+	MetricsMode  os.FileMode
 }
 
 // start runs a daemon on socket and waits until it serves. A lock makes
@@ -189,7 +194,8 @@ func RunIfChild() {
 				os.Exit(1)
 			}
 			cfg = Config{Takeover: true, IdleExit: c.IdleExit, NoFastPath: c.NoFastPath, Limits: c.Limits,
-				HelloTimeout: c.HelloTimeout, MaxFiles: c.MaxFiles}
+				HelloTimeout: c.HelloTimeout, MaxFiles: c.MaxFiles,
+				Metrics: c.Metrics, MetricsAny: c.MetricsAny, MetricsMode: c.MetricsMode}
 		}
 		os.Unsetenv(takeoverEnv)
 		ready := os.NewFile(3, "ready")

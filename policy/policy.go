@@ -240,6 +240,20 @@ type Sizer interface {
 	Size() int64
 }
 
+// Tabler is implemented by a policy that learns addresses into tables (a
+// switch's MAC table): Tables returns each table's live entries and bound,
+// for metrics. It may take the policy's lock; it must not call the network.
+type Tabler interface {
+	Tables() []Table
+}
+
+// Table is the size of one of a policy's tables of learnt addresses.
+type Table struct {
+	Name    string // "mac", "ip"
+	Entries int    // entries that have not expired
+	Max     int    // the most the table holds (hashsize)
+}
+
 // Base gives a policy no-op membership hooks and FirstFree port numbering;
 // embed it and implement Route.
 type Base struct{}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/pprof"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -29,6 +30,9 @@ func daemonCmd() *cobra.Command {
 		hello      time.Duration
 		maxFiles   int
 		takeover   bool
+		metrics    string
+		metricsAny bool
+		metricsMod string
 	)
 	cmd := &cobra.Command{
 		Use:   "daemon",
@@ -48,7 +52,16 @@ one serves on. Only the daemon's own user (root for the system daemon) may
 take over. With no daemon there, it starts as usual.
 
 Each user but root is limited (--max-*), so that no user can exhaust the
-daemon for the others; a request over a limit fails and names it.`,
+daemon for the others; a request over a limit fails and names it.
+
+--metrics ADDR serves Prometheus metrics at http://ADDR/metrics: per
+network and per port counters of messages, bytes, drops and errors, members,
+readers and writers, MAC table sizes and fast-path use (docs/metrics.md
+lists every metric). They show every user's network paths and port
+descriptions to whoever reaches ADDR, so ADDR must be a loopback address
+(127.0.0.1:9215, [::1]:9215, localhost:9215) unless --metrics-any is given,
+or the path of a Unix socket (/run/ipn/metrics.sock) of mode --metrics-mode
+(0600: root alone; curl --unix-socket PATH http://ipn/metrics).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if socket == "" {
@@ -56,6 +69,20 @@ daemon for the others; a request over a limit fails and names it.`,
 			}
 			if err := daemon.CheckSocket(socket); err != nil {
 				return err
+			}
+			var metricsMode os.FileMode
+			if metrics != "" {
+				if !foreground && !takeover {
+					return fmt.Errorf("--metrics %s: serving metrics needs --foreground or --takeover", metrics)
+				}
+				if err := daemon.CheckMetricsAddr(metrics, metricsAny); err != nil {
+					return err
+				}
+				m, err := strconv.ParseUint(metricsMod, 8, 32)
+				if err != nil || m&^0o777 != 0 {
+					return fmt.Errorf("--metrics-mode %q: want an octal mode of permission bits (0600, 0660)", metricsMod)
+				}
+				metricsMode = os.FileMode(m)
 			}
 			if !foreground && !takeover {
 				if err := daemon.Start(socket); err != nil {
@@ -96,6 +123,9 @@ daemon for the others; a request over a limit fails and names it.`,
 				HelloTimeout: hello,
 				MaxFiles:     maxFiles,
 				Takeover:     takeover,
+				Metrics:      metrics,
+				MetricsAny:   metricsAny,
+				MetricsMode:  metricsMode,
 			}
 			if !foreground { // --takeover in the background, with these options
 				if err := daemon.StartTakeover(cfg); err != nil {
@@ -121,5 +151,8 @@ daemon for the others; a request over a limit fails and names it.`,
 	cmd.Flags().Int64Var(&memMiB, "max-memory", d.Memory>>20, "with --foreground or --takeover, MiB of messages a user's networks may hold")
 	cmd.Flags().DurationVar(&hello, "hello-timeout", daemon.DefaultHelloTimeout, "with --foreground or --takeover, how long a new connection may stay silent")
 	cmd.Flags().IntVar(&maxFiles, "max-files", 0, "with --foreground or --takeover, the daemon's descriptor limit (0: root takes the kernel's most)")
+	cmd.Flags().StringVar(&metrics, "metrics", "", "with --foreground or --takeover, serve Prometheus metrics at http://ADDR/metrics: a loopback HOST:PORT or a Unix socket path")
+	cmd.Flags().BoolVar(&metricsAny, "metrics-any", false, "allow a --metrics address that is not loopback (anyone reaching it sees every user's networks)")
+	cmd.Flags().StringVar(&metricsMod, "metrics-mode", "0600", "mode of a --metrics Unix socket")
 	return cmd
 }

@@ -294,6 +294,28 @@ func (s *Switch) Close() {
 	s.scratch = nil
 }
 
+var _ policy.Tabler = (*Switch)(nil)
+
+// Tables implements policy.Tabler: the live entries of the MAC and the IP
+// tables.
+func (s *Switch) Tables() []policy.Table {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now()
+	macs, ips := 0, 0
+	for _, e := range s.macs {
+		if now.Sub(e.seen) < s.expire {
+			macs++
+		}
+	}
+	for _, e := range s.ips {
+		if now.Sub(e.seen) < s.expire {
+			ips++
+		}
+	}
+	return []policy.Table{{Name: "mac", Entries: macs, Max: s.hashSize}, {Name: "ip", Entries: ips, Max: s.hashSize}}
+}
+
 // entryBytes is what one entry of a table may take in memory, map overhead
 // included.
 const entryBytes = 160

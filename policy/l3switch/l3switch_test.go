@@ -677,3 +677,42 @@ func BenchmarkRoute(b *testing.B) {
 		s.Route(0, msgs, &members, out)
 	}
 }
+
+// Tables counts the live entries that the listings show, and none once
+// they expired.
+func TestTables(t *testing.T) {
+	tn := newNet(t)
+	a, b, c := tn.join(1), tn.join(2), tn.join(3)
+	tn.announce(a, b, c)
+	tn.announce(b, a, c)
+	listed := func(name string) int {
+		t.Helper()
+		v, err := tn.sw.Option(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rows []json.RawMessage
+		if err := json.Unmarshal([]byte(v), &rows); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		return len(rows)
+	}
+	sizes := func() map[string]int {
+		m := map[string]int{}
+		for _, tab := range tn.sw.Tables() {
+			if tab.Max != DefaultHashSize {
+				t.Errorf("table %s holds %d, want %d", tab.Name, tab.Max, DefaultHashSize)
+			}
+			m[tab.Name] = tab.Entries
+		}
+		return m
+	}
+	got := sizes()
+	if got["mac"] != 2 || got["mac"] != listed("macs") || got["ip"] < 2 || got["ip"] != listed("ips") {
+		t.Fatalf("tables %v; listed %d MACs, %d IPs; want the 2 MACs and their addresses", got, listed("macs"), listed("ips"))
+	}
+	tn.clk.Advance(DefaultExpire + time.Second)
+	if got := sizes(); got["mac"] != 0 || got["ip"] != 0 {
+		t.Fatalf("tables %v once every entry expired, want empty", got)
+	}
+}

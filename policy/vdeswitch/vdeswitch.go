@@ -412,6 +412,26 @@ func (s *Switch) Size() int64 {
 	return int64(s.hashSize)*entryBytes + int64(len(s.ports))*int64(unsafe.Sizeof(portConf{}))
 }
 
+var _ policy.Tabler = (*Switch)(nil)
+
+// Tables implements policy.Tabler: the MAC table's live entries.
+func (s *Switch) Tables() []policy.Table {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return []policy.Table{{Name: "mac", Entries: liveLocked(s.table, s.now(), s.expire), Max: s.hashSize}}
+}
+
+// liveLocked counts the entries of table seen less than expire before now.
+func liveLocked(table map[key]entry, now time.Time, expire time.Duration) int {
+	n := 0
+	for _, e := range table {
+		if now.Sub(e.seen) < expire {
+			n++
+		}
+	}
+	return n
+}
+
 // SetOption implements policy.Policy.SetOption. Settings, with their
 // ranges (the constants above):
 //

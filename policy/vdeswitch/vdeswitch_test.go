@@ -262,3 +262,36 @@ func BenchmarkRouteUnicast(b *testing.B) {
 		r.sw.Route(0, msgs, &r.members, out)
 	}
 }
+
+// TestTables counts the MACs learnt, per VLAN, and stops counting those
+// that expired or whose port left, as metrics read them.
+func TestTables(t *testing.T) {
+	r := newRig(t, 3)
+	entries := func() int {
+		t.Helper()
+		tabs := r.sw.Tables()
+		if len(tabs) != 1 || tabs[0].Name != "mac" || tabs[0].Max != DefaultHashSize {
+			t.Fatalf("tables %+v, want one of mac, at most %d", tabs, DefaultHashSize)
+		}
+		return tabs[0].Entries
+	}
+	if n := entries(); n != 0 {
+		t.Fatalf("a new switch has %d entries, want 0", n)
+	}
+	r.send(0, frame(bcast, mac(1), "a"))
+	r.send(0, frame(bcast, mac(2), "b"))
+	r.send(1, frame(bcast, mac(3), "c"))
+	r.send(1, frame(bcast, mac(3), "c again"))
+	if n := entries(); n != 3 {
+		t.Fatalf("%d entries after 3 MACs, want 3", n)
+	}
+	r.sw.DeletePort(1)
+	if n := entries(); n != 2 {
+		t.Fatalf("%d entries once port 1 left, want 2", n)
+	}
+	r.sw.SetOption("expire", "10s")
+	r.clk.t = r.clk.t.Add(11 * time.Second)
+	if n := entries(); n != 0 {
+		t.Fatalf("%d entries once all expired, want 0", n)
+	}
+}

@@ -1,0 +1,430 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/net/netutil"
+
+	"github.com/ipn-project/ipn/endpoint"
+	"github.com/ipn-project/ipn/engine"
+	"github.com/ipn-project/ipn/policy"
+	"github.com/ipn-project/ipn/port/grab"
+	"github.com/ipn-project/ipn/port/seqpacket"
+	"github.com/ipn-project/ipn/port/shm"
+	"github.com/ipn-project/ipn/port/tap"
+	"github.com/ipn-project/ipn/port/vde"
+)
+
+// DefaultMetricsMode is the mode of a metrics Unix socket whose Config
+// gives none: the daemon's user alone.
+const DefaultMetricsMode os.FileMode = 0o600
+
+// CheckMetricsAddr checks a metrics address (Config.Metrics): the path of
+// a Unix socket (it begins with "/"), or HOST:PORT where HOST is a loopback
+// address or "localhost", unless any allows every address. Metrics show
+// every user's network paths and port descriptions to whoever reaches them.
+func CheckMetricsAddr(addr string, any bool) error {
+	if strings.HasPrefix(addr, "/") {
+		return nil
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("metrics address %q: want HOST:PORT (127.0.0.1:9215) or the path of a Unix socket (/run/ipn/metrics.sock): %w", addr, err)
+	}
+	if any || host == "localhost" {
+		return nil
+	}
+	if ip, err := netip.ParseAddr(host); err == nil && ip.IsLoopback() {
+		return nil
+	}
+	what := "not a loopback address"
+	if host == "" {
+		what = "every interface"
+	}
+	return fmt.Errorf("metrics address %q is %s, and metrics show every user's networks and ports to whoever reaches them: "+
+		"want 127.0.0.1, [::1] or localhost, or a Unix socket path; --metrics-any serves them there anyway", addr, what)
+}
+
+// listenMetrics opens cfg.Metrics, checked. A Unix socket is bound in a
+// fresh directory of mode 0700 beside its path, given cfg.MetricsMode
+// there and only then renamed into place, so that it is never reachable
+// with a wider mode; a stale socket at the path is replaced.
+func listenMetrics(cfg Config) (net.Listener, error) {
+	addr := cfg.Metrics
+	if err := CheckMetricsAddr(addr, cfg.MetricsAny); err != nil {
+		return nil, err
+	}
+	if !strings.HasPrefix(addr, "/") {
+		if host, port, _ := net.SplitHostPort(addr); host == "localhost" {
+			addr = net.JoinHostPort("127.0.0.1", port) // never what a hosts file says
+		}
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("metrics: %w", err)
+		}
+		return ln, nil
+	}
+	mode := cfg.MetricsMode
+	if mode == 0 {
+		mode = DefaultMetricsMode
+	}
+	if mode&^0o777 != 0 {
+		return nil, fmt.Errorf("metrics socket mode %#o: want permission bits alone (0600, 0660, ...)", mode)
+	}
+	tmp, err := os.MkdirTemp(filepath.Dir(addr), ".metrics-")
+	if err != nil {
+		return nil, fmt.Errorf("metrics socket %s: %w", addr, err)
+	}
+	defer os.RemoveAll(tmp)
+	at := filepath.Join(tmp, "s")
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: at, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("metrics socket %s: %w", addr, err)
+	}
+	ln.SetUnlinkOnClose(false) // it is renamed; Close removes it where it is then
+	if err = os.Chmod(at, mode); err == nil {
+		if fi, lerr := os.Lstat(addr); lerr == nil && fi.Mode()&os.ModeSocket == 0 {
+			err = fmt.Errorf("%s is there and is not a socket", addr)
+		} else {
+			err = os.Rename(at, addr)
+		}
+	}
+	if err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("metrics socket %s: %w", addr, err)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Lstat(addr, &st); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("metrics socket %s: %w", addr, err)
+	}
+	return &renamedListener{UnixListener: ln, path: addr, dev: uint64(st.Dev), ino: uint64(st.Ino)}, nil
+}
+
+// renamedListener is a Unix listener renamed to path after its bind: it
+// reports path as its address and, at Close, removes it if it is still
+// its socket (a daemon that took over may have put its own there).
+type renamedListener struct {
+	*net.UnixListener
+	path     string
+	dev, ino uint64
+}
+
+func (l *renamedListener) Addr() net.Addr { return &net.UnixAddr{Name: l.path, Net: "unix"} }
+
+func (l *renamedListener) Close() error {
+	err := l.UnixListener.Close()
+	var st syscall.Stat_t
+	if syscall.Lstat(l.path, &st) == nil && uint64(st.Dev) == l.dev && uint64(st.Ino) == l.ino {
+		os.Remove(l.path)
+	}
+	return err
+}
+
+// metricsTakeoverWait is how long a daemon that took over waits for the
+// old one to let go of the metrics address.
+const metricsTakeoverWait = 5 * time.Second
+
+// serveMetrics opens s.cfg.Metrics and serves metrics there. A daemon that
+// took over (took) serves every network already: it waits for the old
+// daemon to let the address go, and if it cannot have it, logs why and
+// serves on without metrics (nil, nil).
+func (s *server) serveMetrics(took bool) (*metricsServer, error) {
+	ln, err := listenMetrics(s.cfg)
+	if took {
+		deadline := time.Now().Add(metricsTakeoverWait)
+		pause := time.NewTicker(50 * time.Millisecond)
+		defer pause.Stop()
+		for errors.Is(err, syscall.EADDRINUSE) && time.Now().Before(deadline) {
+			<-pause.C
+			ln, err = listenMetrics(s.cfg)
+		}
+		if err != nil {
+			s.log.Error("no metrics", "addr", s.cfg.Metrics, "err", err)
+			return nil, nil
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	m := s.startMetrics(ln)
+	if s.cfg.MetricsReady != nil {
+		s.cfg.MetricsReady(ln.Addr())
+	}
+	return m, nil
+}
+
+// maxMetricsConns bounds the connections the metrics server holds at once.
+const maxMetricsConns = 16
+
+// metricsServer serves the daemon's metrics over HTTP until stopped.
+type metricsServer struct {
+	http *http.Server
+	ln   net.Listener
+	done chan struct{} // closed when the serving goroutine has returned
+}
+
+// startMetrics serves s's metrics on ln from a goroutine of its own,
+// which stop ends.
+func (s *server) startMetrics(ln net.Listener) *metricsServer {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(&collector{s: s},
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{
+		ErrorLog:            metricsLog{s},
+		ErrorHandling:       promhttp.ContinueOnError,
+		MaxRequestsInFlight: 4,
+		Timeout:             10 * time.Second,
+	}))
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/" {
+			http.NotFound(w, r)
+			return
+		}
+		fmt.Fprintln(w, "ipn daemon: metrics at /metrics")
+	})
+	// Connections beyond the bound wait in the kernel's backlog: a
+	// scraper that opens many holds no more of the daemon than this.
+	ln = netutil.LimitListener(ln, maxMetricsConns)
+	m := &metricsServer{
+		http: &http.Server{
+			Handler:           mux,
+			ReadHeaderTimeout: 5 * time.Second,
+			ReadTimeout:       10 * time.Second,
+			WriteTimeout:      30 * time.Second,
+			IdleTimeout:       time.Minute,
+			MaxHeaderBytes:    16 << 10,
+		},
+		ln:   ln,
+		done: make(chan struct{}),
+	}
+	go func() {
+		defer close(m.done)
+		if err := m.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.Error("metrics server stopped", "addr", ln.Addr().String(), "err", err)
+		}
+	}()
+	s.log.Info("serving metrics", "addr", ln.Addr().String())
+	return m
+}
+
+// stop closes the listener, lets the scrapes under way finish for a
+// second at most, and returns once the serving goroutine has.
+func (m *metricsServer) stop() {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := m.http.Shutdown(ctx); err != nil {
+		m.http.Close()
+	}
+	<-m.done
+}
+
+// metricsLog passes promhttp's errors to the daemon's log.
+type metricsLog struct{ s *server }
+
+func (l metricsLog) Println(v ...any) { l.s.log.Warn("metrics", "err", fmt.Sprint(v...)) }
+
+// Descriptions of the metrics; docs/metrics.md lists them.
+var (
+	netLabels  = []string{"network", "proto"}
+	portLabels = []string{"network", "proto", "port", "kind"}
+
+	descNetworks    = prometheus.NewDesc("ipn_networks", "Networks the daemon serves.", nil, nil)
+	descConnections = prometheus.NewDesc("ipn_connections", "Control connections open to the daemon.", nil, nil)
+	descUserNets    = prometheus.NewDesc("ipn_user_networks", "Networks a user made that live (users but root).", []string{"uid"}, nil)
+	descUserPorts   = prometheus.NewDesc("ipn_user_ports", "Ports a user's requests hold (users but root).", []string{"uid"}, nil)
+	descUserConns   = prometheus.NewDesc("ipn_user_connections", "Control connections a user has open (users but root).", []string{"uid"}, nil)
+	descUserShm     = prometheus.NewDesc("ipn_user_shm_bytes", "Fast-path rings of a user's members (users but root).", []string{"uid"}, nil)
+	descUserMemory  = prometheus.NewDesc("ipn_user_memory_bytes", "Message memory charged to a user's networks (users but root).", []string{"uid"}, nil)
+
+	descNetPorts    = prometheus.NewDesc("ipn_network_ports", "Ports in use, by kind (shm: the fast path; socket: the socket path; vde, tap, grab; other).", append(netLabels, "kind"), nil)
+	descNetMaxPorts = prometheus.NewDesc("ipn_network_max_ports", "Ports the network has (its size).", netLabels, nil)
+	descNetReaders  = prometheus.NewDesc("ipn_network_readers", "Ports whose receive side is open.", netLabels, nil)
+	descNetWriters  = prometheus.NewDesc("ipn_network_writers", "Ports whose send side is open.", netLabels, nil)
+	descNetMTU      = prometheus.NewDesc("ipn_network_mtu_bytes", "The network's largest message.", netLabels, nil)
+	descNetMemory   = prometheus.NewDesc("ipn_network_memory_bytes", "Message memory the network is charged to its maker.", netLabels, nil)
+	descNetLogRead  = prometheus.NewDesc("ipn_network_shared_log_readers", "Fast-path ports that read the network's shared log (lossy hubs).", netLabels, nil)
+	descNetLogBytes = prometheus.NewDesc("ipn_network_shared_log_bytes", "Size of the network's shared log, 0 if it has none.", netLabels, nil)
+	descNetTable    = prometheus.NewDesc("ipn_network_table_entries", "Live entries of a table of the policy's (switch: mac; l3switch: mac, ip).", append(netLabels, "table"), nil)
+	descNetTableMax = prometheus.NewDesc("ipn_network_table_max_entries", "The most entries the table holds (hashsize).", append(netLabels, "table"), nil)
+
+	descPortInfo     = prometheus.NewDesc("ipn_port_info", "A port in use, always 1: its description, role (member, monitor, link) and open sides (r, w, rw, -).", append(portLabels, "description", "role", "sides"), nil)
+	descPortInMsgs   = prometheus.NewDesc("ipn_port_in_messages_total", "Messages the port's node sent into the network.", portLabels, nil)
+	descPortInBytes  = prometheus.NewDesc("ipn_port_in_bytes_total", "Bytes of the messages the port's node sent into the network.", portLabels, nil)
+	descPortInErrs   = prometheus.NewDesc("ipn_port_in_errors_total", "Messages refused from the port's node (too long, broken fragments, runt frames).", portLabels, nil)
+	descPortOutMsgs  = prometheus.NewDesc("ipn_port_out_messages_total", "Messages delivered to the port's node.", portLabels, nil)
+	descPortOutBytes = prometheus.NewDesc("ipn_port_out_bytes_total", "Bytes of the messages delivered to the port's node.", portLabels, nil)
+	descPortOutDrops = prometheus.NewDesc("ipn_port_out_drops_total", "Messages for the port's node that it missed (a lossy network's full queue or lapped shared log).", portLabels, nil)
+)
+
+// collector reads the daemon's counters when scraped: the engine's port
+// statistics, the same as ipn ls shows, so the data path does no work
+// for metrics.
+type collector struct{ s *server }
+
+var _ prometheus.Collector = (*collector)(nil)
+
+// Describe implements prometheus.Collector.
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{
+		descNetworks, descConnections, descUserNets, descUserPorts, descUserConns, descUserShm, descUserMemory,
+		descNetPorts, descNetMaxPorts, descNetReaders, descNetWriters, descNetMTU, descNetMemory,
+		descNetLogRead, descNetLogBytes, descNetTable, descNetTableMax,
+		descPortInfo, descPortInMsgs, descPortInBytes, descPortInErrs, descPortOutMsgs, descPortOutBytes, descPortOutDrops,
+	} {
+		ch <- d
+	}
+}
+
+// portKinds are the values of the kind label, in the order they are
+// reported.
+var portKinds = []string{"shm", "socket", "vde", "tap", "grab", "other"}
+
+// portKind names how p's messages move.
+func portKind(p *engine.Port) string {
+	switch p.Endpoint().(type) {
+	case *shm.Endpoint:
+		return "shm"
+	case *seqpacket.Endpoint, seqpacket.Lossy:
+		return "socket"
+	case *vde.Endpoint:
+		return "vde"
+	case *tap.Endpoint:
+		return "tap"
+	case *grab.Endpoint:
+		return "grab"
+	}
+	return "other"
+}
+
+// Collect implements prometheus.Collector.
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	s := c.s
+	// Label values come from users (paths, descriptions): a bad one
+	// spoils its metric alone, never the scrape or the daemon.
+	emit := func(d *prometheus.Desc, t prometheus.ValueType, v float64, labels []string) {
+		m, err := prometheus.NewConstMetric(d, t, v, labels...)
+		if err != nil {
+			m = prometheus.NewInvalidMetric(d, err)
+		}
+		ch <- m
+	}
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) { emit(d, prometheus.GaugeValue, v, labels) }
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		emit(d, prometheus.CounterValue, float64(v), labels)
+	}
+	nets := s.engine.Networks()
+	gauge(descNetworks, float64(len(nets)))
+	s.mu.Lock()
+	conns := len(s.sessions)
+	s.mu.Unlock()
+	gauge(descConnections, float64(conns))
+
+	s.acct.mu.Lock()
+	users := make(map[uint32]usage, len(s.acct.by))
+	for uid, u := range s.acct.by {
+		users[uid] = *u
+	}
+	s.acct.mu.Unlock()
+	for uid, u := range users {
+		id := strconv.FormatUint(uint64(uid), 10)
+		gauge(descUserNets, float64(u.networks), id)
+		gauge(descUserPorts, float64(u.ports), id)
+		gauge(descUserConns, float64(u.conns), id)
+		gauge(descUserShm, float64(u.shm), id)
+		gauge(descUserMemory, float64(u.memory), id)
+	}
+
+	seen := make(map[string]bool, len(nets))
+	for _, n := range nets {
+		nf := netFileOf(n)
+		cfg := n.Config()
+		path := nf.path()
+		if path == "" {
+			path = "(no path here) " + cfg.Name // as ipn ls says
+		}
+		if seen[path] { // two networks once made at one path, both removed
+			path = fmt.Sprintf("%s (inode %d)", path, nf.id.ino)
+		}
+		seen[path] = true
+		path = strings.ToValidUTF8(path, "\ufffd")
+		proto := cfg.Proto.String()
+		nl := []string{path, proto}
+		readers, writers := n.Counts()
+		gauge(descNetMaxPorts, float64(cfg.NumPorts), nl...)
+		gauge(descNetReaders, float64(readers), nl...)
+		gauge(descNetWriters, float64(writers), nl...)
+		gauge(descNetMTU, float64(cfg.MTU), nl...)
+		nf.mu.Lock()
+		memory, logMem := nf.memory, int64(0)
+		if nf.log != nil {
+			logMem = nf.log.Bytes()
+		}
+		nf.mu.Unlock()
+		gauge(descNetMemory, float64(memory), nl...)
+		gauge(descNetLogBytes, float64(logMem), nl...)
+		if t, ok := n.Policy().(policy.Tabler); ok {
+			for _, tab := range t.Tables() {
+				gauge(descNetTable, float64(tab.Entries), path, proto, tab.Name)
+				gauge(descNetTableMax, float64(tab.Max), path, proto, tab.Name)
+			}
+		}
+
+		kinds := make(map[string]int, len(portKinds))
+		logReaders := 0
+		for _, p := range n.Ports() {
+			kind := portKind(p)
+			kinds[kind]++
+			if fr, ok := p.Endpoint().(endpoint.FanOutReader); ok && fr.FanOut() != nil {
+				logReaders++
+			}
+			o := p.Options()
+			role := "member"
+			switch {
+			case o.Monitor:
+				role = "monitor"
+			case o.Link:
+				role = "link"
+			}
+			sides := ""
+			if p.CanRead() {
+				sides += "r"
+			}
+			if p.CanWrite() {
+				sides += "w"
+			}
+			if sides == "" {
+				sides = "-"
+			}
+			pl := []string{path, proto, strconv.Itoa(p.Num()), kind}
+			gauge(descPortInfo, 1, append(pl, strings.ToValidUTF8(o.Description, "\ufffd"), role, sides)...)
+			st := p.Stats()
+			counter(descPortInMsgs, st.MsgsIn, pl...)
+			counter(descPortInBytes, st.BytesIn, pl...)
+			counter(descPortInErrs, st.Errors, pl...)
+			counter(descPortOutMsgs, st.MsgsOut, pl...)
+			counter(descPortOutBytes, st.BytesOut, pl...)
+			counter(descPortOutDrops, st.Drops, pl...)
+		}
+		for _, k := range portKinds {
+			gauge(descNetPorts, float64(kinds[k]), append(nl, k)...)
+		}
+		gauge(descNetLogRead, float64(logReaders), nl...)
+	}
+}
