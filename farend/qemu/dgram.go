@@ -37,9 +37,9 @@ var _ endpoint.Endpoint = (*Dgram)(nil)
 // socket file.
 func ListenDgram(path, remote string, mode os.FileMode, log io.Writer) (*Dgram, error) {
 	if len(remote) >= len(unix.RawSockaddrUnix{}.Path) {
-		return nil, fmt.Errorf("remote %q: a socket path has at most %d bytes: %w", remote, len(unix.RawSockaddrUnix{}.Path)-1, syscall.ENAMETOOLONG)
+		return nil, fmt.Errorf("remote %q: a socket path has at most %d bytes: %w", remote, len(unix.RawSockaddrUnix{}.Path)-1, syscall.EINVAL)
 	}
-	c, f, err := makeSock(path, mode, func(addr string) (*net.UnixConn, error) {
+	c, f, err := makeSock(path, mode, true, func(addr string) (*net.UnixConn, error) {
 		return net.ListenUnixgram("unixgram", &net.UnixAddr{Name: addr, Net: "unixgram"})
 	})
 	if err != nil {

@@ -30,15 +30,22 @@ func (f *sockFile) at(name string) string {
 	return "/proc/self/fd/" + strconv.Itoa(f.dirfd) + "/" + name
 }
 
-// makeSock binds a Unix socket of net ("unix" or "unixgram") at path, an
-// absolute path, safely: it is bound under a temporary name in path's
-// directory (bind makes a new file and never follows a symlink), given
-// mode (0: the mode bind gives, 0777 less the umask) and then renamed to
-// path, over a stale socket that no one serves any more. A file at path
-// that is not a socket, or a socket someone serves, is refused. listen
-// receives the address to bind and returns the bound socket.
-func makeSock[T interface{ Close() error }](path string, mode os.FileMode, listen func(addr string) (T, error)) (T, *sockFile, error) {
+// makeSock binds a Unix socket at path, an absolute path, safely: bind
+// makes a new file and never follows a symlink; a file at path that is
+// not a socket, or a socket someone serves, is refused; a stale socket
+// there is replaced. A stream's listener (asName false) is bound under a
+// temporary name in path's directory, given mode (0: the mode bind gives,
+// 0777 less the umask) and then renamed to path, so that path never has
+// another mode. A datagram socket (asName true) is bound at path itself,
+// the name its datagrams carry as their source (QEMU may check it), and
+// then given mode. listen receives the address to bind and returns the
+// bound socket.
+func makeSock[T interface{ Close() error }](path string, mode os.FileMode, asName bool, listen func(addr string) (T, error)) (T, *sockFile, error) {
 	var zero T
+	max := len(unix.RawSockaddrUnix{}.Path) - 1
+	if asName && len(path) > max {
+		return zero, nil, fmt.Errorf("%s: path too long for a socket: at most %d bytes, this one has %d: %w", path, max, len(path), syscall.EINVAL)
+	}
 	dir, name := filepath.Split(path)
 	dirfd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -49,6 +56,14 @@ func makeSock[T interface{ Close() error }](path string, mode os.FileMode, liste
 		unix.Close(dirfd)
 		return zero, nil, err
 	}
+	tmp := name
+	if !asName {
+		tmp = fmt.Sprintf(".%s.%d.tmp", name, os.Getpid())
+		if len(f.at(tmp)) > max {
+			most := max - len(f.at("")) - (len(tmp) - len(name))
+			return fail(fmt.Errorf("%s: socket name %q is too long (at most %d bytes): %w", path, name, most, syscall.EINVAL))
+		}
+	}
 	var st unix.Stat_t
 	if err := unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err == nil {
 		if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
@@ -57,16 +72,18 @@ func makeSock[T interface{ Close() error }](path string, mode os.FileMode, liste
 		if served(f.at(name)) {
 			return fail(fmt.Errorf("%s: a program already serves that socket: %w", path, syscall.EADDRINUSE))
 		}
+		if asName {
+			unix.Unlinkat(dirfd, name, 0) // stale; bind refuses a name that is taken again
+		}
 	}
-	tmp := fmt.Sprintf(".%s.%d.tmp", name, os.Getpid())
-	if len(f.at(tmp)) >= len(unix.RawSockaddrUnix{}.Path) {
-		most := len(unix.RawSockaddrUnix{}.Path) - 1 - len(f.at("")) - (len(tmp) - len(name))
-		return fail(fmt.Errorf("%s: socket name %q is too long (at most %d bytes): %w", path, name, most, syscall.ENAMETOOLONG))
-	}
-	if unix.Fstatat(dirfd, tmp, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Mode&unix.S_IFMT == unix.S_IFSOCK {
+	if !asName && unix.Fstatat(dirfd, tmp, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Mode&unix.S_IFMT == unix.S_IFSOCK {
 		unix.Unlinkat(dirfd, tmp, 0) // left by a process of this pid that died
 	}
-	s, err := listen(f.at(tmp))
+	addr := path
+	if !asName {
+		addr = f.at(tmp)
+	}
+	s, err := listen(addr)
 	if err != nil {
 		return fail(fmt.Errorf("bind %s: %w", path, unwrapOp(err)))
 	}
@@ -75,9 +92,9 @@ func makeSock[T interface{ Close() error }](path string, mode os.FileMode, liste
 		s.Close()
 		return fail(err)
 	}
-	if err := unix.Fstatat(dirfd, tmp, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+	if err := unix.Fstatat(dirfd, tmp, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil || st.Mode&unix.S_IFMT != unix.S_IFSOCK {
 		s.Close()
-		return fail(fmt.Errorf("bind %s: %w", path, err))
+		return fail(fmt.Errorf("bind %s: the socket is not where it was bound (%v)", path, err))
 	}
 	f.id = fileID{uint64(st.Dev), st.Ino}
 	if mode != 0 {
@@ -85,8 +102,10 @@ func makeSock[T interface{ Close() error }](path string, mode os.FileMode, liste
 			return undo(fmt.Errorf("chmod %s to %#o: %w", path, mode.Perm(), err))
 		}
 	}
-	if err := unix.Renameat(dirfd, tmp, dirfd, name); err != nil {
-		return undo(fmt.Errorf("%s: %w", path, err))
+	if !asName {
+		if err := unix.Renameat(dirfd, tmp, dirfd, name); err != nil {
+			return undo(fmt.Errorf("%s: %w", path, err))
+		}
 	}
 	return s, f, nil
 }

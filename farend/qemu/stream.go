@@ -124,7 +124,7 @@ var _ endpoint.Endpoint = (*Stream)(nil)
 // connect to; a stale socket there is replaced. Lines about connections
 // and drops go to log (nil: none). Close removes the socket file.
 func Listen(path string, mode os.FileMode, log io.Writer) (*Stream, error) {
-	ln, f, err := makeSock(path, mode, func(addr string) (*net.UnixListener, error) {
+	ln, f, err := makeSock(path, mode, false, func(addr string) (*net.UnixListener, error) {
 		return net.ListenUnix("unix", &net.UnixAddr{Name: addr, Net: "unix"})
 	})
 	if err != nil {
