@@ -127,6 +127,35 @@ func TestQEMUStreamPingsTap(t *testing.T) {
 	}
 }
 
+// A guest whose -netdev stream listens (server=on) pings a tap in a
+// namespace through an ipn switch, the plug connecting to QEMU's socket;
+// with --reconnect the plug connects again to the next QEMU there.
+func TestQEMUStreamServerPingsTap(t *testing.T) {
+	path := qemuSwitch(t, true)
+	sock := filepath.Join(tempDir(t), "server.sock")
+	cfg := qemutest.Config{
+		Name: "stream-server", Addr: "10.77.0.6/24", Peer: "10.77.0.1", MAC: "52:54:00:77:00:06",
+		Netdev: "stream,server=on,addr.type=unix,addr.path=" + sock,
+	}
+	g := qemutest.Start(t, cfg)
+	waitFor(t, waitProcs, "QEMU's socket", func() bool { return isSock(sock) })
+	p := start(t, nil, nil, ipnCommand(t), "plug", "--reconnect", path, "qemu-stream+connect://"+sock)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("ipn plug; stderr:\n%s", p.stderr())
+		}
+	})
+	pinged(t, g)
+	g.Wait(t, qemuBoot)
+	os.Remove(sock) // QEMU leaves it
+	cfg.Name = "stream-server-again"
+	g2 := qemutest.Start(t, cfg)
+	pinged(t, g2)
+	if n := strings.Count(p.stderr(), "connected to QEMU"); n != 2 {
+		t.Fatalf("the plug connected %d times, want 2:\n%s", n, p.stderr())
+	}
+}
+
 // A guest with -netdev dgram over Unix datagram sockets pings a tap in a
 // namespace through an ipn switch; the plug's socket file goes when it
 // exits.

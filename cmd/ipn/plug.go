@@ -52,7 +52,7 @@ URLs:
                                -netdev stream,id=n0,server=off,addr.type=unix,addr.path=PATH
                                -device virtio-net-pci,netdev=n0
   qemu-stream+connect:///PATH  connect to QEMU's stream server at PATH (start QEMU first:
-                               -netdev stream,id=n0,server=on,wait=off,addr.type=unix,addr.path=PATH)
+                               -netdev stream,id=n0,server=on,addr.type=unix,addr.path=PATH)
   qemu-dgram:///PATH?remote=QPATH[&mode=OCTAL]
                                bind PATH, exchange datagrams with QEMU's socket QPATH
                                (frames from other sockets are dropped):
