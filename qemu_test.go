@@ -1,7 +1,10 @@
 package ipn_test
 
 import (
+	"encoding/binary"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -179,4 +182,84 @@ func TestQEMUStreamAndDgramGuestsPingEachOther(t *testing.T) {
 	b, _, _ := dgramGuest(t, path, "dgram", "10.77.0.5/24", "10.77.0.4", 5, 30)
 	pinged(t, a)
 	pinged(t, b)
+}
+
+// qemuFrame is QEMU's stream framing of f: a 4-byte big-endian length,
+// then f.
+func qemuFrame(f []byte) []byte {
+	return append(binary.BigEndian.AppendUint32(nil, uint32(len(f))), f...)
+}
+
+// ipn plug with qemu-stream://, against a fake QEMU speaking its framing:
+// a frame over the network's MTU is dropped and counted on the plug's
+// stderr, and the next one enters the network; frames from the network
+// reach QEMU framed; a QEMU that sends a length of 4 GiB loses its
+// connection, not the plug, which takes the next QEMU.
+func TestStreamPlugMTUAndHostileQEMU(t *testing.T) {
+	path, s := bindNet(t, nil)
+	sock := filepath.Join(tempDir(t), "fake.sock")
+	p := qemuPlug(t, path, "qemu-stream://"+sock, sock)
+	for i := 0; i < 2; i++ {
+		c, err := net.Dial("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		hello := fmt.Sprintf("hello %d", i)
+		c.Write(append(qemuFrame(make([]byte, 2000)), qemuFrame([]byte(hello))...))
+		if got := recvString(t, s); got != hello {
+			t.Fatalf("the network got %q, want %q (the frame over the MTU dropped)", got, hello)
+		}
+		if err := s.Send([]byte("to QEMU")); err != nil {
+			t.Fatal(err)
+		}
+		// Loop probes of the network may come first.
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		for {
+			var hdr [4]byte
+			if _, err := io.ReadFull(c, hdr[:]); err != nil {
+				t.Fatalf("fake QEMU reading: %v", err)
+			}
+			b := make([]byte, binary.BigEndian.Uint32(hdr[:]))
+			if _, err := io.ReadFull(c, b); err != nil {
+				t.Fatalf("fake QEMU reading: %v", err)
+			}
+			if string(b) == "to QEMU" {
+				break
+			}
+		}
+		c.Write([]byte{0xff, 0xff, 0xff, 0xff})
+		if _, err := c.Read(make([]byte, 1)); err != io.EOF {
+			t.Fatalf("after a length of 4 GiB: %v, want EOF (the plug hung up)", err)
+		}
+	}
+	for _, w := range []string{
+		"a frame of 2000 bytes from QEMU, over the network's MTU of 1514 (1 dropped so far)",
+		"bad framing: a length of 4294967295 bytes, over the 69632 of QEMU's largest frame; waiting for the next",
+		"(connection 2)",
+	} {
+		waitFor(t, waitProcs, "plug's stderr to say "+w, func() bool { return strings.Contains(p.stderr(), w) })
+	}
+	select {
+	case <-p.done:
+		t.Fatalf("ipn plug exited: %v\n%s", p.err, p.stderr())
+	default:
+	}
+}
+
+// ipn plug refuses a bad qemu URL at once, naming it and what is allowed,
+// even with --reconnect (no waiting makes it right).
+func TestStreamPlugRefusesBadURL(t *testing.T) {
+	path, _ := bindNet(t, nil)
+	for _, tc := range []struct{ url, want string }{
+		{"qemu-stream://vm.sock", "want qemu-stream:///ABSOLUTE/PATH"},
+		{"qemu-dgram:///tmp/x.sock", "no remote: want qemu-dgram:///tmp/x.sock?remote=QEMUPATH"},
+		{"qemu-stream:///tmp/x.sock?mode=888", `mode "888": want octal permission bits from 1 to 777`},
+	} {
+		p := start(t, nil, nil, ipnCommand(t), "plug", "--reconnect", path, tc.url)
+		err := p.wait(waitProcs)
+		if exitStatus(err) != 1 || !strings.Contains(p.stderr(), tc.url) || !strings.Contains(p.stderr(), tc.want) {
+			t.Errorf("ipn plug %s: %v, stderr %q; want status 1 naming the URL and %q", tc.url, err, p.stderr(), tc.want)
+		}
+	}
 }
