@@ -42,9 +42,9 @@ func (f *sockFile) at(name string) string {
 // bound socket.
 func makeSock[T interface{ Close() error }](path string, mode os.FileMode, asName bool, listen func(addr string) (T, error)) (T, *sockFile, error) {
 	var zero T
-	max := len(unix.RawSockaddrUnix{}.Path) - 1
-	if asName && len(path) > max {
-		return zero, nil, fmt.Errorf("%s: path too long for a socket: at most %d bytes, this one has %d: %w", path, max, len(path), syscall.EINVAL)
+	longest := len(unix.RawSockaddrUnix{}.Path) - 1
+	if asName && len(path) > longest {
+		return zero, nil, fmt.Errorf("%s: path too long for a socket: at most %d bytes, this one has %d: %w", path, longest, len(path), syscall.EINVAL)
 	}
 	dir, name := filepath.Split(path)
 	dirfd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
@@ -59,8 +59,8 @@ func makeSock[T interface{ Close() error }](path string, mode os.FileMode, asNam
 	tmp := name
 	if !asName {
 		tmp = fmt.Sprintf(".%s.%d.tmp", name, os.Getpid())
-		if len(f.at(tmp)) > max {
-			most := max - len(f.at("")) - (len(tmp) - len(name))
+		if len(f.at(tmp)) > longest {
+			most := longest - len(f.at("")) - (len(tmp) - len(name))
 			return fail(fmt.Errorf("%s: socket name %q is too long (at most %d bytes): %w", path, name, most, syscall.EINVAL))
 		}
 	}
