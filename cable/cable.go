@@ -130,10 +130,22 @@ func netID(path string) ([2]uint64, bool) {
 	return [2]uint64{st.Dev, st.Ino}, true
 }
 
+// MTUSetter is implemented by far ends that drop, and count, frames longer
+// than the network's MTU themselves (package farend/qemu's): Run tells them
+// the MTU before it pumps.
+type MTUSetter interface {
+	SetMTU(mtu int)
+}
+
 // Run pumps frames both ways between the connected socket s and far, as
 // Pump does with s's endpoint (Socket.Endpoint) as the near end: it closes
 // far, not s.
 func Run(ctx context.Context, s *ipn.Socket, far endpoint.Endpoint) error {
+	if m, ok := far.(MTUSetter); ok {
+		if mtu, err := s.MTU(); err == nil {
+			m.SetMTU(mtu)
+		}
+	}
 	return Pump(ctx, s.Endpoint(), far)
 }
 

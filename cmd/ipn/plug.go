@@ -46,6 +46,17 @@ URLs:
                                a PEER is heard from its VXLAN port (/srcport=MIN-MAX for
                                others), a GROUP from anyone (/allow=CIDR,... to choose)
   vxvde://[GROUP]              vdeplug4's multicast distributed switch (/allow=CIDR,...)
+  qemu-stream:///PATH[?mode=OCTAL]
+                               listen at PATH for QEMU 7.2+ (no libvdeplug), one QEMU at
+                               a time, again after it restarts: qemu-system-x86_64 ...
+                               -netdev stream,id=n0,server=off,addr.type=unix,addr.path=PATH
+                               -device virtio-net-pci,netdev=n0
+  qemu-stream+connect:///PATH  connect to QEMU's stream server at PATH (start QEMU first:
+                               -netdev stream,id=n0,server=on,addr.type=unix,addr.path=PATH)
+  qemu-dgram:///PATH?remote=QPATH[&mode=OCTAL]
+                               bind PATH, exchange datagrams with QEMU's socket QPATH
+                               (frames from other sockets are dropped):
+                               -netdev dgram,id=n0,local.type=unix,local.path=QPATH,remote.type=unix,remote.path=PATH
   tap://NAME                   a Linux tap interface, made if missing (needs
                                CAP_NET_ADMIN) and set up; addresses are yours
   grab://IFACE                 an existing interface, in promiscuous mode
@@ -68,6 +79,12 @@ existing tap whose MTU cannot be set (no CAP_NET_ADMIN) is refused if
 larger, kept if smaller. grab:// refuses an interface whose MTU is larger
 than the network's less 14 (it would lose its larger frames) and leaves
 its MTU alone: lower it, or use a network with a larger MTU.
+
+qemu-stream and qemu-dgram frames are 4-byte big-endian length + frame and
+one datagram a frame, as QEMU speaks them. The socket files plug makes get
+your umask's mode, or mode= (octal), never replace anything but a stale
+socket, and go when plug exits. A frame from QEMU over the network's MTU is
+dropped, and the drops are counted on stderr.
 
 UDP, VXLAN and vxvde carry no authentication and no encryption: run them on
 a trusted segment or inside WireGuard or IPsec (docs/multihost.md).
