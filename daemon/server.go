@@ -182,7 +182,11 @@ func Serve(ctx context.Context, cfg Config) error {
 		// keep yet go there (a holder starts if need be).
 		s.devices.resumeHolder()
 	}
-	s.log.Info("serving", "socket", cfg.Socket, "pid", os.Getpid(), "uid", os.Geteuid())
+	idle := "never"
+	if cfg.IdleExit > 0 {
+		idle = cfg.IdleExit.String()
+	}
+	s.log.Info("serving", "socket", cfg.Socket, "pid", os.Getpid(), "uid", os.Geteuid(), "idle_exit", idle)
 	if cfg.Ready != nil {
 		cfg.Ready()
 	}
