@@ -92,6 +92,11 @@ type server struct {
 	handMu   sync.Mutex
 	stopping bool
 
+	// activated says the control socket is systemd's (socket activation,
+	// passed at start or handed over): its file stays when the daemon
+	// stops, for systemd to start the next one on.
+	activated bool
+
 	devices devices
 }
 
@@ -128,7 +133,14 @@ func Serve(ctx context.Context, cfg Config) error {
 	// (a holder).
 	notify := os.Getenv("NOTIFY_SOCKET")
 	os.Unsetenv("NOTIFY_SOCKET")
+	passed, err := passedListener(cfg.Socket, s.log)
+	if err != nil {
+		return err
+	}
 	if err := setFileLimit(cfg.MaxFiles); err != nil {
+		if passed != nil {
+			passed.Close()
+		}
 		return err
 	}
 	took := false
@@ -139,18 +151,33 @@ func Serve(ctx context.Context, cfg Config) error {
 		case errors.Is(err, errNone):
 			s.log.Info("no daemon to take over; starting afresh", "socket", cfg.Socket)
 		default:
+			if passed != nil {
+				passed.Close()
+			}
 			return err
 		}
+	}
+	if took && passed != nil {
+		// The old daemon's listener serves: it is the one clients reach.
+		s.log.Warn("took over; closing the socket systemd passed", "socket", cfg.Socket)
+		passed.Close()
 	}
 	if !took {
 		lock, err := lockDaemon(cfg.Socket)
 		if err != nil {
+			if passed != nil {
+				passed.Close()
+			}
 			return err
 		}
-		ln, err := listen(cfg.Socket)
-		if err != nil {
-			lock.Close()
-			return err
+		ln := passed
+		if ln == nil {
+			if ln, err = listen(cfg.Socket); err != nil {
+				lock.Close()
+				return err
+			}
+		} else {
+			s.activated = true
 		}
 		s.ln, s.lock = ln, lock
 	}
@@ -186,7 +213,7 @@ func Serve(ctx context.Context, cfg Config) error {
 	if cfg.IdleExit > 0 {
 		idle = cfg.IdleExit.String()
 	}
-	s.log.Info("serving", "socket", cfg.Socket, "pid", os.Getpid(), "uid", os.Geteuid(), "idle_exit", idle)
+	s.log.Info("serving", "socket", cfg.Socket, "pid", os.Getpid(), "uid", os.Geteuid(), "idle_exit", idle, "systemd_socket", s.activated)
 	if cfg.Ready != nil {
 		cfg.Ready()
 	}
@@ -217,8 +244,11 @@ func Serve(ctx context.Context, cfg Config) error {
 	}
 	s.log.Info("stopping")
 	close(s.stop)
-	// Unlink first so that no new client reaches this daemon.
-	os.Remove(cfg.Socket)
+	// Unlink first so that no new client reaches this daemon; systemd's
+	// socket stays, and its clients wait for the daemon it starts next.
+	if !s.activated {
+		os.Remove(cfg.Socket)
+	}
 	ln.Close()
 	if tln != nil {
 		os.Remove(TakeoverSocket(cfg.Socket))
