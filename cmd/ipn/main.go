@@ -51,6 +51,7 @@ The daemon that serves networks starts by itself when first needed.`,
 	for _, c := range commands {
 		root.AddCommand(c())
 	}
+	addCompletions(root)
 	return root
 }
 
