@@ -134,7 +134,9 @@ func socketDir(t *testing.T) string {
 // (as ipn.socket does), serves on the socket it is passed: the first
 // client's connection, made before the daemon ran, is served; members
 // exchange messages; the daemon tells NOTIFY_SOCKET it is ready, and
-// which process it is; stopped, it leaves systemd's socket in place.
+// which process it is. A reload (ipn daemon --takeover) hands everything
+// to a new daemon that says so too; stopped, that one leaves systemd's
+// socket in place.
 func TestSocketActivation(t *testing.T) {
 	dir := socketDir(t)
 	sock := filepath.Join(dir, "ipn.sock")
@@ -208,16 +210,45 @@ func TestSocketActivation(t *testing.T) {
 	}
 	a.expect(t, "systemd_socket=true")
 
+	// A reload, as ipn.service's ExecReload: ipn daemon --takeover, in
+	// the background. The new daemon takes systemd's socket over, says
+	// it is the main process now, and the old one exits.
+	runIPN(t, []string{"NOTIFY_SOCKET=" + notifyPath}, "daemon", "--takeover", "--socket", sock)
+	notify.SetReadDeadline(time.Now().Add(20 * time.Second))
+	n, err = notify.Read(buf)
+	if err != nil {
+		t.Fatalf("no notification from the daemon that took over: %v", err)
+	}
+	if got := string(buf[:n]); !strings.HasPrefix(got, "READY=1\nMAINPID=") {
+		t.Fatalf("notification %q, want READY=1 and MAINPID", got)
+	}
+	newPID, err := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(string(buf[:n]), "READY=1\nMAINPID=")))
+	if err != nil || newPID == pid {
+		t.Fatalf("notification %q: MAINPID %d (%v), want a new daemon's (the old is %d)", buf[:n], newPID, err, pid)
+	}
+	t.Cleanup(func() { syscall.Kill(newPID, syscall.SIGKILL) }) // not in the activator's group
+	a.expect(t, "exiting after the takeover")
+	msg := "after the reload"
+	if err := sender.Send([]byte(msg)); err != nil {
+		t.Fatal(err)
+	}
+	if n, _, err := recv.Recv(buf); err != nil || string(buf[:n]) != msg {
+		t.Fatalf("Recv after the takeover: %q %v, want %q", buf[:n], err, msg)
+	}
+
 	// Stopped, the daemon ends its networks and leaves the socket,
 	// which is systemd's, where it is.
-	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+	if err := syscall.Kill(newPID, syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	recv.SetReadDeadline(time.Now().Add(20 * time.Second))
 	if _, _, err := recv.Recv(buf); !errors.Is(err, syscall.ECONNRESET) {
 		t.Fatalf("Recv after the daemon's SIGTERM: %v, want ECONNRESET", err)
 	}
-	a.expect(t, "msg=stopping")
+	log, err := os.ReadFile(sock + ".log") // the background daemon's
+	if err != nil || !strings.Contains(string(log), "msg=stopping") {
+		t.Fatalf("the daemon that took over did not log its stop (%v):\n%s", err, log)
+	}
 	if fi, err := os.Lstat(sock); err != nil || fi.Mode()&os.ModeSocket == 0 {
 		t.Fatalf("the daemon removed systemd's socket %s: %v", sock, err)
 	}
