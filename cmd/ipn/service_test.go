@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -15,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/ipn-project/ipn"
 	"github.com/ipn-project/ipn/daemon"
@@ -388,5 +391,93 @@ func verify(t *testing.T, analyze, kind, dir string, opts ...string) {
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil || out.Len() > 0 {
 		t.Errorf("systemd-analyze %s: %v\n%s", strings.Join(args, " "), err, out.String())
+	}
+}
+
+// daemonPID returns the pid of the process serving the control socket
+// sock (SO_PEERCRED).
+func daemonPID(t *testing.T, sock string) int {
+	t.Helper()
+	c, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: sock, Net: "unixpacket"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	cred, err := unix.GetsockoptUcred(fdOf(t, c), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return int(cred.Pid)
+}
+
+// exitsWithin reports whether process pid (not a child of this one)
+// exits within d.
+func exitsWithin(t *testing.T, pid int, d time.Duration) bool {
+	t.Helper()
+	fd, err := unix.PidfdOpen(pid, 0)
+	if errors.Is(err, unix.ESRCH) {
+		return true
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	for { // a pidfd is readable once its process exited
+		n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, int(d.Milliseconds()))
+		if !errors.Is(err, unix.EINTR) {
+			return err == nil && n > 0
+		}
+	}
+}
+
+// ipn daemon, without -f, starts a daemon in the background that serves
+// until stopped (no idle exit unless --idle-exit), is ipn daemon in ps,
+// and refuses to start beside a running one; --idle-exit reaches it.
+func TestDaemonCommandServesUntilStopped(t *testing.T) {
+	sock := filepath.Join(socketDir(t), "ipn.sock")
+	if out := runIPN(t, nil, "daemon", "--socket", sock); out != "ipn daemon serving "+sock+"\n" {
+		t.Errorf("ipn daemon printed %q", out)
+	}
+	pid := daemonPID(t, sock)
+	t.Cleanup(func() {
+		syscall.Kill(pid, syscall.SIGTERM)
+		if !exitsWithin(t, pid, 10*time.Second) {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	})
+	cmdline, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+	if want := "ipn\x00daemon\x00--socket\x00" + sock + "\x00"; string(cmdline) != want {
+		t.Errorf("/proc/%d/cmdline %q, want %q", pid, cmdline, want)
+	}
+	if comm, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm"); string(comm) != "ipn\n" {
+		t.Errorf("/proc/%d/comm %q, want ipn", pid, comm)
+	}
+	log, _ := os.ReadFile(sock + ".log")
+	if !strings.Contains(string(log), "msg=serving") || !strings.Contains(string(log), "idle_exit=never") {
+		t.Errorf("the daemon of ipn daemon has an idle exit; its log:\n%s", log)
+	}
+
+	cmd := exec.Command(os.Args[0], "daemon", "--socket", sock)
+	cmd.Env = append(os.Environ(), asIPNEnv+"=1")
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "a daemon is already running") || !strings.Contains(string(out), "--takeover") {
+		t.Errorf("a second ipn daemon on %s: %v\n%s\nwant a failure naming --takeover", sock, err, out)
+	}
+	if daemonPID(t, sock) != pid {
+		t.Errorf("a second ipn daemon replaced the first")
+	}
+
+	idleSock := filepath.Join(socketDir(t), "ipn.sock")
+	runIPN(t, nil, "daemon", "--socket", idleSock, "--idle-exit", "1s")
+	// Its pid from its log: it may be gone already.
+	log, _ = os.ReadFile(idleSock + ".log")
+	m := regexp.MustCompile(`msg=serving .*pid=(\d+) .*idle_exit=1s`).FindSubmatch(log)
+	if m == nil {
+		t.Fatalf("the daemon of ipn daemon --idle-exit 1s logged no serving with idle_exit=1s:\n%s", log)
+	}
+	idlePID, _ := strconv.Atoi(string(m[1]))
+	if !exitsWithin(t, idlePID, 20*time.Second) {
+		syscall.Kill(idlePID, syscall.SIGKILL)
+		t.Fatal("ipn daemon --idle-exit 1s still serves after 20s without clients")
 	}
 }
