@@ -328,7 +328,7 @@ func TestAutostartRaceAndSIGTERM(t *testing.T) {
 func TestCommandHelp(t *testing.T) {
 	ipnc := ipnCommand(t)
 	args := [][]string{{"--help"}}
-	for _, c := range []string{"cat", "ls", "daemon", "demo", "dump", "mac", "vlan", "port", "policy", "plug", "vde", "mgmt", "bench", "device", "mount"} {
+	for _, c := range []string{"cat", "ls", "daemon", "demo", "dump", "mac", "vlan", "port", "policy", "plug", "vde", "mgmt", "bench", "device", "mount", "version", "completion", "gen-man"} {
 		args = append(args, []string{c, "--help"})
 	}
 	for _, args := range args {

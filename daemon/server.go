@@ -105,6 +105,11 @@ type server struct {
 	handMu   sync.Mutex
 	stopping bool
 
+	// activated says the control socket is systemd's (socket activation,
+	// passed at start or handed over): its file stays when the daemon
+	// stops, for systemd to start the next one on.
+	activated bool
+
 	devices devices
 }
 
@@ -146,7 +151,14 @@ func Serve(ctx context.Context, cfg Config) error {
 	// (a holder).
 	notify := os.Getenv("NOTIFY_SOCKET")
 	os.Unsetenv("NOTIFY_SOCKET")
+	passed, err := passedListener(cfg.Socket, s.log)
+	if err != nil {
+		return err
+	}
 	if err := setFileLimit(cfg.MaxFiles); err != nil {
+		if passed != nil {
+			passed.Close()
+		}
 		return err
 	}
 	took := false
@@ -157,18 +169,33 @@ func Serve(ctx context.Context, cfg Config) error {
 		case errors.Is(err, errNone):
 			s.log.Info("no daemon to take over; starting afresh", "socket", cfg.Socket)
 		default:
+			if passed != nil {
+				passed.Close()
+			}
 			return err
 		}
+	}
+	if took && passed != nil {
+		// The old daemon's listener serves: it is the one clients reach.
+		s.log.Warn("took over; closing the socket systemd passed", "socket", cfg.Socket)
+		passed.Close()
 	}
 	if !took {
 		lock, err := lockDaemon(cfg.Socket)
 		if err != nil {
+			if passed != nil {
+				passed.Close()
+			}
 			return err
 		}
-		ln, err := listen(cfg.Socket)
-		if err != nil {
-			lock.Close()
-			return err
+		ln := passed
+		if ln == nil {
+			if ln, err = listen(cfg.Socket); err != nil {
+				lock.Close()
+				return err
+			}
+		} else {
+			s.activated = true
 		}
 		s.ln, s.lock = ln, lock
 	}
@@ -213,7 +240,11 @@ func Serve(ctx context.Context, cfg Config) error {
 		// keep yet go there (a holder starts if need be).
 		s.devices.resumeHolder()
 	}
-	s.log.Info("serving", "socket", cfg.Socket, "pid", os.Getpid(), "uid", os.Geteuid())
+	idle := "never"
+	if cfg.IdleExit > 0 {
+		idle = cfg.IdleExit.String()
+	}
+	s.log.Info("serving", "socket", cfg.Socket, "pid", os.Getpid(), "uid", os.Geteuid(), "idle_exit", idle, "systemd_socket", s.activated)
 	if cfg.Ready != nil {
 		cfg.Ready()
 	}
@@ -244,8 +275,11 @@ func Serve(ctx context.Context, cfg Config) error {
 	}
 	s.log.Info("stopping")
 	close(s.stop)
-	// Unlink first so that no new client reaches this daemon.
-	os.Remove(cfg.Socket)
+	// Unlink first so that no new client reaches this daemon; systemd's
+	// socket stays, and its clients wait for the daemon it starts next.
+	if !s.activated {
+		os.Remove(cfg.Socket)
+	}
 	ln.Close()
 	if tln != nil {
 		os.Remove(TakeoverSocket(cfg.Socket))

@@ -16,6 +16,7 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/ipn-project/ipn/internal/ctlsock"
 	"github.com/ipn-project/ipn/internal/spec"
@@ -38,37 +39,47 @@ const startTimeout = 10 * time.Second
 
 // Start starts a daemon in the background on socket (DefaultSocket() if
 // empty), as the library does when none answers, and returns once it
-// serves. It does nothing if one already answers there.
+// serves. It does nothing if one already answers there. Such a daemon
+// exits once it has had no clients for AutoIdleExit, and tells systemd
+// nothing: it is a program's, not a service's.
 func Start(socket string) error {
 	if socket == "" {
 		socket = DefaultSocket()
 	}
-	return start(socket, "")
+	return start(socket, nil)
 }
 
-// StartTakeover starts a daemon of cfg (its socket DefaultSocket() if
-// empty) in the background that takes over from the one serving there, if
-// one does (see Config.Takeover), and returns once it serves. Of cfg it
-// keeps the limits, IdleExit, NoFastPath, HelloTimeout, MaxFiles and the
-// metrics' address and mode.
-func StartTakeover(cfg Config) error {
+// StartService starts a daemon of cfg (its socket DefaultSocket() if
+// empty) in the background, as ipn daemon does, and returns once it
+// serves. Of cfg it keeps Takeover, the limits, IdleExit (zero: it serves
+// until stopped), NoFastPath, HelloTimeout, MaxFiles and the metrics'
+// address and mode. Unless it takes
+// over (cfg.Takeover), it fails with ErrRunning if a daemon answers there
+// already. The daemon inherits NOTIFY_SOCKET: it tells systemd when it
+// serves, as the service's main process.
+func StartService(cfg Config) error {
 	if cfg.Socket == "" {
 		cfg.Socket = DefaultSocket()
 	}
-	b, err := json.Marshal(childConfig{cfg.IdleExit, cfg.NoFastPath, cfg.Limits, cfg.HelloTimeout, cfg.MaxFiles,
+	return start(cfg.Socket, &childConfig{cfg.Takeover, cfg.IdleExit, cfg.NoFastPath, cfg.Limits, cfg.HelloTimeout, cfg.MaxFiles,
 		cfg.Metrics, cfg.MetricsAny, cfg.MetricsMode})
-	if err != nil {
-		return err
-	}
-	return start(cfg.Socket, string(b))
 }
 
-// takeoverEnv tells the re-executed daemon to take over, with the
-// configuration (childConfig, JSON) it holds.
-const takeoverEnv = "IPN_DAEMON_TAKEOVER"
+// StartTakeover is StartService with cfg.Takeover set: a daemon that takes
+// over from the one serving there, if one does (see Config.Takeover).
+func StartTakeover(cfg Config) error {
+	cfg.Takeover = true
+	return StartService(cfg)
+}
 
-// childConfig is what a re-executed daemon that takes over serves with.
+// configEnv hands the re-executed daemon of StartService its
+// configuration (childConfig, JSON); without it, the daemon is the
+// library's (Start).
+const configEnv = "IPN_DAEMON_CONFIG"
+
+// childConfig is what a re-executed daemon of StartService serves with.
 type childConfig struct {
+	Takeover     bool
 	IdleExit     time.Duration
 	NoFastPath   bool
 	Limits       Limits
@@ -79,9 +90,39 @@ type childConfig struct {
 	MetricsMode  os.FileMode
 }
 
-// start runs a daemon on socket and waits until it serves. A lock makes
-// racing starters take turns; the later ones find the daemon running.
-func start(socket, takeover string) error {
+// config returns the Config c describes.
+func (c *childConfig) config() Config {
+	return Config{Takeover: c.Takeover, IdleExit: c.IdleExit, NoFastPath: c.NoFastPath, Limits: c.Limits,
+		HelloTimeout: c.HelloTimeout, MaxFiles: c.MaxFiles, Metrics: c.Metrics, MetricsAny: c.MetricsAny, MetricsMode: c.MetricsMode}
+}
+
+// ProcessName is the name a daemon this package starts takes, as ps and
+// /proc/PID/comm show it, whatever program started it.
+const ProcessName = "ipn"
+
+// daemonArgs returns the argument vector, for ps to show, of a daemon
+// re-executed to serve socket with child (nil: the library's): what ipn
+// daemon would be given to serve that way. The daemon reads its
+// configuration from its environment, not from these.
+func daemonArgs(socket string, child *childConfig) []string {
+	args := []string{ProcessName, "daemon", "--socket", socket}
+	idle := AutoIdleExit
+	if child != nil {
+		idle = child.IdleExit
+		if child.Takeover {
+			args = append(args, "--takeover")
+		}
+	}
+	if idle > 0 {
+		args = append(args, "--idle-exit", idle.String())
+	}
+	return args
+}
+
+// start runs a daemon on socket and waits until it serves: the library's
+// if child is nil, else one of that configuration. A lock makes racing
+// starters take turns; the later ones find the daemon running.
+func start(socket string, child *childConfig) error {
 	if err := CheckSocket(socket); err != nil {
 		return fmt.Errorf("start ipn daemon: %w", err)
 	}
@@ -98,8 +139,12 @@ func start(socket, takeover string) error {
 	}
 	if c, err := ctlsock.Dial(socket); err == nil {
 		c.Close()
-		if takeover == "" {
+		switch {
+		case child == nil:
 			return nil
+		case !child.Takeover:
+			return fmt.Errorf("%s: %w; ipn daemon --takeover replaces it (a daemon a program started for itself exits after %v without clients)",
+				socket, ErrRunning, AutoIdleExit)
 		}
 	} else if errors.Is(err, ctlsock.ErrNotDaemon) {
 		return err
@@ -122,12 +167,18 @@ func start(socket, takeover string) error {
 	// The child starts the daemon as its own child and exits, so the
 	// daemon is adopted by init and this process leaves no zombie.
 	cmd := exec.Command(exe)
-	cmd.Env = append(os.Environ(), childEnv+"=1", SocketEnv+"="+socket)
-	if takeover != "" {
-		cmd.Env = append(cmd.Env, takeoverEnv+"="+takeover)
+	cmd.Args = daemonArgs(socket, child)
+	cmd.Env = slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, configEnv+"=") })
+	cmd.Env = append(cmd.Env, childEnv+"=1", SocketEnv+"="+socket)
+	if child != nil {
+		b, err := json.Marshal(child)
+		if err != nil {
+			return fmt.Errorf("start ipn daemon: %w", err)
+		}
+		cmd.Env = append(cmd.Env, configEnv+"="+string(b))
 	} else {
 		// A daemon a program starts for itself is no service's: only
-		// a takeover's (a service's reload) tells systemd.
+		// ipn daemon's (a service's start or reload) tells systemd.
 		cmd.Env = slices.DeleteFunc(cmd.Env, func(kv string) bool { return strings.HasPrefix(kv, "NOTIFY_SOCKET=") })
 	}
 	cmd.Stderr = logf
@@ -139,7 +190,7 @@ func start(socket, takeover string) error {
 		return fmt.Errorf("start ipn daemon: %w", err)
 	}
 	wait := startTimeout
-	if takeover != "" {
+	if child != nil && child.Takeover {
 		wait += takeoverTimeout + freezeTimeout // a hand-over may take that long
 	}
 	r.SetReadDeadline(time.Now().Add(wait))
@@ -171,9 +222,11 @@ func RunIfChild() {
 	switch os.Getenv(childEnv) {
 	case "1":
 		// Stage one: start the daemon itself, detached, and go.
+		setProcessName()
 		exe, err := os.Executable()
 		if err == nil {
 			cmd := exec.Command(exe)
+			cmd.Args = os.Args // daemonArgs, for ps
 			cmd.Env = append(os.Environ(), childEnv+"=2")
 			cmd.Stderr = os.Stderr
 			cmd.ExtraFiles = []*os.File{os.NewFile(3, "ready")}
@@ -185,19 +238,18 @@ func RunIfChild() {
 		}
 		os.Exit(0)
 	case "2":
+		setProcessName()
 		os.Unsetenv(childEnv)
 		cfg := Config{IdleExit: AutoIdleExit}
-		if tc := os.Getenv(takeoverEnv); tc != "" {
+		if cc := os.Getenv(configEnv); cc != "" {
 			var c childConfig
-			if err := json.Unmarshal([]byte(tc), &c); err != nil {
-				fmt.Fprintln(os.Stderr, "ipn daemon:", err)
+			if err := json.Unmarshal([]byte(cc), &c); err != nil {
+				fmt.Fprintf(os.Stderr, "ipn daemon: $%s %q: %v\n", configEnv, cc, err)
 				os.Exit(1)
 			}
-			cfg = Config{Takeover: true, IdleExit: c.IdleExit, NoFastPath: c.NoFastPath, Limits: c.Limits,
-				HelloTimeout: c.HelloTimeout, MaxFiles: c.MaxFiles,
-				Metrics: c.Metrics, MetricsAny: c.MetricsAny, MetricsMode: c.MetricsMode}
+			cfg = c.config()
 		}
-		os.Unsetenv(takeoverEnv)
+		os.Unsetenv(configEnv)
 		ready := os.NewFile(3, "ready")
 		log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
@@ -214,6 +266,13 @@ func RunIfChild() {
 		}
 		os.Exit(0)
 	}
+}
+
+// setProcessName names this process ProcessName (its comm, which ps and
+// top show), whatever the program's file is called. It runs from an
+// init, on the main thread, whose name is the process's.
+func setProcessName() {
+	unix.Prctl(unix.PR_SET_NAME, uintptr(unsafe.Pointer(&[]byte(ProcessName + "\x00")[0])), 0, 0, 0)
 }
 
 // ErrNotDaemon reports a control socket served by a process that is

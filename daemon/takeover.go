@@ -81,6 +81,8 @@ type state struct {
 	Networks []netState
 	Sessions []sessionState
 	Accounts map[uint32]usageState
+	// Activated says Listener is systemd's (socket activation).
+	Activated bool `json:",omitempty"`
 }
 
 type usageState struct {
@@ -399,7 +401,7 @@ func (s *server) save(ef *engine.Frozen) (*state, []int, error) {
 	dupFD := func(fd int) (int, error) {
 		return add(unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0))
 	}
-	st := &state{Format: takeoverFormat, Build: spec.Build(), Accounts: map[uint32]usageState{}}
+	st := &state{Format: takeoverFormat, Build: spec.Build(), Activated: s.activated, Accounts: map[uint32]usageState{}}
 	rawLn, err := s.ln.SyscallConn()
 	if err != nil {
 		return fail(err)
@@ -957,7 +959,7 @@ func (s *server) restore(st *state, fds []int) (start func(), err error) {
 		sessions[i].bound = n
 	}
 	return func() {
-		s.ln, s.lock = ln, lf
+		s.ln, s.lock, s.activated = ln, lf, st.Activated
 		s.acct.mu.Lock()
 		for uid, u := range st.Accounts {
 			s.acct.by[uid] = &usage{u.Networks, u.Ports, u.Conns, u.Shm, u.Memory}

@@ -42,8 +42,17 @@ func daemonCmd() *cobra.Command {
 Run by root it serves every user at ` + daemon.SystemSocket + `; run by a user it
 serves that user at ` + "$XDG_RUNTIME_DIR/ipn/ipn.sock (or /tmp/ipn-UID/ipn.sock)" + `.
 $IPN_SOCKET overrides the place. Programs start a daemon by themselves when
-none answers, so this command is for running one as a service.
-SIGTERM or SIGINT stops it, closing every port.
+none answers (one that exits after 30 s without clients), so this command
+is for running one as a service: it serves until stopped (--idle-exit
+makes it exit when idle), in the background, or in this process with
+--foreground (-f), as a service manager wants. ps shows it as ipn daemon.
+SIGTERM or SIGINT stops it, closing every port. It fails if a daemon
+serves the socket already (--takeover replaces it).
+
+Under systemd (dist/systemd/ipn.socket and ipn.service), ipn daemon -f
+takes the control socket systemd passes it (socket activation: a
+SOCK_SEQPACKET socket at the path it would serve, else it refuses) and
+tells systemd when it serves (Type=notify).
 
 --takeover replaces the daemon serving the socket (to upgrade it) without
 its members noticing: the running daemon hands this one every network,
@@ -72,9 +81,6 @@ or the path of a Unix socket (/run/ipn/metrics.sock) of mode --metrics-mode
 			}
 			var metricsMode os.FileMode
 			if metrics != "" {
-				if !foreground && !takeover {
-					return fmt.Errorf("--metrics %s: serving metrics needs --foreground or --takeover", metrics)
-				}
 				if err := daemon.CheckMetricsAddr(metrics, metricsAny); err != nil {
 					return err
 				}
@@ -84,15 +90,11 @@ or the path of a Unix socket (/run/ipn/metrics.sock) of mode --metrics-mode
 				}
 				metricsMode = os.FileMode(m)
 			}
-			if !foreground && !takeover {
-				if err := daemon.Start(socket); err != nil {
-					return err
-				}
-				fmt.Fprintf(cmd.OutOrStdout(), "ipn daemon serving %s\n", socket)
-				return nil
-			}
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
+			if cpuprofile != "" && !foreground {
+				return fmt.Errorf("--cpuprofile %s: add --foreground (-f), the profile is of this process", cpuprofile)
+			}
 			if cpuprofile != "" {
 				f, err := outfile.Create(cpuprofile)
 				if err != nil {
@@ -111,6 +113,9 @@ or the path of a Unix socket (/run/ipn/metrics.sock) of mode --metrics-mode
 					return fmt.Errorf("%s %d: want at least 1", name, v)
 				}
 			}
+			if idle < 0 {
+				return fmt.Errorf("--idle-exit %v: want 0 (serve until stopped) or a positive duration", idle)
+			}
 			if hello <= 0 {
 				return fmt.Errorf("--hello-timeout %v: want a positive duration", hello)
 			}
@@ -127,8 +132,8 @@ or the path of a Unix socket (/run/ipn/metrics.sock) of mode --metrics-mode
 				MetricsAny:   metricsAny,
 				MetricsMode:  metricsMode,
 			}
-			if !foreground { // --takeover in the background, with these options
-				if err := daemon.StartTakeover(cfg); err != nil {
+			if !foreground { // in the background, with these options
+				if err := daemon.StartService(cfg); err != nil {
 					return err
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "ipn daemon serving %s\n", socket)
@@ -140,18 +145,18 @@ or the path of a Unix socket (/run/ipn/metrics.sock) of mode --metrics-mode
 	cmd.Flags().BoolVarP(&foreground, "foreground", "f", false, "serve in this process instead of starting a background daemon")
 	cmd.Flags().BoolVar(&takeover, "takeover", false, "take over from the daemon serving the socket, which hands everything over and exits (an upgrade)")
 	cmd.Flags().StringVar(&socket, "socket", "", "control socket path (default $IPN_SOCKET, "+daemon.SystemSocket+" for root, else per user)")
-	cmd.Flags().StringVar(&cpuprofile, "cpuprofile", "", "with --foreground or --takeover, write a CPU profile (go tool pprof) here when stopped")
-	cmd.Flags().BoolVar(&noFast, "no-fast-path", false, "with --foreground or --takeover, give every member a socket, not shared-memory rings")
-	cmd.Flags().DurationVar(&idle, "idle-exit", 0, "with --foreground or --takeover, exit after this long without clients (0: never)")
+	cmd.Flags().StringVar(&cpuprofile, "cpuprofile", "", "with --foreground, write a CPU profile (go tool pprof) here when stopped")
+	cmd.Flags().BoolVar(&noFast, "no-fast-path", false, "give every member a socket, not shared-memory rings")
+	cmd.Flags().DurationVar(&idle, "idle-exit", 0, "exit after this long without clients (0: serve until stopped)")
 	d := daemon.DefaultLimits
-	cmd.Flags().IntVar(&limits.Networks, "max-networks", d.Networks, "with --foreground or --takeover, most networks a user may have")
-	cmd.Flags().IntVar(&limits.Ports, "max-ports", d.Ports, "with --foreground or --takeover, most ports a user's requests may hold")
-	cmd.Flags().IntVar(&limits.Conns, "max-conns", d.Conns, "with --foreground or --takeover, most connections a user may have to the daemon")
-	cmd.Flags().Int64Var(&shmMiB, "max-shm", d.Shm>>20, "with --foreground or --takeover, MiB of fast-path rings a user's members may have (then sockets)")
-	cmd.Flags().Int64Var(&memMiB, "max-memory", d.Memory>>20, "with --foreground or --takeover, MiB of messages a user's networks may hold")
-	cmd.Flags().DurationVar(&hello, "hello-timeout", daemon.DefaultHelloTimeout, "with --foreground or --takeover, how long a new connection may stay silent")
-	cmd.Flags().IntVar(&maxFiles, "max-files", 0, "with --foreground or --takeover, the daemon's descriptor limit (0: root takes the kernel's most)")
-	cmd.Flags().StringVar(&metrics, "metrics", "", "with --foreground or --takeover, serve Prometheus metrics at http://ADDR/metrics: a loopback HOST:PORT or a Unix socket path")
+	cmd.Flags().IntVar(&limits.Networks, "max-networks", d.Networks, "most networks a user may have")
+	cmd.Flags().IntVar(&limits.Ports, "max-ports", d.Ports, "most ports a user's requests may hold")
+	cmd.Flags().IntVar(&limits.Conns, "max-conns", d.Conns, "most connections a user may have to the daemon")
+	cmd.Flags().Int64Var(&shmMiB, "max-shm", d.Shm>>20, "MiB of fast-path rings a user's members may have (then sockets)")
+	cmd.Flags().Int64Var(&memMiB, "max-memory", d.Memory>>20, "MiB of messages a user's networks may hold")
+	cmd.Flags().DurationVar(&hello, "hello-timeout", daemon.DefaultHelloTimeout, "how long a new connection may stay silent")
+	cmd.Flags().IntVar(&maxFiles, "max-files", 0, "the daemon's descriptor limit (0: root takes the kernel's most)")
+	cmd.Flags().StringVar(&metrics, "metrics", "", "serve Prometheus metrics at http://ADDR/metrics: a loopback HOST:PORT or a Unix socket path")
 	cmd.Flags().BoolVar(&metricsAny, "metrics-any", false, "allow a --metrics address that is not loopback (anyone reaching it sees every user's networks)")
 	cmd.Flags().StringVar(&metricsMod, "metrics-mode", "0600", "mode of a --metrics Unix socket")
 	return cmd

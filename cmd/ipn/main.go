@@ -10,25 +10,11 @@ import (
 	"github.com/spf13/cobra"
 
 	_ "github.com/ipn-project/ipn/daemon/autostart" // starts this binary as the daemon when none runs
+	"github.com/ipn-project/ipn/internal/spec"
 )
 
 func main() {
-	root := &cobra.Command{
-		Use:   "ipn",
-		Short: "Inter Process Networking: processes, containers and VMs on a network bus",
-		Long: `ipn makes and joins IPN networks. A network is a path in the file system;
-every message a member sends is delivered by the network's policy (hub:
-to all other members) to the others. File permissions are the access
-control: r to receive, w to send, x to manage.
-
-The daemon that serves networks starts by itself when first needed.`,
-		SilenceUsage:  true,
-		SilenceErrors: true,
-	}
-	for _, c := range commands {
-		root.AddCommand(c())
-	}
-	if err := root.Execute(); err != nil {
+	if err := newRoot().Execute(); err != nil {
 		var sig signalExit
 		if errors.As(err, &sig) {
 			if sig.err != nil {
@@ -43,6 +29,30 @@ The daemon that serves networks starts by itself when first needed.`,
 		}
 		os.Exit(1)
 	}
+}
+
+// newRoot returns the ipn command with every subcommand.
+func newRoot() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "ipn",
+		Short: "Inter Process Networking: processes, containers and VMs on a network bus",
+		Long: `ipn makes and joins IPN networks. A network is a path in the file system;
+every message a member sends is delivered by the network's policy (hub:
+to all other members) to the others. File permissions are the access
+control: r to receive, w to send, x to manage.
+
+The daemon that serves networks starts by itself when first needed.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Version:       spec.ReadBuild().Version,
+	}
+	cobra.AddTemplateFunc("ipnVersion", versionText)
+	root.SetVersionTemplate("{{ipnVersion}}")
+	for _, c := range commands {
+		root.AddCommand(c())
+	}
+	addCompletions(root)
+	return root
 }
 
 // commands are ipn's subcommands; a file that adds one appends it here

@@ -52,7 +52,7 @@ func TestDaemonMetricsRefused(t *testing.T) {
 	}{
 		{[]string{"--foreground", "--metrics", "0.0.0.0:9215"}, []string{`"0.0.0.0:9215"`, "--metrics-any"}},
 		{[]string{"--foreground", "--metrics", ":9215"}, []string{`":9215"`, "every interface", "--metrics-any"}},
-		{[]string{"--metrics", "127.0.0.1:9215"}, []string{"--metrics 127.0.0.1:9215", "--foreground or --takeover"}},
+		{[]string{"--metrics", "192.0.2.1:9215"}, []string{`"192.0.2.1:9215"`, "--metrics-any"}},
 		{[]string{"--foreground", "--metrics", "/tmp/m.sock", "--metrics-mode", "999"}, []string{`--metrics-mode "999"`, "octal"}},
 	} {
 		cmd := ipnCmd(t, append([]string{"daemon", "--socket", socket, "--idle-exit", "1s"}, c.args...)...)

@@ -2,8 +2,9 @@
 // daemon when none runs: imported (for its effect alone), it makes
 // ipn.DefaultDialer start the program itself, re-executed, as the daemon,
 // serving the policies linked into it, which lives until it has had no
-// clients for 30 s. The ipn command imports it; so may any program that
-// must work on a machine where nothing was set up.
+// clients for 30 s (a service, ipn daemon, serves until stopped); ps shows
+// it as ipn daemon, whatever the program. The ipn command imports it; so
+// may any program that must work on a machine where nothing was set up.
 //
 //	import _ "github.com/ipn-project/ipn/daemon/autostart"
 //
