@@ -332,21 +332,31 @@ func userOf(peer string) string {
 	return id[0]
 }
 
-func portPrint(s *session, arg string) ([]string, error) {
+// portsArg returns the network's ports and the one arg names (-1 for
+// none: all), checked against the number of ports as vde_switch does.
+func portsArg(s *session, arg string) ([]Port, int, error) {
 	n := s.c.cfg.Net
 	ports, err := n.Ports()
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	num, err := n.NumPorts()
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	want := -1
 	if arg != "" {
 		if want = atoi(arg); want < 0 || want >= num {
-			return nil, fmt.Errorf("port %q: want 0..%d: %w", arg, num-1, syscall.EINVAL)
+			return nil, 0, fmt.Errorf("port %q: want 0..%d: %w", arg, num-1, syscall.EINVAL)
 		}
+	}
+	return ports, want, nil
+}
+
+func portPrint(s *session, arg string) ([]string, error) {
+	ports, want, err := portsArg(s, arg)
+	if err != nil {
+		return nil, err
 	}
 	confs := portConfs(s)
 	s.c.mu.Lock()
@@ -384,20 +394,9 @@ func portPrint(s *session, arg string) ([]string, error) {
 }
 
 func portResetcounter(s *session, arg string) ([]string, error) {
-	n := s.c.cfg.Net
-	ports, err := n.Ports()
+	ports, want, err := portsArg(s, arg)
 	if err != nil {
 		return nil, err
-	}
-	num, err := n.NumPorts()
-	if err != nil {
-		return nil, err
-	}
-	want := -1
-	if arg != "" {
-		if want = atoi(arg); want < 0 || want >= num {
-			return nil, fmt.Errorf("port %q: want 0..%d: %w", arg, num-1, syscall.EINVAL)
-		}
 	}
 	s.c.mu.Lock()
 	defer s.c.mu.Unlock()
