@@ -259,6 +259,58 @@ func copyFile(src, dst string, filter []string) error {
 	return os.WriteFile(dst, b, 0o644)
 }
 
+// modDepends returns the modules a module's file says it needs (its
+// modinfo "depends=" field).
+func modDepends(ko []byte) []string {
+	i := bytes.Index(ko, []byte("\x00depends="))
+	if i < 0 {
+		return nil
+	}
+	v := ko[i+len("\x00depends="):]
+	if end := bytes.IndexByte(v, 0); end >= 0 {
+		v = v[:end]
+	}
+	if len(v) == 0 {
+		return nil
+	}
+	return strings.Split(string(v), ",")
+}
+
+// loadOrder orders mods so that each comes after those it depends on
+// (which kernels change: 6.1.0-57's virtio needs virtio_ring, -48's did
+// not); a dependency outside mods is an error.
+func loadOrder(mods []string, deps map[string][]string) ([]string, error) {
+	var order []string
+	state := map[string]int{} // 1 visiting, 2 done
+	var visit func(m string) error
+	visit = func(m string) error {
+		switch state[m] {
+		case 1:
+			return fmt.Errorf("module %s depends on itself through %v", m, deps[m])
+		case 2:
+			return nil
+		}
+		if _, ok := deps[m]; !ok {
+			return fmt.Errorf("module %s is needed but not among %v", m, mods)
+		}
+		state[m] = 1
+		for _, d := range deps[m] {
+			if err := visit(d); err != nil {
+				return fmt.Errorf("%s: %w", m, err)
+			}
+		}
+		state[m] = 2
+		order = append(order, m)
+		return nil
+	}
+	for _, m := range mods {
+		if err := visit(m); err != nil {
+			return nil, err
+		}
+	}
+	return order, nil
+}
+
 // initScript is the guest's /init. Its settings come from the kernel's
 // command line, which passes unknown NAME=VALUE words to init as its
 // environment: ipnip (ADDR/BITS of eth0), ipnpeer (the address to ping),
@@ -321,14 +373,20 @@ func buildInitrd(path, kdir string) error {
 		return err
 	}
 	w.file("bin/busybox", 0o755, b)
-	w.file("init", 0o755, []byte(strings.Replace(initScript, "MODULES", strings.Join(modules, " "), 1)))
-	for _, m := range modFiles() {
-		b, err := os.ReadFile(filepath.Join(kdir, m))
+	deps := map[string][]string{}
+	for _, m := range modules {
+		b, err := os.ReadFile(filepath.Join(kdir, m+".ko"))
 		if err != nil {
 			return err
 		}
-		w.file("lib/modules/"+m, 0o644, b)
+		w.file("lib/modules/"+m+".ko", 0o644, b)
+		deps[m] = modDepends(b)
 	}
+	order, err := loadOrder(modules, deps)
+	if err != nil {
+		return err
+	}
+	w.file("init", 0o755, []byte(strings.Replace(initScript, "MODULES", strings.Join(order, " "), 1)))
 	tmp := fmt.Sprintf("%s.%d", path, os.Getpid())
 	if err := os.WriteFile(tmp, w.close(), 0o644); err != nil {
 		return err
