@@ -31,29 +31,32 @@ UNITS   := ipn.socket ipn.service
 .PHONY: all install uninstall clean FORCE
 
 all: $(BUILD)/ipn
-	rm -rf $(BUILD)/man $(BUILD)/completion $(BUILD)/systemd
-	mkdir -p $(BUILD)/completion $(BUILD)/systemd/system $(BUILD)/systemd/user
+	rm -rf $(BUILD)/man $(BUILD)/completion $(BUILD)/.built
+	mkdir -p $(BUILD)/completion
 	$(BUILD)/ipn gen-man $(BUILD)/man
 	$(BUILD)/ipn completion bash > $(BUILD)/completion/ipn
 	$(BUILD)/ipn completion zsh > $(BUILD)/completion/_ipn
 	$(BUILD)/ipn completion fish > $(BUILD)/completion/ipn.fish
-	for u in $(UNITS); do \
-		sed 's|/usr/local/bin/ipn|$(BINDIR)/ipn|g' dist/systemd/$$u > $(BUILD)/systemd/system/$$u && \
-		sed 's|/usr/local/bin/ipn|$(BINDIR)/ipn|g' dist/systemd/user/$$u > $(BUILD)/systemd/user/$$u || exit 1; \
-	done
+	touch $(BUILD)/.built
 
 # go decides what to rebuild.
 $(BUILD)/ipn: FORCE
 	$(GO) build -buildvcs=auto -ldflags '$(LDFLAGS)' -o $@ ./cmd/ipn
 
-install: all
+# install copies what make built, building only if nothing was: make as
+# a user, then sudo make install, builds nothing as root.
+$(BUILD)/.built:
+	$(MAKE) all
+
+install: $(BUILD)/.built
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(UNITDIR) $(DESTDIR)$(USERUNITDIR) \
 		$(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(ZSHCOMPDIR) $(DESTDIR)$(FISHCOMPDIR)
 	install -m 0755 $(BUILD)/ipn $(DESTDIR)$(BINDIR)/ipn
 	install -m 0644 $(BUILD)/man/*.1 $(DESTDIR)$(MANDIR)/man1/
 	for u in $(UNITS); do \
-		install -m 0644 $(BUILD)/systemd/system/$$u $(DESTDIR)$(UNITDIR)/$$u && \
-		install -m 0644 $(BUILD)/systemd/user/$$u $(DESTDIR)$(USERUNITDIR)/$$u || exit 1; \
+		sed 's|/usr/local/bin/ipn|$(BINDIR)/ipn|g' dist/systemd/$$u > $(DESTDIR)$(UNITDIR)/$$u && \
+		sed 's|/usr/local/bin/ipn|$(BINDIR)/ipn|g' dist/systemd/user/$$u > $(DESTDIR)$(USERUNITDIR)/$$u && \
+		chmod 0644 $(DESTDIR)$(UNITDIR)/$$u $(DESTDIR)$(USERUNITDIR)/$$u || exit 1; \
 	done
 	install -m 0644 $(BUILD)/completion/ipn $(DESTDIR)$(BASHCOMPDIR)/ipn
 	install -m 0644 $(BUILD)/completion/_ipn $(DESTDIR)$(ZSHCOMPDIR)/_ipn

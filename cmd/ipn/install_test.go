@@ -31,15 +31,18 @@ func TestMakeInstall(t *testing.T) {
 	tmp := t.TempDir()
 	destdir, build := filepath.Join(tmp, "root"), filepath.Join(tmp, "build")
 	const prefix, version = "/usr", "9.8.7-test"
-	makeRun := func(target string) {
+	makeRun := func(target string, vars ...string) {
 		t.Helper()
-		cmd := exec.Command(mk, "-C", repo, target, "DESTDIR="+destdir, "PREFIX="+prefix, "BUILD="+build, "VERSION="+version)
+		cmd := exec.Command(mk, append([]string{"-C", repo, target, "DESTDIR=" + destdir, "PREFIX=" + prefix, "BUILD=" + build, "VERSION=" + version}, vars...)...)
 		cmd.Env = append(os.Environ(), "GOPROXY=off", "GOFLAGS=-mod=readonly")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			t.Fatalf("make %s: %v\n%s", target, err, out)
 		}
 	}
 	makeRun("install")
+	// Once built, install only copies (sudo make install after make
+	// builds nothing as root): with no go command, it still installs.
+	makeRun("install", "GO=/nonexistent/go")
 
 	want := []string{"usr/bin/ipn",
 		"usr/lib/systemd/system/ipn.service", "usr/lib/systemd/system/ipn.socket",
