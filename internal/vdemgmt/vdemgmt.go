@@ -68,9 +68,18 @@ const EndOfSession = "9999 END OF SESSION"
 
 // Network is what the console asks of the network it serves. Methods
 // return errors that wrap a syscall.Errno, which becomes the reply code.
+//
+// Every method acts on the network of File, the file opened once (as
+// ipn.PolicyOptionFile and ipn.ListFile do, or through a socket bound to
+// that network), never on what File().Name() names at the time of the
+// call: the console asks a caller's rights of File, and a path someone
+// can change (a directory of hers on it) could name another network by
+// then.
 type Network interface {
-	// Path is the network file's path.
-	Path() string
+	// File is the network file, opened once (O_PATH is enough); its Name
+	// is the path the banner shows. The Network owns it: Listen takes a
+	// descriptor of its own.
+	File() *os.File
 	// Ports lists the connected ports.
 	Ports() ([]Port, error)
 	// NumPorts is the number of ports of the network.
@@ -151,9 +160,9 @@ func Listen(cfg Config) (*Console, error) {
 		return nil, fmt.Errorf("mgmt socket %q: %w", cfg.Path, err)
 	}
 	cfg.Path = abs
-	netfd, err := unix.Open(cfg.Net.Path(), unix.O_PATH|unix.O_CLOEXEC, 0)
+	netfd, err := dupFile(cfg.Net.File())
 	if err != nil {
-		return nil, fmt.Errorf("network file %s: %w", cfg.Net.Path(), err)
+		return nil, fmt.Errorf("network file %s: %w", cfg.Net.File().Name(), err)
 	}
 	c := &Console{cfg: cfg, netfd: netfd, dirfd: -1, start: time.Now(),
 		conns: make(map[*net.UnixConn]struct{}), users: make(map[uint32]int), base: make(map[int]Port),
@@ -405,7 +414,24 @@ func (c *Console) canChange(who perm.Cred) bool {
 // banner is what a session gets first: vde_switch's two lines, the second
 // naming the network this console serves.
 func (c *Console) banner() string {
-	return fmt.Sprintf("VDE switch V.%s\nipn console for %s\n", Version, c.cfg.Net.Path())
+	return fmt.Sprintf("VDE switch V.%s\nipn console for %s\n", Version, c.cfg.Net.File().Name())
+}
+
+// dupFile returns a descriptor of f's file of its own (close-on-exec).
+func dupFile(f *os.File) (int, error) {
+	raw, err := f.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	nfd := -1
+	var derr error
+	if err := raw.Control(func(fd uintptr) { nfd, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return -1, err
+	}
+	if derr != nil {
+		return -1, fmt.Errorf("dup: %w", derr)
+	}
+	return nfd, nil
 }
 
 // reply frames a command's answer as vde_switch does: the data lines

@@ -20,11 +20,24 @@ import (
 type fakeNet struct {
 	path string
 	mu   sync.Mutex
+	file *os.File // guarded by mu
 	opts map[string]string
 	sets []string
 }
 
-func (n *fakeNet) Path() string { return n.path }
+// File opens the network file once and keeps it for the test's life.
+func (n *fakeNet) File() *os.File {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.file == nil {
+		f, err := os.Open(n.path)
+		if err != nil {
+			panic(err)
+		}
+		n.file = f
+	}
+	return n.file
+}
 func (n *fakeNet) Ports() ([]Port, error) {
 	return []Port{{Num: 0, Descr: "a", MsgsIn: 3, BytesIn: 300}, {Num: 2, Peer: "vde uid 0 gid 0"}}, nil
 }
