@@ -179,10 +179,11 @@ func Listen(cfg Config) (*Console, error) {
 	return c, nil
 }
 
-// listen makes the socket: bound under a hidden name in its directory,
-// given its mode and group there, then renamed to its name without
-// replacing anything, so that the name never has the umask's mode and no
-// symbolic link is followed at the last component.
+// listen makes the socket: bound in a fresh directory of mode 0700 made
+// beside its path (so on the same file system), given its mode and group
+// there, where no one else can reach or replace it, then renamed to its
+// name without replacing anything, so that the name never has the umask's
+// mode and no symbolic link is followed.
 func (c *Console) listen() error {
 	dir, name := filepath.Dir(c.cfg.Path), filepath.Base(c.cfg.Path)
 	if len(c.cfg.Path) > 100 {
@@ -204,36 +205,53 @@ func (c *Console) listen() error {
 		}
 		unix.Unlinkat(fd, name, 0) // a stale socket of a console that died
 	}
-	tmp := fmt.Sprintf(".%s-%d", name, os.Getpid())
-	if len(tmp) > 40 {
-		tmp = fmt.Sprintf(".mgmt-%d", os.Getpid())
+	tmp, err := os.MkdirTemp(c.at(""), ".mgmt-")
+	if err != nil {
+		return fmt.Errorf("mgmt socket %s: a directory to bind it in: %w", c.cfg.Path, err)
 	}
-	if unix.Fstatat(fd, tmp, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Mode&unix.S_IFMT == unix.S_IFSOCK {
-		unix.Unlinkat(fd, tmp, 0)
+	tmpName := filepath.Base(tmp)
+	defer unix.Unlinkat(fd, tmpName, unix.AT_REMOVEDIR)
+	tfd, err := unix.Open(tmp, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("mgmt socket %s: directory %s: %w", c.cfg.Path, tmpName, err)
 	}
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: c.at(tmp), Net: "unix"})
+	defer unix.Close(tfd)
+	// Another user who may write to dir could have put a directory of hers
+	// in the place of the fresh one: it must be ours and 0700.
+	if err := unix.Fstat(tfd, &st); err != nil {
+		return fmt.Errorf("mgmt socket %s: directory %s: %w", c.cfg.Path, tmpName, err)
+	}
+	if st.Uid != c.self.UID || st.Mode&0o077 != 0 {
+		return fmt.Errorf("mgmt socket %s: directory %s made to bind it in is now uid %d mode %#o: %w", c.cfg.Path, tmpName, st.Uid, st.Mode&0o7777, syscall.EPERM)
+	}
+	const sock = "s"
+	at := "/proc/self/fd/" + strconv.Itoa(tfd) + "/" + sock
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: at, Net: "unix"})
 	if err != nil {
 		return fmt.Errorf("listen on mgmt socket %s: %w", c.cfg.Path, err)
 	}
 	ln.SetUnlinkOnClose(false)
 	fail := func(err error) error {
 		ln.Close()
-		c.unlink(tmp)
+		unix.Unlinkat(tfd, sock, 0)
 		return err
 	}
-	if err := unix.Fstatat(fd, tmp, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-		return fail(err)
+	if err := unix.Fstatat(tfd, sock, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return fail(fmt.Errorf("mgmt socket %s: %w", c.cfg.Path, err))
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		return fail(fmt.Errorf("mgmt socket %s: bound, it is a file of type %#o: %w", c.cfg.Path, st.Mode&unix.S_IFMT, syscall.EPROTO))
 	}
 	c.id = [2]uint64{st.Dev, st.Ino}
-	if err := unix.Fchmodat(fd, tmp, uint32(c.cfg.Mode), 0); err != nil {
+	if err := unix.Fchmodat(tfd, sock, uint32(c.cfg.Mode), 0); err != nil {
 		return fail(fmt.Errorf("chmod mgmt socket %s to %#o: %w", c.cfg.Path, c.cfg.Mode, err))
 	}
 	if c.cfg.Group >= 0 {
-		if err := unix.Fchownat(fd, tmp, -1, c.cfg.Group, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		if err := unix.Fchownat(tfd, sock, -1, c.cfg.Group, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 			return fail(fmt.Errorf("giving mgmt socket %s to group %d: %w", c.cfg.Path, c.cfg.Group, err))
 		}
 	}
-	if err := unix.Renameat2(fd, tmp, fd, name, unix.RENAME_NOREPLACE); err != nil {
+	if err := unix.Renameat2(tfd, sock, fd, name, unix.RENAME_NOREPLACE); err != nil {
 		return fail(fmt.Errorf("mgmt socket %s: %w", c.cfg.Path, err))
 	}
 	c.ln = ln
