@@ -36,6 +36,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ipn-project/ipn/internal/perm"
+	"github.com/ipn-project/ipn/internal/throttle"
 )
 
 // The console's bounds: what any user who may connect can make it hold.
@@ -50,6 +51,10 @@ const (
 	// MaxRows is the most lines a command prints (hash/print of a huge
 	// table, say); the rest are left out.
 	MaxRows = 100000
+	// IdleTimeout is how long a session may go without a command (a
+	// whole line) before the console closes it, so that idle sessions
+	// cannot keep the console full (vde_switch's never time out).
+	IdleTimeout = 5 * time.Minute
 	// writeTimeout is how long a reply may wait for a reader that reads
 	// nothing; then the session ends.
 	writeTimeout = 10 * time.Second
@@ -120,7 +125,13 @@ type Config struct {
 	// Close (cancelling a context is what it is for); nil refuses shutdown
 	// (EPERM).
 	Shutdown func()
-	// Log receives the console's events; slog.Default() if nil.
+	// Idle is how long a session may go without a command; 0 is
+	// IdleTimeout.
+	Idle time.Duration
+	// Log receives the console's events; slog.Default() if nil. The
+	// console passes at most throttle.DefaultBurst records of a message per
+	// throttle.DefaultEvery to it (refused sessions and changes are what
+	// any user who may connect can make it log).
 	Log *slog.Logger
 }
 
@@ -148,6 +159,13 @@ type Console struct {
 func Listen(cfg Config) (*Console, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
+	}
+	cfg.Log = slog.New(throttle.New(cfg.Log.Handler(), throttle.DefaultBurst, throttle.DefaultEvery))
+	if cfg.Idle < 0 {
+		return nil, fmt.Errorf("mgmt idle timeout %v: want 0 (the default, %v) or more: %w", cfg.Idle, IdleTimeout, syscall.EINVAL)
+	}
+	if cfg.Idle == 0 {
+		cfg.Idle = IdleTimeout
 	}
 	if cfg.Mode == 0 {
 		cfg.Mode = 0o600
@@ -346,7 +364,12 @@ func (c *Console) session(conn *net.UnixConn, who perm.Cred) {
 	}
 	r := bufio.NewReaderSize(conn, MaxLine+1)
 	for {
+		conn.SetReadDeadline(time.Now().Add(c.cfg.Idle))
 		line, err := readLine(r)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			c.cfg.Log.Info("mgmt: closed an idle session", "socket", c.cfg.Path, "by", who, "idle", c.cfg.Idle)
+			return
+		}
 		if err != nil && !errors.Is(err, errLong) {
 			return
 		}
