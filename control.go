@@ -270,7 +270,6 @@ func newReadSocket() (*Socket, error) {
 // for the network on that file. The listing comes in pieces of one packet
 // each, whatever its size.
 func (s *Socket) list(path string) ([]NetInfo, error) {
-	var fds []int
 	if path != "" {
 		abs, err := filepath.Abs(path)
 		if err != nil {
@@ -282,6 +281,16 @@ func (s *Socket) list(path string) ([]NetInfo, error) {
 			return nil, &net.OpError{Op: "list", Net: "ipn", Addr: Addr(path), Err: err}
 		}
 		defer unix.Close(fd)
+		return s.listFD(fd, path)
+	}
+	return s.listFD(-1, path)
+}
+
+// listFD asks for the network of the file fd (all the caller can see if
+// fd is -1), named path in errors.
+func (s *Socket) listFD(fd int, path string) ([]NetInfo, error) {
+	var fds []int
+	if fd >= 0 {
 		fds = []int{fd}
 	}
 	all, err := s.paged(func(off uint32) ([]byte, error) {

@@ -23,6 +23,7 @@ package ipn
 import (
 	"errors"
 	"net"
+	"os"
 	"strconv"
 	"syscall"
 
@@ -200,6 +201,23 @@ func List(path string) ([]NetInfo, error) {
 	return s.list(path)
 }
 
+// ListFile is List of the network whose file f is, opened by the caller
+// (O_PATH is enough): that very network, whatever f.Name() names now.
+// It starts no daemon (ErrNoDaemon).
+func ListFile(f *os.File) ([]NetInfo, error) {
+	s, err := newReadSocket()
+	if err != nil {
+		return nil, err
+	}
+	defer s.Close()
+	var list []NetInfo
+	err = withFD(f, "list", func(fd int) (err error) {
+		list, err = s.listFD(fd, f.Name())
+		return err
+	})
+	return list, err
+}
+
 // SetPolicyOption changes a setting of the policy of the network at path
 // while it runs (say, a switch's VLANs); it needs x on the network file.
 // As PolicyOption, it starts no daemon (ErrNoDaemon).
@@ -215,7 +233,53 @@ func PolicyOption(path, name string) (string, error) {
 	return policyRequest(path, false, name, "")
 }
 
+// PolicyOptionFile is PolicyOption for the network whose file f is,
+// opened by the caller (O_PATH is enough): the setting of that very
+// network, whatever f.Name() names now. The daemon decides the rights on
+// f as on a path.
+func PolicyOptionFile(f *os.File, name string) (string, error) {
+	var v string
+	err := withFD(f, "policy option", func(fd int) (err error) {
+		v, err = policyRequestFD(fd, f.Name(), false, name, "")
+		return err
+	})
+	return v, err
+}
+
+// SetPolicyOptionFile is SetPolicyOption for the network whose file f is,
+// as PolicyOptionFile.
+func SetPolicyOptionFile(f *os.File, name, value string) error {
+	return withFD(f, "policy option", func(fd int) error {
+		_, err := policyRequestFD(fd, f.Name(), true, name, value)
+		return err
+	})
+}
+
+// withFD calls fn with f's descriptor, kept open until fn returns.
+func withFD(f *os.File, op string, fn func(fd int) error) error {
+	raw, err := f.SyscallConn()
+	if err != nil {
+		return &net.OpError{Op: op, Net: "ipn", Addr: Addr(f.Name()), Err: err}
+	}
+	var ferr error
+	if err := raw.Control(func(fd uintptr) { ferr = fn(int(fd)) }); err != nil {
+		return &net.OpError{Op: op, Net: "ipn", Addr: Addr(f.Name()), Err: err}
+	}
+	return ferr
+}
+
 func policyRequest(path string, set bool, name, value string) (string, error) {
+	fd, err := unix.Open(path, unix.O_PATH|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return "", &net.OpError{Op: "policy option", Net: "ipn", Addr: Addr(path), Err: err}
+	}
+	defer unix.Close(fd)
+	return policyRequestFD(fd, path, set, name, value)
+}
+
+// policyRequestFD reads (or, if set, changes) the setting name of the
+// policy of the network of the file fd, named path in errors.
+func policyRequestFD(fd int, path string, set bool, name, value string) (string, error) {
 	op := "policy option"
 	if len(name) == 0 || len(name) > 255 {
 		return "", &net.OpError{Op: op, Net: "ipn", Addr: Addr(path), Err: syscall.EINVAL}
@@ -225,11 +289,6 @@ func policyRequest(path string, set bool, name, value string) (string, error) {
 		return "", err
 	}
 	defer s.Close()
-	fd, err := unix.Open(path, unix.O_PATH|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return "", &net.OpError{Op: op, Net: "ipn", Addr: Addr(path), Err: err}
-	}
-	defer unix.Close(fd)
 	if set {
 		_, _, err := s.request(wire.OpPolicy, wire.EncodePolicy(true, name, value), fd)
 		if err != nil {

@@ -5,11 +5,13 @@ import (
 	"fmt"
 	"os"
 	"os/user"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 
 	"github.com/ipn-project/ipn"
 	"github.com/ipn-project/ipn/internal/vdemgmt"
@@ -32,8 +34,9 @@ func (f *mgmtFlags) add(cmd *cobra.Command) {
 }
 
 // serve starts the console of the network s is bound to, if --mgmt asks
-// for one; shutdown is what its shutdown command does.
-func (f *mgmtFlags) serve(s *ipn.Socket, netPath, vdeDir string, vdeMode os.FileMode, shutdown func()) (*vdemgmt.Console, error) {
+// for one; shutdown is what its shutdown command does. The network file
+// is opened here, once: every command acts on that file's network.
+func (f *mgmtFlags) serve(s *ipn.Socket, netPath, vdeDir string, vdeMode os.FileMode, shutdown func()) (*console, error) {
 	if f.path == "" {
 		return nil, nil
 	}
@@ -47,29 +50,57 @@ func (f *mgmtFlags) serve(s *ipn.Socket, netPath, vdeDir string, vdeMode os.File
 			return nil, fmt.Errorf("--mgmt-group %q: %w", f.group, err)
 		}
 	}
-	return vdemgmt.Listen(vdemgmt.Config{
-		Net:  &consoleNet{s: s, path: netPath},
+	abs, err := filepath.Abs(netPath)
+	if err != nil {
+		return nil, fmt.Errorf("network %q: %w", netPath, err)
+	}
+	fd, err := unix.Open(abs, unix.O_PATH|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("network file %s: %w", abs, err)
+	}
+	file := os.NewFile(uintptr(fd), abs)
+	con, err := vdemgmt.Listen(vdemgmt.Config{
+		Net:  &consoleNet{s: s, file: file},
 		Path: f.path, Mode: os.FileMode(m), Group: gid,
 		VDEDir: vdeDir, VDEMode: vdeMode, Shutdown: shutdown,
 	})
+	if err != nil {
+		file.Close()
+		return nil, err
+	}
+	return &console{Console: con, file: file}, nil
+}
+
+// console is a console being served and the network file it acts on;
+// Close stops the one and closes the other.
+type console struct {
+	*vdemgmt.Console
+	file *os.File
+}
+
+func (c *console) Close() error {
+	c.Console.Close()
+	return c.file.Close()
 }
 
 // consoleNet is the network a console serves, through the bound socket
-// of its manager and the daemon's listings.
+// of its manager and the daemon's answers about the network file opened
+// at start (never its path again).
 type consoleNet struct {
 	s    *ipn.Socket
-	path string
+	file *os.File
 }
 
-func (n *consoleNet) Path() string { return n.path }
+// File implements vdemgmt.Network.File.
+func (n *consoleNet) File() *os.File { return n.file }
 
 func (n *consoleNet) info() (ipn.NetInfo, error) {
-	nets, err := ipn.List(n.path)
+	nets, err := ipn.ListFile(n.file)
 	if err != nil {
 		return ipn.NetInfo{}, err
 	}
 	if len(nets) != 1 {
-		return ipn.NetInfo{}, fmt.Errorf("network %s: the daemon lists %d networks there: %w", n.path, len(nets), syscall.ENOENT)
+		return ipn.NetInfo{}, fmt.Errorf("network %s: the daemon lists %d networks there: %w", n.file.Name(), len(nets), syscall.ENOENT)
 	}
 	return nets[0], nil
 }
@@ -89,9 +120,9 @@ func (n *consoleNet) Ports() ([]vdemgmt.Port, error) {
 
 func (n *consoleNet) NumPorts() (int, error)             { return n.s.NumNodes() }
 func (n *consoleNet) SetNumPorts(v int) error            { return n.s.ChangeNumNodes(v) }
-func (n *consoleNet) Option(name string) (string, error) { return ipn.PolicyOption(n.path, name) }
+func (n *consoleNet) Option(name string) (string, error) { return ipn.PolicyOptionFile(n.file, name) }
 func (n *consoleNet) SetOption(name, value string) error {
-	return ipn.SetPolicyOption(n.path, name, value)
+	return ipn.SetPolicyOptionFile(n.file, name, value)
 }
 
 func mgmtCmd() *cobra.Command {

@@ -104,42 +104,6 @@ func (s *session) run(line string) (string, bool) {
 	return reply(lines, errCode(err), cmd.data), false
 }
 
-// atoi reads a number as C's atoi: leading blanks, a sign, digits; 0 if
-// there are none.
-func atoi(s string) int {
-	s = strings.TrimLeft(s, " \t\n")
-	i := 0
-	if i < len(s) && (s[i] == '-' || s[i] == '+') {
-		i++
-	}
-	for i < len(s) && s[i] >= '0' && s[i] <= '9' {
-		i++
-	}
-	n, err := strconv.ParseInt(s[:i], 10, 64)
-	if err != nil || n > 1<<31-1 || n < -1<<31 {
-		return 0
-	}
-	return int(n)
-}
-
-// scanInts reads n numbers as C's sscanf "%i %i": decimal, 0x hex or 0
-// octal, separated by blanks; ok only if all n are there.
-func scanInts(s string, n int) ([]int, bool) {
-	f := strings.Fields(s)
-	if len(f) < n {
-		return nil, false
-	}
-	out := make([]int, n)
-	for i := range n {
-		v, err := strconv.ParseInt(f[i], 0, 32)
-		if err != nil {
-			return nil, false
-		}
-		out[i] = int(v)
-	}
-	return out, true
-}
-
 func help(s *session, arg string) ([]string, error) {
 	lines := []string{
 		fmt.Sprintf("%-18s %-15s %s", "COMMAND PATH", "SYNTAX", "HELP"),
@@ -236,29 +200,12 @@ func hashPrint(s *session, _ string) ([]string, error) {
 }
 
 func hashFind(s *session, arg string) ([]string, error) {
-	f := strings.Fields(arg)
-	sep := "."
-	if strings.Contains(arg, ":") {
-		sep = ":"
+	b, vlan, n := scanMAC(arg)
+	if n < 6 {
+		return nil, fmt.Errorf("MAC %q: want six hex bytes, as 02:00:00:00:00:01 (read %d): %w", arg, n, syscall.EINVAL)
 	}
-	var mac []string
-	if len(f) > 0 {
-		mac = strings.Split(f[0], sep)
-	}
-	if len(mac) != 6 {
-		return nil, fmt.Errorf("MAC %q: want six hex bytes, as 02:00:00:00:00:01: %w", arg, syscall.EINVAL)
-	}
-	var b [6]byte
-	for i, x := range mac {
-		v, err := strconv.ParseUint(x, 16, 32)
-		if err != nil {
-			return nil, fmt.Errorf("MAC %q: want six hex bytes, as 02:00:00:00:00:01: %w", arg, syscall.EINVAL)
-		}
-		b[i] = byte(v)
-	}
-	vlan := 1 // the switch's default VLAN (vde_switch's is 0)
-	if len(f) > 1 {
-		vlan = atoi(f[1])
+	if n == 6 {
+		vlan = 1 // the switch's default VLAN (vde_switch's is 0)
 	}
 	all, err := hashPrint(s, "")
 	if err != nil {

@@ -36,6 +36,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ipn-project/ipn/internal/perm"
+	"github.com/ipn-project/ipn/internal/throttle"
 )
 
 // The console's bounds: what any user who may connect can make it hold.
@@ -50,6 +51,10 @@ const (
 	// MaxRows is the most lines a command prints (hash/print of a huge
 	// table, say); the rest are left out.
 	MaxRows = 100000
+	// IdleTimeout is how long a session may go without a command (a
+	// whole line) before the console closes it, so that idle sessions
+	// cannot keep the console full (vde_switch's never time out).
+	IdleTimeout = 5 * time.Minute
 	// writeTimeout is how long a reply may wait for a reader that reads
 	// nothing; then the session ends.
 	writeTimeout = 10 * time.Second
@@ -68,9 +73,18 @@ const EndOfSession = "9999 END OF SESSION"
 
 // Network is what the console asks of the network it serves. Methods
 // return errors that wrap a syscall.Errno, which becomes the reply code.
+//
+// Every method acts on the network of File, the file opened once (as
+// ipn.PolicyOptionFile and ipn.ListFile do, or through a socket bound to
+// that network), never on what File().Name() names at the time of the
+// call: the console asks a caller's rights of File, and a path someone
+// can change (a directory of hers on it) could name another network by
+// then.
 type Network interface {
-	// Path is the network file's path.
-	Path() string
+	// File is the network file, opened once (O_PATH is enough); its Name
+	// is the path the banner shows. The Network owns it: Listen takes a
+	// descriptor of its own.
+	File() *os.File
 	// Ports lists the connected ports.
 	Ports() ([]Port, error)
 	// NumPorts is the number of ports of the network.
@@ -111,7 +125,13 @@ type Config struct {
 	// Close (cancelling a context is what it is for); nil refuses shutdown
 	// (EPERM).
 	Shutdown func()
-	// Log receives the console's events; slog.Default() if nil.
+	// Idle is how long a session may go without a command; 0 is
+	// IdleTimeout.
+	Idle time.Duration
+	// Log receives the console's events; slog.Default() if nil. The
+	// console passes at most throttle.DefaultBurst records of a message per
+	// throttle.DefaultEvery to it (refused sessions and changes are what
+	// any user who may connect can make it log).
 	Log *slog.Logger
 }
 
@@ -140,6 +160,13 @@ func Listen(cfg Config) (*Console, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
+	cfg.Log = slog.New(throttle.New(cfg.Log.Handler(), throttle.DefaultBurst, throttle.DefaultEvery))
+	if cfg.Idle < 0 {
+		return nil, fmt.Errorf("mgmt idle timeout %v: want 0 (the default, %v) or more: %w", cfg.Idle, IdleTimeout, syscall.EINVAL)
+	}
+	if cfg.Idle == 0 {
+		cfg.Idle = IdleTimeout
+	}
 	if cfg.Mode == 0 {
 		cfg.Mode = 0o600
 	}
@@ -151,9 +178,9 @@ func Listen(cfg Config) (*Console, error) {
 		return nil, fmt.Errorf("mgmt socket %q: %w", cfg.Path, err)
 	}
 	cfg.Path = abs
-	netfd, err := unix.Open(cfg.Net.Path(), unix.O_PATH|unix.O_CLOEXEC, 0)
+	netfd, err := dupFile(cfg.Net.File())
 	if err != nil {
-		return nil, fmt.Errorf("network file %s: %w", cfg.Net.Path(), err)
+		return nil, fmt.Errorf("network file %s: %w", cfg.Net.File().Name(), err)
 	}
 	c := &Console{cfg: cfg, netfd: netfd, dirfd: -1, start: time.Now(),
 		conns: make(map[*net.UnixConn]struct{}), users: make(map[uint32]int), base: make(map[int]Port),
@@ -170,10 +197,11 @@ func Listen(cfg Config) (*Console, error) {
 	return c, nil
 }
 
-// listen makes the socket: bound under a hidden name in its directory,
-// given its mode and group there, then renamed to its name without
-// replacing anything, so that the name never has the umask's mode and no
-// symbolic link is followed at the last component.
+// listen makes the socket: bound in a fresh directory of mode 0700 made
+// beside its path (so on the same file system), given its mode and group
+// there, where no one else can reach or replace it, then renamed to its
+// name without replacing anything, so that the name never has the umask's
+// mode and no symbolic link is followed.
 func (c *Console) listen() error {
 	dir, name := filepath.Dir(c.cfg.Path), filepath.Base(c.cfg.Path)
 	if len(c.cfg.Path) > 100 {
@@ -195,36 +223,53 @@ func (c *Console) listen() error {
 		}
 		unix.Unlinkat(fd, name, 0) // a stale socket of a console that died
 	}
-	tmp := fmt.Sprintf(".%s-%d", name, os.Getpid())
-	if len(tmp) > 40 {
-		tmp = fmt.Sprintf(".mgmt-%d", os.Getpid())
+	tmp, err := os.MkdirTemp(c.at(""), ".mgmt-")
+	if err != nil {
+		return fmt.Errorf("mgmt socket %s: a directory to bind it in: %w", c.cfg.Path, err)
 	}
-	if unix.Fstatat(fd, tmp, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Mode&unix.S_IFMT == unix.S_IFSOCK {
-		unix.Unlinkat(fd, tmp, 0)
+	tmpName := filepath.Base(tmp)
+	defer unix.Unlinkat(fd, tmpName, unix.AT_REMOVEDIR)
+	tfd, err := unix.Open(tmp, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("mgmt socket %s: directory %s: %w", c.cfg.Path, tmpName, err)
 	}
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: c.at(tmp), Net: "unix"})
+	defer unix.Close(tfd)
+	// Another user who may write to dir could have put a directory of hers
+	// in the place of the fresh one: it must be ours and 0700.
+	if err := unix.Fstat(tfd, &st); err != nil {
+		return fmt.Errorf("mgmt socket %s: directory %s: %w", c.cfg.Path, tmpName, err)
+	}
+	if st.Uid != c.self.UID || st.Mode&0o077 != 0 {
+		return fmt.Errorf("mgmt socket %s: directory %s made to bind it in is now uid %d mode %#o: %w", c.cfg.Path, tmpName, st.Uid, st.Mode&0o7777, syscall.EPERM)
+	}
+	const sock = "s"
+	at := "/proc/self/fd/" + strconv.Itoa(tfd) + "/" + sock
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: at, Net: "unix"})
 	if err != nil {
 		return fmt.Errorf("listen on mgmt socket %s: %w", c.cfg.Path, err)
 	}
 	ln.SetUnlinkOnClose(false)
 	fail := func(err error) error {
 		ln.Close()
-		c.unlink(tmp)
+		unix.Unlinkat(tfd, sock, 0)
 		return err
 	}
-	if err := unix.Fstatat(fd, tmp, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-		return fail(err)
+	if err := unix.Fstatat(tfd, sock, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return fail(fmt.Errorf("mgmt socket %s: %w", c.cfg.Path, err))
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		return fail(fmt.Errorf("mgmt socket %s: bound, it is a file of type %#o: %w", c.cfg.Path, st.Mode&unix.S_IFMT, syscall.EPROTO))
 	}
 	c.id = [2]uint64{st.Dev, st.Ino}
-	if err := unix.Fchmodat(fd, tmp, uint32(c.cfg.Mode), 0); err != nil {
+	if err := unix.Fchmodat(tfd, sock, uint32(c.cfg.Mode), 0); err != nil {
 		return fail(fmt.Errorf("chmod mgmt socket %s to %#o: %w", c.cfg.Path, c.cfg.Mode, err))
 	}
 	if c.cfg.Group >= 0 {
-		if err := unix.Fchownat(fd, tmp, -1, c.cfg.Group, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		if err := unix.Fchownat(tfd, sock, -1, c.cfg.Group, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 			return fail(fmt.Errorf("giving mgmt socket %s to group %d: %w", c.cfg.Path, c.cfg.Group, err))
 		}
 	}
-	if err := unix.Renameat2(fd, tmp, fd, name, unix.RENAME_NOREPLACE); err != nil {
+	if err := unix.Renameat2(tfd, sock, fd, name, unix.RENAME_NOREPLACE); err != nil {
 		return fail(fmt.Errorf("mgmt socket %s: %w", c.cfg.Path, err))
 	}
 	c.ln = ln
@@ -319,7 +364,12 @@ func (c *Console) session(conn *net.UnixConn, who perm.Cred) {
 	}
 	r := bufio.NewReaderSize(conn, MaxLine+1)
 	for {
+		conn.SetReadDeadline(time.Now().Add(c.cfg.Idle))
 		line, err := readLine(r)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			c.cfg.Log.Info("mgmt: closed an idle session", "socket", c.cfg.Path, "by", who, "idle", c.cfg.Idle)
+			return
+		}
 		if err != nil && !errors.Is(err, errLong) {
 			return
 		}
@@ -405,7 +455,24 @@ func (c *Console) canChange(who perm.Cred) bool {
 // banner is what a session gets first: vde_switch's two lines, the second
 // naming the network this console serves.
 func (c *Console) banner() string {
-	return fmt.Sprintf("VDE switch V.%s\nipn console for %s\n", Version, c.cfg.Net.Path())
+	return fmt.Sprintf("VDE switch V.%s\nipn console for %s\n", Version, c.cfg.Net.File().Name())
+}
+
+// dupFile returns a descriptor of f's file of its own (close-on-exec).
+func dupFile(f *os.File) (int, error) {
+	raw, err := f.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	nfd := -1
+	var derr error
+	if err := raw.Control(func(fd uintptr) { nfd, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return -1, err
+	}
+	if derr != nil {
+		return -1, fmt.Errorf("dup: %w", derr)
+	}
+	return nfd, nil
 }
 
 // reply frames a command's answer as vde_switch does: the data lines

@@ -2,6 +2,7 @@ package vdemgmt
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -14,17 +15,32 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ipn-project/ipn/internal/throttle"
 )
 
 // fakeNet is a switch of 8 ports with VLAN 1, in memory.
 type fakeNet struct {
 	path string
 	mu   sync.Mutex
+	file *os.File // guarded by mu
 	opts map[string]string
 	sets []string
 }
 
-func (n *fakeNet) Path() string { return n.path }
+// File opens the network file once and keeps it for the test's life.
+func (n *fakeNet) File() *os.File {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.file == nil {
+		f, err := os.Open(n.path)
+		if err != nil {
+			panic(err)
+		}
+		n.file = f
+	}
+	return n.file
+}
 func (n *fakeNet) Ports() ([]Port, error) {
 	return []Port{{Num: 0, Descr: "a", MsgsIn: 3, BytesIn: 300}, {Num: 2, Peer: "vde uid 0 gid 0"}}, nil
 }
@@ -53,9 +69,19 @@ func (n *fakeNet) SetOption(name, value string) error {
 
 func serve(t testing.TB) (*Console, *fakeNet, string) {
 	t.Helper()
+	return serveConfig(t, 0o700, nil)
+}
+
+// serveConfig is serve with a network file of mode netMode and the
+// Config changed by mod (if not nil).
+func serveConfig(t testing.TB, netMode os.FileMode, mod func(*Config)) (*Console, *fakeNet, string) {
+	t.Helper()
 	d := t.TempDir()
 	netFile := filepath.Join(d, "net")
-	if err := os.WriteFile(netFile, nil, 0o700); err != nil {
+	if err := os.WriteFile(netFile, nil, netMode); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(netFile, netMode); err != nil { // whatever the umask
 		t.Fatal(err)
 	}
 	n := &fakeNet{path: netFile, opts: map[string]string{
@@ -63,7 +89,11 @@ func serve(t testing.TB) (*Console, *fakeNet, string) {
 		"ports": `[{"port":0,"vlan":1,"trunk":[]},{"port":1,"vlan":1,"trunk":[]},{"port":2,"vlan":1,"trunk":[]}]`,
 	}}
 	sock := filepath.Join(d, "mgmt")
-	c, err := Listen(Config{Net: n, Path: sock, Group: -1, Log: discard()})
+	cfg := Config{Net: n, Path: sock, Group: -1, Log: discard()}
+	if mod != nil {
+		mod(&cfg)
+	}
+	c, err := Listen(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -289,4 +319,64 @@ func FuzzCommand(f *testing.F) {
 			t.Fatalf("%q: reply %q", line, out)
 		}
 	})
+}
+
+// A session that sends no command for Config.Idle is closed: idle
+// sessions cannot hold the console's places for ever.
+func TestIdleSessionClosed(t *testing.T) {
+	const idle = 200 * time.Millisecond
+	_, _, sock := serveConfig(t, 0o700, func(c *Config) { c.Idle = idle })
+	tm := dial(t, sock)
+	if got := tm.cmd("port/showinfo"); !strings.HasSuffix(got, "1000 Success\n") {
+		t.Fatalf("port/showinfo: %q", got)
+	}
+	start := time.Now()
+	fmt.Fprintf(tm.conn, "port/sho") // half a command is not one
+	tm.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	b, err := io.ReadAll(tm.r)
+	if err != nil || len(b) != 0 {
+		t.Fatalf("an idle session: got %q, %v; want it closed", b, err)
+	}
+	if took := time.Since(start); took < idle {
+		t.Errorf("the idle session was closed after %v, before its %v", took, idle)
+	}
+	if _, err := Listen(Config{Net: &fakeNet{path: sock}, Path: sock + "2", Idle: -time.Second, Log: discard()}); !errors.Is(err, syscall.EINVAL) {
+		t.Errorf("a negative idle timeout: %v, want EINVAL", err)
+	}
+}
+
+// countHandler counts the records of each message.
+type countHandler struct {
+	mu sync.Mutex
+	n  map[string]int // guarded by mu
+}
+
+func (h *countHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h *countHandler) Handle(_ context.Context, r slog.Record) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.n[r.Message]++
+	return nil
+}
+func (h *countHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *countHandler) WithGroup(string) slog.Handler      { return h }
+
+// A user who may connect but not change cannot make the console log
+// without bound: its refusals are throttled.
+func TestRefusalsLogThrottled(t *testing.T) {
+	h := &countHandler{n: map[string]int{}}
+	_, _, sock := serveConfig(t, 0o600, func(c *Config) { c.Log = slog.New(h) }) // no x for anyone
+	tm := dial(t, sock)
+	const tries = 3 * throttle.DefaultBurst
+	for range tries {
+		if got := tm.cmd("vlan/create 7"); got != "1013 Permission denied\n" {
+			t.Fatalf("vlan/create without x: %q", got)
+		}
+	}
+	h.mu.Lock()
+	n := h.n["mgmt: refused a change"]
+	h.mu.Unlock()
+	if n == 0 || n > throttle.DefaultBurst {
+		t.Errorf("%d refused changes logged %d records, want 1 to %d", tries, n, throttle.DefaultBurst)
+	}
 }
