@@ -46,7 +46,7 @@ var ErrFraming = errors.New("qemu stream: bad framing")
 type Stats struct {
 	Oversize  uint64 // frames over the MTU (or the buffer), dropped
 	Empty     uint64 // frames of no bytes, dropped
-	Strangers uint64 // datagrams from another socket than QEMU's, dropped
+	Strangers uint64 // datagrams a Dgram got before it connected to QEMU's socket (from anyone), dropped
 	Unsent    uint64 // frames for QEMU dropped: no QEMU there, or no room
 	Conns     uint64 // connections accepted or made
 }
