@@ -84,8 +84,10 @@ qemu-stream and qemu-dgram frames are 4-byte big-endian length + frame and
 one datagram a frame, as QEMU speaks them. The socket files plug makes get
 your umask's mode, or mode= (octal), never replace anything but a stale
 socket, and go when plug exits. A frame from QEMU over the network's MTU is
-dropped, and the drops are counted on stderr. qemu-dgram connects its
-socket to QPATH again every 250ms, for a QEMU that restarts.
+dropped, and the drops are counted on stderr; so are frames for a QEMU that
+does not read its stream: plug waits 250ms for it, then drops them at once
+until it reads again, so that it never holds the network up. qemu-dgram
+connects its socket to QPATH again every 250ms, for a QEMU that restarts.
 
 UDP, VXLAN and vxvde carry no authentication and no encryption: run them on
 a trusted segment or inside WireGuard or IPsec (docs/multihost.md).

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -14,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/ipn-project/ipn/cable"
 	"github.com/ipn-project/ipn/farend/qemu"
@@ -431,6 +434,121 @@ func TestDgram(t *testing.T) {
 	}
 	if _, err := os.Lstat(path); !os.IsNotExist(err) {
 		t.Fatalf("%s after Close: %v", path, err)
+	}
+}
+
+// A listening stream's Write to a QEMU that does not read waits for it a
+// bounded time, once: the frames that do not fit are dropped and counted,
+// the writes after drop at once while QEMU does not read, and the
+// connection is kept. When QEMU reads again, it gets whole frames in
+// order (one cut short is finished before any other), then new ones.
+func TestStreamWriteToQEMUThatDoesNotRead(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "vm.sock")
+	log := &syncBuf{}
+	e, err := qemu.Listen(path, 0, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	r := readAll(t, e)
+	c := dial(t, path)
+	waitLog(t, log, "(connection 1)")
+
+	// 6400 frames of 1400 bytes, 9 MB: far more than the socket holds.
+	const batches, size = 200, 1400
+	type result struct {
+		sent, total int
+		err         error
+	}
+	done := make(chan result, 1)
+	go func() {
+		var res result
+		batch := make([][]byte, 32)
+		for i := range batches {
+			for j := range batch {
+				f := make([]byte, size)
+				binary.BigEndian.PutUint32(f, uint32(res.total))
+				batch[j] = f
+				res.total++
+			}
+			n, err := e.Write(batch)
+			res.sent += n
+			if err != nil {
+				res.err = fmt.Errorf("Write of batch %d: %w", i, err)
+				break
+			}
+		}
+		done <- res
+	}()
+	var res result
+	select {
+	case res = <-done:
+	case <-time.After(10 * time.Second):
+		e.Close() // wakes the Write
+		<-done
+		t.Fatal("Write to a QEMU that does not read still waits after 10s")
+	}
+	if res.err != nil {
+		t.Fatal(res.err)
+	}
+	st := e.Stats()
+	if res.sent == 0 || res.sent == res.total || st.Unsent != uint64(res.total-res.sent) {
+		t.Fatalf("%d frames written, %d taken, stats %+v: want some taken, the rest counted unsent", res.total, res.sent, st)
+	}
+	if !strings.Contains(log.String(), "QEMU does not read: frames for it are dropped until it takes them again (1 times so far)") ||
+		!strings.Contains(log.String(), "a frame for QEMU, which does not read (1 dropped so far)") {
+		t.Fatalf("log lacks the stall:\n%s", log)
+	}
+
+	// QEMU takes all that waits for it; a frame may be cut short there.
+	rc, err := c.(*net.UnixConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var queued int
+	rc.Control(func(fd uintptr) { queued, err = unix.IoctlGetInt(int(fd), unix.SIOCINQ) })
+	if err != nil || queued == 0 {
+		t.Fatalf("bytes queued for QEMU: %d, %v", queued, err)
+	}
+	buf := make([]byte, queued)
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(c, buf); err != nil {
+		t.Fatal(err)
+	}
+	// With the socket empty, a new frame goes at once, after the rest of
+	// the one cut short.
+	if n, err := e.Write([][]byte{[]byte("after")}); n != 1 || err != nil {
+		t.Fatalf("Write once QEMU reads again: %d, %v; want 1, nil", n, err)
+	}
+	all := io.MultiReader(bytes.NewReader(buf), c)
+	next := func(i int) []byte {
+		t.Helper()
+		var hdr [4]byte
+		if _, err := io.ReadFull(all, hdr[:]); err != nil {
+			t.Fatalf("frame %d: %v", i, err)
+		}
+		f := make([]byte, binary.BigEndian.Uint32(hdr[:]))
+		if _, err := io.ReadFull(all, f); err != nil {
+			t.Fatalf("frame %d: %v", i, err)
+		}
+		return f
+	}
+	for i, last := 0, -1; i < res.sent; i++ {
+		f := next(i)
+		if len(f) != size || int(binary.BigEndian.Uint32(f)) <= last {
+			t.Fatalf("frame %d of QEMU's: %d bytes, number %d; want %d bytes, a number over %d", i, len(f), binary.BigEndian.Uint32(f), size, last)
+		}
+		last = int(binary.BigEndian.Uint32(f))
+	}
+	if got := next(res.sent); string(got) != "after" {
+		t.Fatalf("QEMU read %q, want the frame written once it read again", got)
+	}
+	if st := e.Stats(); st.Conns != 1 {
+		t.Fatalf("connections %d: want the one, kept", st.Conns)
+	}
+	e.Close()
+	if err := r.end(t); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("Read after Close: %v", err)
 	}
 }
 
