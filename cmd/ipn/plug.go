@@ -55,7 +55,7 @@ URLs:
                                -netdev stream,id=n0,server=on,addr.type=unix,addr.path=PATH)
   qemu-dgram:///PATH?remote=QPATH[&mode=OCTAL]
                                bind PATH, exchange datagrams with QEMU's socket QPATH
-                               (frames from other sockets are dropped):
+                               (connected to it: the kernel refuses other senders):
                                -netdev dgram,id=n0,local.type=unix,local.path=QPATH,remote.type=unix,remote.path=PATH
   tap://NAME                   a Linux tap interface, made if missing (needs
                                CAP_NET_ADMIN) and set up; addresses are yours
@@ -84,7 +84,10 @@ qemu-stream and qemu-dgram frames are 4-byte big-endian length + frame and
 one datagram a frame, as QEMU speaks them. The socket files plug makes get
 your umask's mode, or mode= (octal), never replace anything but a stale
 socket, and go when plug exits. A frame from QEMU over the network's MTU is
-dropped, and the drops are counted on stderr.
+dropped, and the drops are counted on stderr; so are frames for a QEMU that
+does not read its stream: plug waits 250ms for it, then drops them at once
+until it reads again, so that it never holds the network up. qemu-dgram
+connects its socket to QPATH again every 250ms, for a QEMU that restarts.
 
 UDP, VXLAN and vxvde carry no authentication and no encryption: run them on
 a trusted segment or inside WireGuard or IPsec (docs/multihost.md).

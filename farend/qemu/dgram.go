@@ -8,16 +8,31 @@ import (
 	"os"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/ipn-project/ipn/endpoint"
 )
 
+// redialEvery is how often a Dgram connects its socket to QEMU's path
+// again: within it, a QEMU that came or restarted is heard.
+const redialEvery = 250 * time.Millisecond
+
 // Dgram is QEMU's -netdev dgram over Unix datagram sockets: each frame is
 // one datagram, sent to QEMU's socket (its local.path) from this one
-// (its remote.path). Only datagrams from QEMU's socket are taken; QEMU may
-// come and go, and frames for it while it is away are dropped.
+// (its remote.path).
+//
+// Only datagrams from QEMU's socket are taken, and the kernel is the
+// judge: the socket is connected to QEMU's, and a connected Unix datagram
+// socket takes datagrams from its peer alone (any other sender's are
+// refused, EPERM, and never queued). No name is compared: a name can be
+// spelt otherwise, swapped (a directory turned into a symlink for a
+// moment) or made in a private mount namespace. QEMU may come and go: the
+// reader connects again every redialEvery, so a socket QEMU binds anew at
+// its path is reached; until the first connect, datagrams, whose sender
+// nothing proves, are dropped and counted (Stats.Strangers). Frames for a
+// QEMU that is not there are dropped and counted.
 type Dgram struct {
 	counters
 	c      *net.UnixConn
@@ -25,8 +40,16 @@ type Dgram struct {
 	file   *sockFile
 	remote string
 	to     *unix.SockaddrUnix
-	alias  string // another spelling of remote that datagrams came from; the reader's own
 	once   sync.Once
+
+	// The reader's own (Read is called from one goroutine), and the
+	// constructor's before it. Only the reader connects the socket, and
+	// it is never disconnected: Write sends to remote by name, which does
+	// not touch the peer, where a send on a connected socket whose peer
+	// has died would disconnect it and let anyone send to it.
+	connected bool      // connected once: datagrams since are QEMU's
+	down      error     // why the last connect failed; nil if it did not
+	due       time.Time // when to connect again
 }
 
 var _ endpoint.Endpoint = (*Dgram)(nil)
@@ -54,16 +77,27 @@ func ListenDgram(path, remote string, mode os.FileMode, log io.Writer) (*Dgram, 
 	e := &Dgram{c: c, raw: raw, file: f, remote: remote, to: &unix.SockaddrUnix{Name: remote}}
 	e.name, e.log = "qemu-dgram://"+path, log
 	e.logf("exchanging frames with QEMU (-netdev dgram,local.type=unix,local.path=%s,remote.type=unix,remote.path=%s)", remote, path)
+	e.redial(time.Now())
 	return e, nil
 }
 
 // Read implements endpoint.Endpoint.Read: one frame per call. Datagrams
-// from other sockets, empty ones and ones over the MTU are dropped and
-// counted; after Close, Read fails with net.ErrClosed.
+// that came before the socket could be connected to QEMU's, empty ones
+// and ones over the MTU are dropped and counted; after Close, Read fails
+// with net.ErrClosed. Read connects to QEMU's socket again every
+// redialEvery.
 func (e *Dgram) Read(bufs [][]byte, sizes []int) (int, error) {
 	for {
-		n, _, flags, from, err := e.c.ReadMsgUnix(bufs[0], nil)
+		if now := time.Now(); !now.Before(e.due) {
+			if err := e.redial(now); err != nil {
+				return 0, err
+			}
+		}
+		n, _, flags, _, err := e.c.ReadMsgUnix(bufs[0], nil)
 		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				continue // time to connect again
+			}
 			if errors.Is(err, net.ErrClosed) {
 				return 0, net.ErrClosed
 			}
@@ -71,12 +105,8 @@ func (e *Dgram) Read(bufs [][]byte, sizes []int) (int, error) {
 		}
 		limit := e.limit(len(bufs[0]))
 		switch {
-		case !e.fromQEMU(from):
-			name := "an unnamed socket"
-			if from != nil && from.Name != "" {
-				name = fmt.Sprintf("%q", from.Name)
-			}
-			e.count(&e.strangers, "a datagram from %s, not QEMU's %s", name, e.remote)
+		case !e.connected:
+			e.count(&e.strangers, early, e.remote)
 		case flags&unix.MSG_TRUNC != 0:
 			e.count(&e.oversize, "a frame from QEMU over %d bytes, over the network's MTU of %d", len(bufs[0]), limit)
 		case n > limit:
@@ -90,24 +120,56 @@ func (e *Dgram) Read(bufs [][]byte, sizes []int) (int, error) {
 	}
 }
 
-// fromQEMU reports whether a datagram from addr came from QEMU's socket:
-// from the path remote names, spelt so or otherwise (the same file).
-func (e *Dgram) fromQEMU(addr *net.UnixAddr) bool {
-	if addr == nil || addr.Name == "" {
-		return false
+// redial connects the socket to QEMU's at remote (again: to the same
+// socket it changes nothing; to a new one, a restarted QEMU's, the
+// datagrams of the old one still queued are dropped by the kernel), and
+// sets when to do it next. A connect that fails leaves the socket as it
+// was: connected to the old socket, whose QEMU is gone, or not yet. The
+// first connect drops the datagrams queued before it, whose senders are
+// not known. It fails only if the socket is closed.
+func (e *Dgram) redial(now time.Time) error {
+	var cerr error
+	if err := e.raw.Control(func(fd uintptr) {
+		cerr = unix.Connect(int(fd), e.to)
+	}); err != nil {
+		return net.ErrClosed
 	}
-	if addr.Name == e.remote || addr.Name == e.alias && e.alias != "" {
-		return true
+	switch {
+	case cerr == nil && !e.connected:
+		e.connected = true
+		e.drain()
+		e.logf("connected to QEMU's socket %s: datagrams from any other are refused", e.remote)
+	case cerr == nil && e.down != nil:
+		e.logf("connected to QEMU's socket %s again", e.remote)
+	case cerr != nil && !errors.Is(cerr, e.down):
+		e.logf("QEMU's socket %s: %v; trying again every %v", e.remote, cerr, redialEvery)
 	}
-	var a, b unix.Stat_t
-	if unix.Lstat(addr.Name, &a) != nil || unix.Lstat(e.remote, &b) != nil || a.Mode&unix.S_IFMT != unix.S_IFSOCK {
-		return false
-	}
-	if a.Dev == b.Dev && a.Ino == b.Ino {
-		e.alias = addr.Name
-		return true
-	}
-	return false
+	e.down = cerr
+	e.due = now.Add(redialEvery)
+	e.c.SetReadDeadline(e.due)
+	return nil
+}
+
+// early is the log line of a datagram dropped because it came before the
+// socket was connected to QEMU's.
+const early = "a datagram that came before the socket was connected to QEMU's %s, from no socket known"
+
+// drain drops the datagrams queued before the first connect, counting
+// them as strangers': anyone could send them.
+func (e *Dgram) drain() {
+	var b [1]byte
+	e.raw.Read(func(fd uintptr) bool {
+		for {
+			_, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_DONTWAIT|unix.MSG_TRUNC)
+			if err == unix.EINTR {
+				continue
+			}
+			if err != nil {
+				return true
+			}
+			e.count(&e.strangers, early, e.remote)
+		}
+	})
 }
 
 // Write implements endpoint.Endpoint.Write: each frame is a datagram to
@@ -118,6 +180,7 @@ func (e *Dgram) Write(msgs [][]byte) (int, error) {
 	for _, m := range msgs {
 		var serr error
 		if err := e.raw.Write(func(fd uintptr) bool {
+			// By name, never on the connection: see Dgram.connected.
 			serr = unix.Sendto(int(fd), m, unix.MSG_DONTWAIT, e.to)
 			return true
 		}); err != nil {

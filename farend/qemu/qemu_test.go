@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -15,19 +16,26 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/ipn-project/ipn/cable"
 	"github.com/ipn-project/ipn/farend/qemu"
 )
 
 // syncBuf is a log the endpoints write while the test reads it.
 type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
+	mu   sync.Mutex
+	b    bytes.Buffer
+	grew chan struct{} // closed when the log grows
 }
 
 func (s *syncBuf) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.grew != nil {
+		close(s.grew)
+		s.grew = nil
+	}
 	return s.b.Write(p)
 }
 
@@ -35,6 +43,24 @@ func (s *syncBuf) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// Len returns the log's length so far, a mark for waitLogFrom.
+func (s *syncBuf) Len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Len()
+}
+
+// watch returns the log from byte from on, and a channel closed when it
+// grows.
+func (s *syncBuf) watch(from int) (string, <-chan struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.grew == nil {
+		s.grew = make(chan struct{})
+	}
+	return string(s.b.Bytes()[from:]), s.grew
 }
 
 // reader reads frames from an endpoint in a goroutine the test owns.
@@ -123,12 +149,24 @@ func dial(t *testing.T, path string) net.Conn {
 // waitLog waits until the log holds s.
 func waitLog(t *testing.T, log *syncBuf, s string) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(log.String(), s) {
-		if time.Now().After(deadline) {
-			t.Fatalf("log lacks %q:\n%s", s, log)
+	waitLogFrom(t, log, 0, s)
+}
+
+// waitLogFrom waits until the log holds s after its first from bytes.
+func waitLogFrom(t *testing.T, log *syncBuf, from int, s string) {
+	t.Helper()
+	timeout := time.NewTimer(10 * time.Second)
+	defer timeout.Stop()
+	for {
+		text, grew := log.watch(from)
+		if strings.Contains(text, s) {
+			return
 		}
-		time.Sleep(time.Millisecond)
+		select {
+		case <-grew:
+		case <-timeout.C:
+			t.Fatalf("log lacks %q after byte %d:\n%s", s, from, log)
+		}
 	}
 }
 
@@ -301,9 +339,12 @@ func TestSocketFilesMadeSafely(t *testing.T) {
 	}
 }
 
-// A dgram far end exchanges frames with QEMU's socket alone: datagrams
-// from other sockets, empty ones and ones over the MTU are dropped and
-// counted; frames for a QEMU that is not there are dropped, not an error.
+// A dgram far end exchanges frames with QEMU's socket alone: once it has
+// connected its socket to QEMU's, the kernel refuses any other sender's
+// datagrams (EPERM); datagrams that came before, empty ones and ones over
+// the MTU are dropped and counted; frames for a QEMU that is not there are
+// dropped, not an error. A QEMU that restarts (a new socket at its path)
+// is connected to again, and strangers are still refused.
 func TestDgram(t *testing.T) {
 	dir := t.TempDir()
 	path, qpath := filepath.Join(dir, "ipn.sock"), filepath.Join(dir, "qemu.sock")
@@ -314,49 +355,200 @@ func TestDgram(t *testing.T) {
 	}
 	defer e.Close()
 	e.SetMTU(100)
+	waitLog(t, log, "QEMU's socket "+qpath+": no such file or directory; trying again every 250ms")
 	if n, err := e.Write([][]byte{[]byte("nobody")}); n != 0 || err != nil {
 		t.Fatalf("Write with no QEMU: %d, %v; want 0, nil", n, err)
 	}
-	q, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: qpath, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer q.Close()
 	stranger, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: filepath.Join(dir, "stranger"), Net: "unixgram"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer stranger.Close()
 	to := &net.UnixAddr{Name: path, Net: "unixgram"}
+	// Before QEMU is there, anyone may send; that datagram is dropped.
+	if _, err := stranger.WriteToUnix([]byte("early"), to); err != nil {
+		t.Fatalf("a datagram before QEMU's socket is there: %v", err)
+	}
+	q, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: qpath, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
 	r := readAll(t, e)
-	stranger.WriteToUnix([]byte("forged"), to)
+	waitLog(t, log, "connected to QEMU's socket "+qpath+": datagrams from any other are refused")
+	if _, err := stranger.WriteToUnix([]byte("forged"), to); !errors.Is(err, syscall.EPERM) {
+		t.Fatalf("a stranger's datagram once connected to QEMU: %v, want EPERM", err)
+	}
 	q.WriteToUnix(make([]byte, 101), to)
 	q.WriteToUnix(nil, to)
 	q.WriteToUnix([]byte("from QEMU"), to)
 	if got := r.next(t); string(got) != "from QEMU" {
 		t.Fatalf("read %q, want only QEMU's frame", got)
 	}
-	if n, err := e.Write([][]byte{[]byte("to QEMU")}); n != 1 || err != nil {
-		t.Fatalf("Write: %d, %v", n, err)
+	qemuReads := func(q *net.UnixConn, want string) {
+		t.Helper()
+		if n, err := e.Write([][]byte{[]byte(want)}); n != 1 || err != nil {
+			t.Fatalf("Write: %d, %v", n, err)
+		}
+		b := make([]byte, 100)
+		q.SetReadDeadline(time.Now().Add(10 * time.Second))
+		n, from, err := q.ReadFromUnix(b)
+		if err != nil || string(b[:n]) != want || from == nil || from.Name != path {
+			t.Fatalf("QEMU read %q from %v, %v; want %q from %s", b[:n], from, err, want, path)
+		}
 	}
-	b := make([]byte, 100)
-	q.SetReadDeadline(time.Now().Add(10 * time.Second))
-	n, from, err := q.ReadFromUnix(b)
-	if err != nil || string(b[:n]) != "to QEMU" || from == nil || from.Name != path {
-		t.Fatalf("QEMU read %q from %v, %v", b[:n], from, err)
-	}
+	qemuReads(q, "to QEMU")
 	if st := e.Stats(); st.Strangers != 1 || st.Oversize != 1 || st.Empty != 1 || st.Unsent != 1 {
 		t.Fatalf("stats %+v: want 1 stranger, 1 oversize, 1 empty, 1 unsent", st)
 	}
-	if !strings.Contains(log.String(), `a datagram from "`+filepath.Join(dir, "stranger")+`", not QEMU's `+qpath) {
-		t.Fatalf("log lacks the stranger:\n%s", log)
+	if !strings.Contains(log.String(), "a datagram that came before the socket was connected to QEMU's "+qpath+", from no socket known (1 dropped so far)") {
+		t.Fatalf("log lacks the early datagram:\n%s", log)
 	}
+
+	// QEMU restarts: its socket goes, then a new one is at its path.
+	mark := log.Len()
+	q.Close()
+	os.Remove(qpath)
+	waitLogFrom(t, log, mark, "QEMU's socket "+qpath+": no such file or directory")
+	if _, err := stranger.WriteToUnix([]byte("forged"), to); !errors.Is(err, syscall.EPERM) {
+		t.Fatalf("a stranger's datagram while QEMU is away: %v, want EPERM", err)
+	}
+	q2, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: qpath, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q2.Close()
+	waitLogFrom(t, log, mark, "connected to QEMU's socket "+qpath+" again")
+	if _, err := stranger.WriteToUnix([]byte("forged"), to); !errors.Is(err, syscall.EPERM) {
+		t.Fatalf("a stranger's datagram once connected to the new QEMU: %v, want EPERM", err)
+	}
+	q2.WriteToUnix([]byte("from the new QEMU"), to)
+	if got := r.next(t); string(got) != "from the new QEMU" {
+		t.Fatalf("read %q, want the new QEMU's frame", got)
+	}
+	qemuReads(q2, "to the new QEMU")
+
 	e.Close()
 	if err := r.end(t); !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("Read after Close: %v", err)
 	}
 	if _, err := os.Lstat(path); !os.IsNotExist(err) {
 		t.Fatalf("%s after Close: %v", path, err)
+	}
+}
+
+// A listening stream's Write to a QEMU that does not read waits for it a
+// bounded time, once: the frames that do not fit are dropped and counted,
+// the writes after drop at once while QEMU does not read, and the
+// connection is kept. When QEMU reads again, it gets whole frames in
+// order (one cut short is finished before any other), then new ones.
+func TestStreamWriteToQEMUThatDoesNotRead(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "vm.sock")
+	log := &syncBuf{}
+	e, err := qemu.Listen(path, 0, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	r := readAll(t, e)
+	c := dial(t, path)
+	waitLog(t, log, "(connection 1)")
+
+	// 6400 frames of 1400 bytes, 9 MB: far more than the socket holds.
+	const batches, size = 200, 1400
+	type result struct {
+		sent, total int
+		err         error
+	}
+	done := make(chan result, 1)
+	go func() {
+		var res result
+		batch := make([][]byte, 32)
+		for i := range batches {
+			for j := range batch {
+				f := make([]byte, size)
+				binary.BigEndian.PutUint32(f, uint32(res.total))
+				batch[j] = f
+				res.total++
+			}
+			n, err := e.Write(batch)
+			res.sent += n
+			if err != nil {
+				res.err = fmt.Errorf("Write of batch %d: %w", i, err)
+				break
+			}
+		}
+		done <- res
+	}()
+	var res result
+	select {
+	case res = <-done:
+	case <-time.After(10 * time.Second):
+		e.Close() // wakes the Write
+		<-done
+		t.Fatal("Write to a QEMU that does not read still waits after 10s")
+	}
+	if res.err != nil {
+		t.Fatal(res.err)
+	}
+	st := e.Stats()
+	if res.sent == 0 || res.sent == res.total || st.Unsent != uint64(res.total-res.sent) {
+		t.Fatalf("%d frames written, %d taken, stats %+v: want some taken, the rest counted unsent", res.total, res.sent, st)
+	}
+	if !strings.Contains(log.String(), "QEMU does not read: frames for it are dropped until it takes them again (1 times so far)") ||
+		!strings.Contains(log.String(), "a frame for QEMU, which does not read (1 dropped so far)") {
+		t.Fatalf("log lacks the stall:\n%s", log)
+	}
+
+	// QEMU takes all that waits for it; a frame may be cut short there.
+	rc, err := c.(*net.UnixConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var queued int
+	rc.Control(func(fd uintptr) { queued, err = unix.IoctlGetInt(int(fd), unix.SIOCINQ) })
+	if err != nil || queued == 0 {
+		t.Fatalf("bytes queued for QEMU: %d, %v", queued, err)
+	}
+	buf := make([]byte, queued)
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(c, buf); err != nil {
+		t.Fatal(err)
+	}
+	// With the socket empty, a new frame goes at once, after the rest of
+	// the one cut short.
+	if n, err := e.Write([][]byte{[]byte("after")}); n != 1 || err != nil {
+		t.Fatalf("Write once QEMU reads again: %d, %v; want 1, nil", n, err)
+	}
+	all := io.MultiReader(bytes.NewReader(buf), c)
+	next := func(i int) []byte {
+		t.Helper()
+		var hdr [4]byte
+		if _, err := io.ReadFull(all, hdr[:]); err != nil {
+			t.Fatalf("frame %d: %v", i, err)
+		}
+		f := make([]byte, binary.BigEndian.Uint32(hdr[:]))
+		if _, err := io.ReadFull(all, f); err != nil {
+			t.Fatalf("frame %d: %v", i, err)
+		}
+		return f
+	}
+	for i, last := 0, -1; i < res.sent; i++ {
+		f := next(i)
+		if len(f) != size || int(binary.BigEndian.Uint32(f)) <= last {
+			t.Fatalf("frame %d of QEMU's: %d bytes, number %d; want %d bytes, a number over %d", i, len(f), binary.BigEndian.Uint32(f), size, last)
+		}
+		last = int(binary.BigEndian.Uint32(f))
+	}
+	if got := next(res.sent); string(got) != "after" {
+		t.Fatalf("QEMU read %q, want the frame written once it read again", got)
+	}
+	if st := e.Stats(); st.Conns != 1 {
+		t.Fatalf("connections %d: want the one, kept", st.Conns)
+	}
+	e.Close()
+	if err := r.end(t); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("Read after Close: %v", err)
 	}
 }
 

@@ -28,6 +28,8 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -46,8 +48,8 @@ var ErrFraming = errors.New("qemu stream: bad framing")
 type Stats struct {
 	Oversize  uint64 // frames over the MTU (or the buffer), dropped
 	Empty     uint64 // frames of no bytes, dropped
-	Strangers uint64 // datagrams from another socket than QEMU's, dropped
-	Unsent    uint64 // frames for QEMU dropped: no QEMU there, or no room
+	Strangers uint64 // datagrams a Dgram got before it connected to QEMU's socket (from anyone), dropped
+	Unsent    uint64 // frames for QEMU dropped: no QEMU there, no room, a QEMU that does not read
 	Conns     uint64 // connections accepted or made
 }
 
@@ -87,13 +89,21 @@ func (c *counters) logf(format string, args ...any) {
 // count adds one to n and, at its 1st, 10th, 100th..., logs why with the
 // count so far.
 func (c *counters) count(n *atomic.Uint64, format string, args ...any) {
+	if v, ok := tally(n); ok {
+		c.logf("%s (%d dropped so far)", fmt.Sprintf(format, args...), v)
+	}
+}
+
+// tally adds one to n and returns it, and whether it is a count to log:
+// 1, 10, 100...
+func tally(n *atomic.Uint64) (uint64, bool) {
 	v := n.Add(1)
 	for p := uint64(1); p <= v; p *= 10 {
 		if p == v {
-			c.logf("%s (%d dropped so far)", fmt.Sprintf(format, args...), v)
-			return
+			return v, true
 		}
 	}
+	return v, false
 }
 
 // Stream is QEMU's -netdev stream over a Unix stream socket.
@@ -111,8 +121,16 @@ type Stream struct {
 	live bool  // r reads cur
 	rerr error // a connected stream's end, for good
 
-	wmu  sync.Mutex
-	wbuf []byte // guarded by wmu
+	// The writer's, guarded by wmu.
+	wmu      sync.Mutex
+	wbuf     []byte        // the frames of a Write, framed
+	ends     []int         // where each frame of wbuf ends
+	wc       *net.UnixConn // the connection pend and stalled are about
+	wraw     syscall.RawConn
+	pend     []byte        // the rest of a frame cut short, to send before any other
+	stalled  bool          // QEMU left frames unsent: do not wait until it takes a batch
+	timedOut time.Time     // when a wait for QEMU to read last timed out
+	stalls   atomic.Uint64 // how often QEMU stopped reading, for the log
 
 	once sync.Once
 }
@@ -296,10 +314,28 @@ func insideFrame(err error) error {
 	return fmt.Errorf("qemu stream: inside a frame: %w", err)
 }
 
+// writeWait bounds how long a Stream's Write waits for QEMU to read;
+// after a wait that timed out, Write waits again no sooner than
+// writeRest later, so that a QEMU that reads in bursts holds the cable
+// up for a fifth of the time at most.
+const (
+	writeWait = 250 * time.Millisecond
+	writeRest = 4 * writeWait
+)
+
 // Write implements endpoint.Endpoint.Write: the frames go to QEMU in one
 // write. With no connection (a listening stream that QEMU has not
 // reached yet), they are dropped, as a cable with no one at its end
 // drops them; a frame over MaxFrame is dropped too.
+//
+// A QEMU that does not read (stopped, or hostile) never holds the cable
+// up for long, nor, through it, the network: Write waits at most
+// writeWait for room in the connection, then drops the frames that did
+// not fit, counted as Unsent, and keeps the connection. From then on it
+// does not wait at all, dropping what does not fit at once, until QEMU
+// takes a whole batch again, and it waits at most once a writeRest. A
+// frame cut short is finished before any other is sent, so that QEMU's
+// framing is never broken.
 func (e *Stream) Write(msgs [][]byte) (int, error) {
 	e.mu.Lock()
 	c, closed := e.cur, e.closed
@@ -315,8 +351,16 @@ func (e *Stream) Write(msgs [][]byte) (int, error) {
 	}
 	e.wmu.Lock()
 	defer e.wmu.Unlock()
-	b := e.wbuf[:0]
-	sent := 0
+	if c != e.wc {
+		raw, err := c.SyscallConn()
+		if err != nil {
+			return 0, fmt.Errorf("%s: %w", e.name, err)
+		}
+		e.wc, e.wraw = c, raw // a new QEMU: nothing is owed to it, nothing known of it
+		e.pend, e.stalled, e.timedOut = e.pend[:0], false, time.Time{}
+	}
+	b := append(e.wbuf[:0], e.pend...)
+	ends := e.ends[:0]
 	for _, m := range msgs {
 		if len(m) > MaxFrame {
 			e.count(&e.unsent, "a frame of %d bytes for QEMU, over the %d it takes", len(m), MaxFrame)
@@ -324,16 +368,88 @@ func (e *Stream) Write(msgs [][]byte) (int, error) {
 		}
 		b = binary.BigEndian.AppendUint32(b, uint32(len(m)))
 		b = append(b, m...)
-		sent++
+		ends = append(ends, len(b))
 	}
-	e.wbuf = b
-	if _, err := c.Write(b); err != nil {
-		if e.ln != nil {
-			return 0, nil // the reader sees the connection's end and waits for the next
+	e.wbuf, e.ends = b, ends
+	wait := !e.stalled && time.Since(e.timedOut) >= writeRest
+	n, err := e.send(b, wait)
+	// Whole frames are sent, and one begun will be: it is finished first.
+	sent, begun := 0, len(e.pend)
+	for _, end := range ends {
+		if n <= begun {
+			break
 		}
-		return 0, fmt.Errorf("%s: %w", e.name, unwrapOp(err))
+		sent++
+		begun = end
+	}
+	e.pend = append(e.pend[:0], b[n:max(n, begun)]...)
+	switch {
+	case err != nil:
+	case n < len(b):
+		if wait {
+			e.timedOut = time.Now()
+		}
+		if !e.stalled {
+			if v, ok := tally(&e.stalls); ok {
+				e.logf("QEMU does not read: frames for it are dropped until it takes them again (%d times so far)", v)
+			}
+		}
+		e.stalled = true
+	default:
+		e.stalled = false
+	}
+	for range len(ends) - sent {
+		if err != nil {
+			e.count(&e.unsent, "a frame for QEMU, whose connection failed: %v", unwrapOp(err))
+		} else {
+			e.count(&e.unsent, "a frame for QEMU, which does not read")
+		}
+	}
+	if err != nil {
+		if e.ln != nil {
+			return sent, nil // the reader sees the connection's end and waits for the next
+		}
+		return sent, fmt.Errorf("%s: %w", e.name, unwrapOp(err))
 	}
 	return sent, nil
+}
+
+// send writes as much of b as the connection takes: all of it, or what
+// fits within writeWait if wait, at once if not. It returns how many bytes
+// went, and an error only if the connection failed. The caller must hold
+// wmu.
+func (e *Stream) send(b []byte, wait bool) (int, error) {
+	if len(b) == 0 {
+		return 0, nil
+	}
+	if wait {
+		e.wc.SetWriteDeadline(time.Now().Add(writeWait))
+	} else {
+		e.wc.SetWriteDeadline(time.Time{})
+	}
+	n := 0
+	var werr error
+	err := e.wraw.Write(func(fd uintptr) bool {
+		for n < len(b) {
+			k, err := unix.Write(int(fd), b[n:])
+			if k > 0 {
+				n += k
+			}
+			switch {
+			case err == unix.EINTR:
+			case err == unix.EAGAIN:
+				return !wait // wait for room, or not at all
+			case err != nil:
+				werr = err
+				return true
+			}
+		}
+		return true
+	})
+	if werr == nil && err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+		werr = err
+	}
+	return n, werr
 }
 
 // BatchSize implements endpoint.Endpoint.BatchSize.
