@@ -242,8 +242,10 @@ func (l metricsLog) Println(v ...any) { l.s.log.Warn("metrics", "err", fmt.Sprin
 
 // Descriptions of the metrics; docs/metrics.md lists them.
 var (
-	netLabels  = []string{"network", "proto"}
-	portLabels = []string{"network", "proto", "port", "kind"}
+	// id, the network file's DEV:INO, tells networks apart: network is
+	// what the daemon can say of their paths, and two may say the same.
+	netLabels  = []string{"network", "id", "proto"}
+	portLabels = []string{"network", "id", "proto", "port", "kind"}
 
 	descNetworks    = prometheus.NewDesc("ipn_networks", "Networks the daemon serves.", nil, nil)
 	descConnections = prometheus.NewDesc("ipn_connections", "Control connections open to the daemon.", nil, nil)
@@ -351,21 +353,22 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(descUserMemory, float64(u.memory), id)
 	}
 
-	seen := make(map[string]bool, len(nets))
 	for _, n := range nets {
 		nf := netFileOf(n)
 		cfg := n.Config()
+		// The network label is for people: a path as ipn ls shows it,
+		// mended, which two networks may share (a path and its mended
+		// twin, or two removed networks of one name). The id label is
+		// the file's, which the daemon holds for the network's life, so
+		// no two live networks share one (docs/metrics.md).
 		path := nf.path()
 		if path == "" {
 			path = "(no path here) " + cfg.Name // as ipn ls says
 		}
-		if seen[path] { // two networks once made at one path, both removed
-			path = fmt.Sprintf("%s (inode %d)", path, nf.id.ino)
-		}
-		seen[path] = true
 		path = strings.ToValidUTF8(path, "\ufffd")
+		id := strconv.FormatUint(nf.id.dev, 10) + ":" + strconv.FormatUint(nf.id.ino, 10)
 		proto := cfg.Proto.String()
-		nl := []string{path, proto}
+		nl := []string{path, id, proto}
 		readers, writers := n.Counts()
 		gauge(descNetMaxPorts, float64(cfg.NumPorts), nl...)
 		gauge(descNetReaders, float64(readers), nl...)
@@ -381,8 +384,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(descNetLogBytes, float64(logMem), nl...)
 		if t, ok := n.Policy().(policy.Tabler); ok {
 			for _, tab := range t.Tables() {
-				gauge(descNetTable, float64(tab.Entries), path, proto, tab.Name)
-				gauge(descNetTableMax, float64(tab.Max), path, proto, tab.Name)
+				gauge(descNetTable, float64(tab.Entries), path, id, proto, tab.Name)
+				gauge(descNetTableMax, float64(tab.Max), path, id, proto, tab.Name)
 			}
 		}
 
@@ -412,7 +415,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			if sides == "" {
 				sides = "-"
 			}
-			pl := []string{path, proto, strconv.Itoa(p.Num()), kind}
+			pl := []string{path, id, proto, strconv.Itoa(p.Num()), kind}
 			gauge(descPortInfo, 1, append(pl, strings.ToValidUTF8(o.Description, "\ufffd"), role, sides)...)
 			st := p.Stats()
 			counter(descPortInMsgs, st.MsgsIn, pl...)
