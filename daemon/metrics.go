@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
@@ -11,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -168,8 +170,19 @@ func (s *server) serveMetrics(took bool) (*metricsServer, error) {
 	return m, nil
 }
 
-// maxMetricsConns bounds the connections the metrics server holds at once.
-const maxMetricsConns = 16
+// The metrics server's bounds. Every local user may reach a loopback
+// address, so no connection is kept past its one request, and a silent
+// or slow one is dropped in seconds: with the cap on connections held,
+// one user's connections cannot keep a scrape out for long. On a Unix
+// socket the kernel says whose a connection is, and each user holds
+// maxMetricsConnsPerUser at most.
+const (
+	maxMetricsConns        = 16
+	maxMetricsConnsPerUser = 4
+	metricsHeaderTimeout   = 2 * time.Second
+	metricsReadTimeout     = 5 * time.Second
+	metricsWriteTimeout    = 15 * time.Second
+)
 
 // metricsServer serves the daemon's metrics over HTTP until stopped.
 type metricsServer struct {
@@ -201,19 +214,25 @@ func (s *server) startMetrics(ln net.Listener) *metricsServer {
 	})
 	// Connections beyond the bound wait in the kernel's backlog: a
 	// scraper that opens many holds no more of the daemon than this.
+	if _, ok := ln.Addr().(*net.UnixAddr); ok {
+		ln = &peerLimitListener{Listener: ln, log: s.log, max: maxMetricsConnsPerUser, by: make(map[uint32]int)}
+	}
 	ln = netutil.LimitListener(ln, maxMetricsConns)
 	m := &metricsServer{
 		http: &http.Server{
 			Handler:           mux,
-			ReadHeaderTimeout: 5 * time.Second,
-			ReadTimeout:       10 * time.Second,
-			WriteTimeout:      30 * time.Second,
-			IdleTimeout:       time.Minute,
+			ReadHeaderTimeout: metricsHeaderTimeout,
+			ReadTimeout:       metricsReadTimeout,
+			WriteTimeout:      metricsWriteTimeout,
+			IdleTimeout:       time.Second, // none: keep-alives are off
 			MaxHeaderBytes:    16 << 10,
 		},
 		ln:   ln,
 		done: make(chan struct{}),
 	}
+	// An idle connection kept for a next request would hold its slot
+	// for whoever opened it: each connection serves one request.
+	m.http.SetKeepAlivesEnabled(false)
 	go func() {
 		defer close(m.done)
 		if err := m.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -222,6 +241,73 @@ func (s *server) startMetrics(ln net.Listener) *metricsServer {
 	}()
 	s.log.Info("serving metrics", "addr", ln.Addr().String())
 	return m
+}
+
+// peerLimitListener accepts at most max connections at once from each
+// user, as SO_PEERCRED says, of a Unix listener; one over, or whose
+// peer cannot be told, is closed unread.
+type peerLimitListener struct {
+	net.Listener
+	log *slog.Logger
+	max int
+
+	mu sync.Mutex
+	by map[uint32]int // guarded by mu: connections open, by uid
+}
+
+// Accept implements net.Listener.Accept.
+func (l *peerLimitListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		uc, ok := c.(*net.UnixConn)
+		if !ok {
+			c.Close()
+			return nil, fmt.Errorf("metrics: a %T from a Unix listener", c)
+		}
+		cr, err := peerCred(uc)
+		if err != nil {
+			l.log.Warn("metrics: refusing a connection whose peer is unknown", "err", err)
+			c.Close()
+			continue
+		}
+		l.mu.Lock()
+		n := l.by[cr.UID]
+		if n < l.max {
+			l.by[cr.UID] = n + 1
+		}
+		l.mu.Unlock()
+		if n >= l.max {
+			l.log.Warn("metrics: refusing a connection: its user has the most open", "client", cr, "max", l.max)
+			c.Close()
+			continue
+		}
+		return &peerConn{Conn: c, l: l, uid: cr.UID}, nil
+	}
+}
+
+// peerConn is a connection a peerLimitListener counts against its user
+// until it is closed.
+type peerConn struct {
+	net.Conn
+	l    *peerLimitListener
+	uid  uint32
+	once sync.Once
+}
+
+// Close implements net.Conn.Close; it gives the user's slot back once.
+func (c *peerConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(func() {
+		c.l.mu.Lock()
+		if c.l.by[c.uid]--; c.l.by[c.uid] <= 0 {
+			delete(c.l.by, c.uid)
+		}
+		c.l.mu.Unlock()
+	})
+	return err
 }
 
 // stop closes the listener, lets the scrapes under way finish for a
