@@ -61,15 +61,27 @@ func CheckMetricsAddr(addr string, any bool) error {
 		"want 127.0.0.1, [::1] or localhost, or a Unix socket path; --metrics-any serves them there anyway", addr, what)
 }
 
+// checkMetrics checks cfg's metrics settings: the address
+// (CheckMetricsAddr) and the mode of a Unix socket.
+func checkMetrics(cfg Config) error {
+	if err := CheckMetricsAddr(cfg.Metrics, cfg.MetricsAny); err != nil {
+		return err
+	}
+	if cfg.MetricsMode&^0o777 != 0 {
+		return fmt.Errorf("metrics socket mode %#o: want permission bits alone (0600, 0660, ...)", cfg.MetricsMode)
+	}
+	return nil
+}
+
 // listenMetrics opens cfg.Metrics, checked. A Unix socket is bound in a
 // fresh directory of mode 0700 beside its path, given cfg.MetricsMode
 // there and only then renamed into place, so that it is never reachable
 // with a wider mode; a stale socket at the path is replaced.
 func listenMetrics(cfg Config) (net.Listener, error) {
-	addr := cfg.Metrics
-	if err := CheckMetricsAddr(addr, cfg.MetricsAny); err != nil {
+	if err := checkMetrics(cfg); err != nil {
 		return nil, err
 	}
+	addr := cfg.Metrics
 	if !strings.HasPrefix(addr, "/") {
 		if host, port, _ := net.SplitHostPort(addr); host == "localhost" {
 			addr = net.JoinHostPort("127.0.0.1", port) // never what a hosts file says
@@ -83,9 +95,6 @@ func listenMetrics(cfg Config) (net.Listener, error) {
 	mode := cfg.MetricsMode
 	if mode == 0 {
 		mode = DefaultMetricsMode
-	}
-	if mode&^0o777 != 0 {
-		return nil, fmt.Errorf("metrics socket mode %#o: want permission bits alone (0600, 0660, ...)", mode)
 	}
 	tmp, err := os.MkdirTemp(filepath.Dir(addr), ".metrics-")
 	if err != nil {
@@ -137,37 +146,88 @@ func (l *renamedListener) Close() error {
 	return err
 }
 
-// metricsTakeoverWait is how long a daemon that took over waits for the
-// old one to let go of the metrics address.
-const metricsTakeoverWait = 5 * time.Second
+// metricsTakeoverWait is how long a daemon that took over tries its
+// metrics address every 50 ms, quietly, while the old daemon lets it go;
+// metricsRetryMax is the longest pause between two tries at an address
+// that cannot be had.
+const (
+	metricsTakeoverWait = 5 * time.Second
+	metricsRetryMax     = 10 * time.Second
+)
 
-// serveMetrics opens s.cfg.Metrics and serves metrics there. A daemon that
-// took over (took) serves every network already: it waits for the old
-// daemon to let the address go, and if it cannot have it, logs why and
-// serves on without metrics (nil, nil).
-func (s *server) serveMetrics(took bool) (*metricsServer, error) {
-	ln, err := listenMetrics(s.cfg)
+// metricsRunner serves a daemon's metrics from a goroutine of its own,
+// which stop ends.
+type metricsRunner struct {
+	quit chan struct{}
+	done chan struct{} // closed when the goroutine has returned
+	once sync.Once
+}
+
+// runMetrics serves s.cfg.Metrics, in the background: the daemon serves
+// its networks whether or not the address can be had. An address that
+// cannot be bound (another process holds the port, a directory is
+// missing) is logged as an error, naming it, and tried again with a
+// growing pause until it is bound or the runner stopped. A daemon that
+// took over (took) first gives the old one metricsTakeoverWait to let the
+// address go. s.cfg.MetricsReady is called, from the runner's goroutine,
+// once metrics are served.
+func (s *server) runMetrics(took bool) *metricsRunner {
+	r := &metricsRunner{quit: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(r.done)
+		ln := s.bindMetrics(took, r.quit)
+		if ln == nil {
+			return
+		}
+		m := s.startMetrics(ln)
+		if s.cfg.MetricsReady != nil {
+			s.cfg.MetricsReady(ln.Addr())
+		}
+		<-r.quit
+		m.stop()
+	}()
+	return r
+}
+
+// stop stops serving metrics and returns once the runner's goroutine,
+// and the server's, have returned. It may be called again.
+func (r *metricsRunner) stop() {
+	r.once.Do(func() { close(r.quit) })
+	<-r.done
+}
+
+// bindMetrics opens s.cfg.Metrics, trying again until it is opened or
+// quit is closed (then nil).
+func (s *server) bindMetrics(took bool, quit <-chan struct{}) net.Listener {
+	var oldLetsGo time.Time // until then, EADDRINUSE is the old daemon's
 	if took {
-		deadline := time.Now().Add(metricsTakeoverWait)
-		pause := time.NewTicker(50 * time.Millisecond)
-		defer pause.Stop()
-		for errors.Is(err, syscall.EADDRINUSE) && time.Now().Before(deadline) {
-			<-pause.C
-			ln, err = listenMetrics(s.cfg)
+		oldLetsGo = time.Now().Add(metricsTakeoverWait)
+	}
+	var pause time.Duration
+	for failed := false; ; {
+		ln, err := listenMetrics(s.cfg)
+		if err == nil {
+			if failed {
+				s.log.Warn("metrics address bound after all", "addr", s.cfg.Metrics)
+			}
+			return ln
 		}
-		if err != nil {
-			s.log.Error("no metrics", "addr", s.cfg.Metrics, "err", err)
-			return nil, nil
+		if errors.Is(err, syscall.EADDRINUSE) && time.Now().Before(oldLetsGo) {
+			pause = 50 * time.Millisecond
+		} else {
+			failed = true
+			pause = min(max(2*pause, 100*time.Millisecond), metricsRetryMax)
+			s.log.Error("cannot serve metrics; serving the networks without them, trying again",
+				"addr", s.cfg.Metrics, "err", err, "retry_in", pause)
+		}
+		t := time.NewTimer(pause)
+		select {
+		case <-t.C:
+		case <-quit:
+			t.Stop()
+			return nil
 		}
 	}
-	if err != nil {
-		return nil, err
-	}
-	m := s.startMetrics(ln)
-	if s.cfg.MetricsReady != nil {
-		s.cfg.MetricsReady(ln.Addr())
-	}
-	return m, nil
 }
 
 // The metrics server's bounds. Every local user may reach a loopback

@@ -4,11 +4,14 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -157,5 +160,108 @@ func TestMetricsUnixSocketBoundsEachUser(t *testing.T) {
 			t.Fatalf("uid 2302 is not served within %v of closing one of its 4 connections", wait)
 		}
 		<-poll.C
+	}
+}
+
+// logWatch is a daemon's log, kept for a test to wait on.
+type logWatch struct {
+	t     *testing.T
+	mu    sync.Mutex
+	lines []string      // guarded by mu
+	more  chan struct{} // a token when a line comes
+}
+
+func watchLog(t *testing.T) *logWatch {
+	return &logWatch{t: t, more: make(chan struct{}, 1)}
+}
+
+// logger returns a logger of every level into w (and t's log).
+func (w *logWatch) logger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+func (w *logWatch) Write(b []byte) (int, error) {
+	w.t.Logf("%s", b)
+	w.mu.Lock()
+	w.lines = append(w.lines, string(b))
+	w.mu.Unlock()
+	select {
+	case w.more <- struct{}{}:
+	default:
+	}
+	return len(b), nil
+}
+
+// expect waits, up to metricsPatience, for a line that has every one of
+// want, and returns it.
+func (w *logWatch) expect(t *testing.T, want ...string) string {
+	t.Helper()
+	deadline := time.NewTimer(metricsPatience)
+	defer deadline.Stop()
+	for {
+		w.mu.Lock()
+		lines := slices.Clone(w.lines)
+		w.mu.Unlock()
+	next:
+		for _, l := range lines {
+			for _, s := range want {
+				if !strings.Contains(l, s) {
+					continue next
+				}
+			}
+			return l
+		}
+		select {
+		case <-w.more:
+		case <-deadline.C:
+			t.Fatalf("no line with %q logged within %v", want, metricsPatience)
+		}
+	}
+}
+
+// metricsPatience is how long a test waits for a daemon to bind a
+// metrics address it could not have at first: its longest pause between
+// tries (10 s) and some.
+const metricsPatience = 15 * time.Second
+
+// A metrics address that another process holds (any local user may bind
+// 127.0.0.1:PORT first) keeps neither the daemon from starting nor its
+// clients out: it logs an error naming the address, serves its networks
+// without metrics, and serves the metrics once the address is free.
+func TestMetricsAddressTakenServesOn(t *testing.T) {
+	squat, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer squat.Close()
+	addr := squat.Addr().String()
+	log := watchLog(t)
+	addrs := make(chan net.Addr, 1)
+	serve(t, daemon.Config{Metrics: addr, Logger: log.logger(), MetricsReady: func(a net.Addr) { addrs <- a }})
+	log.expect(t, "level=ERROR", "addr="+addr, "address already in use")
+	// Served meanwhile: a network, its members, a message.
+	path := filepath.Join(t.TempDir(), "net")
+	recv := joinAs(t, ipn.Hub, path, "receiver", true, true, ipn.ShutWrite)
+	send := joinAs(t, ipn.Hub, path, "sender", false, true, ipn.ShutRead)
+	if err := send.Send([]byte("without metrics")); err != nil {
+		t.Fatal(err)
+	}
+	recv.SetReadDeadline(time.Now().Add(wait))
+	buf := make([]byte, 100)
+	if n, _, err := recv.Recv(buf); err != nil || string(buf[:n]) != "without metrics" {
+		t.Fatalf("Recv: %q %v", buf[:n], err)
+	}
+	squat.Close()
+	select {
+	case a := <-addrs:
+		if a.String() != addr {
+			t.Fatalf("metrics at %s, want %s", a, addr)
+		}
+	case <-time.After(metricsPatience):
+		t.Fatalf("no metrics at %s within %v of its squatter's leaving", addr, metricsPatience)
+	}
+	sc := &scraper{t: t, url: "http://" + addr + "/metrics", client: &http.Client{Timeout: wait}}
+	if v := sc.get().must(t, "ipn_network_ports", "network", path, "kind", "shm"); v != 2 {
+		t.Errorf("%v ports on the fast path, want 2", v)
 	}
 }
