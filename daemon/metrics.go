@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
@@ -11,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -59,15 +61,27 @@ func CheckMetricsAddr(addr string, any bool) error {
 		"want 127.0.0.1, [::1] or localhost, or a Unix socket path; --metrics-any serves them there anyway", addr, what)
 }
 
+// checkMetrics checks cfg's metrics settings: the address
+// (CheckMetricsAddr) and the mode of a Unix socket.
+func checkMetrics(cfg Config) error {
+	if err := CheckMetricsAddr(cfg.Metrics, cfg.MetricsAny); err != nil {
+		return err
+	}
+	if cfg.MetricsMode&^0o777 != 0 {
+		return fmt.Errorf("metrics socket mode %#o: want permission bits alone (0600, 0660, ...)", cfg.MetricsMode)
+	}
+	return nil
+}
+
 // listenMetrics opens cfg.Metrics, checked. A Unix socket is bound in a
 // fresh directory of mode 0700 beside its path, given cfg.MetricsMode
 // there and only then renamed into place, so that it is never reachable
 // with a wider mode; a stale socket at the path is replaced.
 func listenMetrics(cfg Config) (net.Listener, error) {
-	addr := cfg.Metrics
-	if err := CheckMetricsAddr(addr, cfg.MetricsAny); err != nil {
+	if err := checkMetrics(cfg); err != nil {
 		return nil, err
 	}
+	addr := cfg.Metrics
 	if !strings.HasPrefix(addr, "/") {
 		if host, port, _ := net.SplitHostPort(addr); host == "localhost" {
 			addr = net.JoinHostPort("127.0.0.1", port) // never what a hosts file says
@@ -81,9 +95,6 @@ func listenMetrics(cfg Config) (net.Listener, error) {
 	mode := cfg.MetricsMode
 	if mode == 0 {
 		mode = DefaultMetricsMode
-	}
-	if mode&^0o777 != 0 {
-		return nil, fmt.Errorf("metrics socket mode %#o: want permission bits alone (0600, 0660, ...)", mode)
 	}
 	tmp, err := os.MkdirTemp(filepath.Dir(addr), ".metrics-")
 	if err != nil {
@@ -135,41 +146,103 @@ func (l *renamedListener) Close() error {
 	return err
 }
 
-// metricsTakeoverWait is how long a daemon that took over waits for the
-// old one to let go of the metrics address.
-const metricsTakeoverWait = 5 * time.Second
+// metricsTakeoverWait is how long a daemon that took over tries its
+// metrics address every 50 ms, quietly, while the old daemon lets it go;
+// metricsRetryMax is the longest pause between two tries at an address
+// that cannot be had.
+const (
+	metricsTakeoverWait = 5 * time.Second
+	metricsRetryMax     = 10 * time.Second
+)
 
-// serveMetrics opens s.cfg.Metrics and serves metrics there. A daemon that
-// took over (took) serves every network already: it waits for the old
-// daemon to let the address go, and if it cannot have it, logs why and
-// serves on without metrics (nil, nil).
-func (s *server) serveMetrics(took bool) (*metricsServer, error) {
-	ln, err := listenMetrics(s.cfg)
-	if took {
-		deadline := time.Now().Add(metricsTakeoverWait)
-		pause := time.NewTicker(50 * time.Millisecond)
-		defer pause.Stop()
-		for errors.Is(err, syscall.EADDRINUSE) && time.Now().Before(deadline) {
-			<-pause.C
-			ln, err = listenMetrics(s.cfg)
-		}
-		if err != nil {
-			s.log.Error("no metrics", "addr", s.cfg.Metrics, "err", err)
-			return nil, nil
-		}
-	}
-	if err != nil {
-		return nil, err
-	}
-	m := s.startMetrics(ln)
-	if s.cfg.MetricsReady != nil {
-		s.cfg.MetricsReady(ln.Addr())
-	}
-	return m, nil
+// metricsRunner serves a daemon's metrics from a goroutine of its own,
+// which stop ends.
+type metricsRunner struct {
+	quit chan struct{}
+	done chan struct{} // closed when the goroutine has returned
+	once sync.Once
 }
 
-// maxMetricsConns bounds the connections the metrics server holds at once.
-const maxMetricsConns = 16
+// runMetrics serves s.cfg.Metrics, in the background: the daemon serves
+// its networks whether or not the address can be had. An address that
+// cannot be bound (another process holds the port, a directory is
+// missing) is logged as an error, naming it, and tried again with a
+// growing pause until it is bound or the runner stopped. A daemon that
+// took over (took) first gives the old one metricsTakeoverWait to let the
+// address go. s.cfg.MetricsReady is called, from the runner's goroutine,
+// once metrics are served.
+func (s *server) runMetrics(took bool) *metricsRunner {
+	r := &metricsRunner{quit: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(r.done)
+		ln := s.bindMetrics(took, r.quit)
+		if ln == nil {
+			return
+		}
+		m := s.startMetrics(ln)
+		if s.cfg.MetricsReady != nil {
+			s.cfg.MetricsReady(ln.Addr())
+		}
+		<-r.quit
+		m.stop()
+	}()
+	return r
+}
+
+// stop stops serving metrics and returns once the runner's goroutine,
+// and the server's, have returned. It may be called again.
+func (r *metricsRunner) stop() {
+	r.once.Do(func() { close(r.quit) })
+	<-r.done
+}
+
+// bindMetrics opens s.cfg.Metrics, trying again until it is opened or
+// quit is closed (then nil).
+func (s *server) bindMetrics(took bool, quit <-chan struct{}) net.Listener {
+	var oldLetsGo time.Time // until then, EADDRINUSE is the old daemon's
+	if took {
+		oldLetsGo = time.Now().Add(metricsTakeoverWait)
+	}
+	var pause time.Duration
+	for failed := false; ; {
+		ln, err := listenMetrics(s.cfg)
+		if err == nil {
+			if failed {
+				s.log.Warn("metrics address bound after all", "addr", s.cfg.Metrics)
+			}
+			return ln
+		}
+		if errors.Is(err, syscall.EADDRINUSE) && time.Now().Before(oldLetsGo) {
+			pause = 50 * time.Millisecond
+		} else {
+			failed = true
+			pause = min(max(2*pause, 100*time.Millisecond), metricsRetryMax)
+			s.log.Error("cannot serve metrics; serving the networks without them, trying again",
+				"addr", s.cfg.Metrics, "err", err, "retry_in", pause)
+		}
+		t := time.NewTimer(pause)
+		select {
+		case <-t.C:
+		case <-quit:
+			t.Stop()
+			return nil
+		}
+	}
+}
+
+// The metrics server's bounds. Every local user may reach a loopback
+// address, so no connection is kept past its one request, and a silent
+// or slow one is dropped in seconds: with the cap on connections held,
+// one user's connections cannot keep a scrape out for long. On a Unix
+// socket the kernel says whose a connection is, and each user holds
+// maxMetricsConnsPerUser at most.
+const (
+	maxMetricsConns        = 16
+	maxMetricsConnsPerUser = 4
+	metricsHeaderTimeout   = 2 * time.Second
+	metricsReadTimeout     = 5 * time.Second
+	metricsWriteTimeout    = 15 * time.Second
+)
 
 // metricsServer serves the daemon's metrics over HTTP until stopped.
 type metricsServer struct {
@@ -201,19 +274,25 @@ func (s *server) startMetrics(ln net.Listener) *metricsServer {
 	})
 	// Connections beyond the bound wait in the kernel's backlog: a
 	// scraper that opens many holds no more of the daemon than this.
+	if _, ok := ln.Addr().(*net.UnixAddr); ok {
+		ln = &peerLimitListener{Listener: ln, log: s.log, max: maxMetricsConnsPerUser, by: make(map[uint32]int)}
+	}
 	ln = netutil.LimitListener(ln, maxMetricsConns)
 	m := &metricsServer{
 		http: &http.Server{
 			Handler:           mux,
-			ReadHeaderTimeout: 5 * time.Second,
-			ReadTimeout:       10 * time.Second,
-			WriteTimeout:      30 * time.Second,
-			IdleTimeout:       time.Minute,
+			ReadHeaderTimeout: metricsHeaderTimeout,
+			ReadTimeout:       metricsReadTimeout,
+			WriteTimeout:      metricsWriteTimeout,
+			IdleTimeout:       time.Second, // none: keep-alives are off
 			MaxHeaderBytes:    16 << 10,
 		},
 		ln:   ln,
 		done: make(chan struct{}),
 	}
+	// An idle connection kept for a next request would hold its slot
+	// for whoever opened it: each connection serves one request.
+	m.http.SetKeepAlivesEnabled(false)
 	go func() {
 		defer close(m.done)
 		if err := m.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -222,6 +301,73 @@ func (s *server) startMetrics(ln net.Listener) *metricsServer {
 	}()
 	s.log.Info("serving metrics", "addr", ln.Addr().String())
 	return m
+}
+
+// peerLimitListener accepts at most max connections at once from each
+// user, as SO_PEERCRED says, of a Unix listener; one over, or whose
+// peer cannot be told, is closed unread.
+type peerLimitListener struct {
+	net.Listener
+	log *slog.Logger
+	max int
+
+	mu sync.Mutex
+	by map[uint32]int // guarded by mu: connections open, by uid
+}
+
+// Accept implements net.Listener.Accept.
+func (l *peerLimitListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		uc, ok := c.(*net.UnixConn)
+		if !ok {
+			c.Close()
+			return nil, fmt.Errorf("metrics: a %T from a Unix listener", c)
+		}
+		cr, err := peerCred(uc)
+		if err != nil {
+			l.log.Warn("metrics: refusing a connection whose peer is unknown", "err", err)
+			c.Close()
+			continue
+		}
+		l.mu.Lock()
+		n := l.by[cr.UID]
+		if n < l.max {
+			l.by[cr.UID] = n + 1
+		}
+		l.mu.Unlock()
+		if n >= l.max {
+			l.log.Warn("metrics: refusing a connection: its user has the most open", "client", cr, "max", l.max)
+			c.Close()
+			continue
+		}
+		return &peerConn{Conn: c, l: l, uid: cr.UID}, nil
+	}
+}
+
+// peerConn is a connection a peerLimitListener counts against its user
+// until it is closed.
+type peerConn struct {
+	net.Conn
+	l    *peerLimitListener
+	uid  uint32
+	once sync.Once
+}
+
+// Close implements net.Conn.Close; it gives the user's slot back once.
+func (c *peerConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(func() {
+		c.l.mu.Lock()
+		if c.l.by[c.uid]--; c.l.by[c.uid] <= 0 {
+			delete(c.l.by, c.uid)
+		}
+		c.l.mu.Unlock()
+	})
+	return err
 }
 
 // stop closes the listener, lets the scrapes under way finish for a
@@ -242,8 +388,10 @@ func (l metricsLog) Println(v ...any) { l.s.log.Warn("metrics", "err", fmt.Sprin
 
 // Descriptions of the metrics; docs/metrics.md lists them.
 var (
-	netLabels  = []string{"network", "proto"}
-	portLabels = []string{"network", "proto", "port", "kind"}
+	// id, the network file's DEV:INO, tells networks apart: network is
+	// what the daemon can say of their paths, and two may say the same.
+	netLabels  = []string{"network", "id", "proto"}
+	portLabels = []string{"network", "id", "proto", "port", "kind"}
 
 	descNetworks    = prometheus.NewDesc("ipn_networks", "Networks the daemon serves.", nil, nil)
 	descConnections = prometheus.NewDesc("ipn_connections", "Control connections open to the daemon.", nil, nil)
@@ -351,21 +499,22 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(descUserMemory, float64(u.memory), id)
 	}
 
-	seen := make(map[string]bool, len(nets))
 	for _, n := range nets {
 		nf := netFileOf(n)
 		cfg := n.Config()
+		// The network label is for people: a path as ipn ls shows it,
+		// mended, which two networks may share (a path and its mended
+		// twin, or two removed networks of one name). The id label is
+		// the file's, which the daemon holds for the network's life, so
+		// no two live networks share one (docs/metrics.md).
 		path := nf.path()
 		if path == "" {
 			path = "(no path here) " + cfg.Name // as ipn ls says
 		}
-		if seen[path] { // two networks once made at one path, both removed
-			path = fmt.Sprintf("%s (inode %d)", path, nf.id.ino)
-		}
-		seen[path] = true
 		path = strings.ToValidUTF8(path, "\ufffd")
+		id := strconv.FormatUint(nf.id.dev, 10) + ":" + strconv.FormatUint(nf.id.ino, 10)
 		proto := cfg.Proto.String()
-		nl := []string{path, proto}
+		nl := []string{path, id, proto}
 		readers, writers := n.Counts()
 		gauge(descNetMaxPorts, float64(cfg.NumPorts), nl...)
 		gauge(descNetReaders, float64(readers), nl...)
@@ -381,8 +530,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(descNetLogBytes, float64(logMem), nl...)
 		if t, ok := n.Policy().(policy.Tabler); ok {
 			for _, tab := range t.Tables() {
-				gauge(descNetTable, float64(tab.Entries), path, proto, tab.Name)
-				gauge(descNetTableMax, float64(tab.Max), path, proto, tab.Name)
+				gauge(descNetTable, float64(tab.Entries), path, id, proto, tab.Name)
+				gauge(descNetTableMax, float64(tab.Max), path, id, proto, tab.Name)
 			}
 		}
 
@@ -412,7 +561,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			if sides == "" {
 				sides = "-"
 			}
-			pl := []string{path, proto, strconv.Itoa(p.Num()), kind}
+			pl := []string{path, id, proto, strconv.Itoa(p.Num()), kind}
 			gauge(descPortInfo, 1, append(pl, strings.ToValidUTF8(o.Description, "\ufffd"), role, sides)...)
 			st := p.Stats()
 			counter(descPortInMsgs, st.MsgsIn, pl...)

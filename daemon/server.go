@@ -67,7 +67,9 @@ type Config struct {
 	// if zero.
 	MetricsMode os.FileMode
 	// MetricsReady, if set, is called with the address metrics are served
-	// at once they are, before Ready.
+	// at once they are: after Ready, from a goroutine of the daemon's,
+	// since the daemon accepts clients first and binds Metrics then,
+	// trying again while it cannot (metrics.go, runMetrics).
 	MetricsReady func(net.Addr)
 }
 
@@ -142,7 +144,7 @@ func Serve(ctx context.Context, cfg Config) error {
 		cfg.Socket = DefaultSocket()
 	}
 	if cfg.Metrics != "" {
-		if err := CheckMetricsAddr(cfg.Metrics, cfg.MetricsAny); err != nil {
+		if err := checkMetrics(cfg); err != nil {
 			return err
 		}
 	}
@@ -201,19 +203,6 @@ func Serve(ctx context.Context, cfg Config) error {
 	}
 	defer s.lock.Close()
 	ln := s.ln
-	if cfg.Metrics != "" {
-		m, err := s.serveMetrics(took)
-		if err != nil {
-			// Nothing is served yet: a daemon that took over does
-			// not get here (serveMetrics only logs then).
-			os.Remove(cfg.Socket)
-			ln.Close()
-			return err
-		}
-		if m != nil {
-			defer m.stop()
-		}
-	}
 	tln, err := s.listenTakeover()
 	if err != nil {
 		s.log.Warn("no takeovers", "err", err)
@@ -256,6 +245,14 @@ func Serve(ctx context.Context, cfg Config) error {
 		defer close(acceptDone)
 		s.acceptLoop()
 	}()
+	// Metrics come after the clients, and never keep them out: the
+	// address may be another process's for now (metrics.go).
+	stopMetrics := func() {}
+	if cfg.Metrics != "" {
+		mr := s.runMetrics(took)
+		stopMetrics = mr.stop
+		defer mr.stop()
+	}
 	select {
 	case <-ctx.Done():
 	case <-s.handed:
@@ -267,7 +264,9 @@ func Serve(ctx context.Context, cfg Config) error {
 	select {
 	case <-s.handed:
 		// Everything is the new daemon's: this one lets its copies go,
-		// telling no one anything.
+		// telling no one anything, and the metrics address first, which
+		// the new daemon waits for.
+		stopMetrics()
 		s.abandon()
 		s.log.Info("exiting after the takeover")
 		return nil
@@ -277,10 +276,9 @@ func Serve(ctx context.Context, cfg Config) error {
 	close(s.stop)
 	// Unlink first so that no new client reaches this daemon; systemd's
 	// socket stays, and its clients wait for the daemon it starts next.
-	if !s.activated {
-		os.Remove(cfg.Socket)
-	}
+	s.unlinkSocket()
 	ln.Close()
+	stopMetrics()
 	if tln != nil {
 		os.Remove(TakeoverSocket(cfg.Socket))
 		tln.Close()
@@ -307,6 +305,14 @@ func Serve(ctx context.Context, cfg Config) error {
 	s.mu.Unlock()
 	s.wg.Wait()
 	return nil
+}
+
+// unlinkSocket removes the control socket's file, unless it is systemd's
+// (s.activated): that one stays, for the next daemon systemd starts.
+func (s *server) unlinkSocket() {
+	if !s.activated {
+		os.Remove(s.cfg.Socket)
+	}
 }
 
 // setFileLimit sets the descriptor limit to n, or, if n is 0, lets root's
