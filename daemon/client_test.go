@@ -113,9 +113,16 @@ func asUser(t *testing.T, uid, gid uint32, fn func() error) {
 // dialAs connects to the daemon at sock as user uid:gid (asUser).
 func dialAs(t *testing.T, sock string, uid, gid uint32) *client {
 	t.Helper()
+	return newClient(t, connectAs(t, sock, unix.SOCK_SEQPACKET, uid, gid).(*net.UnixConn))
+}
+
+// connectAs connects a Unix socket of type typ to sock as user uid:gid
+// (asUser), for a test to use as this process's connection.
+func connectAs(t *testing.T, sock string, typ int, uid, gid uint32) net.Conn {
+	t.Helper()
 	fd := -1
 	asUser(t, uid, gid, func() error {
-		s, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+		s, err := unix.Socket(unix.AF_UNIX, typ|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
 			return err
 		}
@@ -126,13 +133,13 @@ func dialAs(t *testing.T, sock string, uid, gid uint32) *client {
 		fd = s
 		return nil
 	})
-	f := os.NewFile(uintptr(fd), "control")
+	f := os.NewFile(uintptr(fd), "socket")
 	defer f.Close()
 	c, err := net.FileConn(f)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return newClient(t, c.(*net.UnixConn))
+	return c
 }
 
 // setThread sets the calling thread's real and effective ids (the saved

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -106,25 +105,7 @@ func TestMetricsUnixSocketBoundsEachUser(t *testing.T) {
 	sc, _ := metricsDaemon(t, daemon.Config{Metrics: sock, MetricsMode: 0o666})
 	dialAs := func() net.Conn {
 		t.Helper()
-		fd := -1
-		asUser(t, 2302, 2302, func() error {
-			s, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-			if err != nil {
-				return err
-			}
-			if err := unix.Connect(s, &unix.SockaddrUnix{Name: sock}); err != nil {
-				unix.Close(s)
-				return err
-			}
-			fd = s
-			return nil
-		})
-		f := os.NewFile(uintptr(fd), "metrics")
-		defer f.Close()
-		c, err := net.FileConn(f)
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := connectAs(t, sock, unix.SOCK_STREAM, 2302, 2302)
 		t.Cleanup(func() { c.Close() })
 		return c
 	}
