@@ -12,9 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/ipn-project/ipn/daemon"
+	"github.com/ipn-project/ipn/internal/daemontest"
 )
 
 // TestMain lets this test binary be the daemon daemon.Start and
@@ -24,59 +23,11 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// daemonPID returns the process serving the control socket sock.
-func daemonPID(t *testing.T, sock string) int {
-	t.Helper()
-	c, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: sock, Net: "unixpacket"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	raw, err := c.SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var cred *unix.Ucred
-	var cerr error
-	raw.Control(func(fd uintptr) { cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) })
-	if cerr != nil {
-		t.Fatal(cerr)
-	}
-	return int(cred.Pid)
-}
-
-// waitExit waits up to d for process pid, which is not this process's
-// child, to exit, and reports whether it did.
-func waitExit(t *testing.T, pid int, d time.Duration) bool {
-	t.Helper()
-	fd, err := unix.PidfdOpen(pid, 0)
-	if errors.Is(err, unix.ESRCH) {
-		return true
-	}
-	if err != nil {
-		t.Fatalf("pidfd_open %d: %v", pid, err)
-	}
-	defer unix.Close(fd)
-	// A pidfd polls readable once its process has exited.
-	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-	deadline := time.Now().Add(d)
-	for {
-		n, err := unix.Poll(fds, int(max(time.Until(deadline), 0)/time.Millisecond))
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if err != nil {
-			t.Fatalf("poll pidfd: %v", err)
-		}
-		return n > 0
-	}
-}
-
 // stopDaemon stops the daemon pid at the end of t.
 func stopDaemon(t *testing.T, pid int) {
 	t.Cleanup(func() {
 		syscall.Kill(pid, syscall.SIGTERM)
-		if !waitExit(t, pid, 10*time.Second) {
+		if !daemontest.WaitExit(t, pid, 10*time.Second) {
 			syscall.Kill(pid, syscall.SIGKILL)
 			t.Errorf("daemon %d did not exit on SIGTERM", pid)
 		}
@@ -118,7 +69,7 @@ func TestAutostartedDaemonIsNamedIPN(t *testing.T) {
 	if err := daemon.Start(sock); err != nil {
 		t.Fatal(err)
 	}
-	pid := daemonPID(t, sock)
+	pid := daemontest.DaemonPID(t, sock)
 	stopDaemon(t, pid)
 	args, comm := procArgs(t, pid)
 	want := []string{"ipn", "daemon", "--socket", sock, "--idle-exit", daemon.AutoIdleExit.String()}
@@ -135,7 +86,7 @@ func TestAutostartedDaemonIsNamedIPN(t *testing.T) {
 	if err := daemon.Start(sock); err != nil {
 		t.Fatal(err)
 	}
-	if p := daemonPID(t, sock); p != pid {
+	if p := daemontest.DaemonPID(t, sock); p != pid {
 		t.Errorf("a second Start replaced daemon %d with %d", pid, p)
 	}
 }
@@ -148,7 +99,7 @@ func TestStartServiceServesUntilStopped(t *testing.T) {
 	if err := daemon.StartService(daemon.Config{Socket: sock, HelloTimeout: 200 * time.Millisecond}); err != nil {
 		t.Fatal(err)
 	}
-	pid := daemonPID(t, sock)
+	pid := daemontest.DaemonPID(t, sock)
 	stopDaemon(t, pid)
 	args, comm := procArgs(t, pid)
 	if want := []string{"ipn", "daemon", "--socket", sock}; strings.Join(args, " ") != strings.Join(want, " ") {
@@ -189,7 +140,7 @@ func TestStartServiceIdleExitWhenAsked(t *testing.T) {
 		t.Fatalf("the daemon does not serve with idle_exit=1s: %s", servingLine(t, sock))
 	}
 	pid, _ := strconv.Atoi(m[1])
-	if !waitExit(t, pid, 20*time.Second) {
+	if !daemontest.WaitExit(t, pid, 20*time.Second) {
 		syscall.Kill(pid, syscall.SIGKILL)
 		t.Fatal("the daemon asked to exit after 1s idle still runs after 20s")
 	}

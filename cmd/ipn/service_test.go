@@ -17,10 +17,9 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/ipn-project/ipn"
 	"github.com/ipn-project/ipn/daemon"
+	"github.com/ipn-project/ipn/internal/daemontest"
 )
 
 // need skips a test without the program name, except under CI, which
@@ -394,42 +393,6 @@ func verify(t *testing.T, analyze, kind, dir string, opts ...string) {
 	}
 }
 
-// daemonPID returns the pid of the process serving the control socket
-// sock (SO_PEERCRED).
-func daemonPID(t *testing.T, sock string) int {
-	t.Helper()
-	c, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: sock, Net: "unixpacket"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	cred, err := unix.GetsockoptUcred(fdOf(t, c), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return int(cred.Pid)
-}
-
-// exitsWithin reports whether process pid (not a child of this one)
-// exits within d.
-func exitsWithin(t *testing.T, pid int, d time.Duration) bool {
-	t.Helper()
-	fd, err := unix.PidfdOpen(pid, 0)
-	if errors.Is(err, unix.ESRCH) {
-		return true
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(fd)
-	for { // a pidfd is readable once its process exited
-		n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, int(d.Milliseconds()))
-		if !errors.Is(err, unix.EINTR) {
-			return err == nil && n > 0
-		}
-	}
-}
-
 // ipn daemon, without -f, starts a daemon in the background that serves
 // until stopped (no idle exit unless --idle-exit), is ipn daemon in ps,
 // and refuses to start beside a running one; --idle-exit reaches it.
@@ -438,10 +401,10 @@ func TestDaemonCommandServesUntilStopped(t *testing.T) {
 	if out := runIPN(t, nil, "daemon", "--socket", sock); out != "ipn daemon serving "+sock+"\n" {
 		t.Errorf("ipn daemon printed %q", out)
 	}
-	pid := daemonPID(t, sock)
+	pid := daemontest.DaemonPID(t, sock)
 	t.Cleanup(func() {
 		syscall.Kill(pid, syscall.SIGTERM)
-		if !exitsWithin(t, pid, 10*time.Second) {
+		if !daemontest.WaitExit(t, pid, 10*time.Second) {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
 	})
@@ -463,7 +426,7 @@ func TestDaemonCommandServesUntilStopped(t *testing.T) {
 	if err == nil || !strings.Contains(string(out), "a daemon is already running") || !strings.Contains(string(out), "--takeover") {
 		t.Errorf("a second ipn daemon on %s: %v\n%s\nwant a failure naming --takeover", sock, err, out)
 	}
-	if daemonPID(t, sock) != pid {
+	if daemontest.DaemonPID(t, sock) != pid {
 		t.Errorf("a second ipn daemon replaced the first")
 	}
 
@@ -476,7 +439,7 @@ func TestDaemonCommandServesUntilStopped(t *testing.T) {
 		t.Fatalf("the daemon of ipn daemon --idle-exit 1s logged no serving with idle_exit=1s:\n%s", log)
 	}
 	idlePID, _ := strconv.Atoi(string(m[1]))
-	if !exitsWithin(t, idlePID, 20*time.Second) {
+	if !daemontest.WaitExit(t, idlePID, 20*time.Second) {
 		syscall.Kill(idlePID, syscall.SIGKILL)
 		t.Fatal("ipn daemon --idle-exit 1s still serves after 20s without clients")
 	}
